@@ -1,0 +1,264 @@
+//! `healthcheck`: the Docker HEALTHCHECK probe. Exit 0 when every target is healthy,
+//! 1 otherwise (usage errors included: Docker reserves 2), one line per failed target.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use dockhand::config;
+use dockhand::probe::{self, HttpOptions, StatusSet, Target};
+
+const HELP: &str = "\
+healthcheck: probe targets for a Docker HEALTHCHECK; exit 0 when all are healthy, 1 if not.
+
+Usage: healthcheck [OPTIONS] [TARGET...]
+
+Targets (from the arguments, else from HEALTHCHECK_URL, space- or comma-separated):
+  http://HOST[:PORT]/PATH    GET; healthy on 2xx (see --expect-status, --expect-body)
+  https://...                the same over TLS (rustls; system CAs or built-in roots)
+  tcp://HOST:PORT            the port accepts a connection
+  postgres://USER:PW@HOST[:PORT]/DB[?sslmode=...]
+                             connects, authenticates and runs SELECT 1
+  redis://[:PW@]HOST[:PORT]  PING answers PONG (rediss:// for TLS)
+  file:///PATH[?max-age=26h] the file exists (and was modified within max-age)
+
+Options (each with its environment variable):
+  -t, --timeout DURATION     bound for the whole run, targets probed concurrently
+                             [HEALTHCHECK_TIMEOUT, default 5s]
+      --expect-status CODES  healthy HTTP statuses: 200, 200,204, 200-399, 2xx
+                             [HEALTHCHECK_EXPECT_STATUS, default 2xx]
+      --expect-body TEXT     the HTTP body (first 1 MiB) must contain TEXT
+                             [HEALTHCHECK_EXPECT_BODY]
+  -H, --header 'NAME: VALUE' extra HTTP request header, repeatable
+                             [HEALTHCHECK_HEADERS, one per line]
+  -k, --insecure             accept any HTTPS certificate (self-signed)
+                             [HEALTHCHECK_INSECURE=true]
+  -v, --verbose              also print healthy targets [HEALTHCHECK_VERBOSE=true]
+  -h, --help                 this help
+  -V, --version              the version
+
+Any variable may be given as NAME_FILE, the path of a file holding its value.
+Exit status: 0 healthy, 1 unhealthy or invalid arguments. Never 2 (reserved by Docker).
+";
+
+struct Args {
+    targets: Vec<String>,
+    timeout: Duration,
+    http: HttpOptions,
+    verbose: bool,
+}
+
+enum Parsed {
+    Run(Args),
+    Exit(&'static str),
+}
+
+fn env(name: &str) -> Result<Option<String>, String> {
+    config::var(name).map_err(|e| e.to_string())
+}
+
+fn parse_args() -> Result<Parsed, String> {
+    use lexopt::prelude::*;
+    let mut targets = Vec::new();
+    let mut timeout = None;
+    let mut expect_status = None;
+    let mut expect_body = None;
+    let mut headers = Vec::new();
+    let mut insecure = None;
+    let mut verbose = None;
+    let mut parser = lexopt::Parser::from_env();
+    let value = |p: &mut lexopt::Parser, flag: &str| -> Result<String, String> {
+        p.value()
+            .map_err(|_| format!("{flag} needs a value"))?
+            .into_string()
+            .map_err(|_| format!("{flag}: the value is not valid UTF-8"))
+    };
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Short('t') | Long("timeout") => timeout = Some(value(&mut parser, "--timeout")?),
+            Long("expect-status") => expect_status = Some(value(&mut parser, "--expect-status")?),
+            Long("expect-body") => expect_body = Some(value(&mut parser, "--expect-body")?),
+            Short('H') | Long("header") => headers.push(value(&mut parser, "--header")?),
+            Short('k') | Long("insecure") => insecure = Some(true),
+            Short('v') | Long("verbose") => verbose = Some(true),
+            Short('h') | Long("help") => return Ok(Parsed::Exit(HELP)),
+            Short('V') | Long("version") => {
+                return Ok(Parsed::Exit(concat!(
+                    "healthcheck ",
+                    env!("CARGO_PKG_VERSION"),
+                    "\n"
+                )))
+            }
+            Value(v) => targets.push(
+                v.into_string()
+                    .map_err(|_| "a target is not valid UTF-8".to_string())?,
+            ),
+            other => return Err(format!("{}", other.unexpected())),
+        }
+    }
+    if targets.is_empty() {
+        if let Some(list) = env("HEALTHCHECK_URL")? {
+            targets = split_targets(&list);
+        }
+    }
+    if targets.is_empty() {
+        return Err("no target: give one (e.g. healthcheck http://localhost:3000/health) or set HEALTHCHECK_URL".into());
+    }
+    let timeout = match timeout.map_or_else(|| env("HEALTHCHECK_TIMEOUT"), |t| Ok(Some(t)))? {
+        Some(t) => {
+            let d = dockhand::duration::parse(&t).map_err(|e| format!("--timeout: {e}"))?;
+            if d.is_zero() {
+                return Err("--timeout must be more than 0".into());
+            }
+            d
+        }
+        None => Duration::from_secs(5),
+    };
+    let expect_status =
+        match expect_status.map_or_else(|| env("HEALTHCHECK_EXPECT_STATUS"), |s| Ok(Some(s)))? {
+            Some(s) => StatusSet::parse(&s).map_err(|e| format!("--expect-status: {e}"))?,
+            None => StatusSet::default(),
+        };
+    let expect_body =
+        expect_body.map_or_else(|| env("HEALTHCHECK_EXPECT_BODY"), |b| Ok(Some(b)))?;
+    if headers.is_empty() {
+        if let Some(h) = env("HEALTHCHECK_HEADERS")? {
+            headers = h
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(String::from)
+                .collect();
+        }
+    }
+    let headers = headers
+        .iter()
+        .map(|h| probe::parse_header(h).map_err(|e| format!("--header: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let flag = |given: Option<bool>, name: &str| -> Result<bool, String> {
+        match given {
+            Some(v) => Ok(v),
+            None => match env(name)? {
+                Some(v) => config::parse_bool(name, &v).map_err(|e| e.to_string()),
+                None => Ok(false),
+            },
+        }
+    };
+    Ok(Parsed::Run(Args {
+        targets,
+        timeout,
+        http: HttpOptions {
+            expect_status,
+            expect_body,
+            headers,
+            insecure: flag(insecure, "HEALTHCHECK_INSECURE")?,
+        },
+        verbose: flag(verbose, "HEALTHCHECK_VERBOSE")?,
+    }))
+}
+
+/// Splits a target list on whitespace, and on commas that start a new URL (a
+/// PostgreSQL URL may itself hold commas between hosts).
+fn split_targets(list: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for word in list.split_whitespace() {
+        for piece in word.split(',') {
+            let starts_url = piece.split_once("://").is_some_and(|(s, _)| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+            });
+            match out.last_mut() {
+                Some(last) if !starts_url && !piece.is_empty() && last.contains("://") => {
+                    last.push(',');
+                    last.push_str(piece);
+                }
+                _ if piece.is_empty() => {}
+                _ => out.push(piece.to_string()),
+            }
+        }
+    }
+    out
+}
+
+/// Docker keeps 4096 bytes of output; keep each line short.
+fn clip(line: &str) -> String {
+    const MAX: usize = 400;
+    if line.len() <= MAX {
+        return line.to_string();
+    }
+    let mut end = MAX;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &line[..end])
+}
+
+fn main() -> ExitCode {
+    config::install_panic_hook("healthcheck", 1);
+    let args = match parse_args() {
+        Ok(Parsed::Run(a)) => a,
+        Ok(Parsed::Exit(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {}", dockhand::url::redact_text(&e));
+            eprintln!("Try 'healthcheck --help'.");
+            return ExitCode::from(1);
+        }
+    };
+    let mut targets = Vec::new();
+    for t in &args.targets {
+        match Target::parse(t) {
+            Ok(t) => targets.push(t),
+            Err(e) => {
+                eprintln!("healthcheck: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("healthcheck: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let reports = rt.block_on(probe::probe_all(&targets, &args.http, args.timeout));
+    let mut healthy = true;
+    for r in &reports {
+        if r.outcome.is_err() {
+            healthy = false;
+            println!("{}", clip(&r.to_string()));
+        } else if args.verbose {
+            println!("{}", clip(&r.to_string()));
+        }
+    }
+    // Do not wait for lingering connection tasks or DNS threads.
+    rt.shutdown_background();
+    if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_targets;
+
+    #[test]
+    fn splits_target_lists() {
+        assert_eq!(
+            split_targets("http://a/x, tcp://b:1\npostgres://u@h1,h2:5/db,file:///f"),
+            [
+                "http://a/x",
+                "tcp://b:1",
+                "postgres://u@h1,h2:5/db",
+                "file:///f"
+            ]
+        );
+    }
+}

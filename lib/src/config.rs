@@ -1,0 +1,130 @@
+//! Configuration from the environment, the way containers are configured: every option
+//! has an env var, and any env var `NAME` may instead be given as `NAME_FILE`, the path
+//! of a file holding the value (Docker and Kubernetes secrets).
+
+use std::fmt;
+
+/// A setting that could not be read; the message names the variable and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The value of `name`, or of the file named by `name_FILE`, or `None` when neither is
+/// set. Empty values count as unset. One trailing newline (`\n` or `\r\n`) of a file is
+/// removed, as editors and `echo` add one. Both set at once is an error: which one wins
+/// would be a guess.
+pub fn var(name: &str) -> Result<Option<String>, ConfigError> {
+    let file_var = format!("{name}_FILE");
+    let direct = std::env::var_os(name).filter(|v| !v.is_empty());
+    let file = std::env::var_os(&file_var).filter(|v| !v.is_empty());
+    match (direct, file) {
+        (Some(_), Some(_)) => Err(ConfigError(format!(
+            "both {name} and {file_var} are set: unset one of them"
+        ))),
+        (Some(v), None) => v
+            .into_string()
+            .map(Some)
+            .map_err(|_| ConfigError(format!("{name} is not valid UTF-8"))),
+        (None, Some(path)) => read_secret_file(&file_var, std::path::Path::new(&path)).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Reads a secret file named by `var_name`, removing one trailing newline.
+pub fn read_secret_file(var_name: &str, path: &std::path::Path) -> Result<String, ConfigError> {
+    let mut s = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError(format!(
+            "{var_name}: cannot read {}: {}",
+            path.display(),
+            crate::error::io_reason(&e)
+        ))
+    })?;
+    if s.ends_with('\n') {
+        s.pop();
+        if s.ends_with('\r') {
+            s.pop();
+        }
+    }
+    Ok(s)
+}
+
+/// Splits a list given in one env var or flag: comma- or whitespace-separated.
+pub fn split_list(s: &str) -> impl Iterator<Item = &str> {
+    s.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+}
+
+/// Parses a boolean env value: `1/0`, `true/false`, `yes/no`, `on/off`.
+pub fn parse_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(ConfigError(format!(
+            "{name}={value:?} is not a boolean: use true or false"
+        ))),
+    }
+}
+
+/// Makes every panic print one line and exit with `code`, so a bug can never produce
+/// an exit status that means something else (Docker reserves 2 for health checks).
+pub fn install_panic_hook(program: &'static str, code: i32) {
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "{program}: internal error{at}: {}; please report this",
+            crate::url::redact_text(&msg)
+        );
+        std::process::exit(code);
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_lists() {
+        let v: Vec<_> = split_list("a, b,,c d\n").collect();
+        assert_eq!(v, ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn bools() {
+        assert!(parse_bool("X", "TRUE").unwrap());
+        assert!(!parse_bool("X", "0").unwrap());
+        assert!(parse_bool("X", "maybe")
+            .unwrap_err()
+            .to_string()
+            .contains("X=\"maybe\""));
+    }
+
+    #[test]
+    fn secret_file_trims_one_newline() {
+        let dir = std::env::temp_dir().join(format!("dockhand-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("s");
+        std::fs::write(&p, "pw\n\n").unwrap();
+        assert_eq!(read_secret_file("X_FILE", &p).unwrap(), "pw\n");
+        std::fs::write(&p, "pw\r\n").unwrap();
+        assert_eq!(read_secret_file("X_FILE", &p).unwrap(), "pw");
+        let e = read_secret_file("X_FILE", &dir.join("missing")).unwrap_err();
+        assert!(e.to_string().contains("X_FILE: cannot read"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,302 @@
+//! A minimal HTTP/1.1 GET for health probes: send one request, read the status line,
+//! and read the body only when it must be searched. Content-Length, chunked and
+//! read-until-close bodies are handled; the head is capped at 64 KiB and the searched
+//! body at 1 MiB, so a misbehaving server cannot make the probe grow.
+//!
+//! Why not hyper or ureq: a probe needs none of connection reuse, redirects, HTTP/2 or
+//! cookies, and every KiB of binary and every page of memory is paid on each probe
+//! for the life of every container.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+const MAX_HEAD: usize = 64 * 1024;
+/// How much of the body `--expect-body` searches.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// What a probe needs from a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    /// The (de-chunked) body, read only when asked for, at most [`MAX_BODY`] bytes.
+    pub body: Option<Vec<u8>>,
+}
+
+/// Builds the request bytes. `headers` are sent after the defaults and replace a
+/// default of the same name.
+pub fn request(
+    host_header: &str,
+    target: &str,
+    headers: &[(String, String)],
+    basic_auth: Option<&str>,
+) -> Vec<u8> {
+    let mut defaults: Vec<(&str, String)> = vec![
+        ("Host", host_header.to_string()),
+        (
+            "User-Agent",
+            concat!("dockhand-healthcheck/", env!("CARGO_PKG_VERSION")).into(),
+        ),
+        ("Accept", "*/*".into()),
+        ("Connection", "close".into()),
+    ];
+    if let Some(creds) = basic_auth {
+        defaults.push((
+            "Authorization",
+            format!("Basic {}", base64(creds.as_bytes())),
+        ));
+    }
+    let mut out = format!("GET {target} HTTP/1.1\r\n");
+    for (k, v) in &defaults {
+        if !headers.iter().any(|(hk, _)| hk.eq_ignore_ascii_case(k)) {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+/// Sends `req` and reads the response; the body only if `want_body`.
+pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    req: &[u8],
+    want_body: bool,
+    on_sent: impl FnOnce(),
+) -> Result<Response, String> {
+    stream
+        .write_all(req)
+        .await
+        .map_err(|e| crate::error::io_reason(&e))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| crate::error::io_reason(&e))?;
+    on_sent();
+    let mut buf = Vec::with_capacity(4096);
+    let head_end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err("response headers larger than 64 KiB".into());
+        }
+        if read_more(stream, &mut buf).await? == 0 {
+            return Err(if buf.is_empty() {
+                "connection closed without a response".into()
+            } else {
+                "connection closed in the middle of the response headers".into()
+            });
+        }
+    };
+    let head =
+        std::str::from_utf8(&buf[..head_end]).map_err(|_| "response headers are not text")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status = parse_status(status_line)
+        .ok_or_else(|| format!("not an HTTP response: {:?}", truncate(status_line, 60)))?;
+    if !want_body {
+        return Ok(Response { status, body: None });
+    }
+    let mut content_length = None;
+    let mut chunked = false;
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':') {
+            let v = v.trim();
+            if k.eq_ignore_ascii_case("content-length") {
+                content_length = v.parse::<usize>().ok();
+            } else if k.eq_ignore_ascii_case("transfer-encoding")
+                && v.to_ascii_lowercase().contains("chunked")
+            {
+                chunked = true;
+            }
+        }
+    }
+    let mut body = buf.split_off(head_end);
+    let body = if chunked {
+        loop {
+            match dechunk(&body) {
+                Chunked::Done(b) => break b,
+                Chunked::Invalid => return Err("malformed chunked body".into()),
+                Chunked::Partial(b) if b.len() >= MAX_BODY => break b,
+                Chunked::Partial(b) => {
+                    if read_more(stream, &mut body).await? == 0 {
+                        break b;
+                    }
+                }
+            }
+        }
+    } else {
+        let limit = content_length.unwrap_or(usize::MAX).min(MAX_BODY);
+        while body.len() < limit {
+            if read_more(stream, &mut body).await? == 0 {
+                break;
+            }
+        }
+        body.truncate(limit);
+        body
+    };
+    Ok(Response {
+        status,
+        body: Some(body),
+    })
+}
+
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<usize, String> {
+    let mut chunk = [0u8; 8192];
+    let n = match stream.read(&mut chunk).await {
+        Ok(n) => n,
+        // A TLS peer that closes without close_notify: treat as end of stream.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+        Err(e) => return Err(crate::error::io_reason(&e)),
+    };
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+fn parse_status(line: &str) -> Option<u16> {
+    let mut parts = line.splitn(3, ' ');
+    let version = parts.next()?;
+    if !version.starts_with("HTTP/") {
+        return None;
+    }
+    let code = parts.next()?;
+    if code.len() != 3 {
+        return None;
+    }
+    code.parse().ok()
+}
+
+enum Chunked {
+    Done(Vec<u8>),
+    Partial(Vec<u8>),
+    Invalid,
+}
+
+fn dechunk(mut data: &[u8]) -> Chunked {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = find(data, b"\r\n") else {
+            return Chunked::Partial(out);
+        };
+        let size_text = std::str::from_utf8(&data[..eol]).unwrap_or("");
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size_text, 16) else {
+            return Chunked::Invalid;
+        };
+        if size == 0 {
+            return Chunked::Done(out);
+        }
+        let start = eol + 2;
+        if data.len() < start + size {
+            out.extend_from_slice(&data[start..]);
+            return Chunked::Partial(out);
+        }
+        out.extend_from_slice(&data[start..start + size]);
+        data = &data[(start + size + 2).min(data.len())..];
+    }
+}
+
+/// Position of `needle` in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
+    }
+
+    #[test]
+    fn request_headers_override_defaults() {
+        let r = String::from_utf8(request(
+            "h:1",
+            "/x",
+            &[("host".into(), "other".into()), ("X-A".into(), "b".into())],
+            None,
+        ))
+        .unwrap();
+        assert!(r.starts_with("GET /x HTTP/1.1\r\n"));
+        assert!(!r.contains("Host: h:1"));
+        assert!(
+            r.contains("host: other\r\n") && r.contains("X-A: b\r\n") && r.ends_with("\r\n\r\n")
+        );
+    }
+
+    #[test]
+    fn dechunks() {
+        match dechunk(b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\n\r\n") {
+            Chunked::Done(b) => assert_eq!(b, b"Wikipedia"),
+            _ => panic!("not done"),
+        }
+        assert!(matches!(dechunk(b"4\r\nWi"), Chunked::Partial(b) if b == b"Wi"));
+        assert!(matches!(dechunk(b"zz\r\n"), Chunked::Invalid));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn reads_responses() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let mut b = [0u8; 1024];
+            let _ = server.read(&mut b).await;
+            server
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n")
+                .await
+                .unwrap();
+        });
+        let r = exchange(&mut client, b"GET / HTTP/1.1\r\n\r\n", true, || {})
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.unwrap(), b"abcdef");
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status("HTTP/1.1 503 Service Unavailable"), Some(503));
+        assert_eq!(parse_status("HTTP/1.0 200"), Some(200));
+        assert_eq!(parse_status("SSH-2.0-OpenSSH"), None);
+    }
+}

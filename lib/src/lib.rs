@@ -1,0 +1,25 @@
+//! dockhand: the building blocks of three small container tools.
+//!
+//! - `entrypoint`: PID 1, waits for services, migrates, drops privileges, supervises.
+//! - `backup`: scheduled, streamed `pg_dump` backups to a folder and S3.
+//! - `healthcheck`: the Docker HEALTHCHECK probe.
+//!
+//! The binaries are thin: they parse arguments and call these modules. Modules that
+//! need heavy dependencies sit behind cargo features so each binary links only what it
+//! uses (`probe`: tokio, tokio-postgres, rustls).
+
+pub mod config;
+pub mod duration;
+pub mod error;
+pub mod url;
+
+#[cfg(feature = "probe")]
+pub mod http;
+#[cfg(feature = "probe")]
+pub mod net;
+#[cfg(feature = "probe")]
+pub mod pg;
+#[cfg(feature = "probe")]
+pub mod probe;
+#[cfg(feature = "probe")]
+pub mod tls;

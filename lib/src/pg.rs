@@ -1,0 +1,303 @@
+//! PostgreSQL connections from libpq-style URLs, with rustls for `sslmode`, and errors
+//! sorted into "keep waiting" (server starting up, refused, name not resolvable yet,
+//! too many connections) and "fail now" (wrong password, missing database, TLS).
+//!
+//! tokio-postgres knows `sslmode` disable/prefer/require only; this module maps all six
+//! libpq modes onto it and onto rustls verification:
+//!
+//! | sslmode | TLS | verification |
+//! |---|---|---|
+//! | disable | never | - |
+//! | allow, prefer (default) | if the server offers it | none (as libpq) |
+//! | require | always | none, or chain when `sslrootcert` is given (as libpq) |
+//! | verify-ca | always | chain |
+//! | verify-full | always | chain and host name |
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{Client, Config};
+
+use crate::tls::{self, PgTls, Verify};
+use crate::url::Url;
+
+/// A PostgreSQL target ready to connect.
+#[derive(Clone)]
+pub struct PgTarget {
+    /// The URL, for messages (Display is redacted).
+    pub url: Url,
+    config: Config,
+    /// Host names as given, with their port, resolved at connect time.
+    tcp_hosts: Vec<(String, u16)>,
+    verify: Verify,
+    root_file: Option<PathBuf>,
+}
+
+/// Debug shows the redacted URL only: the config holds the password.
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgTarget({})", self.url)
+    }
+}
+
+/// A connection failure, sorted for waiting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgError {
+    /// Short reason, never containing a password.
+    pub reason: String,
+    /// True when waiting cannot help (authentication, missing database, TLS, bad config).
+    pub permanent: bool,
+}
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for PgError {}
+
+fn permanent(reason: impl Into<String>) -> PgError {
+    PgError {
+        reason: reason.into(),
+        permanent: true,
+    }
+}
+
+fn transient(reason: impl Into<String>) -> PgError {
+    PgError {
+        reason: reason.into(),
+        permanent: false,
+    }
+}
+
+impl PgTarget {
+    /// Builds a target from a `postgres://` or `postgresql://` URL. `PGUSER`, `PGPASSWORD`
+    /// (or `PGPASSWORD_FILE`) and `PGDATABASE` fill in what the URL leaves out, as libpq does.
+    pub fn from_url(url: &Url) -> Result<PgTarget, String> {
+        let mut config = Config::new();
+        let user = if url.username.is_empty() {
+            std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into())
+        } else {
+            url.username.clone()
+        };
+        let mut password = url.password.clone();
+        if password.is_none() {
+            password = crate::config::var("PGPASSWORD").map_err(|e| e.to_string())?;
+        }
+        let mut dbname = url
+            .decoded_path()
+            .ok_or("bad %-escape in the database name")?
+            .trim_start_matches('/')
+            .to_string();
+        let mut sslmode = "prefer".to_string();
+        let mut root_file = None;
+        let mut socket_dir: Option<String> = None;
+        let mut port_override: Option<u16> = None;
+        for (k, v) in &url.query {
+            match k.as_str() {
+                "sslmode" => sslmode = v.clone(),
+                "sslrootcert" => root_file = (v != "system").then(|| PathBuf::from(v)),
+                "host" => socket_dir = Some(v.clone()),
+                "port" => {
+                    port_override = Some(
+                        v.parse()
+                            .map_err(|_| format!("port={v:?} is not a port number"))?,
+                    )
+                }
+                "user" => {
+                    config.user(v);
+                }
+                "password" => password = Some(v.clone()),
+                "dbname" => dbname = v.clone(),
+                "application_name" => {
+                    config.application_name(v);
+                }
+                "options" => {
+                    config.options(v);
+                }
+                "connect_timeout" => {
+                    let secs: u64 = v
+                        .parse()
+                        .map_err(|_| format!("connect_timeout={v:?} is not a number of seconds"))?;
+                    config.connect_timeout(Duration::from_secs(secs.max(1)));
+                }
+                "target_session_attrs" => {
+                    config.target_session_attrs(match v.as_str() {
+                        "any" => tokio_postgres::config::TargetSessionAttrs::Any,
+                        "read-write" => tokio_postgres::config::TargetSessionAttrs::ReadWrite,
+                        _ => {
+                            return Err(format!(
+                                "target_session_attrs={v:?}: use any or read-write"
+                            ))
+                        }
+                    });
+                }
+                "channel_binding" | "gssencmode" | "sslcompression" | "keepalives" => {}
+                other => return Err(format!("unknown parameter {other:?} in the PostgreSQL URL")),
+            }
+        }
+        if config.get_user().is_none() {
+            config.user(&user);
+        }
+        if let Some(p) = &password {
+            config.password(p);
+        }
+        if dbname.is_empty() {
+            dbname = std::env::var("PGDATABASE")
+                .unwrap_or_else(|_| config.get_user().unwrap_or("postgres").to_string());
+        }
+        config.dbname(&dbname);
+        let (verify, mode) = match sslmode.as_str() {
+            "disable" => (Verify::None, SslMode::Disable),
+            "allow" | "prefer" => (Verify::None, SslMode::Prefer),
+            "require" if root_file.is_some() => (Verify::ChainOnly, SslMode::Require),
+            "require" => (Verify::None, SslMode::Require),
+            "verify-ca" => (Verify::ChainOnly, SslMode::Require),
+            "verify-full" => (Verify::Full, SslMode::Require),
+            other => {
+                return Err(format!(
+                    "sslmode={other:?}: use disable, prefer, require, verify-ca or verify-full"
+                ))
+            }
+        };
+        config.ssl_mode(mode);
+        let mut tcp_hosts = Vec::new();
+        match socket_dir {
+            Some(dir) if dir.starts_with('/') => {
+                config.host_path(&dir);
+                config.port(port_override.or(url.port()).unwrap_or(5432));
+                config.ssl_mode(SslMode::Disable);
+            }
+            Some(h) => tcp_hosts.push((h, port_override.or(url.port()).unwrap_or(5432))),
+            None => {
+                for hp in &url.hosts {
+                    tcp_hosts.push((hp.host.clone(), port_override.or(hp.port).unwrap_or(5432)));
+                }
+            }
+        }
+        if tcp_hosts.is_empty() && config.get_hosts().is_empty() {
+            return Err("the PostgreSQL URL names no host".into());
+        }
+        Ok(PgTarget {
+            url: url.clone(),
+            config,
+            tcp_hosts,
+            verify,
+            root_file,
+        })
+    }
+
+    /// The database name this target connects to.
+    pub fn dbname(&self) -> &str {
+        self.config.get_dbname().unwrap_or("")
+    }
+
+    /// Resolves the hosts, connects and authenticates. The connection task is spawned
+    /// on the current runtime and ends when the returned client is dropped.
+    pub async fn connect(&self) -> Result<Client, PgError> {
+        let mut config = self.config.clone();
+        for (host, port) in &self.tcp_hosts {
+            let addrs = crate::net::resolve(host, *port)
+                .await
+                .map_err(|e| transient(e.0))?;
+            for a in addrs {
+                config.host(host);
+                config.hostaddr(a.ip());
+                config.port(a.port());
+            }
+        }
+        let tls_config =
+            tls::client_config(self.verify, self.root_file.as_deref()).map_err(permanent)?;
+        let (client, connection) = config
+            .connect(PgTls(tls_config))
+            .await
+            .map_err(|e| classify(&e))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// Connects and runs `SELECT 1`: the server accepts queries.
+    pub async fn ping(&self) -> Result<(), PgError> {
+        let client = self.connect().await?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(())
+    }
+}
+
+/// Sorts a tokio-postgres error and gives it a short, password-free reason.
+pub fn classify(e: &tokio_postgres::Error) -> PgError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        let reason = db.message().to_string();
+        // 57P03 cannot_connect_now ("the database system is starting up"),
+        // 53300 too_many_connections, 57P01 admin_shutdown, 08xxx connection exceptions.
+        let waiting_helps = matches!(code, "57P03" | "53300" | "57P01" | "57P02")
+            || code.starts_with("08")
+            || code.starts_with("53");
+        return PgError {
+            reason,
+            permanent: !waiting_helps,
+        };
+    }
+    // Walk the source chain for I/O and TLS causes.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
+                return permanent(tls::reason(io));
+            }
+            return transient(crate::error::io_reason(io));
+        }
+        if let Some(r) = s.downcast_ref::<rustls::Error>() {
+            return permanent(format!("TLS error: {r}"));
+        }
+        source = s.source();
+    }
+    let text = crate::url::redact_text(&e.to_string());
+    if text.contains("server does not support TLS") || text.contains("TLS") {
+        return permanent(text);
+    }
+    if e.is_closed() {
+        return transient("connection closed by the server");
+    }
+    transient(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(s: &str) -> Result<PgTarget, String> {
+        PgTarget::from_url(&Url::parse(s).unwrap())
+    }
+
+    #[test]
+    fn builds_config() {
+        let t = target("postgres://app:pw@db:6543/shop?sslmode=verify-full&application_name=x")
+            .unwrap();
+        assert_eq!(t.dbname(), "shop");
+        assert_eq!(t.tcp_hosts, vec![("db".to_string(), 6543)]);
+        assert_eq!(t.verify, Verify::Full);
+        let t = target("postgresql://app@h/?host=/run/postgresql").unwrap();
+        assert!(t.tcp_hosts.is_empty());
+        assert_eq!(t.dbname(), "app");
+    }
+
+    #[test]
+    fn rejects_bad_parameters() {
+        assert!(target("postgres://h/db?sslmode=sometimes")
+            .unwrap_err()
+            .contains("sslmode"));
+        assert!(target("postgres://h/db?bogus=1")
+            .unwrap_err()
+            .contains("bogus"));
+        assert!(target("postgres:///db").unwrap_err().contains("no host"));
+    }
+}

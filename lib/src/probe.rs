@@ -1,0 +1,586 @@
+//! Health probes: is a target up? One implementation serves `healthcheck` (one pass,
+//! all targets must pass) and `entrypoint`'s wait phase (retry until up).
+//!
+//! Targets: `http://`, `https://` (GET, expected status and body), `tcp://host:port`
+//! (connects), `postgres://`/`postgresql://` (connects, authenticates, `SELECT 1`),
+//! `redis://`/`rediss://` (`PING`), `file:///path?max-age=26h` (exists, recently
+//! modified). Every target's failure is one short reason line.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::duration;
+use crate::http;
+use crate::net;
+use crate::pg::PgTarget;
+use crate::tls::{self, Verify};
+use crate::url::Url;
+
+/// Which HTTP statuses count as healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSet(Vec<(u16, u16)>);
+
+impl Default for StatusSet {
+    fn default() -> Self {
+        StatusSet(vec![(200, 299)])
+    }
+}
+
+impl StatusSet {
+    /// Parses `200`, `200,204`, `200-399` or `2xx`, comma-separated.
+    pub fn parse(s: &str) -> Result<StatusSet, String> {
+        let bad = || format!("invalid status {s:?}: use e.g. 200, 200,204, 200-399 or 2xx");
+        let mut ranges = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let code = |t: &str| t.parse::<u16>().ok().filter(|c| (100..=599).contains(c));
+            let range = if let Some(d) = part.strip_suffix("xx").or_else(|| part.strip_suffix("XX"))
+            {
+                let d: u16 = d
+                    .parse()
+                    .ok()
+                    .filter(|d| (1..=5).contains(d))
+                    .ok_or_else(bad)?;
+                (d * 100, d * 100 + 99)
+            } else if let Some((a, b)) = part.split_once('-') {
+                let (a, b) = (
+                    code(a.trim()).ok_or_else(bad)?,
+                    code(b.trim()).ok_or_else(bad)?,
+                );
+                if a > b {
+                    return Err(bad());
+                }
+                (a, b)
+            } else {
+                let c = code(part).ok_or_else(bad)?;
+                (c, c)
+            };
+            ranges.push(range);
+        }
+        if ranges.is_empty() {
+            return Err(bad());
+        }
+        Ok(StatusSet(ranges))
+    }
+
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|(a, b)| (*a..=*b).contains(&status))
+    }
+}
+
+/// Options that apply to HTTP(S) targets.
+#[derive(Debug, Clone, Default)]
+pub struct HttpOptions {
+    pub expect_status: StatusSet,
+    pub expect_body: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub insecure: bool,
+}
+
+/// Parses a `--header 'Name: value'` argument.
+pub fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once(':')
+        .ok_or_else(|| format!("invalid header {s:?}: use 'Name: value'"))?;
+    let k = k.trim();
+    if k.is_empty()
+        || !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
+    {
+        return Err(format!("invalid header name {k:?}"));
+    }
+    if v.contains(['\r', '\n']) {
+        return Err(format!("invalid header value for {k}: no line breaks"));
+    }
+    Ok((k.to_string(), v.trim().to_string()))
+}
+
+/// One thing to probe.
+pub enum Target {
+    Http {
+        url: Url,
+        tls: bool,
+        port: u16,
+    },
+    Tcp {
+        url: Url,
+        port: u16,
+    },
+    Postgres(Box<PgTarget>),
+    Redis {
+        url: Url,
+        tls: bool,
+        port: u16,
+    },
+    File {
+        url: Url,
+        path: PathBuf,
+        max_age: Option<Duration>,
+    },
+}
+
+impl Target {
+    /// Parses a target URL; errors say what is wrong and never contain a password.
+    pub fn parse(s: &str) -> Result<Target, String> {
+        let url = Url::parse(s).map_err(|e| e.to_string())?;
+        let need_host = |url: &Url| {
+            if url.host().is_empty() {
+                Err(format!("{url}: the URL names no host"))
+            } else if url.hosts.len() > 1 {
+                Err(format!(
+                    "{url}: only postgres:// URLs may list several hosts"
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match url.scheme.as_str() {
+            "http" | "https" => {
+                need_host(&url)?;
+                let tls = url.scheme == "https";
+                let port = url.port().unwrap_or(if tls { 443 } else { 80 });
+                Ok(Target::Http { url, tls, port })
+            }
+            "tcp" => {
+                need_host(&url)?;
+                let port = url.port().ok_or_else(|| {
+                    format!("{url}: a tcp:// target needs a port, e.g. tcp://db:5432")
+                })?;
+                Ok(Target::Tcp { url, port })
+            }
+            "postgres" | "postgresql" => PgTarget::from_url(&url)
+                .map(|t| Target::Postgres(Box::new(t)))
+                .map_err(|e| format!("{url}: {e}")),
+            "redis" | "rediss" => {
+                need_host(&url)?;
+                let tls = url.scheme == "rediss";
+                let port = url.port().unwrap_or(6379);
+                Ok(Target::Redis { url, tls, port })
+            }
+            "file" => {
+                if !(url.host().is_empty() || url.host() == "localhost") {
+                    return Err(format!("{url}: use file:///absolute/path (three slashes)"));
+                }
+                let path = url
+                    .decoded_path()
+                    .filter(|p| p.starts_with('/'))
+                    .ok_or_else(|| format!("{url}: use file:///absolute/path"))?;
+                let mut max_age = None;
+                for (k, v) in &url.query {
+                    match k.as_str() {
+                        "max-age" | "max_age" => {
+                            max_age = Some(
+                                duration::parse(v).map_err(|e| format!("{url}: max-age: {e}"))?,
+                            )
+                        }
+                        other => {
+                            return Err(format!(
+                                "{url}: unknown parameter {other:?} (file targets take max-age)"
+                            ))
+                        }
+                    }
+                }
+                Ok(Target::File {
+                    path: path.into(),
+                    url,
+                    max_age,
+                })
+            }
+            other => Err(format!(
+                "{url}: unknown scheme {other:?}: use http, https, tcp, postgres, redis or file"
+            )),
+        }
+    }
+
+    /// The target as shown in reports (redacted).
+    pub fn url(&self) -> &Url {
+        match self {
+            Target::Http { url, .. }
+            | Target::Tcp { url, .. }
+            | Target::Redis { url, .. }
+            | Target::File { url, .. } => url,
+            Target::Postgres(p) => &p.url,
+        }
+    }
+}
+
+/// Why a probe failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    /// Waiting will not help (wrong password, bad certificate, bad configuration).
+    pub permanent: bool,
+}
+
+impl Failure {
+    fn transient(reason: impl Into<String>) -> Failure {
+        Failure {
+            reason: reason.into(),
+            permanent: false,
+        }
+    }
+    fn permanent(reason: impl Into<String>) -> Failure {
+        Failure {
+            reason: reason.into(),
+            permanent: true,
+        }
+    }
+}
+
+/// The result of one target.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Redacted target.
+    pub target: String,
+    /// Healthy detail (`status 200`) or the failure.
+    pub outcome: Result<String, Failure>,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.outcome {
+            Ok(detail) => write!(
+                f,
+                "{}: ok, {} in {}",
+                self.target,
+                detail,
+                duration::format(self.elapsed)
+            ),
+            Err(fail) => write!(f, "{}: {}", self.target, fail.reason),
+        }
+    }
+}
+
+/// What a probe was doing, for the timeout message.
+#[derive(Clone, Copy)]
+enum Stage {
+    Connecting,
+    Handshake,
+    Waiting,
+}
+
+impl Stage {
+    fn describe(self) -> &'static str {
+        match self {
+            Stage::Connecting => "while connecting",
+            Stage::Handshake => "during the TLS handshake",
+            Stage::Waiting => "connected, no response",
+        }
+    }
+}
+
+/// Probes one target once, giving up at `deadline`.
+pub async fn probe(target: &Target, opts: &HttpOptions, deadline: tokio::time::Instant) -> Report {
+    let started = Instant::now();
+    let stage = Cell::new(Stage::Connecting);
+    let outcome = match tokio::time::timeout_at(deadline, probe_inner(target, opts, &stage)).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::transient(format!(
+            "timed out after {} ({})",
+            duration::format(started.elapsed()),
+            stage.get().describe()
+        ))),
+    };
+    Report {
+        target: target.url().to_string(),
+        outcome,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Probes every target concurrently, all under one timeout.
+pub async fn probe_all(targets: &[Target], opts: &HttpOptions, timeout: Duration) -> Vec<Report> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    join_all(targets.iter().map(|t| probe(t, opts, deadline)).collect()).await
+}
+
+/// Polls futures of one type together on the current task (no `'static`, no spawn).
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *out = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+async fn probe_inner(
+    target: &Target,
+    opts: &HttpOptions,
+    stage: &Cell<Stage>,
+) -> Result<String, Failure> {
+    match target {
+        Target::Http { url, tls, port } => probe_http(url, *tls, *port, opts, stage).await,
+        Target::Tcp { url, port } => {
+            net::connect(url.host(), *port)
+                .await
+                .map_err(|e| Failure::transient(e.0))?;
+            Ok("connected".into())
+        }
+        Target::Postgres(pg) => {
+            pg.ping().await.map_err(|e| Failure {
+                reason: e.reason,
+                permanent: e.permanent,
+            })?;
+            Ok("SELECT 1".into())
+        }
+        Target::Redis { url, tls, port } => probe_redis(url, *tls, *port, stage).await,
+        Target::File { path, max_age, .. } => probe_file(path, *max_age),
+    }
+}
+
+/// Connects over TCP, with TLS when asked; the stream type is erased so that the
+/// request code is written once.
+async fn open(
+    host: &str,
+    port: u16,
+    tls: bool,
+    verify: Verify,
+    stage: &Cell<Stage>,
+) -> Result<Box<dyn Stream>, Failure> {
+    let tcp = net::connect(host, port)
+        .await
+        .map_err(|e| Failure::transient(e.0))?;
+    if !tls {
+        return Ok(Box::new(tcp));
+    }
+    stage.set(Stage::Handshake);
+    let config = tls::client_config(verify, None).map_err(Failure::permanent)?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|_| Failure::permanent(format!("invalid TLS server name {host:?}")))?;
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| Failure::permanent(tls::reason(&e)))?;
+    Ok(Box::new(stream))
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+async fn probe_http(
+    url: &Url,
+    tls: bool,
+    port: u16,
+    opts: &HttpOptions,
+    stage: &Cell<Stage>,
+) -> Result<String, Failure> {
+    let verify = if opts.insecure {
+        Verify::None
+    } else {
+        Verify::Full
+    };
+    let mut stream = open(url.host(), port, tls, verify, stage).await?;
+    let host = if url.host().contains(':') {
+        format!("[{}]", url.host())
+    } else {
+        url.host().to_string()
+    };
+    let default_port = if tls { 443 } else { 80 };
+    let host_header = if port == default_port {
+        host
+    } else {
+        format!("{host}:{port}")
+    };
+    let auth = url
+        .password
+        .as_ref()
+        .map(|p| format!("{}:{}", url.username, p));
+    let req = http::request(
+        &host_header,
+        &url.request_target(),
+        &opts.headers,
+        auth.as_deref(),
+    );
+    let resp = http::exchange(&mut stream, &req, opts.expect_body.is_some(), || {
+        stage.set(Stage::Waiting)
+    })
+    .await
+    .map_err(Failure::transient)?;
+    if !opts.expect_status.contains(resp.status) {
+        return Err(Failure::transient(format!("status {}", resp.status)));
+    }
+    if let (Some(want), Some(body)) = (&opts.expect_body, &resp.body) {
+        if http::find(body, want.as_bytes()).is_none() {
+            let within = if body.len() >= http::MAX_BODY {
+                " (searched the first 1 MiB)"
+            } else {
+                ""
+            };
+            return Err(Failure::transient(format!(
+                "status {}, but the body does not contain {:?}{within}",
+                resp.status, want
+            )));
+        }
+    }
+    Ok(format!("status {}", resp.status))
+}
+
+async fn probe_redis(
+    url: &Url,
+    tls: bool,
+    port: u16,
+    stage: &Cell<Stage>,
+) -> Result<String, Failure> {
+    let mut stream = open(url.host(), port, tls, Verify::Full, stage).await?;
+    let mut cmd = Vec::new();
+    if let Some(pw) = &url.password {
+        if url.username.is_empty() {
+            cmd.extend(resp_command(&["AUTH", pw]));
+        } else {
+            cmd.extend(resp_command(&["AUTH", &url.username, pw]));
+        }
+    }
+    cmd.extend(resp_command(&["PING"]));
+    stage.set(Stage::Waiting);
+    let io = |e: std::io::Error| Failure::transient(crate::error::io_reason(&e));
+    stream.write_all(&cmd).await.map_err(io)?;
+    let mut buf = Vec::new();
+    let replies = if url.password.is_some() { 2 } else { 1 };
+    loop {
+        let lines: Vec<&[u8]> = buf.split(|b| *b == b'\n').collect();
+        if lines.len() > replies || buf.len() > 4096 {
+            break;
+        }
+        let mut chunk = [0u8; 512];
+        let n = stream.read(&mut chunk).await.map_err(io)?;
+        if n == 0 {
+            return Err(Failure::transient("connection closed without a reply"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    for line in text.lines().take(replies) {
+        if let Some(err) = line.strip_prefix('-') {
+            let permanent = err.starts_with("WRONGPASS")
+                || err.starts_with("NOAUTH")
+                || err.contains("invalid password");
+            return Err(Failure {
+                reason: err.trim().to_string(),
+                permanent,
+            });
+        }
+    }
+    match text.lines().nth(replies - 1) {
+        Some("+PONG") => Ok("PONG".into()),
+        other => Err(Failure::transient(format!(
+            "unexpected reply to PING: {:?}",
+            other.unwrap_or("")
+        ))),
+    }
+}
+
+fn resp_command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend(format!("${}\r\n", a.len()).bytes());
+        out.extend(a.bytes());
+        out.extend(b"\r\n");
+    }
+    out
+}
+
+fn probe_file(path: &std::path::Path, max_age: Option<Duration>) -> Result<String, Failure> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Failure::transient("missing"),
+        _ => Failure::transient(crate::error::io_reason(&e)),
+    })?;
+    let modified = meta
+        .modified()
+        .map_err(|e| Failure::transient(crate::error::io_reason(&e)))?;
+    let age = SystemTime::now()
+        .duration_since(modified)
+        .unwrap_or(Duration::ZERO);
+    match max_age {
+        Some(max) if age > max => Err(Failure::transient(format!(
+            "stale: modified {} ago, max-age {}",
+            duration::format(Duration::from_secs(age.as_secs())),
+            duration::format(max)
+        ))),
+        _ => Ok(format!(
+            "modified {} ago",
+            duration::format(Duration::from_secs(age.as_secs()))
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_sets() {
+        let s = StatusSet::parse("200-299,418").unwrap();
+        assert!(s.contains(204) && s.contains(418) && !s.contains(301));
+        assert!(StatusSet::parse("3xx").unwrap().contains(302));
+        for bad in ["", "abc", "99", "600", "300-200", "6xx"] {
+            assert!(StatusSet::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn headers() {
+        assert_eq!(
+            parse_header("X-Token: abc ").unwrap(),
+            ("X-Token".into(), "abc".into())
+        );
+        assert!(parse_header("nocolon").is_err());
+        assert!(parse_header("Bad Name: x").is_err());
+    }
+
+    #[test]
+    fn targets_parse_or_explain() {
+        assert!(matches!(
+            Target::parse("http://localhost:3000/health").unwrap(),
+            Target::Http { port: 3000, .. }
+        ));
+        assert!(matches!(
+            Target::parse("https://example.com").unwrap(),
+            Target::Http {
+                port: 443,
+                tls: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            Target::parse("file:///tmp/x?max-age=26h").unwrap(),
+            Target::File {
+                max_age: Some(_),
+                ..
+            }
+        ));
+        let e = |s| Target::parse(s).err().unwrap();
+        assert!(e("ftp://x").contains("unknown scheme"));
+        assert!(e("tcp://db").contains("needs a port"));
+        assert!(e("file://tmp/x").contains("three slashes"));
+        assert!(e("file:///x?max-age=soon").contains("invalid duration"));
+        assert!(e("http://:80/").contains("no host"));
+        assert!(!e("redis://:hunter2@h:99999").contains("hunter2"));
+    }
+
+    #[test]
+    fn resp_encoding() {
+        assert_eq!(resp_command(&["PING"]), b"*1\r\n$4\r\nPING\r\n");
+    }
+}

@@ -1,0 +1,394 @@
+//! A small URL parser for the targets dockhand talks to (`http(s)://`, `tcp://`,
+//! `postgres(ql)://`, `redis(s)://`, `file://`), and redaction so that a password never
+//! reaches a log line, an error or a status file.
+//!
+//! Deliberately not the `url` crate: that brings IDNA/Unicode tables worth hundreds of
+//! KiB to a probe that must stay tiny, and our targets never need them.
+
+use std::fmt;
+
+/// One `host[:port]` of the authority. PostgreSQL URLs may list several.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// Host name or IP literal, without IPv6 brackets.
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+/// A parsed URL. Userinfo and query values are percent-decoded; `path` is kept as
+/// written (still encoded) because HTTP sends it on as is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Url {
+    /// Lower-cased scheme.
+    pub scheme: String,
+    pub username: String,
+    pub password: Option<String>,
+    pub hosts: Vec<HostPort>,
+    /// Path as written, `""` or starting with `/`.
+    pub path: String,
+    /// The raw query string without `?`, if any.
+    pub raw_query: Option<String>,
+    /// Decoded query pairs, in order.
+    pub query: Vec<(String, String)>,
+}
+
+/// A URL that could not be parsed. Its text is redacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlError {
+    pub input: String,
+    pub reason: String,
+}
+
+impl fmt::Display for UrlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid URL {:?}: {}", self.input, self.reason)
+    }
+}
+
+impl std::error::Error for UrlError {}
+
+impl Url {
+    /// Parses `scheme://[user[:password]@]host[:port][,host[:port]...][/path][?query][#fragment]`.
+    pub fn parse(input: &str) -> Result<Url, UrlError> {
+        let fail = |reason: &str| UrlError {
+            input: redact_text(input),
+            reason: reason.to_string(),
+        };
+        let s = input.trim();
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| fail("expected scheme://..., e.g. http://localhost:3000/health"))?;
+        if scheme.is_empty()
+            || !scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        {
+            return Err(fail("the scheme is not valid"));
+        }
+        let rest = rest.split_once('#').map_or(rest, |(a, _)| a);
+        let (rest, raw_query) = match rest.split_once('?') {
+            Some((a, q)) => (a, Some(q.to_string())),
+            None => (rest, None),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let (userinfo, hostlist) = match authority.rfind('@') {
+            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+            None => (None, authority),
+        };
+        let (username, password) = match userinfo {
+            None => (String::new(), None),
+            Some(ui) => match ui.split_once(':') {
+                Some((u, p)) => (
+                    decode(u).ok_or_else(|| fail("bad %-escape in the user name"))?,
+                    Some(decode(p).ok_or_else(|| fail("bad %-escape in the password"))?),
+                ),
+                None => (
+                    decode(ui).ok_or_else(|| fail("bad %-escape in the user name"))?,
+                    None,
+                ),
+            },
+        };
+        let mut hosts = Vec::new();
+        if !hostlist.is_empty() {
+            for part in hostlist.split(',') {
+                hosts.push(parse_host_port(part).map_err(|r| fail(&r))?);
+            }
+        }
+        let mut query = Vec::new();
+        if let Some(q) = &raw_query {
+            for pair in q.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let k = decode(k).ok_or_else(|| fail("bad %-escape in the query"))?;
+                let v = decode(v).ok_or_else(|| fail("bad %-escape in the query"))?;
+                query.push((k, v));
+            }
+        }
+        Ok(Url {
+            scheme: scheme.to_ascii_lowercase(),
+            username,
+            password,
+            hosts,
+            path: path.to_string(),
+            raw_query,
+            query,
+        })
+    }
+
+    /// The first host, or `""` when the URL has none.
+    pub fn host(&self) -> &str {
+        self.hosts.first().map_or("", |h| h.host.as_str())
+    }
+
+    /// The first host's port, if given.
+    pub fn port(&self) -> Option<u16> {
+        self.hosts.first().and_then(|h| h.port)
+    }
+
+    /// The last value of a query parameter.
+    pub fn query_param(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Path and query as sent in an HTTP request line (`/` when empty).
+    pub fn request_target(&self) -> String {
+        let path = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
+        match &self.raw_query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        }
+    }
+
+    /// The path, percent-decoded (file paths, database names).
+    pub fn decoded_path(&self) -> Option<String> {
+        decode(&self.path)
+    }
+}
+
+/// Display is always redacted: the password becomes `***`, and so do the values of
+/// query parameters that carry secrets.
+impl fmt::Display for Url {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://", self.scheme)?;
+        if !self.username.is_empty() || self.password.is_some() {
+            write!(f, "{}", self.username)?;
+            if self.password.is_some() {
+                write!(f, ":***")?;
+            }
+            write!(f, "@")?;
+        }
+        for (i, h) in self.hosts.iter().enumerate() {
+            if i > 0 {
+                write!(f, ",")?;
+            }
+            if h.host.contains(':') {
+                write!(f, "[{}]", h.host)?;
+            } else {
+                write!(f, "{}", h.host)?;
+            }
+            if let Some(p) = h.port {
+                write!(f, ":{p}")?;
+            }
+        }
+        write!(f, "{}", self.path)?;
+        if !self.query.is_empty() {
+            write!(f, "?")?;
+            for (i, (k, v)) in self.query.iter().enumerate() {
+                if i > 0 {
+                    write!(f, "&")?;
+                }
+                if is_secret_key(k) {
+                    write!(f, "{k}=***")?;
+                } else if v.is_empty() {
+                    write!(f, "{k}")?;
+                } else {
+                    write!(f, "{k}={v}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Url {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Url({self})")
+    }
+}
+
+fn is_secret_key(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    k.contains("password") || k.contains("secret") || k.contains("token") || k == "sslpassword"
+}
+
+fn parse_host_port(part: &str) -> Result<HostPort, String> {
+    let (host, port) = if let Some(rest) = part.strip_prefix('[') {
+        let end = rest
+            .find(']')
+            .ok_or("an IPv6 address opened with [ is not closed with ]")?;
+        let host = &rest[..end];
+        let after = &rest[end + 1..];
+        let port = match after {
+            "" => None,
+            p if p.starts_with(':') => Some(&p[1..]),
+            _ => return Err("unexpected text after ]".into()),
+        };
+        (host.to_string(), port)
+    } else {
+        match part.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (part.to_string(), None),
+        }
+    };
+    if host.contains(['[', ']', ' ', '/', '\\']) {
+        return Err(format!("the host {host:?} is not valid"));
+    }
+    let port = match port {
+        None | Some("") => None,
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("the port {p:?} is not a number from 1 to 65535"))?,
+        ),
+    };
+    let host = decode(&host).ok_or("bad %-escape in the host")?;
+    Ok(HostPort { host, port })
+}
+
+/// Percent-decodes; `None` on a malformed escape or invalid UTF-8.
+pub fn decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Redacts passwords in free text that may contain URLs or `key=value` settings:
+/// `scheme://user:secret@host` becomes `scheme://user:***@host`, and the values of
+/// `password=`, `secret=` and `token=` style parameters become `***`.
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // userinfo ends at the last '@' before the next '/', '?', '#' or whitespace
+        let auth_end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..auth_end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => {
+                        out.push_str(user);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str(userinfo),
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[auth_end..];
+    }
+    out.push_str(rest);
+    redact_params(&out)
+}
+
+fn redact_params(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(eq) = rest.find('=') {
+        let before = &rest[..eq];
+        let key_start = before
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .map_or(0, |i| i + 1);
+        let secret = is_secret_key(&before[key_start..]);
+        out.push_str(&rest[..=eq]);
+        rest = &rest[eq + 1..];
+        if secret {
+            let end = rest
+                .find(|c: char| matches!(c, '&' | '#' | '\'' | '"') || c.is_whitespace())
+                .unwrap_or(rest.len());
+            out.push_str("***");
+            rest = &rest[end..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_postgres_url() {
+        let u = Url::parse("postgres://app:s%40cret@db:5432/my%20db?sslmode=require").unwrap();
+        assert_eq!(u.scheme, "postgres");
+        assert_eq!(u.username, "app");
+        assert_eq!(u.password.as_deref(), Some("s@cret"));
+        assert_eq!(u.host(), "db");
+        assert_eq!(u.port(), Some(5432));
+        assert_eq!(u.decoded_path().unwrap(), "/my db");
+        assert_eq!(u.query_param("sslmode"), Some("require"));
+        assert_eq!(
+            u.to_string(),
+            "postgres://app:***@db:5432/my%20db?sslmode=require"
+        );
+    }
+
+    #[test]
+    fn parses_ipv6_multi_host_and_http() {
+        let u = Url::parse("postgresql://[::1]:5433,10.0.0.2/app").unwrap();
+        assert_eq!(u.hosts.len(), 2);
+        assert_eq!(u.hosts[0].host, "::1");
+        assert_eq!(u.hosts[0].port, Some(5433));
+        assert_eq!(u.hosts[1].port, None);
+        let h = Url::parse("HTTP://localhost:3000/api/health?x=1#frag").unwrap();
+        assert_eq!(h.scheme, "http");
+        assert_eq!(h.request_target(), "/api/health?x=1");
+        assert_eq!(
+            Url::parse("http://h").unwrap().request_target(),
+            "/",
+            "empty path requests /"
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_without_leaking() {
+        for bad in [
+            "localhost:3000",
+            "http://h:99999/",
+            "http://h:abc/",
+            "http://[::1/",
+            "postgres://u:pw@h:0/db",
+        ] {
+            let e = Url::parse(bad).unwrap_err();
+            assert!(!e.to_string().contains("pw@"), "{e}");
+        }
+        let e = Url::parse("postgres://u:hunter2@h:0/db").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("port"), "{e}");
+    }
+
+    #[test]
+    fn redacts_secret_query_params_and_text() {
+        let u = Url::parse("postgres://h/db?password=hunter2&sslmode=disable").unwrap();
+        assert_eq!(
+            u.to_string(),
+            "postgres://h/db?password=***&sslmode=disable"
+        );
+        let t = redact_text("connect postgres://app:hunter2@db:5432/x?password=zz&a=1 failed");
+        assert!(!t.contains("hunter2") && !t.contains("zz"), "{t}");
+        assert_eq!(
+            t,
+            "connect postgres://app:***@db:5432/x?password=***&a=1 failed"
+        );
+        assert_eq!(redact_text("no secrets here"), "no secrets here");
+        assert_eq!(redact_text("PGPASSWORD=abc rest"), "PGPASSWORD=*** rest");
+    }
+}
