@@ -1,0 +1,45 @@
+//! Docker engine access for container tests. Tests that need it skip, printing why,
+//! only when `docker info` fails.
+
+use std::process::{Command, Output, Stdio};
+
+/// `None` when a Docker engine answers, else the reason to print when skipping.
+pub fn unavailable() -> Option<String> {
+    match Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "docker info failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Some(format!("docker is not installed: {e}")),
+    }
+}
+
+/// Runs `docker ARGS`, panicking with its output when it fails.
+pub fn docker(args: &[&str]) -> Output {
+    let out = Command::new("docker")
+        .args(args)
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("docker");
+    assert!(
+        out.status.success(),
+        "docker {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `docker ARGS` and returns trimmed stdout.
+pub fn docker_text(args: &[&str]) -> String {
+    String::from_utf8_lossy(&docker(args).stdout)
+        .trim()
+        .to_string()
+}

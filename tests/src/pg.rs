@@ -1,0 +1,228 @@
+//! A throwaway PostgreSQL cluster per test. `initdb` runs once per test process into a
+//! template directory; each cluster is a copy of it (milliseconds instead of a second)
+//! with its own port, socket directory and, optionally, TLS.
+//!
+//! Roles: `postgres` (superuser; trust over the Unix socket, for the harness itself)
+//! and `app` (owner of database `app`) with a random password, SCRAM over TCP, so a
+//! wrong password is a real authentication failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::certs::TestCa;
+use crate::proc::{chown_to_service, service_command, Service};
+
+/// The directory with `postgres`, `initdb`, `psql`, `pg_dump`: `DOCKHAND_PG_BIN`, or
+/// the newest `/usr/lib/postgresql/N/bin`.
+pub fn bin_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("DOCKHAND_PG_BIN") {
+        return p.into();
+    }
+    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is not installed: run scripts/setup")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    versions.sort();
+    let v = versions
+        .last()
+        .expect("no PostgreSQL version in /usr/lib/postgresql");
+    PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"))
+}
+
+fn template() -> &'static Path {
+    static TEMPLATE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &TEMPLATE
+        .get_or_init(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("dockhand-pgtemplate-")
+                .tempdir()
+                .unwrap();
+            chown_to_service(dir.path());
+            let data = dir.path().join("data");
+            let status = service_command(bin_dir().join("initdb").to_str().unwrap())
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                    "--no-instructions",
+                ])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("initdb");
+            assert!(status.success(), "initdb failed");
+            (dir, data)
+        })
+        .1
+}
+
+pub struct Postgres {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    /// The `app` role's password.
+    pub password: String,
+    data: PathBuf,
+    service: Option<Service>,
+    pub ca: Option<TestCa>,
+}
+
+impl Postgres {
+    /// A running cluster without TLS.
+    pub fn start() -> Postgres {
+        Self::create(false)
+    }
+
+    /// A running cluster with TLS enabled (certificate from a fresh [`TestCa`]).
+    pub fn start_tls() -> Postgres {
+        Self::create(true)
+    }
+
+    fn create(tls: bool) -> Postgres {
+        let dir = tempfile::Builder::new()
+            .prefix("dockhand-pg-")
+            .tempdir()
+            .unwrap();
+        let data = dir.path().join("data");
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(template())
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(status.success(), "copying the template cluster failed");
+        let mut conf = format!(
+            "listen_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nmax_connections = 200\nshared_buffers = 32MB\nlog_min_messages = warning\n",
+            dir.path().display()
+        );
+        let ca = tls.then(TestCa::new);
+        if let Some(ca) = &ca {
+            let (cert, key) = ca.install_server_files(&data);
+            conf.push_str(&format!(
+                "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+                cert.display(),
+                key.display()
+            ));
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+        chown_to_service(dir.path());
+        let mut pg = Postgres {
+            dir,
+            port: 0,
+            password: format!("pw-{}", crate::token(16)),
+            data,
+            service: None,
+            ca,
+        };
+        pg.start_server();
+        let pw = pg.password.clone();
+        pg.psql(&format!("CREATE ROLE app LOGIN PASSWORD '{pw}'"));
+        pg.psql("CREATE DATABASE app OWNER app");
+        pg
+    }
+
+    /// Starts (or restarts) the server on a free port; a new port each time unless it
+    /// already had one.
+    pub fn start_server(&mut self) {
+        for _ in 0..5 {
+            if self.port == 0 {
+                self.port = crate::free_port();
+            }
+            let mut cmd = service_command(bin_dir().join("postgres").to_str().unwrap());
+            cmd.arg("-D")
+                .arg(&self.data)
+                .arg("-p")
+                .arg(self.port.to_string());
+            cmd.stdout(std::process::Stdio::null());
+            cmd.stderr(
+                std::fs::File::create(self.dir.path().join(format!("log-{}", self.port))).unwrap(),
+            );
+            let mut service = Service::spawn("postgres", cmd, Signal::SIGQUIT);
+            let ready = crate::wait_until(Duration::from_secs(30), || {
+                service.running() && self.pg_isready()
+            });
+            if ready {
+                self.service = Some(service);
+                return;
+            }
+            drop(service);
+            self.port = 0; // port taken by someone else: try another
+        }
+        panic!(
+            "PostgreSQL did not start; logs in {}",
+            self.dir.path().display()
+        );
+    }
+
+    /// Stops the server (immediate shutdown); `start_server` brings it back.
+    pub fn stop_server(&mut self) {
+        self.service.take();
+    }
+
+    fn pg_isready(&self) -> bool {
+        Command::new(bin_dir().join("pg_isready"))
+            .args([
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-t",
+                "1",
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// `postgres://app:PASSWORD@127.0.0.1:PORT/app`.
+    pub fn url(&self) -> String {
+        self.url_with("app", &self.password, "app")
+    }
+
+    pub fn url_with(&self, user: &str, password: &str, db: &str) -> String {
+        format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Runs SQL as the superuser over the Unix socket; returns unaligned output.
+    pub fn psql(&self, sql: &str) -> String {
+        self.psql_db("postgres", sql)
+    }
+
+    pub fn psql_db(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(bin_dir().join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                "postgres",
+            ])
+            .arg("-h")
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
