@@ -238,9 +238,13 @@ pub fn classify(e: &tokio_postgres::Error) -> PgError {
         let reason = db.message().to_string();
         // 57P03 cannot_connect_now ("the database system is starting up"),
         // 53300 too_many_connections, 57P01 admin_shutdown, 08xxx connection exceptions.
-        let waiting_helps = matches!(code, "57P03" | "53300" | "57P01" | "57P02")
-            || code.starts_with("08")
-            || code.starts_with("53");
+        // PgBouncer reports its own authentication and routing errors as 08P01.
+        let pooler_refusal = code == "08P01"
+            && (reason.contains("authentication failed") || reason.contains("no such database"));
+        let waiting_helps = !pooler_refusal
+            && (matches!(code, "57P03" | "53300" | "57P01" | "57P02")
+                || code.starts_with("08")
+                || code.starts_with("53"));
         return PgError {
             reason,
             permanent: !waiting_helps,
