@@ -1,0 +1,101 @@
+//! `healthcheck` in a real container: a `FROM scratch` image with nothing but the static
+//! binary and busybox's static httpd. Docker must report healthy, then unhealthy once
+//! the server stops. Skips (printing why) only when no Docker engine answers.
+
+use std::time::Duration;
+
+use dockhand_tests::bins::static_bin;
+use dockhand_tests::docker::{docker, docker_text, unavailable};
+
+struct Cleanup {
+    image: String,
+    container: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.container])
+            .output();
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", &self.image])
+            .output();
+    }
+}
+
+fn health(container: &str) -> String {
+    docker_text(&["inspect", "-f", "{{.State.Health.Status}}", container])
+}
+
+#[test]
+fn scratch_image_reports_healthy_then_unhealthy() {
+    if let Some(why) = unavailable() {
+        println!("SKIPPED: no Docker engine: {why}");
+        return;
+    }
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::copy(static_bin("healthcheck"), ctx.path().join("healthcheck")).unwrap();
+    std::fs::copy("/bin/busybox", ctx.path().join("busybox"))
+        .expect("/bin/busybox (busybox-static) is missing: run scripts/setup");
+    std::fs::create_dir(ctx.path().join("www")).unwrap();
+    std::fs::write(ctx.path().join("www/index.html"), "ok\n").unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        r#"FROM scratch
+COPY busybox /bin/busybox
+COPY healthcheck /usr/local/bin/healthcheck
+COPY www /www
+HEALTHCHECK --interval=1s --timeout=5s --retries=2 CMD ["/usr/local/bin/healthcheck", "--expect-body", "ok", "http://localhost:8080/"]
+CMD ["/bin/busybox", "sh", "-c", "/bin/busybox httpd -f -p 8080 -h /www & echo $! > /httpd.pid; exec /bin/busybox sleep 600"]
+"#,
+    )
+    .unwrap();
+    let tag = format!("dockhand-test-healthcheck:{}", dockhand_tests::token(10));
+    let guard = Cleanup {
+        image: tag.clone(),
+        container: format!("dockhand-test-hc-{}", dockhand_tests::token(10)),
+    };
+    docker(&["build", "-q", "-t", &tag, ctx.path().to_str().unwrap()]);
+    docker(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &guard.container,
+        &tag,
+    ]);
+
+    let became = |want: &str| {
+        dockhand_tests::wait_until(Duration::from_secs(60), || health(&guard.container) == want)
+    };
+    assert!(
+        became("healthy"),
+        "never healthy: {}",
+        health(&guard.container)
+    );
+
+    docker(&[
+        "exec",
+        &guard.container,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "kill $(cat /httpd.pid)",
+    ]);
+    assert!(
+        became("unhealthy"),
+        "never unhealthy: {}",
+        health(&guard.container)
+    );
+    let log = docker_text(&[
+        "inspect",
+        "-f",
+        "{{range .State.Health.Log}}{{.ExitCode}} {{.Output}}|{{end}}",
+        &guard.container,
+    ]);
+    assert!(
+        log.contains("1 http://localhost:8080/: connection refused"),
+        "health log: {log}"
+    );
+}
