@@ -482,7 +482,8 @@ fn targets_and_options_from_env_and_files() {
 
 #[test]
 fn bad_input_exits_1_with_a_clear_message_never_2() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (&["ftp://example.com/"], &[], "unknown scheme \"ftp\""),
         (&["localhost:3000"], &[], "expected scheme://"),
         (
