@@ -6,11 +6,13 @@
 //!
 //! The binaries are thin: they parse arguments and call these modules. Modules that
 //! need heavy dependencies sit behind cargo features so each binary links only what it
-//! uses (`probe`: tokio, tokio-postgres, rustls).
+//! uses (`probe`: tokio, tokio-postgres, rustls; `pid1`: nix).
 
+pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod log;
 pub mod url;
 
 #[cfg(feature = "probe")]
@@ -23,3 +25,6 @@ pub mod pg;
 pub mod probe;
 #[cfg(feature = "probe")]
 pub mod tls;
+
+#[cfg(feature = "pid1")]
+pub mod supervise;

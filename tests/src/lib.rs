@@ -22,6 +22,7 @@ pub mod docker;
 pub mod http;
 pub mod pg;
 pub mod pgbouncer;
+pub mod pid1;
 pub mod proc;
 pub mod redis;
 pub mod s3;

@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use dockhand::config;
 use dockhand::probe::{self, HttpOptions, StatusSet, Target};
+use dockhand::{cli, config};
 
 const HELP: &str = "\
 healthcheck: probe targets for a Docker HEALTHCHECK; exit 0 when all are healthy, 1 if not.
@@ -52,10 +52,6 @@ enum Parsed {
     Exit(&'static str),
 }
 
-fn env(name: &str) -> Result<Option<String>, String> {
-    config::var(name).map_err(|e| e.to_string())
-}
-
 fn parse_args() -> Result<Parsed, String> {
     use lexopt::prelude::*;
     let mut targets = Vec::new();
@@ -63,23 +59,19 @@ fn parse_args() -> Result<Parsed, String> {
     let mut expect_status = None;
     let mut expect_body = None;
     let mut headers = Vec::new();
-    let mut insecure = None;
-    let mut verbose = None;
+    let mut insecure = false;
+    let mut verbose = false;
     let mut parser = lexopt::Parser::from_env();
-    let value = |p: &mut lexopt::Parser, flag: &str| -> Result<String, String> {
-        p.value()
-            .map_err(|_| format!("{flag} needs a value"))?
-            .into_string()
-            .map_err(|_| format!("{flag}: the value is not valid UTF-8"))
-    };
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
-            Short('t') | Long("timeout") => timeout = Some(value(&mut parser, "--timeout")?),
-            Long("expect-status") => expect_status = Some(value(&mut parser, "--expect-status")?),
-            Long("expect-body") => expect_body = Some(value(&mut parser, "--expect-body")?),
-            Short('H') | Long("header") => headers.push(value(&mut parser, "--header")?),
-            Short('k') | Long("insecure") => insecure = Some(true),
-            Short('v') | Long("verbose") => verbose = Some(true),
+            Short('t') | Long("timeout") => timeout = Some(cli::value(&mut parser, "--timeout")?),
+            Long("expect-status") => {
+                expect_status = Some(cli::value(&mut parser, "--expect-status")?)
+            }
+            Long("expect-body") => expect_body = Some(cli::value(&mut parser, "--expect-body")?),
+            Short('H') | Long("header") => headers.push(cli::value(&mut parser, "--header")?),
+            Short('k') | Long("insecure") => insecure = true,
+            Short('v') | Long("verbose") => verbose = true,
             Short('h') | Long("help") => return Ok(Parsed::Exit(HELP)),
             Short('V') | Long("version") => {
                 return Ok(Parsed::Exit(concat!(
@@ -96,32 +88,29 @@ fn parse_args() -> Result<Parsed, String> {
         }
     }
     if targets.is_empty() {
-        if let Some(list) = env("HEALTHCHECK_URL")? {
+        if let Some(list) = cli::or_env(None, "HEALTHCHECK_URL")? {
             targets = split_targets(&list);
         }
     }
     if targets.is_empty() {
         return Err("no target: give one (e.g. healthcheck http://localhost:3000/health) or set HEALTHCHECK_URL".into());
     }
-    let timeout = match timeout.map_or_else(|| env("HEALTHCHECK_TIMEOUT"), |t| Ok(Some(t)))? {
-        Some(t) => {
-            let d = dockhand::duration::parse(&t).map_err(|e| format!("--timeout: {e}"))?;
-            if d.is_zero() {
-                return Err("--timeout must be more than 0".into());
-            }
-            d
-        }
-        None => Duration::from_secs(5),
+    let timeout = cli::duration_or_env(
+        timeout,
+        "--timeout",
+        "HEALTHCHECK_TIMEOUT",
+        Duration::from_secs(5),
+    )?;
+    if timeout.is_zero() {
+        return Err("--timeout must be more than 0".into());
+    }
+    let expect_status = match cli::or_env(expect_status, "HEALTHCHECK_EXPECT_STATUS")? {
+        Some(s) => StatusSet::parse(&s).map_err(|e| format!("--expect-status: {e}"))?,
+        None => StatusSet::default(),
     };
-    let expect_status =
-        match expect_status.map_or_else(|| env("HEALTHCHECK_EXPECT_STATUS"), |s| Ok(Some(s)))? {
-            Some(s) => StatusSet::parse(&s).map_err(|e| format!("--expect-status: {e}"))?,
-            None => StatusSet::default(),
-        };
-    let expect_body =
-        expect_body.map_or_else(|| env("HEALTHCHECK_EXPECT_BODY"), |b| Ok(Some(b)))?;
+    let expect_body = cli::or_env(expect_body, "HEALTHCHECK_EXPECT_BODY")?;
     if headers.is_empty() {
-        if let Some(h) = env("HEALTHCHECK_HEADERS")? {
+        if let Some(h) = cli::or_env(None, "HEALTHCHECK_HEADERS")? {
             headers = h
                 .lines()
                 .filter(|l| !l.trim().is_empty())
@@ -133,15 +122,6 @@ fn parse_args() -> Result<Parsed, String> {
         .iter()
         .map(|h| probe::parse_header(h).map_err(|e| format!("--header: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let flag = |given: Option<bool>, name: &str| -> Result<bool, String> {
-        match given {
-            Some(v) => Ok(v),
-            None => match env(name)? {
-                Some(v) => config::parse_bool(name, &v).map_err(|e| e.to_string()),
-                None => Ok(false),
-            },
-        }
-    };
     Ok(Parsed::Run(Args {
         targets,
         timeout,
@@ -149,9 +129,9 @@ fn parse_args() -> Result<Parsed, String> {
             expect_status,
             expect_body,
             headers,
-            insecure: flag(insecure, "HEALTHCHECK_INSECURE")?,
+            insecure: cli::switch_or_env(insecure, "HEALTHCHECK_INSECURE")?,
         },
-        verbose: flag(verbose, "HEALTHCHECK_VERBOSE")?,
+        verbose: cli::switch_or_env(verbose, "HEALTHCHECK_VERBOSE")?,
     }))
 }
 

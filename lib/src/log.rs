@@ -1,0 +1,216 @@
+//! Logging: `tracing` events written as one line each to stderr, as text or JSON
+//! (`LOG_FORMAT=text|json`), filtered by a level in `RUST_LOG` (`error`, `warn`, `info`,
+//! `debug`, `trace`; default `info`). Every line is passed through URL redaction, so a
+//! password that slips into a message is still never written.
+//!
+//! A hand-made subscriber rather than tracing-subscriber: the entrypoint stays resident
+//! for the container's life, and this is all of the formatting it needs.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata, Subscriber};
+
+use crate::config::ConfigError;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+struct LineSubscriber {
+    program: &'static str,
+    max: Level,
+    format: Format,
+    next_span: AtomicU64,
+}
+
+/// Installs the logger for `program`, reading `RUST_LOG` and `LOG_FORMAT`.
+pub fn init(program: &'static str) -> Result<(), ConfigError> {
+    let max = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => parse_level(&v)?,
+        _ => Level::INFO,
+    };
+    let format = match crate::config::var("LOG_FORMAT")?.as_deref() {
+        None | Some("text") => Format::Text,
+        Some("json") => Format::Json,
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "LOG_FORMAT={other:?}: use text or json"
+            )))
+        }
+    };
+    let _ = tracing::subscriber::set_global_default(LineSubscriber {
+        program,
+        max,
+        format,
+        next_span: AtomicU64::new(1),
+    });
+    Ok(())
+}
+
+/// Parses a level; `RUST_LOG` values like `dockhand=debug` use the last level named.
+fn parse_level(v: &str) -> Result<Level, ConfigError> {
+    let word = v.rsplit([',', '=']).next().unwrap_or("").trim();
+    match word.to_ascii_lowercase().as_str() {
+        "error" => Ok(Level::ERROR),
+        "warn" | "warning" => Ok(Level::WARN),
+        "info" => Ok(Level::INFO),
+        "debug" => Ok(Level::DEBUG),
+        "trace" => Ok(Level::TRACE),
+        "off" => Ok(Level::ERROR),
+        _ => Err(ConfigError(format!(
+            "RUST_LOG={v:?}: use error, warn, info, debug or trace"
+        ))),
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    rest: Vec<(&'static str, String)>,
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            self.rest.push((field.name(), format!("{value:?}")));
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            self.rest.push((field.name(), value.to_string()));
+        }
+    }
+}
+
+impl Subscriber for LineSubscriber {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= &self.max
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(self.next_span.fetch_add(1, Ordering::Relaxed))
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let level = event.metadata().level();
+        let line = match self.format {
+            Format::Text => {
+                let mut s = format!("{}: {}", self.program, fields.message);
+                if *level != Level::INFO {
+                    s = format!(
+                        "{}: {}: {}",
+                        self.program,
+                        level.as_str().to_ascii_lowercase(),
+                        fields.message
+                    );
+                }
+                for (k, v) in &fields.rest {
+                    let _ = write!(s, " {k}={v}");
+                }
+                s
+            }
+            Format::Json => {
+                let mut s = format!(
+                    "{{\"time\":\"{}\",\"level\":\"{}\",\"program\":\"{}\",\"message\":{}",
+                    rfc3339_now(),
+                    level.as_str().to_ascii_lowercase(),
+                    self.program,
+                    json_string(&fields.message)
+                );
+                for (k, v) in &fields.rest {
+                    let _ = write!(s, ",{}:{}", json_string(k), json_string(v));
+                }
+                s.push('}');
+                s
+            }
+        };
+        let line = crate::url::redact_text(&line);
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+/// A JSON string literal.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The current UTC time as RFC 3339 with milliseconds.
+pub fn rfc3339_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(now.as_secs() as i64, now.subsec_millis())
+}
+
+/// Formats seconds since the epoch (UTC) as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn rfc3339(secs: i64, millis: u32) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_462_235, 7), "2026-11-23T19:30:35.007Z");
+        assert_eq!(rfc3339(951_782_400, 0), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn levels_and_json() {
+        assert_eq!(parse_level("debug").unwrap(), Level::DEBUG);
+        assert_eq!(parse_level("dockhand=warn").unwrap(), Level::WARN);
+        assert!(parse_level("loud").is_err());
+        assert_eq!(json_string("a\"b\n\u{1}"), "\"a\\\"b\\n\\u0001\"");
+    }
+}

@@ -1,0 +1,345 @@
+//! `entrypoint` as PID 1, in real PID namespaces, side by side with Debian's tini and
+//! dumb-init (and with no init at all), so that each test shows it can tell a correct
+//! init from one that is not: the same scenario, different expected outcomes.
+
+use std::time::Duration;
+
+use dockhand_tests::pid1::{read_lines, Init, Namespace};
+use nix::sys::signal::Signal;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn names(sigs: &[&str]) -> Vec<String> {
+    sigs.iter().map(|s| s.to_string()).collect()
+}
+
+fn signum(name: &str) -> i32 {
+    dockhand::supervise::parse_signal(name, false).unwrap()
+}
+
+/// Waits until the app has recorded `n` signals.
+fn await_records(ns: &Namespace, n: usize) -> Vec<String> {
+    dockhand_tests::wait_until(Duration::from_secs(10), || ns.recorded().len() >= n);
+    ns.recorded()
+}
+
+#[test]
+fn forwards_every_catchable_signal_and_never_sigchld() {
+    let sent = [
+        "SIGHUP",
+        "SIGQUIT",
+        "SIGUSR1",
+        "SIGUSR2",
+        "SIGALRM",
+        "SIGWINCH",
+        "SIGURG",
+        "SIGPWR",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGXCPU",
+        "SIGIO",
+        "SIGRTMIN+3",
+    ];
+    for init in [
+        Init::dockhand(&[]),
+        Init::tini(&[]),
+        Init::dumb_init(&["--single-child"]),
+    ] {
+        let mut ns = Namespace::start(init.clone(), &[]);
+        for (i, s) in sent.iter().enumerate() {
+            ns.signal_raw(signum(s));
+            // One at a time, so the order is the order sent.
+            assert_eq!(
+                await_records(&ns, i + 1).len(),
+                i + 1,
+                "{}: {s} not forwarded",
+                init.name()
+            );
+        }
+        ns.signal(Signal::SIGTERM);
+        assert_eq!(ns.wait(LONG), Some(0), "{}: {}", init.name(), ns.stderr());
+        let mut want = names(&sent);
+        want.push("SIGTERM".into());
+        assert_eq!(ns.recorded(), want, "{}", init.name());
+    }
+}
+
+#[test]
+fn process_group_mode_reaches_the_apps_children() {
+    // (init, does the grandchild get SIGUSR1?)
+    let cases = [
+        (Init::dockhand(&[]), false),
+        (Init::dockhand(&["--process-group"]), true),
+        (Init::tini(&[]), false),
+        (Init::tini(&["-g"]), true),
+        (Init::dumb_init(&["--single-child"]), false),
+        (Init::dumb_init(&[]), true),
+    ];
+    for (init, group) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let gc = dir.path().join("gc");
+        let mut ns = Namespace::start(init.clone(), &["--grandchild-record", gc.to_str().unwrap()]);
+        ns.signal(Signal::SIGUSR1);
+        await_records(&ns, 1);
+        let reached =
+            dockhand_tests::wait_until(Duration::from_millis(500), || !read_lines(&gc).is_empty());
+        assert_eq!(
+            reached,
+            group,
+            "{} {:?}: grandchild got {:?}",
+            init.name(),
+            init.argv(),
+            read_lines(&gc)
+        );
+        ns.signal(Signal::SIGTERM);
+        assert!(ns.wait(LONG).is_some());
+    }
+}
+
+#[test]
+fn rewrite_maps_signals() {
+    let mut ns = Namespace::start(
+        Init::dockhand(&["--rewrite", "USR1:USR2", "--rewrite", "HUP:0"]),
+        &[],
+    );
+    ns.signal(Signal::SIGHUP); // dropped
+    ns.signal(Signal::SIGUSR1);
+    assert_eq!(await_records(&ns, 1), names(&["SIGUSR2"]));
+    ns.signal(Signal::SIGTERM);
+    assert_eq!(ns.wait(LONG), Some(0));
+    assert_eq!(ns.recorded(), names(&["SIGUSR2", "SIGTERM"]));
+
+    // dumb-init rewrites too (numbers only); tini passes USR1 through unchanged.
+    let mut d = Namespace::start(Init::dumb_init(&["--rewrite", "10:12"]), &[]);
+    d.signal(Signal::SIGUSR1);
+    assert_eq!(await_records(&d, 1), names(&["SIGUSR2"]));
+    let mut t = Namespace::start(Init::tini(&[]), &[]);
+    t.signal(Signal::SIGUSR1);
+    assert_eq!(await_records(&t, 1), names(&["SIGUSR1"]));
+    for ns in [&mut d, &mut t] {
+        ns.signal(Signal::SIGTERM);
+        ns.wait(LONG);
+    }
+}
+
+#[test]
+fn stop_delay_holds_sigterm_while_other_signals_pass() {
+    // SIGTERM, then SIGUSR1: with a stop delay the app sees USR1 first and is still
+    // serving; without one (tini) SIGTERM arrives first and ends it.
+    let mut ns = Namespace::start(Init::dockhand(&["--stop-delay", "1s"]), &[]);
+    ns.signal(Signal::SIGTERM);
+    ns.signal(Signal::SIGUSR1);
+    assert_eq!(ns.wait(LONG), Some(0), "{}", ns.stderr());
+    assert_eq!(ns.recorded(), names(&["SIGUSR1", "SIGTERM"]));
+    assert!(
+        ns.stderr()
+            .contains("received SIGTERM; passing it on in 1s"),
+        "{}",
+        ns.stderr()
+    );
+
+    let mut t = Namespace::start(Init::tini(&[]), &[]);
+    t.signal(Signal::SIGTERM);
+    assert_eq!(t.wait(LONG), Some(0));
+    assert_eq!(t.recorded()[0], "SIGTERM");
+}
+
+#[test]
+fn a_second_sigterm_ends_the_stop_delay() {
+    let mut ns = Namespace::start(Init::dockhand(&["--stop-delay", "1h"]), &[]);
+    ns.signal(Signal::SIGTERM);
+    // Identical signals coalesce while pending: send the second once the first is held.
+    assert!(dockhand_tests::wait_until(LONG, || ns
+        .stderr()
+        .contains("passing it on in 1h")));
+    ns.signal(Signal::SIGTERM);
+    assert_eq!(ns.wait(LONG), Some(0), "{}", ns.stderr());
+    assert_eq!(ns.recorded(), names(&["SIGTERM"]));
+}
+
+#[test]
+fn reaps_a_thousand_orphaned_zombies() {
+    // (init, zombies left)
+    for (init, reaps) in [
+        (Init::dockhand(&[]), true),
+        (Init::tini(&[]), true),
+        (Init::dumb_init(&[]), true),
+        (Init::Bare, false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let z = dir.path().join("zombies");
+        let mut ns = Namespace::start(
+            init.clone(),
+            &["--orphans", "1000", "--zombies", z.to_str().unwrap()],
+        );
+        let zombies: usize = read_lines(&z)[0].parse().unwrap();
+        if reaps {
+            assert_eq!(zombies, 0, "{} left zombies", init.name());
+        } else {
+            assert!(
+                zombies >= 900,
+                "without an init, orphans stay zombies ({zombies})"
+            );
+        }
+        ns.signal(Signal::SIGKILL);
+        ns.wait(LONG);
+    }
+}
+
+#[test]
+fn exit_status_mirrors_the_app() {
+    for init in [Init::dockhand(&[]), Init::tini(&[]), Init::dumb_init(&[])] {
+        let mut ns = Namespace::start(init.clone(), &["--exit", "3"]);
+        assert_eq!(ns.wait(LONG), Some(3), "{}", init.name());
+    }
+    // Killed by a signal: 128+N. The app's own USR1 handler is replaced by SIGKILL here.
+    let mut ns = Namespace::start(Init::dockhand(&[]), &["--stubborn"]);
+    let app = {
+        let host_children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", ns.init_pid())).unwrap();
+        host_children
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<i32>()
+            .unwrap()
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(app), Signal::SIGKILL).unwrap();
+    assert_eq!(ns.wait(LONG), Some(137), "{}", ns.stderr());
+
+    let mut ns = Namespace::start(
+        Init::dockhand(&["--remap-exit", "143:0"]),
+        &["--term-exit", "143"],
+    );
+    ns.signal(Signal::SIGTERM);
+    assert_eq!(ns.wait(LONG), Some(0));
+    let mut ns = Namespace::start(Init::dockhand(&[]), &["--term-exit", "143"]);
+    ns.signal(Signal::SIGTERM);
+    assert_eq!(ns.wait(LONG), Some(143));
+}
+
+#[test]
+fn missing_and_unexecutable_commands() {
+    use std::process::Command;
+    let run = |init: &[&str], cmd: &str| {
+        let out = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .args(init)
+            .arg(cmd)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let e = dockhand_tests::bins::bin("entrypoint");
+    let e = e.to_str().unwrap();
+    let (code, err) = run(&[e, "--"], "no-such-command");
+    assert_eq!(code, 127);
+    assert_eq!(
+        err,
+        "entrypoint: cannot run no-such-command: command not found in PATH\n"
+    );
+    let (code, err) = run(&[e, "--"], "/etc/passwd");
+    assert_eq!(code, 126);
+    assert!(
+        err.contains("cannot run /etc/passwd: permission denied"),
+        "{err}"
+    );
+    // The others, as FIELD-NOTES records: tini 127, dumb-init 2.
+    assert_eq!(run(&["tini", "--"], "no-such-command").0, 127);
+    assert_eq!(run(&["dumb-init"], "no-such-command").0, 2);
+}
+
+#[test]
+fn a_grandchild_gets_to_run_its_term_handler() {
+    // The app exits on SIGTERM at once; its child needs 0.5 s to clean up. dockhand
+    // waits; tini and dumb-init exit with the app and the kernel SIGKILLs the child.
+    for (init, handled) in [
+        (Init::dockhand(&[]), true),
+        (Init::dockhand(&["--process-group"]), true),
+        (Init::tini(&["-g"]), false),
+        (Init::dumb_init(&[]), false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let gc = dir.path().join("gc");
+        let mut ns = Namespace::start(init.clone(), &["--grandchild", gc.to_str().unwrap()]);
+        ns.signal(Signal::SIGTERM);
+        assert_eq!(ns.wait(LONG), Some(0), "{}: {}", init.name(), ns.stderr());
+        let got = read_lines(&gc);
+        assert_eq!(
+            !got.is_empty(),
+            handled,
+            "{} {:?}: {got:?}",
+            init.name(),
+            init.argv()
+        );
+        if handled {
+            assert_eq!(got, names(&["grandchild handled SIGTERM"]));
+        }
+    }
+}
+
+#[test]
+fn a_process_ignoring_term_is_killed_after_the_grace() {
+    let mut ns = Namespace::start(Init::dockhand(&["--grace", "1s"]), &["--stubborn"]);
+    ns.signal(Signal::SIGTERM);
+    assert_eq!(ns.wait(LONG), Some(0), "{}", ns.stderr());
+    assert!(
+        ns.stderr()
+            .contains("grace of 1s is over: killed 1 process(es)"),
+        "{}",
+        ns.stderr()
+    );
+}
+
+#[test]
+fn the_wait_ends_as_soon_as_everything_has_exited() {
+    // A 1 h grace: ending at all (within the test's 30 s) means it did not sleep it out.
+    let dir = tempfile::tempdir().unwrap();
+    let gc = dir.path().join("gc");
+    let mut ns = Namespace::start(
+        Init::dockhand(&["--grace", "1h"]),
+        &["--grandchild", gc.to_str().unwrap()],
+    );
+    ns.signal(Signal::SIGTERM);
+    assert_eq!(ns.wait(LONG), Some(0), "{}", ns.stderr());
+    assert!(!ns.stderr().contains("is over"), "{}", ns.stderr());
+    assert_eq!(read_lines(&gc), names(&["grandchild handled SIGTERM"]));
+}
+
+#[test]
+fn a_second_sigterm_during_the_grace_kills_at_once() {
+    let mut ns = Namespace::start(
+        Init::dockhand(&["--grace", "1h"]),
+        &["--stubborn", "--ignore-term"],
+    );
+    ns.signal(Signal::SIGTERM);
+    await_records(&ns, 1);
+    ns.signal(Signal::SIGTERM);
+    assert_eq!(ns.wait(LONG), Some(137), "{}", ns.stderr());
+    assert!(
+        ns.stderr().contains("second SIGTERM: killed"),
+        "{}",
+        ns.stderr()
+    );
+}
+
+#[test]
+fn the_app_exiting_on_its_own_stops_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let gc = dir.path().join("gc");
+    let mut ns = Namespace::start(
+        Init::dockhand(&[]),
+        &["--grandchild", gc.to_str().unwrap(), "--exit", "4"],
+    );
+    assert_eq!(ns.wait(LONG), Some(4), "{}", ns.stderr());
+    assert_eq!(read_lines(&gc), names(&["grandchild handled SIGTERM"]));
+    assert!(
+        ns.stderr()
+            .contains("app exited with status 4; stopping 1 remaining process(es)"),
+        "{}",
+        ns.stderr()
+    );
+}
