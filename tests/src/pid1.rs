@@ -118,6 +118,26 @@ impl Namespace {
         ns
     }
 
+    /// Wraps an `unshare` child started elsewhere (e.g. on a terminal) and waits until
+    /// the app is ready.
+    pub fn adopt(dir: tempfile::TempDir, init: Init, child: Child) -> Namespace {
+        let mut ns = Namespace {
+            dir,
+            init,
+            child: Some(child),
+            status: None,
+        };
+        let ready = ns.path("ready");
+        let ok = crate::wait_until(Duration::from_secs(30), || ready.exists() || ns.exited());
+        assert!(
+            ok && ready.exists(),
+            "{}: the app never became ready: {}",
+            ns.init.name(),
+            ns.stderr()
+        );
+        ns
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

@@ -343,3 +343,154 @@ fn the_app_exiting_on_its_own_stops_the_rest() {
         ns.stderr()
     );
 }
+
+/// Runs an init directly (not PID 1) with the app making an orphan; returns
+/// (init pid, the orphan's parent as it saw it, init's stderr, exit status).
+fn orphan_outside_a_namespace(init: &Init) -> (u32, i32, String, Option<i32>) {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let orphan = dir.path().join("orphan");
+    let stderr = dir.path().join("stderr");
+    let argv = init.argv();
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .arg("python3")
+        .arg(dockhand_tests::pid1::sigapp())
+        .arg("--orphan")
+        .arg(&orphan)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    dockhand_tests::wait_until(LONG, || !read_lines(&orphan).is_empty());
+    let parent: i32 = read_lines(&orphan)
+        .first()
+        .expect("the orphan never reported")
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let status = dockhand_tests::wait_until(LONG, || matches!(child.try_wait(), Ok(Some(_))));
+    let code = if status {
+        child.wait().ok().and_then(|s| s.code())
+    } else {
+        None
+    };
+    let _ = child.kill();
+    (pid, parent, std::fs::read_to_string(&stderr).unwrap(), code)
+}
+
+#[test]
+fn not_pid1_it_becomes_a_quiet_subreaper() {
+    let (pid, parent, stderr, code) = orphan_outside_a_namespace(&Init::dockhand(&[]));
+    assert_eq!(
+        parent, pid as i32,
+        "the orphan was not reparented to the entrypoint"
+    );
+    // No warning about not being PID 1 (tini's), only the shutdown it did.
+    assert!(
+        !stderr.contains("subreaper") && !stderr.contains("warn"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("stopping 1 remaining process(es)"),
+        "{stderr}"
+    );
+    // It stopped the orphan too (its descendant) and exited with the app's status.
+    assert_eq!(code, Some(0));
+    // tini without -s: warns, and the orphan goes elsewhere.
+    let (tpid, tparent, tstderr, _) = orphan_outside_a_namespace(&Init::tini(&[]));
+    assert_ne!(tparent, tpid as i32);
+    assert!(tstderr.contains("subreaper"), "{tstderr}");
+}
+
+/// The app's host pid: the only child of the namespace's PID 1.
+fn app_pid(ns: &Namespace) -> i32 {
+    let init = ns.init_pid();
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+    children.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn process_state(pid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rfind(')')
+        .and_then(|i| stat[i + 2..].chars().next())
+        .unwrap_or('?')
+}
+
+/// Starts INIT as PID 1 on a new pseudo-terminal, as `docker run -it` does.
+fn start_on_a_tty(init: Init, app_args: &[&str]) -> (Namespace, std::fs::File) {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let master: OwnedFd = pty.master;
+    let slave: OwnedFd = pty.slave;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc"])
+        .args(init.argv())
+        .arg("python3")
+        .arg(dockhand_tests::pid1::sigapp())
+        .arg("--record")
+        .arg(dir.path().join("record"))
+        .arg("--ready")
+        .arg(dir.path().join("ready"))
+        .args(app_args)
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap());
+    let slave_fd = slave.as_raw_fd();
+    // SAFETY: setsid and ioctl are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::libc::setsid();
+            nix::libc::ioctl(slave_fd, nix::libc::TIOCSCTTY as _, 0);
+            Ok(())
+        });
+    }
+    let ns = Namespace::adopt(dir, init, cmd.spawn().unwrap());
+    drop(slave);
+    (ns, std::fs::File::from(master))
+}
+
+#[test]
+fn ctrl_c_and_ctrl_z_on_a_terminal_behave_as_in_a_shell() {
+    use std::io::Write;
+    // Ctrl-C: the app gets SIGINT once (from the terminal, not again from PID 1).
+    let (mut ns, mut tty) = start_on_a_tty(Init::dockhand(&[]), &[]);
+    tty.write_all(b"\x03").unwrap();
+    await_records(&ns, 1);
+    ns.signal(Signal::SIGTERM);
+    assert_eq!(ns.wait(LONG), Some(0), "{}", ns.stderr());
+    assert_eq!(ns.recorded(), names(&["SIGINT", "SIGTERM"]));
+
+    // Ctrl-C ends an app that exits on SIGINT, with its status.
+    let (mut ns, mut tty) = start_on_a_tty(Init::dockhand(&[]), &["--int-exit", "130"]);
+    tty.write_all(b"\x03").unwrap();
+    assert_eq!(ns.wait(LONG), Some(130), "{}", ns.stderr());
+
+    // Ctrl-Z suspends the app; SIGCONT to PID 1 resumes it.
+    let (mut ns, mut tty) = start_on_a_tty(Init::dockhand(&[]), &["--default", "SIGTSTP"]);
+    let app = app_pid(&ns);
+    tty.write_all(b"\x1a").unwrap();
+    assert!(
+        dockhand_tests::wait_until(LONG, || process_state(app) == 'T'),
+        "not stopped"
+    );
+    ns.signal(Signal::SIGCONT);
+    assert!(
+        dockhand_tests::wait_until(LONG, || process_state(app) != 'T'),
+        "not resumed"
+    );
+    ns.signal(Signal::SIGTERM);
+    assert_eq!(ns.wait(LONG), Some(0), "{}", ns.stderr());
+
+    // dumb-init without its own session shares the terminal's group with the app:
+    // Ctrl-C reaches the app twice (from the terminal and forwarded).
+    let (mut ns, mut tty) = start_on_a_tty(Init::dumb_init(&["--single-child"]), &[]);
+    tty.write_all(b"\x03").unwrap();
+    await_records(&ns, 2);
+    ns.signal(Signal::SIGTERM);
+    ns.wait(LONG);
+    assert_eq!(&ns.recorded()[..2], &names(&["SIGINT", "SIGINT"])[..]);
+}
