@@ -270,7 +270,13 @@ impl Supervisor<'_> {
                 }
                 if !others_told {
                     others_told = true;
-                    let n = self.signal_rest(libc::SIGTERM);
+                    // With no child left, a subreaper has no descendant at all: skip
+                    // the /proc scan. As PID 1, `docker exec` strays are not children.
+                    let n = if no_children && !self.pid1 {
+                        0
+                    } else {
+                        self.signal_rest(libc::SIGTERM)
+                    };
                     if n > 0 {
                         info!("app exited with status {code}; stopping {n} remaining process(es), grace {}", crate::duration::format(self.opts.grace));
                     }
