@@ -27,4 +27,15 @@ pub mod probe;
 pub mod tls;
 
 #[cfg(feature = "pid1")]
+pub mod privileges;
+#[cfg(feature = "pid1")]
 pub mod supervise;
+
+#[cfg(feature = "startup")]
+pub mod migrate;
+#[cfg(feature = "startup")]
+pub mod secrets;
+#[cfg(feature = "startup")]
+pub mod startup;
+#[cfg(feature = "probe")]
+pub mod wait;

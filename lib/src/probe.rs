@@ -258,6 +258,32 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// Splits a target list on whitespace, and on commas that start a new URL (a
+/// PostgreSQL URL may itself hold commas between hosts).
+pub fn split_targets(list: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for word in list.split_whitespace() {
+        for piece in word.split(',') {
+            // `postgres` alone is entrypoint's name for the direct URL, never a host.
+            let starts_url = piece == "postgres"
+                || piece.split_once("://").is_some_and(|(s, _)| {
+                    !s.is_empty()
+                        && s.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+                });
+            match out.last_mut() {
+                Some(last) if !starts_url && !piece.is_empty() && last.contains("://") => {
+                    last.push(',');
+                    last.push_str(piece);
+                }
+                _ if piece.is_empty() => {}
+                _ => out.push(piece.to_string()),
+            }
+        }
+    }
+    out
+}
+
 /// What a probe was doing, for the timeout message.
 #[derive(Clone, Copy)]
 enum Stage {
@@ -302,7 +328,7 @@ pub async fn probe_all(targets: &[Target], opts: &HttpOptions, timeout: Duration
 }
 
 /// Polls futures of one type together on the current task (no `'static`, no spawn).
-async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
     let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
@@ -577,6 +603,23 @@ mod tests {
         assert!(e("file:///x?max-age=soon").contains("invalid duration"));
         assert!(e("http://:80/").contains("no host"));
         assert!(!e("redis://:hunter2@h:99999").contains("hunter2"));
+    }
+
+    #[test]
+    fn splits_target_lists() {
+        assert_eq!(
+            split_targets("http://a/x, tcp://b:1\npostgres://u@h1,h2:5/db,file:///f"),
+            [
+                "http://a/x",
+                "tcp://b:1",
+                "postgres://u@h1,h2:5/db",
+                "file:///f"
+            ]
+        );
+        assert_eq!(
+            split_targets("tcp://c:1,postgres"),
+            ["tcp://c:1", "postgres"]
+        );
     }
 
     #[test]

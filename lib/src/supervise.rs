@@ -39,6 +39,8 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
 
+use crate::privileges::Credentials;
+
 /// What to run and how to supervise it.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -54,6 +56,8 @@ pub struct Options {
     pub grace: Duration,
     /// Exit status rewrites: (from, to).
     pub remap_exit: Vec<(i32, i32)>,
+    /// Run the app as this user (`--user`).
+    pub user: Option<Credentials>,
 }
 
 /// Signals that are raised by faults in this process and must keep their default
@@ -185,10 +189,51 @@ fn spawn_error(program: &OsString, e: &io::Error) -> SpawnError {
             ),
             code: 126,
         },
+        io::ErrorKind::Other if e.to_string().starts_with("cannot switch") => SpawnError {
+            message: format!("cannot run {name}: {e}"),
+            code: 126,
+        },
         _ => SpawnError {
             message: format!("cannot run {name}: {}", crate::error::io_reason(e)),
             code: 126,
         },
+    }
+}
+
+/// Sets up a child the way every process dockhand starts needs it: its own process
+/// group, no signal blocked and SIGPIPE at its default (this process blocks them all and
+/// Rust ignores SIGPIPE), the privileges of `user` (setgroups, setgid, setuid, `HOME`),
+/// and, with `tty`, the terminal's foreground.
+pub fn prepare_child(cmd: &mut std::process::Command, user: Option<&Credentials>, tty: bool) {
+    cmd.process_group(0);
+    let ids = user.map(|c| (c.uid, c.gid, c.groups.clone()));
+    if let Some(c) = user {
+        cmd.env("HOME", &c.home);
+    }
+    // SAFETY: only async-signal-safe calls (sigprocmask, signal, setgroups, setgid,
+    // setuid, tcsetpgrp, getpid) between fork and exec; `ids` was allocated before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let empty = SigSet::empty();
+            libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            if tty {
+                take_terminal();
+            }
+            if let Some((uid, gid, groups)) = &ids {
+                let gids: Vec<libc::gid_t> = groups.iter().map(|g| *g as libc::gid_t).collect();
+                if libc::setgroups(gids.len(), gids.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0
+                {
+                    return Err(io::Error::other(format!(
+                        "cannot switch to uid {uid} gid {gid}: {}",
+                        io::Error::last_os_error()
+                    )));
+                }
+            }
+            Ok(())
+        });
     }
 }
 
@@ -209,22 +254,8 @@ pub fn run(opts: &Options, signals: &SigSet) -> Result<i32, SpawnError> {
 
     let program = &opts.command[0];
     let mut cmd = std::process::Command::new(program);
-    cmd.args(&opts.command[1..]).process_group(0);
-    // SAFETY: only async-signal-safe calls (sigprocmask, signal, tcsetpgrp, getpid)
-    // between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // The app starts with no signal blocked and SIGPIPE at its default
-            // (Rust's runtime ignores it in this process).
-            let empty = SigSet::empty();
-            libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut());
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            if tty {
-                take_terminal();
-            }
-            Ok(())
-        });
-    }
+    cmd.args(&opts.command[1..]);
+    prepare_child(&mut cmd, opts.user.as_ref(), tty);
     let child = cmd.spawn().map_err(|e| spawn_error(program, &e))?;
     let main = Pid::from_raw(child.id() as i32);
     drop(child); // we reap it ourselves with waitpid(-1)

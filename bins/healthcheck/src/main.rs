@@ -89,7 +89,7 @@ fn parse_args() -> Result<Parsed, String> {
     }
     if targets.is_empty() {
         if let Some(list) = cli::or_env(None, "HEALTHCHECK_URL")? {
-            targets = split_targets(&list);
+            targets = probe::split_targets(&list);
         }
     }
     if targets.is_empty() {
@@ -133,30 +133,6 @@ fn parse_args() -> Result<Parsed, String> {
         },
         verbose: cli::switch_or_env(verbose, "HEALTHCHECK_VERBOSE")?,
     }))
-}
-
-/// Splits a target list on whitespace, and on commas that start a new URL (a
-/// PostgreSQL URL may itself hold commas between hosts).
-fn split_targets(list: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for word in list.split_whitespace() {
-        for piece in word.split(',') {
-            let starts_url = piece.split_once("://").is_some_and(|(s, _)| {
-                !s.is_empty()
-                    && s.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
-            });
-            match out.last_mut() {
-                Some(last) if !starts_url && !piece.is_empty() && last.contains("://") => {
-                    last.push(',');
-                    last.push_str(piece);
-                }
-                _ if piece.is_empty() => {}
-                _ => out.push(piece.to_string()),
-            }
-        }
-    }
-    out
 }
 
 /// Docker keeps 4096 bytes of output; keep each line short.
@@ -222,23 +198,5 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_targets;
-
-    #[test]
-    fn splits_target_lists() {
-        assert_eq!(
-            split_targets("http://a/x, tcp://b:1\npostgres://u@h1,h2:5/db,file:///f"),
-            [
-                "http://a/x",
-                "tcp://b:1",
-                "postgres://u@h1,h2:5/db",
-                "file:///f"
-            ]
-        );
     }
 }

@@ -1,0 +1,202 @@
+//! The entrypoint's start-up phases, in order, each off unless configured: required
+//! variables, `--chown`, waiting for services, migrations. (Secrets from `NAME_FILE`
+//! are loaded earlier, by `main`, before any thread exists.)
+//!
+//! All signals are still blocked (see `supervise`): a SIGTERM or SIGINT that arrives
+//! during start-up is read from a signalfd and ends start-up at once with 128+N, a
+//! running `--migrate-cmd` getting SIGTERM first; every other signal stays pending and
+//! reaches the app once it runs. The async runtime and connections used here are
+//! dropped before supervising begins (and `main` re-executes itself to give their
+//! memory back).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use nix::libc;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use tracing::info;
+
+use crate::migrate::{self, Source};
+use crate::pg::PgTarget;
+use crate::privileges::Credentials;
+use crate::probe::{HttpOptions, Target};
+use crate::url::Url;
+
+/// What to do before the app starts.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub require_env: Vec<String>,
+    /// Wait targets as given; `postgres` means the migration (direct) URL.
+    pub wait: Vec<String>,
+    pub wait_timeout: Duration,
+    pub migrate: Option<Source>,
+    pub lock_timeout: Duration,
+    pub allow_pooler: bool,
+    pub user: Option<Credentials>,
+    pub chown: Vec<PathBuf>,
+}
+
+impl Plan {
+    /// True when a phase needs the async runtime.
+    pub fn needs_runtime(&self) -> bool {
+        !self.wait.is_empty() || self.migrate.is_some()
+    }
+}
+
+/// Why start-up stopped. Each kind has its exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupError {
+    /// Invalid configuration (2).
+    Config(String),
+    /// A service did not become ready (3).
+    Wait(String),
+    /// Migrations failed (4).
+    Migrate(String),
+    /// `--chown` failed (5).
+    Privileges(String),
+    /// SIGTERM/SIGINT arrived (128+N).
+    Signal(i32),
+}
+
+impl StartupError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartupError::Config(_) => 2,
+            StartupError::Wait(_) => 3,
+            StartupError::Migrate(_) => 4,
+            StartupError::Privileges(_) => 5,
+            StartupError::Signal(n) => 128 + n,
+        }
+    }
+}
+
+impl std::fmt::Display for StartupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartupError::Config(m) | StartupError::Privileges(m) => f.write_str(m),
+            StartupError::Wait(m) => write!(f, "waiting failed: {m}"),
+            StartupError::Migrate(m) => write!(f, "migration failed, the app was not started: {m}"),
+            StartupError::Signal(n) => write!(
+                f,
+                "{} during start-up: stopped",
+                crate::supervise::signal_name(*n)
+            ),
+        }
+    }
+}
+
+/// Runs the plan.
+pub fn run(plan: &Plan) -> Result<(), StartupError> {
+    crate::secrets::require(&plan.require_env).map_err(|e| StartupError::Config(e.to_string()))?;
+    if let Some(user) = &plan.user {
+        for p in &plan.chown {
+            let n =
+                crate::privileges::chown_recursive(p, user).map_err(StartupError::Privileges)?;
+            info!(
+                "handed {} ({n} entries) to uid {} gid {}",
+                p.display(),
+                user.uid,
+                user.gid
+            );
+        }
+    } else if !plan.chown.is_empty() {
+        return Err(StartupError::Config(
+            "--chown needs --user (whom to give the paths to)".into(),
+        ));
+    }
+    if !plan.needs_runtime() {
+        return Ok(());
+    }
+    // Resolve the configuration before waiting on anything.
+    let direct = migrate::direct_url().map_err(StartupError::Config)?;
+    let direct_target = |what: &str| -> Result<(String, PgTarget), StartupError> {
+        let raw = direct.clone().ok_or_else(|| {
+            StartupError::Config(format!("{what} needs DIRECT_URL (or DATABASE_URL) set"))
+        })?;
+        let url = Url::parse(&raw).map_err(|e| StartupError::Config(format!("DIRECT_URL: {e}")))?;
+        let t = PgTarget::from_url(&url)
+            .map_err(|e| StartupError::Config(format!("DIRECT_URL {url}: {e}")))?;
+        Ok((raw, t))
+    };
+    let mut targets = Vec::new();
+    for w in &plan.wait {
+        if w == "postgres" {
+            targets.push(Target::Postgres(Box::new(
+                direct_target("--wait postgres")?.1,
+            )));
+        } else {
+            targets
+                .push(Target::parse(w).map_err(|e| StartupError::Config(format!("--wait: {e}")))?);
+        }
+    }
+    let migration = match &plan.migrate {
+        Some(source) => Some((direct_target("migrating")?, source.clone())),
+        None => None,
+    };
+
+    let stop_signals =
+        stop_signalfd().map_err(|e| StartupError::Config(format!("cannot watch signals: {e}")))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartupError::Config(format!("cannot start: {e}")))?;
+    let phases = async {
+        crate::wait::wait_all(&targets, &HttpOptions::default(), plan.wait_timeout)
+            .await
+            .map_err(|e| StartupError::Wait(e.0))?;
+        if let Some(((raw, target), source)) = &migration {
+            let opts = migrate::Options {
+                source: source.clone(),
+                lock_timeout: plan.lock_timeout,
+                allow_pooler: plan.allow_pooler,
+                user: plan.user.clone(),
+            };
+            migrate::run(target, raw, &opts)
+                .await
+                .map_err(|e| StartupError::Migrate(e.0))?;
+        }
+        Ok(())
+    };
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = phases => r,
+            sig = next_signal(stop_signals) => Err(StartupError::Signal(sig)),
+        }
+    });
+    if let Err(StartupError::Signal(_)) = &result {
+        let pgid = migrate::COMMAND_PGID.load(Ordering::SeqCst);
+        if pgid > 0 {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        }
+    }
+    rt.shutdown_background();
+    result
+}
+
+/// A signalfd for the signals that stop start-up (still blocked process-wide).
+fn stop_signalfd() -> nix::Result<SignalFd> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+}
+
+async fn next_signal(sfd: SignalFd) -> i32 {
+    // SAFETY: the AsyncFd owns the signalfd, so the descriptor stays open for as long
+    // as it is registered.
+    let Ok(afd) = (unsafe { tokio::io::unix::AsyncFd::register(sfd) }) else {
+        return std::future::pending().await;
+    };
+    loop {
+        let Ok(mut guard) = afd.readable().await else {
+            return std::future::pending().await;
+        };
+        if let Ok(Some(info)) = afd.get_ref().read_signal() {
+            return info.ssi_signo as i32;
+        }
+        guard.clear_ready();
+    }
+}

@@ -1,0 +1,185 @@
+//! Waiting for services before the app starts: every target probed in parallel with
+//! the same code as `healthcheck`, retried with a short, capped, jittered backoff (25 ms
+//! doubling to 1 s, ±25 %), all under one timeout. Transient failures (refused, name not
+//! resolvable yet, "the database system is starting up", too many connections) keep
+//! waiting; permanent ones (wrong password, missing database, TLS) stop at once with
+//! the server's message. Every 5 s a log line says what is still awaited and why.
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use crate::duration;
+use crate::probe::{self, HttpOptions, Target};
+
+/// Why waiting ended without every target ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitError(pub String);
+
+impl std::fmt::Display for WaitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WaitError {}
+
+const FIRST_RETRY: Duration = Duration::from_millis(25);
+const MAX_RETRY: Duration = Duration::from_secs(1);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+enum State {
+    Waiting(String),
+    Ready,
+    Failed(String),
+}
+
+/// A small xorshift generator for jitter (no need for a crate).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 32);
+        Jitter(seed | 1)
+    }
+    /// `d` scaled by a factor in [0.75, 1.25).
+    fn apply(&mut self, d: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let f = 0.75 + (self.0 % 1000) as f64 / 2000.0;
+        d.mul_f64(f)
+    }
+}
+
+/// Waits until every target is healthy, or fails at the first permanent error or when
+/// `timeout` runs out.
+pub async fn wait_all(
+    targets: &[Target],
+    http: &HttpOptions,
+    timeout: Duration,
+) -> Result<(), WaitError> {
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let states: Vec<RefCell<State>> = targets
+        .iter()
+        .map(|_| RefCell::new(State::Waiting("not tried yet".into())))
+        .collect();
+    let names: Vec<String> = targets.iter().map(|t| t.url().to_string()).collect();
+    let failed = tokio::sync::Notify::new();
+    let waits = probe::join_all(
+        targets
+            .iter()
+            .zip(&states)
+            .map(|(t, st)| wait_one(t, http, deadline, st, &failed))
+            .collect(),
+    );
+    let progress = async {
+        loop {
+            tokio::time::sleep(PROGRESS_EVERY).await;
+            let pending: Vec<String> = names
+                .iter()
+                .zip(&states)
+                .filter_map(|(n, st)| match &*st.borrow() {
+                    State::Waiting(why) => Some(format!("{n} ({why})")),
+                    _ => None,
+                })
+                .collect();
+            info!(
+                "still waiting after {} for: {}",
+                duration::format(Duration::from_secs(started.elapsed().as_secs())),
+                pending.join(", ")
+            );
+        }
+    };
+    tokio::select! {
+        _ = waits => {}
+        _ = failed.notified() => {}
+        _ = progress => {}
+        _ = tokio::time::sleep_until(deadline) => {}
+    }
+    let mut problems = Vec::new();
+    let mut permanent = false;
+    for (n, st) in names.iter().zip(&states) {
+        match &*st.borrow() {
+            State::Ready => {}
+            State::Failed(why) => {
+                permanent = true;
+                problems.push(format!("{n}: {why}"));
+            }
+            State::Waiting(why) => problems.push(format!("{n}: {why}")),
+        }
+    }
+    if problems.is_empty() {
+        info!(
+            "ready after {}: {}",
+            duration::format(started.elapsed()),
+            names.join(", ")
+        );
+        return Ok(());
+    }
+    Err(WaitError(if permanent {
+        format!("{} (waiting cannot fix this)", problems.join("; "))
+    } else {
+        format!(
+            "gave up waiting after {}: {}",
+            duration::format(timeout),
+            problems.join("; ")
+        )
+    }))
+}
+
+async fn wait_one(
+    target: &Target,
+    http: &HttpOptions,
+    deadline: tokio::time::Instant,
+    state: &RefCell<State>,
+    failed: &tokio::sync::Notify,
+) {
+    let mut delay = FIRST_RETRY;
+    let mut jitter = Jitter::new();
+    loop {
+        let attempt_deadline = deadline.min(tokio::time::Instant::now() + ATTEMPT_TIMEOUT);
+        let report = probe::probe(target, http, attempt_deadline).await;
+        match report.outcome {
+            Ok(_) => {
+                *state.borrow_mut() = State::Ready;
+                return;
+            }
+            Err(f) if f.permanent => {
+                *state.borrow_mut() = State::Failed(f.reason);
+                failed.notify_one();
+                return;
+            }
+            Err(f) => *state.borrow_mut() = State::Waiting(f.reason),
+        }
+        tokio::time::sleep(jitter.apply(delay)).await;
+        delay = (delay * 2).min(MAX_RETRY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_bounds() {
+        let mut j = Jitter::new();
+        for _ in 0..1000 {
+            let d = j.apply(Duration::from_millis(1000));
+            assert!(
+                d >= Duration::from_millis(750) && d < Duration::from_millis(1250),
+                "{d:?}"
+            );
+        }
+    }
+}
