@@ -10,6 +10,8 @@
 . "$ROOT/bench/lib.sh"
 "$ROOT/scripts/setup" >/dev/null
 [ -x "$STATIC_DIR/entrypoint" ] || "$ROOT/scripts/build-static"
+# This machine's environment may hold *_FILE variables that are not secrets.
+export ENTRYPOINT_FILE_VARS=none
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

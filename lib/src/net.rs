@@ -18,9 +18,9 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-/// Where `/etc/hosts` is read from; `DOCKHAND_HOSTS_FILE` overrides it.
+/// Where `/etc/hosts` is read from; `DOCKHAND_HOSTS` overrides it.
 pub fn hosts_file() -> std::path::PathBuf {
-    std::env::var_os("DOCKHAND_HOSTS_FILE")
+    std::env::var_os("DOCKHAND_HOSTS")
         .map(Into::into)
         .unwrap_or_else(|| "/etc/hosts".into())
 }

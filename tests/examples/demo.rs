@@ -85,6 +85,7 @@ fn entrypoint_demo() -> i32 {
     step("entrypoint as PID 1: docker stop sends SIGTERM");
     println!("$ unshare --pid --fork --mount-proc entrypoint -- sh app.sh   # PID 1 of its own namespace, like a container");
     let mut child = Command::new("unshare")
+        .env("ENTRYPOINT_FILE_VARS", "none")
         .args(["--pid", "--fork", "--mount-proc"])
         .arg(static_bin("entrypoint"))
         .args(["--grace", "5s", "--", "sh", "-c", APP])

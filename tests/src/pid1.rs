@@ -85,6 +85,7 @@ impl Namespace {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new("unshare");
         cmd.args(["--pid", "--fork", "--mount-proc"])
+            .env("ENTRYPOINT_FILE_VARS", "none")
             .args(init.argv())
             .arg("python3")
             .arg(sigapp())
@@ -144,18 +145,7 @@ impl Namespace {
 
     /// The host PID of the namespace's PID 1 (the child of `unshare`).
     pub fn init_pid(&self) -> i32 {
-        let unshare = self.child.as_ref().expect("running").id();
-        let file = format!("/proc/{unshare}/task/{unshare}/children");
-        let mut pid = 0;
-        crate::wait_until(Duration::from_secs(10), || {
-            pid = std::fs::read_to_string(&file)
-                .ok()
-                .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
-                .unwrap_or(0);
-            pid != 0
-        });
-        assert_ne!(pid, 0, "no PID 1 under unshare");
-        pid
+        init_pid_of(self.child.as_ref().expect("running").id())
     }
 
     /// Sends `sig` to PID 1 from outside the namespace.
@@ -208,6 +198,21 @@ impl Namespace {
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.path("stderr")).unwrap_or_default()
     }
+}
+
+/// The host PID of the PID 1 that `unshare --fork` (pid `unshare`) started.
+pub fn init_pid_of(unshare: u32) -> i32 {
+    let file = format!("/proc/{unshare}/task/{unshare}/children");
+    let mut pid = 0;
+    crate::wait_until(Duration::from_secs(10), || {
+        pid = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+            .unwrap_or(0);
+        pid != 0
+    });
+    assert_ne!(pid, 0, "no PID 1 under unshare");
+    pid
 }
 
 /// Lines of a file, empty when it does not exist.

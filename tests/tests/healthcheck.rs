@@ -183,7 +183,7 @@ fn localhost_falls_back_from_ipv6_to_ipv4_without_hosts_file() {
     let url = format!("http://localhost:{}/", s.port);
     assert_healthy(&healthcheck_env(
         &[&url],
-        &[("DOCKHAND_HOSTS_FILE", "/nonexistent")],
+        &[("DOCKHAND_HOSTS", "/nonexistent")],
     ));
 }
 
@@ -196,11 +196,11 @@ fn names_from_the_hosts_file_resolve_without_nss() {
     let hosts = hosts.to_str().unwrap();
     assert_healthy(&healthcheck_env(
         &[&format!("http://app-server:{}/", s.port)],
-        &[("DOCKHAND_HOSTS_FILE", hosts)],
+        &[("DOCKHAND_HOSTS", hosts)],
     ));
     let r = healthcheck_env(
         &["http://no-such-host.invalid/"],
-        &[("DOCKHAND_HOSTS_FILE", hosts)],
+        &[("DOCKHAND_HOSTS", hosts)],
     );
     assert_unhealthy(
         &r,

@@ -223,6 +223,7 @@ fn missing_and_unexecutable_commands() {
     use std::process::Command;
     let run = |init: &[&str], cmd: &str| {
         let out = Command::new("unshare")
+            .env("ENTRYPOINT_FILE_VARS", "none")
             .args(["--pid", "--fork", "--mount-proc"])
             .args(init)
             .arg(cmd)
@@ -353,6 +354,7 @@ fn orphan_outside_a_namespace(init: &Init) -> (u32, i32, String, Option<i32>) {
     let stderr = dir.path().join("stderr");
     let argv = init.argv();
     let mut child = Command::new(&argv[0])
+        .env("ENTRYPOINT_FILE_VARS", "none")
         .args(&argv[1..])
         .arg("python3")
         .arg(dockhand_tests::pid1::sigapp())
@@ -428,6 +430,7 @@ fn start_on_a_tty(init: Init, app_args: &[&str]) -> (Namespace, std::fs::File) {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new("unshare");
     cmd.args(["--pid", "--fork", "--mount-proc"])
+        .env("ENTRYPOINT_FILE_VARS", "none")
         .args(init.argv())
         .arg("python3")
         .arg(dockhand_tests::pid1::sigapp())

@@ -1,0 +1,763 @@
+//! `entrypoint` start-up end to end, against a real PostgreSQL and a real PgBouncer in
+//! transaction mode: secrets, required variables, waiting (late server, late name,
+//! wrong password, TLS, timeout, SIGTERM), migrations (eight replicas at once, the
+//! pooler refused, a failing migration, drizzle interoperability both ways, a command
+//! under the lock) and privilege drop. No password may appear in any output.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dockhand_tests::bins::{bin, root};
+use dockhand_tests::pg::{bin_dir, Postgres};
+use dockhand_tests::pgbouncer::PgBouncer;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const LONG: Duration = Duration::from_secs(60);
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// `entrypoint ARGS` with only PATH and `env` in its environment.
+fn entrypoint(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(bin("entrypoint"));
+    c.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn finish(child: Child) -> Run {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(LONG) {
+        Ok(Ok(out)) => Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        },
+        _ => {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            panic!("entrypoint did not finish within {LONG:?}");
+        }
+    }
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
+    finish(entrypoint(args, env).spawn().unwrap())
+}
+
+fn assert_no_secret(r: &Run, secret: &str) {
+    assert!(
+        !r.stdout.contains(secret) && !r.stderr.contains(secret),
+        "a password leaked: {}{}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+fn migrations(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, sql) in files {
+        std::fs::write(dir.path().join(name), sql).unwrap();
+    }
+    dir
+}
+
+// ---- waiting --------------------------------------------------------------------
+
+#[test]
+fn waits_for_a_server_that_starts_late() {
+    let mut pg = Postgres::start();
+    let url = pg.url();
+    pg.stop_server();
+    let child = entrypoint(
+        &["--wait", "postgres", "--", "echo", "started"],
+        &[("DIRECT_URL", &url)],
+    )
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    pg.start_server();
+    let r = finish(child);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout, "started\n");
+    assert!(r.stderr.contains("ready after"), "{}", r.stderr);
+    assert_no_secret(&r, &pg.password);
+}
+
+#[test]
+fn waits_for_a_name_that_resolves_late() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let target = format!("tcp://db-late.test:{}", pg.port);
+    let child = entrypoint(
+        &["--wait", &target, "--", "echo", "started"],
+        &[("DOCKHAND_HOSTS", hosts.to_str().unwrap())],
+    )
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.1 db-late.test\n").unwrap();
+    let r = finish(child);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout, "started\n");
+}
+
+#[test]
+fn a_wrong_password_fails_at_once_without_waiting() {
+    let pg = Postgres::start();
+    let url = pg.url_with("app", "wrong-secret", "app");
+    // A one-hour timeout: finishing at all means it did not wait.
+    let r = run(
+        &[
+            "--wait",
+            "postgres",
+            "--wait-timeout",
+            "1h",
+            "--",
+            "echo",
+            "started",
+        ],
+        &[("DIRECT_URL", &url)],
+    );
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("password authentication failed for user \"app\" (waiting cannot fix this)"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stdout, "", "the app must not start");
+    assert_no_secret(&r, "wrong-secret");
+}
+
+#[test]
+fn waits_over_tls() {
+    let pg = Postgres::start_tls();
+    let ca = pg.ca.as_ref().unwrap().ca_pem.display().to_string();
+    let good = format!("{}?sslmode=verify-full&sslrootcert={ca}", pg.url());
+    let r = run(
+        &["--wait", "postgres", "--", "true"],
+        &[("DIRECT_URL", &good)],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    // An untrusted certificate is permanent: no waiting.
+    let bad = format!("{}?sslmode=verify-full", pg.url());
+    let r = run(
+        &["--wait", "postgres", "--wait-timeout", "1h", "--", "true"],
+        &[("DIRECT_URL", &bad)],
+    );
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert!(r.stderr.contains("UnknownIssuer"), "{}", r.stderr);
+    assert_no_secret(&r, &pg.password);
+}
+
+#[test]
+fn waiting_times_out_with_exit_3() {
+    let port = dockhand_tests::free_port();
+    let target = format!("tcp://127.0.0.1:{port}");
+    let r = run(
+        &[
+            "--wait",
+            &target,
+            "--wait-timeout",
+            "1s",
+            "--",
+            "echo",
+            "started",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "gave up waiting after 1s: {target}: connection refused"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stdout, "");
+}
+
+#[test]
+fn sigterm_while_waiting_ends_start_up_with_143_as_pid1() {
+    let port = dockhand_tests::free_port();
+    let child = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(bin("entrypoint"))
+        .args([
+            "--wait",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--wait-timeout",
+            "1h",
+            "--",
+            "echo",
+            "started",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let init = dockhand_tests::pid1::init_pid_of(child.id());
+    std::thread::sleep(Duration::from_millis(500));
+    kill(Pid::from_raw(init), Signal::SIGTERM).unwrap();
+    let r = finish(child);
+    assert_eq!(r.code, Some(143), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("SIGTERM during start-up: stopped"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stdout, "");
+}
+
+// ---- migrations -----------------------------------------------------------------
+
+#[test]
+fn eight_replicas_at_once_apply_every_migration_exactly_once() {
+    let pg = Postgres::start();
+    let dir = migrations(&[
+        (
+            "V1__accounts.sql",
+            "CREATE TABLE accounts (id serial PRIMARY KEY, email text UNIQUE);",
+        ),
+        (
+            "V2__slow_index.sql",
+            "SELECT pg_sleep(1); CREATE INDEX accounts_email ON accounts (email);",
+        ),
+        (
+            "V3__orders.sql",
+            "CREATE TABLE orders (id serial PRIMARY KEY, account int REFERENCES accounts);",
+        ),
+        (
+            "V4__seed.sql",
+            "INSERT INTO accounts (email) VALUES ('a@example.com');",
+        ),
+    ]);
+    let url = pg.url();
+    let children: Vec<Child> = (0..8)
+        .map(|i| {
+            entrypoint(
+                &[
+                    "--wait",
+                    "postgres",
+                    "--migrations",
+                    dir.path().to_str().unwrap(),
+                    "--",
+                    "echo",
+                    &format!("app {i} started"),
+                ],
+                &[("DIRECT_URL", &url)],
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let runs: Vec<Run> = children.into_iter().map(finish).collect();
+    for (i, r) in runs.iter().enumerate() {
+        assert_eq!(r.code, Some(0), "replica {i}: {}", r.stderr);
+        assert_eq!(r.stdout, format!("app {i} started\n"));
+        assert_no_secret(r, &pg.password);
+    }
+    let migrators = runs
+        .iter()
+        .filter(|r| r.stderr.contains("applied migration V1__accounts"))
+        .count();
+    assert_eq!(migrators, 1, "exactly one replica migrates");
+    assert!(runs.iter().any(|r| r
+        .stderr
+        .contains("waiting for another replica to finish migrating")));
+    assert_eq!(
+        pg.psql_db("app", "SELECT count(*) FROM refinery_schema_history"),
+        "4"
+    );
+    assert_eq!(
+        pg.psql_db("app", "SELECT count(*) FROM accounts"),
+        "1",
+        "the seed ran once"
+    );
+    // Nothing pending now: no lock, nothing applied.
+    let r = run(
+        &["--migrations", dir.path().to_str().unwrap(), "--", "true"],
+        &[("DIRECT_URL", &url)],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("migrations: nothing to apply"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn migrating_through_pgbouncer_is_refused_and_database_url_reaches_the_app() {
+    let pg = Postgres::start();
+    let bouncer = PgBouncer::start(&pg);
+    let dir = migrations(&[("V1__t.sql", "CREATE TABLE t (id int);")]);
+    let r = run(
+        &[
+            "--migrations",
+            dir.path().to_str().unwrap(),
+            "--",
+            "echo",
+            "started",
+        ],
+        &[("DIRECT_URL", &bouncer.url())],
+    );
+    assert_eq!(r.code, Some(4), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("goes through a transaction pooler"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stdout, "");
+    assert_no_secret(&r, &pg.password);
+
+    // The app keeps DATABASE_URL (PgBouncer); migrations use DIRECT_URL.
+    let r = run(
+        &[
+            "--migrations",
+            dir.path().to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo \"$DATABASE_URL|$DIRECT_URL\"",
+        ],
+        &[("DATABASE_URL", &bouncer.url()), ("DIRECT_URL", &pg.url())],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), format!("{}|{}", bouncer.url(), pg.url()));
+    assert_eq!(
+        pg.psql_db("app", "SELECT count(*) FROM refinery_schema_history"),
+        "1"
+    );
+    // Without DIRECT_URL, DATABASE_URL is used, with a warning.
+    let r = run(
+        &["--migrations", dir.path().to_str().unwrap(), "--", "true"],
+        &[("DATABASE_URL", &pg.url())],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stderr.contains("DIRECT_URL is not set"), "{}", r.stderr);
+}
+
+#[test]
+fn a_failing_migration_stops_start_up_and_names_the_error() {
+    let pg = Postgres::start();
+    let dir = migrations(&[
+        ("V1__ok.sql", "CREATE TABLE ok (id int);"),
+        (
+            "V2__broken.sql",
+            "CREATE TABLE half (id int);\nSELECT 1;\nSELEC oops;\n",
+        ),
+    ]);
+    let r = run(
+        &[
+            "--migrations",
+            dir.path().to_str().unwrap(),
+            "--",
+            "echo",
+            "started",
+        ],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    assert_eq!(r.code, Some(4), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("migration V2__broken failed: syntax error at or near \"SELEC\" (SQLSTATE 42601) at line 3, column 1"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stdout, "", "the app must not start");
+    // V1 committed with its history row; V2's transaction left nothing behind.
+    assert_eq!(
+        pg.psql_db(
+            "app",
+            "SELECT string_agg(name, ',') FROM refinery_schema_history"
+        ),
+        "ok"
+    );
+    assert_eq!(pg.psql_db("app", "SELECT to_regclass('half') IS NULL"), "t");
+    assert_no_secret(&r, &pg.password);
+}
+
+#[test]
+fn migrate_cmd_gets_the_direct_url_and_runs_under_the_lock() {
+    let pg = Postgres::start();
+    let bouncer = PgBouncer::start(&pg);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let script = dir.path().join("migrate.sh");
+    std::fs::write(
+        &script,
+        "echo \"$DATABASE_URL\" > \"$OUT\"\n\"$PSQL\" \"$DATABASE_URL\" -Atc \"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted\" >> \"$OUT\"\n",
+    )
+    .unwrap();
+    let psql = bin_dir().join("psql");
+    let cmd = format!("sh {}", script.display());
+    let r = run(
+        &["--migrate-cmd", &cmd, "--", "true"],
+        &[
+            ("DATABASE_URL", &bouncer.url()),
+            ("DIRECT_URL", &pg.url()),
+            ("OUT", out.to_str().unwrap()),
+            ("PSQL", psql.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let lines = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        lines,
+        format!("{}\n1\n", pg.url()),
+        "the command saw the direct URL and the held lock"
+    );
+    assert_no_secret(&r, &pg.password);
+    // A failing command stops start-up.
+    let r = run(
+        &["--migrate-cmd", "sh -c 'exit 9'", "--", "echo", "started"],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    assert_eq!(r.code, Some(4), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("failed with exit status 9"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stdout, "");
+}
+
+/// The drizzle fixture copied to a temporary folder with its node_modules unpacked.
+fn drizzle_fixture() -> tempfile::TempDir {
+    let src = std::env::var_os("DOCKHAND_SHARED")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared"))
+        .join("fixtures/drizzle-app");
+    assert!(
+        src.exists(),
+        "{} is missing (shared/ beside the checkout)",
+        src.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(src.join("."))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg("zstd -dc node_modules.tar.zst | tar xf -")
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "unpacking node_modules failed (zstd, tar)");
+    dir
+}
+
+fn drizzle_migrate(app: &Path, url: &str) {
+    let out = Command::new("node")
+        .arg(app.join("drizzle-migrate.js"))
+        .env("DATABASE_URL", url)
+        .env("MIGRATIONS_DIR", app.join("drizzle"))
+        .output()
+        .expect("node is needed for the drizzle fixture");
+    assert!(
+        out.status.success(),
+        "drizzle's migrator failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn drizzle_rows(pg: &Postgres) -> String {
+    pg.psql_db("app", "SELECT id || '|' || hash || '|' || created_at FROM drizzle.__drizzle_migrations ORDER BY id")
+}
+
+#[test]
+fn drizzle_folders_interoperate_with_drizzle_orm_both_ways() {
+    let app = drizzle_fixture();
+    let expected =
+        std::fs::read_to_string(app.path().join("expected-drizzle-migrations.txt")).unwrap();
+    let folder = app.path().join("drizzle");
+    let folder = folder.to_str().unwrap();
+
+    // dockhand first: the rows are exactly drizzle-orm's; then drizzle finds nothing to do.
+    let pg = Postgres::start();
+    let r = run(
+        &[
+            "--migrations",
+            folder,
+            "--migrations-format",
+            "drizzle",
+            "--",
+            "true",
+        ],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(drizzle_rows(&pg), expected.trim());
+    let tables = pg.psql_db(
+        "app",
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+    );
+    drizzle_migrate(app.path(), &pg.url());
+    assert_eq!(
+        drizzle_rows(&pg),
+        expected.trim(),
+        "drizzle re-applied something"
+    );
+    assert_eq!(
+        pg.psql_db(
+            "app",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        tables
+    );
+
+    // drizzle first: dockhand finds nothing pending.
+    let pg2 = Postgres::start();
+    drizzle_migrate(app.path(), &pg2.url());
+    let r = run(
+        &[
+            "--migrations",
+            folder,
+            "--migrations-format",
+            "drizzle",
+            "--",
+            "true",
+        ],
+        &[("DIRECT_URL", &pg2.url())],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("migrations: nothing to apply"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(drizzle_rows(&pg2), expected.trim());
+}
+
+// ---- secrets, required variables, privileges, bad input ----------------------------
+
+#[test]
+fn secrets_come_from_files() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("direct_url");
+    std::fs::write(&url_file, format!("{}\n", pg.url())).unwrap();
+    let secret = dir.path().join("api_key");
+    std::fs::write(&secret, "key-123\n").unwrap();
+    let r = run(
+        &[
+            "--wait",
+            "postgres",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$API_KEY|${API_KEY_FILE:-unset}\"",
+        ],
+        &[
+            ("DIRECT_URL_FILE", url_file.to_str().unwrap()),
+            ("API_KEY_FILE", secret.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout, "key-123|unset\n");
+    assert_no_secret(&r, &pg.password);
+
+    let r = run(
+        &["--", "true"],
+        &[("API_KEY", "x"), ("API_KEY_FILE", secret.to_str().unwrap())],
+    );
+    assert_eq!(r.code, Some(2));
+    assert!(
+        r.stderr.contains("both API_KEY and API_KEY_FILE are set"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&["--", "true"], &[("API_KEY_FILE", "/nonexistent/key")]);
+    assert_eq!(r.code, Some(2));
+    assert!(
+        r.stderr
+            .contains("API_KEY_FILE: cannot read /nonexistent/key: not found"),
+        "{}",
+        r.stderr
+    );
+    // Only the named ones when asked.
+    let r = run(
+        &["--", "sh", "-c", "echo \"${LOG_FILE}\""],
+        &[
+            ("LOG_FILE", "/var/log/app.log"),
+            ("ENTRYPOINT_FILE_VARS", "API_KEY"),
+        ],
+    );
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (Some(0), "/var/log/app.log\n"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn required_variables_are_listed_together() {
+    let r = run(
+        &[
+            "--require-env",
+            "DATABASE_URL,SESSION_SECRET,PORT",
+            "--",
+            "echo",
+            "started",
+        ],
+        &[("PORT", "3000")],
+    );
+    assert_eq!(r.code, Some(2));
+    assert!(
+        r.stderr
+            .contains("required environment variables not set: DATABASE_URL, SESSION_SECRET"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stdout, "");
+    let r = run(
+        &["--", "echo", "started"],
+        &[("ENTRYPOINT_REQUIRE_ENV", "PORT"), ("PORT", "1")],
+    );
+    assert_eq!(r.code, Some(0));
+}
+
+#[test]
+fn privileges_are_dropped_for_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    std::fs::write(data.join("sub/file"), "x").unwrap();
+    let report = data.join("status");
+    let script = format!(
+        "grep -E '^(Uid|Gid|Groups):' /proc/self/status > {0}; echo \"HOME=$HOME\" >> {0}",
+        report.display()
+    );
+    let r = run(
+        &[
+            "--user",
+            "nobody",
+            "--chown",
+            data.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let status = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        status.contains("Uid:\t65534\t65534\t65534\t65534"),
+        "{status}"
+    );
+    assert!(
+        status.contains("Gid:\t65534\t65534\t65534\t65534"),
+        "{status}"
+    );
+    assert!(status.contains("Groups:\t65534"), "{status}");
+    assert!(status.contains("HOME=/nonexistent"), "{status}");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(data.join("sub/file")).unwrap().uid(),
+        65534
+    );
+    // The supervisor stays root; the app does not.
+    let r = run(
+        &["--user", "65534:65534", "--", "sh", "-c", "id -u; id -g"],
+        &[],
+    );
+    assert_eq!(r.stdout, "65534\n65534\n", "{}", r.stderr);
+}
+
+#[test]
+fn bad_start_up_input_exits_2_with_a_clear_message() {
+    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+        (
+            &["--wait-timeout", "soon", "--", "true"],
+            &[],
+            "invalid duration \"soon\"",
+        ),
+        (
+            &["--wait", "ftp://x", "--", "true"],
+            &[],
+            "unknown scheme \"ftp\"",
+        ),
+        (
+            &["--wait", "postgres", "--", "true"],
+            &[],
+            "needs DIRECT_URL",
+        ),
+        (
+            &[
+                "--migrations",
+                "/tmp",
+                "--migrations-format",
+                "flyway",
+                "--",
+                "true",
+            ],
+            &[],
+            "use refinery or drizzle",
+        ),
+        (
+            &["--migrations", "/tmp", "--migrate-cmd", "x", "--", "true"],
+            &[],
+            "choose one",
+        ),
+        (
+            &["--migrate-cmd", "echo 'oops", "--", "true"],
+            &[],
+            "unclosed '",
+        ),
+        (
+            &["--user", "no-such-user", "--", "true"],
+            &[],
+            "not in /etc/passwd",
+        ),
+        (
+            &["--chown", "/tmp/x", "--", "true"],
+            &[],
+            "--chown needs --user",
+        ),
+        (
+            &["--wait", "postgres", "--", "true"],
+            &[("DIRECT_URL", "postgres://u:topsecret@h:99999/db")],
+            "not a number from 1 to 65535",
+        ),
+        (
+            &["--", "true"],
+            &[("LOG_FORMAT", "xml")],
+            "use text or json",
+        ),
+    ];
+    for (args, env, want) in cases {
+        let r = run(args, env);
+        assert_eq!(r.code, Some(2), "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(want),
+            "{args:?}: {:?} does not mention {want:?}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("topsecret"), "{}", r.stderr);
+    }
+}
