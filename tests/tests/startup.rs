@@ -691,7 +691,8 @@ fn privileges_are_dropped_for_the_app() {
 
 #[test]
 fn bad_start_up_input_exits_2_with_a_clear_message() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (
             &["--wait-timeout", "soon", "--", "true"],
             &[],
