@@ -1,7 +1,10 @@
 //! The README's demo, run with `scripts/demo`:
 //! 1. the static `healthcheck` probing a live HTTP server and a live PostgreSQL (real
 //!    services from the test harness), healthy, then unhealthy once they stop;
-//! 2. an app with a worker child under the static `entrypoint` as PID 1 of a PID
+//! 2. two replicas of an app under `entrypoint`, started at once against a PostgreSQL
+//!    that starts late, with PgBouncer in front: both wait, one migrates (over
+//!    DIRECT_URL) while the other waits for the lock, both then serve through PgBouncer;
+//! 3. an app with a worker child under the static `entrypoint` as PID 1 of a PID
 //!    namespace, stopped with SIGTERM: the app stops, then its worker finishes its
 //!    job, then the entrypoint exits with the app's status.
 
@@ -61,6 +64,9 @@ fn main() {
         "the healthcheck demo did not behave as described"
     );
 
+    let replicas = replicas_demo();
+    assert!(replicas, "the replicas demo did not behave as described");
+
     let stopped = entrypoint_demo();
     println!();
     assert_eq!(
@@ -68,6 +74,87 @@ fn main() {
         "the entrypoint demo did not behave as described"
     );
     println!("demo ok: healthy -> 0, wrong password -> 1, services down -> 1; docker-stop-style SIGTERM -> app's status 3");
+}
+
+fn replicas_demo() -> bool {
+    use dockhand_tests::pgbouncer::PgBouncer;
+    use std::process::Stdio;
+    step("Two replicas start at once; PostgreSQL starts late; PgBouncer in front");
+    let mut pg = Postgres::start();
+    let bouncer = PgBouncer::start(&pg);
+    pg.stop_server();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, sql) in [
+        (
+            "V1__accounts.sql",
+            "CREATE TABLE accounts (id serial PRIMARY KEY, email text UNIQUE);",
+        ),
+        (
+            "V2__email_index.sql",
+            "SELECT pg_sleep(1); CREATE INDEX accounts_email ON accounts (email);",
+        ),
+        (
+            "V3__seed.sql",
+            "INSERT INTO accounts (email) VALUES ('ada@example.com'), ('grace@example.com');",
+        ),
+    ] {
+        std::fs::write(dir.path().join(name), sql).unwrap();
+    }
+    let psql = dockhand_tests::pg::bin_dir().join("psql");
+    let app = format!(
+        "echo \"serving; $({} \"$DATABASE_URL\" -Atc 'SELECT count(*) FROM accounts') accounts, read through PgBouncer\"",
+        psql.display()
+    );
+    println!(
+        "DATABASE_URL={} (PgBouncer, for the app)",
+        dockhand::url::redact_text(&bouncer.url())
+    );
+    println!(
+        "DIRECT_URL={} (PostgreSQL, for migrations)",
+        dockhand::url::redact_text(&pg.url())
+    );
+    println!("$ entrypoint --wait postgres --migrations ./migrations -- app   # twice, at once");
+    let replicas: Vec<_> = (1..=2)
+        .map(|_| {
+            Command::new(static_bin("entrypoint"))
+                .args([
+                    "--wait",
+                    "postgres",
+                    "--migrations",
+                    dir.path().to_str().unwrap(),
+                    "--",
+                    "sh",
+                    "-c",
+                    &app,
+                ])
+                .env("ENTRYPOINT_FILE_VARS", "none")
+                .env("DIRECT_URL", pg.url())
+                .env("DATABASE_URL", bouncer.url())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    println!("(PostgreSQL starts now, 2 s late)");
+    pg.start_server();
+    let mut ok = true;
+    for (i, r) in replicas.into_iter().enumerate() {
+        let out = r.wait_with_output().unwrap();
+        println!(
+            "--- replica {} (exit {}):",
+            i + 1,
+            out.status.code().unwrap_or(-1)
+        );
+        print!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        ok &= out.status.success() && String::from_utf8_lossy(&out.stdout).contains("2 accounts");
+    }
+    ok
 }
 
 /// The app: a worker that needs a moment to finish its job on SIGTERM, and a main
