@@ -43,3 +43,37 @@ pub fn docker_text(args: &[&str]) -> String {
         .trim()
         .to_string()
 }
+
+/// Names a test image and its containers, and removes them all when dropped.
+pub struct Guard {
+    pub image: String,
+    containers: Vec<String>,
+}
+
+impl Guard {
+    /// A unique image tag `dockhand-test-NAME:RANDOM`.
+    pub fn new(name: &str) -> Guard {
+        Guard {
+            image: format!("dockhand-test-{name}:{}", crate::token(10)),
+            containers: Vec::new(),
+        }
+    }
+
+    /// A unique container name, removed with the guard.
+    pub fn container(&mut self) -> String {
+        let name = format!("dockhand-test-{}", crate::token(12));
+        self.containers.push(name.clone());
+        name
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = Command::new("docker").args(["rm", "-f", c]).output();
+        }
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &self.image])
+            .output();
+    }
+}

@@ -100,23 +100,15 @@ impl Namespace {
         let child = cmd
             .spawn()
             .expect("unshare (util-linux) is needed: run scripts/setup");
-        let mut ns = Namespace {
+        if wait_ready {
+            return Namespace::adopt(dir, init, child);
+        }
+        Namespace {
             dir,
             init,
             child: Some(child),
             status: None,
-        };
-        if wait_ready {
-            let ready = ns.path("ready");
-            let ok = crate::wait_until(Duration::from_secs(30), || ready.exists() || ns.exited());
-            assert!(
-                ok && ready.exists(),
-                "{}: the app never became ready: {}",
-                ns.init.name(),
-                ns.stderr()
-            );
         }
-        ns
     }
 
     /// Wraps an `unshare` child started elsewhere (e.g. on a terminal) and waits until

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use dockhand_tests::bins::static_bin;
-use dockhand_tests::docker::{docker, docker_text, unavailable};
+use dockhand_tests::docker::{docker, docker_text, unavailable, Guard};
 
 const APP: &str = r#"
 # The grandchild needs half a second to clean up after SIGTERM.
@@ -17,25 +17,9 @@ echo ready > /ready
 while :; do /bin/busybox sleep 1 & wait $!; done
 "#;
 
-struct Cleanup(Vec<String>, String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for c in &self.0 {
-            let _ = std::process::Command::new("docker")
-                .args(["rm", "-f", c])
-                .output();
-        }
-        let _ = std::process::Command::new("docker")
-            .args(["rmi", "-f", &self.1])
-            .output();
-    }
-}
-
 /// Runs the image with `init` as ENTRYPOINT, stops it; returns (exit code, marker, seconds).
-fn run_and_stop(tag: &str, init: &str, cleanup: &mut Cleanup) -> (i32, String, f64) {
-    let name = format!("dockhand-test-ep-{}", dockhand_tests::token(10));
-    cleanup.0.push(name.clone());
+fn run_and_stop(tag: &str, init: &str, guard: &mut Guard) -> (i32, String, f64) {
+    let name = guard.container();
     docker(&[
         "run",
         "-d",
@@ -101,11 +85,11 @@ fn docker_stop_ends_the_app_and_its_children_in_order() {
         "FROM scratch\nCOPY busybox /bin/busybox\nCOPY entrypoint /entrypoint\nCOPY tini /tini\nCOPY app.sh /app.sh\nENTRYPOINT [\"/entrypoint\"]\nCMD [\"/bin/busybox\", \"sh\", \"/app.sh\"]\n",
     )
     .unwrap();
-    let tag = format!("dockhand-test-entrypoint:{}", dockhand_tests::token(10));
-    let mut cleanup = Cleanup(Vec::new(), tag.clone());
+    let mut guard = Guard::new("entrypoint");
+    let tag = guard.image.clone();
     docker(&["build", "-q", "-t", &tag, ctx.path().to_str().unwrap()]);
 
-    let (code, marker, secs) = run_and_stop(&tag, "/entrypoint", &mut cleanup);
+    let (code, marker, secs) = run_and_stop(&tag, "/entrypoint", &mut guard);
     println!("dockhand: docker stop took {secs:.2}s, exit {code}");
     // 7 is the app's own TERM handler: Docker's SIGKILL after the timeout would be 137.
     assert_eq!(code, 7, "exit status");
@@ -114,7 +98,7 @@ fn docker_stop_ends_the_app_and_its_children_in_order() {
         "the grandchild's handler did not run"
     );
 
-    let (code, marker, secs) = run_and_stop(&tag, "/tini", &mut cleanup);
+    let (code, marker, secs) = run_and_stop(&tag, "/tini", &mut guard);
     println!("tini: docker stop took {secs:.2}s, exit {code}");
     assert_eq!(code, 7);
     assert!(

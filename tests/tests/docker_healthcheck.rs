@@ -5,23 +5,7 @@
 use std::time::Duration;
 
 use dockhand_tests::bins::static_bin;
-use dockhand_tests::docker::{docker, docker_text, unavailable};
-
-struct Cleanup {
-    image: String,
-    container: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["rm", "-f", &self.container])
-            .output();
-        let _ = std::process::Command::new("docker")
-            .args(["rmi", "-f", &self.image])
-            .output();
-    }
-}
+use dockhand_tests::docker::{docker, docker_text, unavailable, Guard};
 
 fn health(container: &str) -> String {
     docker_text(&["inspect", "-f", "{{.State.Health.Status}}", container])
@@ -50,34 +34,20 @@ CMD ["/bin/busybox", "sh", "-c", "/bin/busybox httpd -f -p 8080 -h /www & echo $
 "#,
     )
     .unwrap();
-    let tag = format!("dockhand-test-healthcheck:{}", dockhand_tests::token(10));
-    let guard = Cleanup {
-        image: tag.clone(),
-        container: format!("dockhand-test-hc-{}", dockhand_tests::token(10)),
-    };
+    let mut guard = Guard::new("healthcheck");
+    let container = guard.container();
+    let tag = guard.image.clone();
     docker(&["build", "-q", "-t", &tag, ctx.path().to_str().unwrap()]);
-    docker(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--name",
-        &guard.container,
-        &tag,
-    ]);
+    docker(&["run", "-d", "--network", "none", "--name", &container, &tag]);
 
     let became = |want: &str| {
-        dockhand_tests::wait_until(Duration::from_secs(60), || health(&guard.container) == want)
+        dockhand_tests::wait_until(Duration::from_secs(60), || health(&container) == want)
     };
-    assert!(
-        became("healthy"),
-        "never healthy: {}",
-        health(&guard.container)
-    );
+    assert!(became("healthy"), "never healthy: {}", health(&container));
 
     docker(&[
         "exec",
-        &guard.container,
+        &container,
         "/bin/busybox",
         "sh",
         "-c",
@@ -86,13 +56,13 @@ CMD ["/bin/busybox", "sh", "-c", "/bin/busybox httpd -f -p 8080 -h /www & echo $
     assert!(
         became("unhealthy"),
         "never unhealthy: {}",
-        health(&guard.container)
+        health(&container)
     );
     let log = docker_text(&[
         "inspect",
         "-f",
         "{{range .State.Health.Log}}{{.ExitCode}} {{.Output}}|{{end}}",
-        &guard.container,
+        &container,
     ]);
     assert!(
         log.contains("1 http://localhost:8080/: connection refused"),

@@ -750,6 +750,49 @@ fn bad_start_up_input_exits_2_with_a_clear_message() {
             &[("LOG_FORMAT", "xml")],
             "use text or json",
         ),
+        (
+            &["--grace", "x", "--", "true"],
+            &[],
+            "invalid duration \"x\"",
+        ),
+        (
+            &["--stop-delay", "never", "--", "true"],
+            &[],
+            "invalid duration \"never\"",
+        ),
+        (
+            &["--lock-timeout", "x", "--", "true"],
+            &[],
+            "--lock-timeout",
+        ),
+        (&["--rewrite", "TERM", "--", "true"], &[], "use FROM:TO"),
+        (
+            &["--rewrite", "TERM:NOPE", "--", "true"],
+            &[],
+            "unknown signal \"NOPE\"",
+        ),
+        (
+            &["--remap-exit", "143:300", "--", "true"],
+            &[],
+            "from 0 to 255",
+        ),
+        (
+            &["--", "true"],
+            &[("ENTRYPOINT_PROCESS_GROUP", "maybe")],
+            "not a boolean",
+        ),
+        (
+            &["--", "true"],
+            &[("ENTRYPOINT_ALLOW_POOLER", "perhaps")],
+            "not a boolean",
+        ),
+        (
+            &["--", "true"],
+            &[("ENTRYPOINT_GRACE", "long")],
+            "ENTRYPOINT_GRACE",
+        ),
+        (&["--bogus", "--", "true"], &[], "invalid option '--bogus'"),
+        (&[], &[], "no command to run"),
     ];
     for (args, env, want) in cases {
         let r = run(args, env);
