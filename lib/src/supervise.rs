@@ -519,35 +519,41 @@ impl Supervisor<'_> {
     }
 }
 
-/// Drops this binary's read-only file pages (code and constants) from our resident
-/// set. Start-up touched far more of them than supervising needs, and the kernel maps
-/// them 64 KiB at a time; what the supervision loop uses faults back in from the page
-/// cache. Only non-writable mappings of the executable are touched, so nothing is lost.
+/// Drops this binary's clean code and constant pages from our resident set. Start-up
+/// touched far more of them than supervising needs, and the kernel maps them 64 KiB at
+/// a time; what the supervision loop uses faults back in from the page cache.
+///
+/// Only mappings of the executable that are read-only *and* hold no private copy of a
+/// page (smaps `Anonymous: 0 kB`) are dropped: a RELRO segment, relocated by the loader
+/// and then made read-only, would lose its relocations.
 fn shed_code_pages() {
     let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
         return;
     };
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return;
     };
-    for line in maps.lines() {
+    let mut current: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
         let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
-        };
-        let path = f.nth(3).unwrap_or("");
-        if perms.contains('w') || std::path::Path::new(path) != exe {
-            continue;
+        let first = f.next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            // A mapping's header: "start-end perms offset dev inode path".
+            let perms = f.next().unwrap_or("");
+            let path = f.nth(3).unwrap_or("");
+            current = match (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                (Ok(a), Ok(b)) if !perms.contains('w') && std::path::Path::new(path) == exe => {
+                    Some((a, b))
+                }
+                _ => None,
+            };
+        } else if first == "Anonymous:" {
+            if let (Some((a, b)), Some("0")) = (current.take(), f.next()) {
+                // SAFETY: a read-only private mapping of our own executable with no
+                // private page: dropping it only makes the next access read the file.
+                unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_DONTNEED) };
+            }
         }
-        let Some((a, b)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
-            continue;
-        };
-        // SAFETY: a read-only private file mapping of our own executable; dropping its
-        // pages only makes the next access read them from the file again.
-        unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_DONTNEED) };
     }
 }
 
