@@ -31,6 +31,8 @@ pub mod privileges;
 #[cfg(feature = "pid1")]
 pub mod supervise;
 
+#[cfg(feature = "backup")]
+pub mod backup;
 #[cfg(feature = "startup")]
 pub mod migrate;
 #[cfg(feature = "startup")]

@@ -1,0 +1,36 @@
+//! The backup sidecar's building blocks:
+//! - [`dump`]: which `pg_dump` to run for the server's version, and its environment
+//!   (the password goes through `PGPASSWORD`, never the command line);
+//! - [`archive`]: one run, streamed `pg_dump -Fc` -> zstd -> SHA-256 -> a local file
+//!   written under a temporary name, fsynced, renamed, mode 0600, with its manifest
+//!   written last (a backup without a manifest does not exist);
+//! - [`catalog`]: the backups in a folder, from their manifests, and verification
+//!   (checksum, then a full read by `pg_restore`);
+//! - [`status`]: the status file whose modification time is the last success, for
+//!   `healthcheck file:///...?max-age=26h`.
+
+pub mod archive;
+pub mod catalog;
+pub mod dump;
+pub mod status;
+
+/// A failed backup operation; the message says what failed and never holds a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupError(pub String);
+
+impl std::fmt::Display for BackupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BackupError {}
+
+pub(crate) fn err(msg: impl Into<String>) -> BackupError {
+    BackupError(crate::url::redact_text(&msg.into()))
+}
+
+/// Hex of a digest.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,330 @@
+//! `backup` end to end against a real PostgreSQL: a streamed, checksummed, atomically
+//! written local backup that restores to the same data; verification that catches
+//! damage; failures that leave nothing behind and are recorded in the status file
+//! (whose age `healthcheck` reads); pg_dump version checks; no password anywhere.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use dockhand_tests::bins::bin;
+use dockhand_tests::pg::{bin_dir, Postgres};
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn backup(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let out = Command::new(bin("backup"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Every file in `dir`, with its content, as one string (for leak checks).
+fn everything_in(dir: &Path) -> String {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            format!(
+                "{}\n{}",
+                e.path().display(),
+                String::from_utf8_lossy(&std::fs::read(e.path()).unwrap_or_default())
+            )
+        })
+        .collect()
+}
+
+fn seed(pg: &Postgres) {
+    pg.psql_db(
+        "app",
+        "CREATE SCHEMA shop AUTHORIZATION app; CREATE SCHEMA audit AUTHORIZATION app;
+         SET ROLE app;
+         CREATE TYPE shop.status AS ENUM ('new', 'paid', 'shipped');
+         CREATE TABLE shop.orders (id bigserial PRIMARY KEY, status shop.status, total numeric(12,2),
+             tags text[], meta jsonb, at timestamptz DEFAULT now());
+         INSERT INTO shop.orders (status, total, tags, meta)
+             SELECT (ARRAY['new','paid','shipped'])[1 + i % 3]::shop.status, i * 1.25, ARRAY['t' || i % 7],
+                    jsonb_build_object('i', i, 'note', repeat('x', i % 50))
+             FROM generate_series(1, 50000) i;
+         CREATE TABLE audit.events (id int, payload bytea);
+         INSERT INTO audit.events SELECT i, sha256(i::text::bytea) FROM generate_series(1, 20000) i;
+         SELECT lo_from_bytea(4242, convert_to(repeat('large object ', 10000), 'UTF8'));",
+    );
+}
+
+/// A checksum of every table's rows and of the large objects, for comparing databases.
+fn fingerprint(pg: &Postgres, db: &str) -> String {
+    pg.psql_db(
+        db,
+        "SELECT (SELECT md5(string_agg(t::text, ',' ORDER BY t.id)) FROM shop.orders t) || ' ' ||
+                (SELECT md5(string_agg(t::text, ',' ORDER BY t.id)) FROM audit.events t) || ' ' ||
+                (SELECT md5(lo_get(4242)))",
+    )
+}
+
+#[test]
+fn a_local_backup_restores_to_the_same_data() {
+    let pg = Postgres::start();
+    seed(&pg);
+    let dir = tempfile::tempdir().unwrap();
+    let status = dir.path().join("status.json");
+    let env = [("DIRECT_URL", pg.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let d = dir.path().to_str().unwrap();
+    let r = backup(
+        &["now", "--dir", d, "--status-file", status.to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+
+    let list = backup(&["list", "--dir", d], &[]);
+    assert_eq!(list.code, Some(0), "{}", list.stderr);
+    let name = list
+        .stdout
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(name.starts_with("app-"), "{}", list.stdout);
+    let file = dir.path().join(format!("{name}.dump.zst"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        !everything_in(dir.path()).contains(".partial"),
+        "a temporary file was left"
+    );
+
+    let r = backup(&["verify", "latest", "--dir", d], &[]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let listed = backup(&["list", "--dir", d], &[]).stdout;
+    assert!(
+        !listed.lines().nth(1).unwrap().ends_with(" no"),
+        "verify was not recorded: {listed}"
+    );
+
+    // Restore with pg_restore into a new database; the data must be the same.
+    pg.psql("CREATE DATABASE restored OWNER app");
+    let restore = format!(
+        "zstd -dc {} | {}/pg_restore --no-owner -h {} -p {} -U postgres -d restored",
+        file.display(),
+        bin_dir().display(),
+        pg.dir.path().display(),
+        pg.port
+    );
+    let st = Command::new("sh").arg("-c").arg(&restore).status().unwrap();
+    assert!(st.success(), "pg_restore failed");
+    assert_eq!(fingerprint(&pg, "restored"), fingerprint(&pg, "app"));
+
+    // The status file names the success; healthcheck finds it fresh.
+    let text = std::fs::read_to_string(&status).unwrap();
+    assert!(text.contains(&name), "{text}");
+    let hc = Command::new(bin("healthcheck"))
+        .arg(format!("file://{}?max-age=1h", status.display()))
+        .status()
+        .unwrap();
+    assert!(hc.success());
+    assert!(
+        !everything_in(dir.path()).contains(&pg.password),
+        "a password reached the folder"
+    );
+}
+
+#[test]
+fn verify_catches_a_damaged_or_truncated_backup() {
+    let pg = Postgres::start();
+    seed(&pg);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    assert_eq!(
+        backup(&["now", "--dir", d], &[("DIRECT_URL", &pg.url())]).code,
+        Some(0)
+    );
+    let manifest_path = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".manifest.json"))
+        .unwrap();
+    let file = manifest_path
+        .to_string_lossy()
+        .replace(".manifest.json", ".dump.zst");
+    let data = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &data[..data.len() / 2]).unwrap();
+    let r = backup(&["verify", "latest", "--dir", d], &[]);
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("checksum mismatch"), "{}", r.stderr);
+
+    // Even with a manifest that matches the truncated file, the full read fails.
+    let sum = {
+        let out = Command::new("sha256sum").arg(&file).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let manifest = std::fs::read_to_string(&manifest_path).unwrap();
+    let old = manifest
+        .split("\"sha256\": \"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(&manifest_path, manifest.replace(&old, &sum)).unwrap();
+    let r = backup(&["verify", "latest", "--dir", d], &[]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot decompress") || r.stderr.contains("pg_restore could not read it"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn failures_leave_nothing_and_are_recorded_without_passwords() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let status = dir.path().join("status.json");
+    let s = status.to_str().unwrap();
+
+    // Wrong password: no backup, failure recorded, the file's age says "no success".
+    let wrong = pg.url_with("app", "not-the-password", "app");
+    let r = backup(
+        &["now", "--dir", d, "--status-file", s],
+        &[("DIRECT_URL", &wrong)],
+    );
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.stderr.contains("password authentication failed"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("not-the-password"));
+    let text = std::fs::read_to_string(&status).unwrap();
+    assert!(
+        text.contains("last_failure") && !text.contains("not-the-password"),
+        "{text}"
+    );
+    let hc = Command::new(bin("healthcheck"))
+        .arg(format!("file://{s}?max-age=26h"))
+        .output()
+        .unwrap();
+    assert!(
+        !hc.status.success(),
+        "a sidecar that never succeeded must look stale"
+    );
+
+    // pg_dump itself fails (a table app may not read): nothing partial is visible.
+    pg.psql_db(
+        "app",
+        "CREATE TABLE secret_table (x int); REVOKE ALL ON secret_table FROM PUBLIC",
+    );
+    let r = backup(
+        &["now", "--dir", d, "--status-file", s],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("pg_dump failed") && r.stderr.contains("permission denied"),
+        "{}",
+        r.stderr
+    );
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        files,
+        vec!["status.json".to_string()],
+        "only the status file may exist"
+    );
+    assert_eq!(
+        backup(&["list", "--dir", d], &[]).stdout.lines().count(),
+        1,
+        "no backup listed"
+    );
+    assert!(!everything_in(dir.path()).contains(&pg.password));
+}
+
+#[test]
+fn a_pg_dump_older_than_the_server_is_refused_clearly() {
+    let pg = Postgres::start();
+    let fake = tempfile::tempdir().unwrap();
+    let script = fake.path().join("pg_dump");
+    std::fs::write(&script, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 9.6.24'\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let r = backup(
+        &["now", "--dir", dir.path().to_str().unwrap()],
+        &[
+            ("DIRECT_URL", &pg.url()),
+            ("BACKUP_PG_BIN", fake.path().to_str().unwrap()),
+        ],
+    );
+    assert_eq!(r.code, Some(1));
+    let major = pg.psql("SHOW server_version_num").parse::<u32>().unwrap() / 10000;
+    assert!(
+        r.stderr
+            .contains(&format!("server is {major}, pg_dump is 9 ("))
+            && r.stderr
+                .contains(&format!("install postgresql-client-{major}")),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn bad_input_exits_2() {
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["frobnicate"], &[], "unknown command"),
+        (&["now"], &[], "set BACKUP_DIR"),
+        (
+            &["now", "--dir", "/tmp/x", "--level", "99"],
+            &[],
+            "from 1 to 19",
+        ),
+        (
+            &["now", "--dir", "/tmp/x"],
+            &[("BACKUP_ZSTD_THREADS", "many")],
+            "from 0 to 256",
+        ),
+        (&["verify", "--dir", "/tmp/x"], &[], "needs a backup name"),
+        (&["daemon", "--dir", "/tmp/x"], &[], "not built yet"),
+        (&["--bogus"], &[], "invalid option"),
+    ];
+    for (args, env, want) in cases {
+        let r = backup(args, env);
+        assert_eq!(r.code, Some(2), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
+    }
+    let r = backup(
+        &["now", "--dir", "/tmp/x"],
+        &[("DIRECT_URL", "postgres://u:topsecret@h:0/db")],
+    );
+    assert_eq!(r.code, Some(1));
+    assert!(!r.stderr.contains("topsecret"), "{}", r.stderr);
+}
