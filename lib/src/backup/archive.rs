@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::dump::{self, Tools};
-use super::{err, hex, BackupError};
+use super::{err, hex, io_err, BackupError};
 use crate::pg::PgTarget;
 use crate::url::Url;
 
@@ -165,13 +165,7 @@ pub fn run(url: &Url, opts: &Options) -> Result<Manifest, BackupError> {
     let server = rt.block_on(dump::server(&target))?;
     drop(rt);
     let tools = dump::find_tools(server.major)?;
-    std::fs::create_dir_all(&opts.dir).map_err(|e| {
-        err(format!(
-            "{}: {}",
-            opts.dir.display(),
-            crate::error::io_reason(&e)
-        ))
-    })?;
+    std::fs::create_dir_all(&opts.dir).map_err(io_err(&opts.dir))?;
     let database = target.dbname().to_string();
     let name = format!("{database}-{}", stamp(started));
     let file = format!("{name}.dump.zst");
@@ -187,13 +181,7 @@ pub fn run(url: &Url, opts: &Options) -> Result<Manifest, BackupError> {
     };
     std::fs::rename(&partial, &path)
         .and_then(|_| sync_dir(&path))
-        .map_err(|e| {
-            err(format!(
-                "{}: {}",
-                path.display(),
-                crate::error::io_reason(&e)
-            ))
-        })?;
+        .map_err(io_err(&path))?;
     let manifest = Manifest {
         name: name.clone(),
         file,
@@ -233,13 +221,7 @@ fn stream_dump(
         .create_new(true)
         .mode(0o600)
         .open(partial)
-        .map_err(|e| {
-            err(format!(
-                "{}: {}",
-                partial.display(),
-                crate::error::io_reason(&e)
-            ))
-        })?;
+        .map_err(io_err(partial))?;
     let mut cmd = Command::new(&tools.pg_dump);
     cmd.args(["--format=custom", "--compress=0", "--no-password"])
         .env_remove("PGPASSWORD")

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use sha2::{Digest, Sha256};
 
 use super::archive::{write_atomic, Manifest};
-use super::{err, hex, BackupError};
+use super::{err, hex, io_err, BackupError};
 
 /// Manifests in `dir`, oldest first.
 pub fn list(dir: &Path) -> Result<Vec<Manifest>, BackupError> {
@@ -94,21 +94,9 @@ pub fn human_size(n: u64) -> String {
 /// its manifest.
 pub fn verify(dir: &Path, m: &Manifest, pg_restore: &Path) -> Result<(), BackupError> {
     let path: PathBuf = dir.join(&m.file);
-    let mut f = std::fs::File::open(&path).map_err(|e| {
-        err(format!(
-            "{}: {}",
-            path.display(),
-            crate::error::io_reason(&e)
-        ))
-    })?;
+    let mut f = std::fs::File::open(&path).map_err(io_err(&path))?;
     let mut h = Sha256::new();
-    io::copy(&mut f, &mut HashSink(&mut h)).map_err(|e| {
-        err(format!(
-            "{}: {}",
-            path.display(),
-            crate::error::io_reason(&e)
-        ))
-    })?;
+    io::copy(&mut f, &mut HashSink(&mut h)).map_err(io_err(&path))?;
     let sum = hex(&h.finalize());
     if sum != m.sha256 {
         return Err(err(format!(
@@ -130,13 +118,7 @@ pub fn verify(dir: &Path, m: &Manifest, pg_restore: &Path) -> Result<(), BackupE
             ))
         })?;
     let mut stdin = child.stdin.take().expect("piped");
-    let file = std::fs::File::open(&path).map_err(|e| {
-        err(format!(
-            "{}: {}",
-            path.display(),
-            crate::error::io_reason(&e)
-        ))
-    })?;
+    let file = std::fs::File::open(&path).map_err(io_err(&path))?;
     let feed = std::thread::spawn(move || -> io::Result<()> {
         let mut dec = zstd::stream::Decoder::new(file)?;
         io::copy(&mut dec, &mut stdin)?;

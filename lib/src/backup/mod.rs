@@ -30,6 +30,17 @@ pub(crate) fn err(msg: impl Into<String>) -> BackupError {
     BackupError(crate::url::redact_text(&msg.into()))
 }
 
+/// The error for an I/O failure on `path`: `PATH: reason`.
+pub(crate) fn io_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
+    move |e| {
+        err(format!(
+            "{}: {}",
+            path.display(),
+            crate::error::io_reason(&e)
+        ))
+    }
+}
+
 /// Hex of a digest.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

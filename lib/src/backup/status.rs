@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::archive::{write_atomic, Manifest};
-use super::{err, BackupError};
+use super::{io_err, BackupError};
 
 fn now() -> i64 {
     SystemTime::now()
@@ -23,6 +23,16 @@ fn read(path: &Path) -> serde_json::Value {
         .unwrap_or_else(|| serde_json::json!({}))
 }
 
+fn save(path: &Path, v: &serde_json::Value) -> Result<(), BackupError> {
+    write_atomic(
+        path,
+        serde_json::to_string_pretty(v)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
+    .map_err(io_err(path))
+}
+
 /// Records a successful run.
 pub fn success(path: &Path, m: &Manifest) -> Result<(), BackupError> {
     let mut v = read(path);
@@ -33,19 +43,7 @@ pub fn success(path: &Path, m: &Manifest) -> Result<(), BackupError> {
         "size": m.size,
         "sha256": m.sha256,
     });
-    write_atomic(
-        path,
-        serde_json::to_string_pretty(&v)
-            .unwrap_or_default()
-            .as_bytes(),
-    )
-    .map_err(|e| {
-        err(format!(
-            "{}: {}",
-            path.display(),
-            crate::error::io_reason(&e)
-        ))
-    })
+    save(path, &v)
 }
 
 /// Records a failure, keeping the file's modification time at the last success (or
@@ -58,35 +56,11 @@ pub fn failure(path: &Path, reason: &str) -> Result<(), BackupError> {
         "reason": crate::url::redact_text(reason),
     });
     let last_ok = v["last_success"]["unix"].as_i64().unwrap_or(0).max(0) as u64;
-    write_atomic(
-        path,
-        serde_json::to_string_pretty(&v)
-            .unwrap_or_default()
-            .as_bytes(),
-    )
-    .map_err(|e| {
-        err(format!(
-            "{}: {}",
-            path.display(),
-            crate::error::io_reason(&e)
-        ))
-    })?;
+    save(path, &v)?;
     let f = std::fs::File::options()
         .write(true)
         .open(path)
-        .map_err(|e| {
-            err(format!(
-                "{}: {}",
-                path.display(),
-                crate::error::io_reason(&e)
-            ))
-        })?;
+        .map_err(io_err(path))?;
     f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(last_ok))
-        .map_err(|e| {
-            err(format!(
-                "{}: {}",
-                path.display(),
-                crate::error::io_reason(&e)
-            ))
-        })
+        .map_err(io_err(path))
 }
