@@ -2,19 +2,10 @@
 //! has an env var, and any env var `NAME` may instead be given as `NAME_FILE`, the path
 //! of a file holding the value (Docker and Kubernetes secrets).
 
-use std::fmt;
-
-/// A setting that could not be read; the message names the variable and what to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+crate::message_error!(
+    /// A setting that could not be read; the message names the variable and what to do.
+    ConfigError
+);
 
 /// The value of `name`, or of the file named by `name_FILE`, or `None` when neither is
 /// set. Empty values count as unset. One trailing newline (`\n` or `\r\n`) of a file is

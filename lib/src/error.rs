@@ -3,6 +3,25 @@
 
 use std::io;
 
+/// Defines a module's error type: a message that says what went wrong and what to do,
+/// shown as is (the callers redact it), with `Display` and `std::error::Error`.
+#[macro_export]
+macro_rules! message_error {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name(pub String);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::error::Error for $name {}
+    };
+}
+
 /// A short lower-case reason for an I/O error.
 pub fn io_reason(e: &io::Error) -> String {
     use io::ErrorKind::*;

@@ -51,17 +51,10 @@ pub struct Options {
     pub user: Option<Credentials>,
 }
 
-/// A failed migration phase; the message names what failed and the server's error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MigrateError(pub String);
-
-impl std::fmt::Display for MigrateError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for MigrateError {}
+crate::message_error!(
+    /// A failed migration phase; the message names what failed and the server's error.
+    MigrateError
+);
 
 fn err(msg: impl Into<String>) -> MigrateError {
     MigrateError(crate::url::redact_text(&msg.into()))

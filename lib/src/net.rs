@@ -25,17 +25,10 @@ pub fn hosts_file() -> std::path::PathBuf {
         .unwrap_or_else(|| "/etc/hosts".into())
 }
 
-/// Why a host could not be resolved or connected to, as a short reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetError(pub String);
-
-impl std::fmt::Display for NetError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for NetError {}
+crate::message_error!(
+    /// Why a host could not be resolved or connected to, as a short reason.
+    NetError
+);
 
 /// Resolves `host` to socket addresses with `port`, in the order to try them.
 pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, NetError> {

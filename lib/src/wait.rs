@@ -13,17 +13,10 @@ use tracing::info;
 use crate::duration;
 use crate::probe::{self, HttpOptions, Target};
 
-/// Why waiting ended without every target ready.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WaitError(pub String);
-
-impl std::fmt::Display for WaitError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for WaitError {}
+crate::message_error!(
+    /// Why waiting ended without every target ready.
+    WaitError
+);
 
 const FIRST_RETRY: Duration = Duration::from_millis(25);
 const MAX_RETRY: Duration = Duration::from_secs(1);

@@ -14,17 +14,10 @@ pub mod catalog;
 pub mod dump;
 pub mod status;
 
-/// A failed backup operation; the message says what failed and never holds a password.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupError(pub String);
-
-impl std::fmt::Display for BackupError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for BackupError {}
+crate::message_error!(
+    /// A failed backup operation; the message says what failed and never holds a password.
+    BackupError
+);
 
 pub(crate) fn err(msg: impl Into<String>) -> BackupError {
     BackupError(crate::url::redact_text(&msg.into()))
