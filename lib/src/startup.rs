@@ -109,8 +109,14 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
     if !plan.needs_runtime() {
         return Ok(());
     }
-    // Resolve the configuration before waiting on anything.
-    let direct = migrate::direct_url().map_err(StartupError::Config)?;
+    // Resolve the configuration before waiting on anything; the migration URL (and
+    // its warnings) only when something uses it.
+    let needs_direct = plan.migrate.is_some() || plan.wait.iter().any(|w| w == "postgres");
+    let direct = if needs_direct {
+        migrate::direct_url().map_err(StartupError::Config)?
+    } else {
+        None
+    };
     let direct_target = |what: &str| -> Result<(String, PgTarget), StartupError> {
         let raw = direct.clone().ok_or_else(|| {
             StartupError::Config(format!("{what} needs DIRECT_URL (or DATABASE_URL) set"))

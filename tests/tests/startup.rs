@@ -180,7 +180,7 @@ fn waiting_times_out_with_exit_3() {
             "echo",
             "started",
         ],
-        &[],
+        &[("DATABASE_URL", "postgres://app@db/app")],
     );
     assert_eq!(r.code, Some(3), "{}", r.stderr);
     assert!(
@@ -191,6 +191,8 @@ fn waiting_times_out_with_exit_3() {
         r.stderr
     );
     assert_eq!(r.stdout, "");
+    // Nothing migrates and nothing waits for postgres: no word about DIRECT_URL.
+    assert!(!r.stderr.contains("DIRECT_URL"), "{}", r.stderr);
 }
 
 #[test]
