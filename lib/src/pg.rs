@@ -189,6 +189,11 @@ impl PgTarget {
         })
     }
 
+    /// The connection settings (host names not yet resolved).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The database name this target connects to.
     pub fn dbname(&self) -> &str {
         self.config.get_dbname().unwrap_or("")
@@ -197,19 +202,8 @@ impl PgTarget {
     /// Resolves the hosts, connects and authenticates. The connection task is spawned
     /// on the current runtime and ends when the returned client is dropped.
     pub async fn connect(&self) -> Result<Client, PgError> {
-        let mut config = self.config.clone();
-        for (host, port) in &self.tcp_hosts {
-            let addrs = crate::net::resolve(host, *port)
-                .await
-                .map_err(|e| transient(e.0))?;
-            for a in addrs {
-                config.host(host);
-                config.hostaddr(a.ip());
-                config.port(a.port());
-            }
-        }
-        let tls_config =
-            tls::client_config(self.verify, self.root_file.as_deref()).map_err(permanent)?;
+        let config = self.resolved().await.map_err(transient)?;
+        let tls_config = self.tls_config().map_err(permanent)?;
         let (client, connection) = config
             .connect(PgTls(tls_config))
             .await
@@ -218,6 +212,52 @@ impl PgTarget {
             let _ = connection.await;
         });
         Ok(client)
+    }
+
+    /// The rustls configuration this target's `sslmode` asks for.
+    pub fn tls_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+        tls::client_config(self.verify, self.root_file.as_deref())
+    }
+
+    /// The same target for another database on the same server.
+    pub fn with_dbname(&self, db: &str) -> PgTarget {
+        let mut t = self.clone();
+        t.config.dbname(db);
+        t.url = t.url.with_database(db);
+        t
+    }
+
+    /// The connection settings with host names resolved by [`crate::net::resolve`]
+    /// (which needs no NSS in a static binary).
+    async fn resolved(&self) -> Result<Config, String> {
+        let mut config = self.config.clone();
+        for (host, port) in &self.tcp_hosts {
+            let addrs = crate::net::resolve(host, *port).await.map_err(|e| e.0)?;
+            for a in addrs {
+                config.host(host);
+                config.hostaddr(a.ip());
+                config.port(a.port());
+            }
+        }
+        Ok(config)
+    }
+
+    /// Connects for a connection pool: like [`PgTarget::connect`] but with
+    /// tokio-postgres's own error, as `deadpool_postgres::Connect` wants. A host name
+    /// our resolver cannot resolve is left to tokio-postgres, whose error then says so.
+    pub async fn connect_raw(
+        &self,
+        tls_config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+        let config = match self.resolved().await {
+            Ok(c) => c,
+            Err(_) => self.config.clone(),
+        };
+        let (client, connection) = config.connect(PgTls(tls_config)).await?;
+        let task = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok((client, task))
     }
 
     /// Connects and runs `SELECT 1`: the server accepts queries.

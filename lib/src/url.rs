@@ -153,6 +153,35 @@ impl Url {
     pub fn decoded_path(&self) -> Option<String> {
         decode(&self.path)
     }
+
+    /// The same PostgreSQL URL naming another database (a `dbname` query parameter is
+    /// dropped in favour of the path).
+    pub fn with_database(&self, db: &str) -> Url {
+        let mut u = self.clone();
+        u.path = format!("/{}", encode(db));
+        u.query.retain(|(k, _)| k != "dbname");
+        u.raw_query = (!u.query.is_empty()).then(|| {
+            u.query
+                .iter()
+                .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+                .collect::<Vec<_>>()
+                .join("&")
+        });
+        u
+    }
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Display is always redacted: the password becomes `***`, and so do the values of

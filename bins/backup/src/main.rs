@@ -1,60 +1,112 @@
-//! `backup`: the PostgreSQL backup sidecar. This version has `now`, `list` and
-//! `verify` for a local folder; the daemon, S3, encryption, retention and restore are
-//! being built.
+//! `backup`: the PostgreSQL backup sidecar. Parses the command line and hands over to
+//! `dockhand::backup`; as PID 1 it first puts a small supervisor in front of itself
+//! (the entrypoint's), which reaps orphans and forwards signals.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use dockhand::backup::{archive, catalog, dump, status};
-use dockhand::cli;
-use dockhand::url::Url;
-use tracing::{error, info};
+use dockhand::backup::catalog::{self, From};
+use dockhand::backup::daemon::{self, OnSignal, Stop};
+use dockhand::backup::restore::{self, Request};
+use dockhand::backup::run::Runner;
+use dockhand::backup::settings::Settings;
+use dockhand::backup::{codec, dump, Cancel};
+use dockhand::{cli, supervise};
+use tracing::info;
 
 const HELP: &str = "\
-backup: streamed pg_dump backups, compressed with zstd, checksummed, written atomically.
+backup: scheduled, streamed pg_dump backups to a folder and S3-compatible storage,
+compressed, optionally encrypted, checksummed, with retention, verify and restore.
 
-Usage: backup now      [OPTIONS]   one backup now; exit status says if it succeeded
-       backup list     [OPTIONS]   the backups in the folder
-       backup verify   NAME|latest checksum, then a full read by pg_restore
-Not built yet in this version: the scheduled daemon (backup, backup daemon), S3 upload,
-age encryption, retention (backup prune), backup restore.
+Usage: backup [daemon]                 run on BACKUP_SCHEDULE until stopped
+       backup now                      one run now; the exit status says if it succeeded
+       backup list [--remote]          the backups (folder; with --remote also S3)
+       backup verify NAME|latest       checksum and a full read by pg_restore
+       backup restore NAME|latest      into a new database <db>_restore_<time>
+              [--to URL] [--from local|s3] [--clean] [--yes] [--no-owner]
+       backup prune [--dry-run]        apply retention now, print what goes
 
-Options (each with its environment variable):
-      --dir DIR              the backup folder [BACKUP_DIR, required]
-      --level N              zstd level 1-19 [BACKUP_ZSTD_LEVEL, default 3]
-      --threads N            zstd worker threads, 0 = one [BACKUP_ZSTD_THREADS, default: cores]
-      --status-file FILE     status JSON whose mtime is the last success
-                             [BACKUP_STATUS_FILE]
-  -h, --help                 this help
-  -V, --version              the version
-Database: DIRECT_URL (PostgreSQL itself: PgBouncer in transaction mode breaks pg_dump),
-else DATABASE_URL. pg_dump: BACKUP_PG_BIN, /usr/lib/postgresql/N/bin, PATH; at least the
-server's major version. Any variable may be given as NAME_FILE.
-Logging: RUST_LOG, LOG_FORMAT=text|json (stderr).
+Options (flag, else environment variable; any variable may be given as NAME_FILE):
+      --dir DIR            backup folder [BACKUP_DIR]
+      --compression C      zstd (default) or gzip [BACKUP_COMPRESSION]
+      --level N            zstd level 1-19 [BACKUP_ZSTD_LEVEL, default 3]
+      --threads N          zstd workers, 0 = none [BACKUP_ZSTD_THREADS, default: cores]
+      --status-file FILE   status JSON; its mtime is the last success [BACKUP_STATUS_FILE]
+      --remote             list: also the backups in S3
+      --from local|s3      verify/restore: which copy to read
+      --to URL             restore: target database (default: a new one)
+      --clean              restore: drop the backup's objects in a non-empty target first
+      --yes                restore: do not ask before --clean
+      --no-owner           restore: skip ownership and privileges
+      --dry-run            prune: print, delete nothing
+  -h, --help               this help
+  -V, --version            the version
+Database: DIRECT_URL (PostgreSQL itself, not PgBouncer), else DATABASE_URL.
+Everything else is set in the environment; see the README's reference table.
 
-Exit status: 0 success, 1 the backup or verification failed, 2 invalid arguments.
+Exit status: 0 success, 1 the run/verify/restore failed, 2 invalid arguments or
+settings, 128+N stopped by signal N (now, verify, restore).
 ";
 
 struct Args {
     command: String,
     name: Option<String>,
-    dir: PathBuf,
-    level: i32,
-    threads: u32,
-    status_file: Option<PathBuf>,
+    overrides: HashMap<&'static str, String>,
+    remote: bool,
+    from: Option<From>,
+    to: Option<String>,
+    clean: bool,
+    yes: bool,
+    no_owner: bool,
+    dry_run: bool,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
     use lexopt::prelude::*;
-    let (mut command, mut name) = (None, None);
-    let (mut dir, mut level, mut threads, mut status_file) = (None, None, None, None);
+    let mut a = Args {
+        command: String::new(),
+        name: None,
+        overrides: HashMap::new(),
+        remote: false,
+        from: None,
+        to: None,
+        clean: false,
+        yes: false,
+        no_owner: false,
+        dry_run: false,
+    };
+    let mut command = None;
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        let env = match &arg {
+            Long("dir") => Some("BACKUP_DIR"),
+            Long("compression") => Some("BACKUP_COMPRESSION"),
+            Long("level") => Some("BACKUP_ZSTD_LEVEL"),
+            Long("threads") => Some("BACKUP_ZSTD_THREADS"),
+            Long("status-file") => Some("BACKUP_STATUS_FILE"),
+            _ => None,
+        };
+        if let (Some(env), Long(flag)) = (env, &arg) {
+            let flag = format!("--{flag}");
+            a.overrides.insert(env, cli::value(&mut parser, &flag)?);
+            continue;
+        }
         match arg {
-            Long("dir") => dir = Some(cli::value(&mut parser, "--dir")?),
-            Long("level") => level = Some(cli::value(&mut parser, "--level")?),
-            Long("threads") => threads = Some(cli::value(&mut parser, "--threads")?),
-            Long("status-file") => status_file = Some(cli::value(&mut parser, "--status-file")?),
+            Long("remote") => a.remote = true,
+            Long("clean") => a.clean = true,
+            Long("yes") | Short('y') => a.yes = true,
+            Long("no-owner") => a.no_owner = true,
+            Long("dry-run") | Short('n') => a.dry_run = true,
+            Long("to") => a.to = Some(cli::value(&mut parser, "--to")?),
+            Long("from") => {
+                a.from = Some(match cli::value(&mut parser, "--from")?.as_str() {
+                    "local" => From::Local,
+                    "s3" => From::S3,
+                    other => return Err(format!("--from {other:?}: use local or s3")),
+                })
+            }
             Short('h') | Long("help") => {
                 print!("{HELP}");
                 return Ok(None);
@@ -69,8 +121,8 @@ fn parse_args() -> Result<Option<Args>, String> {
                     .map_err(|_| "arguments must be UTF-8".to_string())?;
                 if command.is_none() {
                     command = Some(v);
-                } else if name.is_none() {
-                    name = Some(v);
+                } else if a.name.is_none() {
+                    a.name = Some(v);
                 } else {
                     return Err(format!("unexpected argument {v:?}"));
                 }
@@ -78,115 +130,248 @@ fn parse_args() -> Result<Option<Args>, String> {
             other => return Err(other.unexpected().to_string()),
         }
     }
-    let command = command.unwrap_or_else(|| "daemon".into());
-    match command.as_str() {
-        "now" | "list" | "verify" => {}
-        "daemon" | "restore" | "prune" => {
-            return Err(format!("`backup {command}` is not built yet in this version: use `backup now` from your scheduler"))
+    a.command = command.unwrap_or_else(|| "daemon".into());
+    match a.command.as_str() {
+        "daemon" | "now" | "list" | "prune" => {
+            if let Some(n) = &a.name {
+                return Err(format!("unexpected argument {n:?}"));
+            }
         }
-        other => return Err(format!("unknown command {other:?}: use now, list or verify")),
+        "verify" | "restore" => {
+            if a.name.is_none() {
+                return Err(format!(
+                    "backup {} needs a backup name or `latest`",
+                    a.command
+                ));
+            }
+        }
+        other => {
+            return Err(format!(
+                "unknown command {other:?}: use daemon, now, list, verify, restore or prune"
+            ))
+        }
     }
-    if command == "verify" && name.is_none() {
-        return Err("backup verify needs a backup name or `latest`".into());
-    }
-    let dir = cli::or_env(dir, "BACKUP_DIR")?.ok_or("no backup folder: set BACKUP_DIR or --dir")?;
-    let level = match cli::or_env(level, "BACKUP_ZSTD_LEVEL")? {
-        Some(l) => l
-            .parse::<i32>()
-            .ok()
-            .filter(|l| (1..=19).contains(l))
-            .ok_or_else(|| {
-                format!("--level / BACKUP_ZSTD_LEVEL {l:?}: use a number from 1 to 19")
-            })?,
-        None => 3,
-    };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let threads = match cli::or_env(threads, "BACKUP_ZSTD_THREADS")? {
-        Some(t) => t.parse::<u32>().ok().filter(|t| *t <= 256).ok_or_else(|| {
-            format!("--threads / BACKUP_ZSTD_THREADS {t:?}: use a number from 0 to 256")
-        })?,
-        None => cores,
-    };
-    Ok(Some(Args {
-        command,
-        name,
-        dir: PathBuf::from(dir),
-        level,
-        threads,
-        status_file: cli::or_env(status_file, "BACKUP_STATUS_FILE")?.map(PathBuf::from),
-    }))
+    Ok(Some(a))
 }
 
-fn database_url() -> Result<Url, String> {
-    let raw = match cli::or_env(None, "DIRECT_URL")? {
-        Some(u) => u,
-        None => cli::or_env(None, "DATABASE_URL")?
-            .ok_or("no database: set DIRECT_URL (or DATABASE_URL)")?,
-    };
-    Url::parse(&raw).map_err(|e| format!("DIRECT_URL: {e}"))
+fn identities() -> Result<Vec<age::x25519::Identity>, String> {
+    match dockhand::config::var("BACKUP_AGE_IDENTITY").map_err(|e| e.0)? {
+        Some(text) => codec::parse_identities(&text),
+        None => Ok(Vec::new()),
+    }
 }
 
-fn run(args: &Args) -> Result<(), String> {
+/// Asks at the terminal before a `--clean` restore; without a terminal, refuses.
+fn confirm(database: &str) -> Result<bool, String> {
+    if !std::io::stdin().is_terminal() {
+        return Err(format!(
+            "database {database:?} is not empty and --clean would drop the backup's objects in it: pass --yes to confirm (no terminal to ask at)"
+        ));
+    }
+    eprint!(
+        "Restoring with --clean drops the objects of the backup in database {database:?} and replaces them.\nType the database name to confirm: "
+    );
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    Ok(line.trim() == database)
+}
+
+/// Exit status for a command that was stopped by a signal.
+fn stopped(first_signal: &std::sync::Mutex<Option<i32>>) -> Option<u8> {
+    first_signal
+        .lock()
+        .ok()
+        .and_then(|s| *s)
+        .map(|s| (128 + s) as u8)
+}
+
+fn run(args: Args, cancel: Arc<Cancel>, stop: Arc<Stop>) -> Result<u8, (String, u8)> {
+    let usage = |e: String| (e, 2u8);
+    let failed = |e: String| (e, 1u8);
+    let overrides = args.overrides.clone();
+    let settings = Settings::load(&move |name| match overrides.get(name) {
+        Some(v) => Ok(Some(v.clone())),
+        None => dockhand::config::var(name).map_err(|e| e.0),
+    })
+    .map_err(usage)?;
     match args.command.as_str() {
+        "daemon" | "now" | "prune" => {
+            settings.require_destination().map_err(usage)?;
+        }
+        "restore" if args.to.is_none() => {
+            settings.database_url().map_err(|_| {
+                usage("no target: pass --to postgres://... or set DIRECT_URL (a new database is created on its server)".into())
+            })?;
+        }
+        _ => {}
+    }
+    if matches!(args.command.as_str(), "daemon" | "now") {
+        settings.database_url().map_err(usage)?;
+    }
+    if matches!(args.command.as_str(), "list" | "verify" | "restore")
+        && settings.dir.is_none()
+        && settings.s3.is_none()
+    {
+        return Err(usage(
+            "no backups to read: set BACKUP_DIR and/or BACKUP_S3_BUCKET".into(),
+        ));
+    }
+    let mode = if args.command == "daemon" {
+        OnSignal::StopAfter(settings.stop_grace)
+    } else {
+        OnSignal::CancelNow
+    };
+    let first_signal = daemon::watch_signals(mode, stop.clone(), cancel.clone());
+    let runner = Runner::new(settings, cancel.clone()).map_err(|e| failed(e.0))?;
+    match args.command.as_str() {
+        "daemon" => daemon::run(&runner, &stop).map(|c| c as u8).map_err(usage),
         "now" => {
-            let url = database_url()?;
-            let opts = archive::Options {
-                dir: args.dir.clone(),
-                level: args.level,
-                threads: args.threads,
-            };
-            match archive::run(&url, &opts) {
-                Ok(m) => {
-                    info!(
-                        "backup {} done: {} of dump stored as {}, sha256 {}",
-                        m.file,
-                        catalog::human_size(m.dump_bytes),
-                        catalog::human_size(m.size),
-                        m.sha256
-                    );
-                    if let Some(p) = &args.status_file {
-                        status::success(p, &m).map_err(|e| e.0)?;
-                    }
-                    Ok(())
-                }
-                Err(e) => {
-                    if let Some(p) = &args.status_file {
-                        if let Err(se) = status::failure(p, &e.0) {
-                            error!("cannot write the status file: {se}");
-                        }
-                    }
-                    Err(format!("backup failed: {e}"))
-                }
+            let r = runner.run();
+            if let Some(code) = stopped(&first_signal) {
+                return Err((r.failures.join("; "), code));
+            }
+            if r.failures.is_empty() {
+                Ok(0)
+            } else {
+                Err(failed(format!("backup failed: {}", r.failures.join("; "))))
             }
         }
         "list" => {
-            print!(
-                "{}",
-                catalog::table(&catalog::list(&args.dir).map_err(|e| e.0)?)
-            );
-            Ok(())
+            let backups = runner.backups(args.remote).map_err(|e| failed(e.0))?;
+            print!("{}", catalog::table(&backups));
+            Ok(0)
+        }
+        "prune" => {
+            let decisions = runner.prune(args.dry_run).map_err(|e| failed(e.0))?;
+            if runner.settings.retention.is_empty() {
+                info!("no retention rule is set (BACKUP_RETENTION_DAYS, BACKUP_KEEP_*): everything is kept");
+            }
+            for (d, b) in decisions {
+                let verb = match (d.keep, args.dry_run) {
+                    (true, _) => "keep",
+                    (false, true) => "would delete",
+                    (false, false) => "deleted",
+                };
+                println!("{verb:<13} {:<40} {}", b.manifest.name, d.why);
+            }
+            Ok(0)
         }
         "verify" => {
-            let m = catalog::find(&args.dir, args.name.as_deref().unwrap_or("latest"))
-                .map_err(|e| e.0)?;
-            let major: u32 = m
-                .pg_dump_version
-                .split_whitespace()
-                .nth(2)
-                .and_then(|v| v.split('.').next()?.parse().ok())
-                .unwrap_or(0);
-            let tools = dump::find_tools(major).map_err(|e| e.0)?;
-            catalog::verify(&args.dir, &m, &tools.pg_restore)
-                .map_err(|e| format!("verify failed: {e}"))?;
-            info!("{}: checksum and full read by pg_restore ok", m.file);
-            Ok(())
+            let ids = identities().map_err(usage)?;
+            let backups = runner.backups(true).map_err(|e| failed(e.0))?;
+            let b = catalog::find(&backups, args.name.as_deref().unwrap_or("latest"))
+                .map_err(|e| failed(e.0))?;
+            let from = args
+                .from
+                .unwrap_or(if b.local { From::Local } else { From::S3 });
+            let tools = dump::find_tools(b.manifest.pg_dump_major()).map_err(|e| failed(e.0))?;
+            let verified =
+                catalog::verify(&runner.reading(&ids), b, from, &tools.pg_restore, &cancel);
+            if let Some(code) = stopped(&first_signal) {
+                return Err(("verify stopped".into(), code));
+            }
+            verified.map_err(|e| failed(format!("verify failed: {e}")))?;
+            info!("{}: checksum and full read ok", b.manifest.file);
+            Ok(0)
+        }
+        "restore" => {
+            let ids = identities().map_err(usage)?;
+            let to = match &args.to {
+                Some(u) => {
+                    Some(dockhand::url::Url::parse(u).map_err(|e| usage(format!("--to: {e}")))?)
+                }
+                None => None,
+            };
+            let backups = runner.backups(true).map_err(|e| failed(e.0))?;
+            let req = Request {
+                name: args.name.clone().unwrap_or_default(),
+                from: args.from,
+                to,
+                clean: args.clean,
+                yes: args.yes,
+                no_owner: args.no_owner,
+            };
+            let done = restore::restore(
+                &runner.reading(&ids),
+                &backups,
+                &req,
+                runner.settings.url.as_ref(),
+                &cancel,
+                &confirm,
+            );
+            if let Some(code) = stopped(&first_signal) {
+                return Err((
+                    "restore stopped; the target was left as it was".into(),
+                    code,
+                ));
+            }
+            let r = done.map_err(|e| failed(format!("restore failed: {e}")))?;
+            info!(
+                "restored {} into {}database {:?}: {} tables, {} rows in {:.1} s",
+                r.backup,
+                if r.created { "the new " } else { "" },
+                r.database,
+                r.tables,
+                r.rows,
+                r.seconds
+            );
+            println!("{}", r.database);
+            Ok(0)
         }
         _ => unreachable!("checked in parse_args"),
     }
 }
 
+/// As PID 1, runs this same command as a supervised child: the supervisor reaps
+/// every orphan in the container and forwards signals; the child does the work.
+fn supervise_self() -> Option<ExitCode> {
+    const WORKER: &str = "DOCKHAND_BACKUP_WORKER";
+    if std::process::id() != 1 || std::env::var_os(WORKER).is_some() {
+        return None;
+    }
+    let signals = supervise::block_signals().ok()?;
+    // Single-threaded here: nothing else reads the environment.
+    std::env::set_var(WORKER, "1");
+    let mut command = vec![std::ffi::OsString::from("/proc/self/exe")];
+    command.extend(std::env::args_os().skip(1));
+    let grace = dockhand::config::var("BACKUP_STOP_GRACE")
+        .ok()
+        .flatten()
+        .and_then(|g| dockhand::duration::parse(&g).ok())
+        .unwrap_or(std::time::Duration::from_secs(8));
+    let opts = supervise::Options {
+        command,
+        process_group: false,
+        rewrite: Vec::new(),
+        stop_delay: std::time::Duration::ZERO,
+        grace: grace + std::time::Duration::from_secs(5),
+        remap_exit: Vec::new(),
+        user: None,
+    };
+    Some(match supervise::run(&opts, &signals) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("backup: {}", e.message);
+            ExitCode::from(e.code.clamp(0, 255) as u8)
+        }
+    })
+}
+
 fn main() -> ExitCode {
     dockhand::config::install_panic_hook("backup", 1);
+    if let Some(code) = supervise_self() {
+        return code;
+    }
+    // Before any thread starts, so every thread inherits the mask and only the
+    // signal thread sees them.
+    if let Err(e) = daemon::signal_set().thread_block() {
+        eprintln!("backup: cannot block signals: {e}");
+        return ExitCode::from(2);
+    }
     let fail = |msg: &str, code: u8| {
         eprintln!("backup: {}", dockhand::url::redact_text(msg));
         ExitCode::from(code)
@@ -199,8 +384,9 @@ fn main() -> ExitCode {
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => return fail(&format!("{e}\nTry 'backup --help'."), 2),
     };
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e, 1),
+    match run(args, Arc::new(Cancel::new()), Arc::new(Stop::default())) {
+        Ok(code) => ExitCode::from(code),
+        Err((msg, code)) if msg.is_empty() => ExitCode::from(code),
+        Err((msg, code)) => fail(&msg, code),
     }
 }

@@ -1,40 +1,47 @@
-//! One backup run to a local folder, streamed end to end: `pg_dump -Fc -Z0` (custom
-//! format, uncompressed) -> zstd (multi-threaded) -> SHA-256 -> `.NAME.partial` created
-//! with mode 0600. Nothing holds the whole dump in memory or writes a second copy. The
-//! file becomes visible only when pg_dump exited 0 and produced data: it is fsynced,
-//! renamed to `NAME.dump.zst`, the folder fsynced, and the manifest
-//! `NAME.manifest.json` written last, the same way. Any failure removes the partial
-//! file, so a failed or 0-byte dump is never taken for a backup.
+//! One dump streamed to every destination at once: `pg_dump -Fc -Z0` (custom format,
+//! uncompressed; or `pg_dumpall --globals-only` for roles and tablespaces) -> zstd or
+//! gzip -> age encryption when a recipient is set -> SHA-256 -> the local folder
+//! (`.NAME.partial`, mode 0600) and an S3 multipart upload, side by side. Nothing holds
+//! the whole dump in memory or writes a temporary copy of it.
+//!
+//! A copy becomes visible only when pg_dump exited 0 and produced data: the file is
+//! fsynced, renamed and its folder fsynced; the upload is completed. Otherwise the
+//! partial file is removed and the upload aborted. The manifest `NAME.manifest.json`
+//! is written last, beside each complete copy: a backup without a manifest does not
+//! exist for list, prune or restore. When one destination fails (S3 unreachable, disk
+//! full) the other copy is still kept, and the run reports the failure.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
+use super::codec::{self, Stage};
 use super::dump::{self, Tools};
-use super::{err, hex, io_err, BackupError};
-use crate::pg::PgTarget;
+use super::s3::{Upload, S3};
+use super::settings::Settings;
+use super::{err, hex, unix_now, BackupError, Cancel};
 use crate::url::Url;
 
-/// Settings of a run.
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub dir: PathBuf,
-    /// zstd level (1-19; 3 is zstd's default).
-    pub level: i32,
-    /// zstd worker threads (0 = single-threaded).
-    pub threads: u32,
+/// What a backup is: one database, or the cluster's globals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Database(String),
+    Globals,
 }
 
-/// What a finished run wrote (also the manifest's content).
+/// A backup's description, stored beside it as `NAME.manifest.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
     pub name: String,
     pub file: String,
+    /// `database` or `globals`.
+    pub kind: String,
     pub database: String,
     pub server_version: String,
     pub pg_dump_version: String,
@@ -45,7 +52,12 @@ pub struct Manifest {
     pub dump_bytes: u64,
     pub size: u64,
     pub sha256: String,
+    /// `zstd` or `gzip`.
+    pub compression: String,
     pub level: i32,
+    /// `age` (to the listed recipients) or none.
+    pub encryption: Option<String>,
+    pub recipients: Vec<String>,
     /// Unix seconds of the last successful `verify`.
     pub verified: Option<i64>,
 }
@@ -56,6 +68,7 @@ impl Manifest {
             "format": 1,
             "name": self.name,
             "file": self.file,
+            "kind": self.kind,
             "database": self.database,
             "server_version": self.server_version,
             "pg_dump_version": self.pg_dump_version,
@@ -64,19 +77,24 @@ impl Manifest {
             "dump_bytes": self.dump_bytes,
             "size": self.size,
             "sha256": self.sha256,
-            "compression": "zstd",
+            "compression": self.compression,
             "level": self.level,
-            "encryption": null,
+            "encryption": self.encryption,
+            "recipients": self.recipients,
             "verified": self.verified,
         });
         serde_json::to_string_pretty(&v).unwrap_or_default()
     }
 
+    /// Parses a manifest; `None` for anything that is not a well-formed dockhand
+    /// manifest. The data file must be a plain name in the same place (a manifest
+    /// naming `../x` is refused, so prune can never be led outside its folder).
     pub fn from_json(text: &str) -> Option<Manifest> {
         let v: serde_json::Value = serde_json::from_str(text).ok()?;
-        Some(Manifest {
+        let m = Manifest {
             name: v["name"].as_str()?.into(),
             file: v["file"].as_str()?.into(),
+            kind: v["kind"].as_str().unwrap_or("database").into(),
             database: v["database"].as_str()?.into(),
             server_version: v["server_version"].as_str().unwrap_or("").into(),
             pg_dump_version: v["pg_dump_version"].as_str().unwrap_or("").into(),
@@ -85,16 +103,50 @@ impl Manifest {
             dump_bytes: v["dump_bytes"].as_u64()?,
             size: v["size"].as_u64()?,
             sha256: v["sha256"].as_str()?.into(),
+            compression: v["compression"].as_str().unwrap_or("zstd").into(),
             level: v["level"].as_i64().unwrap_or(0) as i32,
+            encryption: v["encryption"].as_str().map(String::from),
+            recipients: v["recipients"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|r| r.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default(),
             verified: v["verified"].as_i64(),
-        })
+        };
+        let plain =
+            |s: &str| !s.is_empty() && !s.starts_with('.') && !s.contains('/') && !s.contains('\\');
+        (plain(&m.name) && plain(&m.file) && m.file.starts_with(&m.name)).then_some(m)
+    }
+
+    /// The manifest's own file name.
+    pub fn manifest_file(&self) -> String {
+        manifest_file(&self.name)
+    }
+
+    /// The retention series: the database, or `globals`.
+    pub fn series(&self) -> String {
+        if self.kind == "globals" {
+            "globals".into()
+        } else {
+            format!("database {}", self.database)
+        }
+    }
+
+    /// The major version of the pg_dump that wrote it.
+    pub fn pg_dump_major(&self) -> u32 {
+        self.pg_dump_version
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.split('.').next()?.parse().ok())
+            .unwrap_or(0)
     }
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+pub fn manifest_file(name: &str) -> String {
+    format!("{name}.manifest.json")
 }
 
 /// `YYYYmmddTHHMMSSZ` for file names.
@@ -103,42 +155,45 @@ pub fn stamp(secs: i64) -> String {
     t[..19].replace(['-', ':'], "") + "Z"
 }
 
-/// A writer that hashes and counts what passes through.
-struct Hashing<W: Write> {
-    inner: W,
-    hash: Sha256,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
+/// A database name made safe for a file name: anything but `A-Za-z0-9._-` becomes `_`.
+pub fn file_safe(s: &str) -> String {
+    let out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    out.trim_start_matches('.').to_string()
 }
 
 /// Writes `data` to `path` atomically with mode 0600 (temporary name, fsync, rename,
 /// fsync of the folder).
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = partial_name(path);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path)
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        sync_dir(path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
-fn partial_name(path: &Path) -> PathBuf {
+/// `.NAME.partial` beside `path`: hidden, and never taken for a backup.
+pub fn partial_name(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -153,90 +208,302 @@ fn sync_dir(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Runs one backup of the database `url` names into `opts.dir`.
-pub fn run(url: &Url, opts: &Options) -> Result<Manifest, BackupError> {
-    let started_at = Instant::now();
+/// Where one dump goes, and what the shared parts of a run are.
+pub struct Destinations<'a> {
+    pub settings: &'a Settings,
+    pub rt: &'a tokio::runtime::Handle,
+    pub s3: Option<&'a S3>,
+    pub cancel: &'a Cancel,
+}
+
+/// The result of one dump: its manifest, where complete copies are, and what failed.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub manifest: Manifest,
+    /// `/backups/NAME.dump.zst`, `s3://bucket/prefix/NAME.dump.zst`.
+    pub stored: Vec<String>,
+    /// Failures of single destinations (the backup exists elsewhere).
+    pub errors: Vec<String>,
+}
+
+/// The local copy being written.
+struct LocalCopy {
+    path: PathBuf,
+    partial: PathBuf,
+    out: BufWriter<File>,
+}
+
+/// Hashes and counts the stored bytes and hands them to every destination still
+/// working; the stream fails only when none is left.
+struct Tee {
+    hash: Sha256,
+    bytes: u64,
+    local: Option<LocalCopy>,
+    s3: Option<Upload>,
+    errors: Vec<String>,
+}
+
+impl Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.hash.update(buf);
+        self.bytes += buf.len() as u64;
+        if let Some(l) = &mut self.local {
+            if let Err(e) = l.out.write_all(buf) {
+                let msg = format!("{}: {}", l.path.display(), crate::error::io_reason(&e));
+                let _ = std::fs::remove_file(&l.partial);
+                self.errors.push(msg);
+                self.local = None;
+            }
+        }
+        if let Some(u) = &mut self.s3 {
+            if let Err(e) = u.write(buf) {
+                self.errors.push(e.0);
+                if let Some(u) = self.s3.take() {
+                    u.abort();
+                }
+            }
+        }
+        if self.local.is_none() && self.s3.is_none() {
+            return Err(io::Error::other(self.errors.join("; ")));
+        }
+        Ok(())
+    }
+
+    /// Drops every copy: removes the partial file, aborts the upload.
+    fn discard(&mut self) {
+        if let Some(l) = self.local.take() {
+            drop(l.out);
+            let _ = std::fs::remove_file(&l.partial);
+        }
+        if let Some(u) = self.s3.take() {
+            u.abort();
+        }
+    }
+}
+
+struct TeeStage(Arc<Mutex<Tee>>);
+
+impl Write for TeeStage {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Stage for TeeStage {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Dumps `kind` from the server `url` points at, to every destination.
+pub fn backup(
+    d: &Destinations,
+    url: &Url,
+    kind: &Kind,
+    tools: &Tools,
+    server_version: &str,
+) -> Result<Outcome, BackupError> {
+    let clock = Instant::now();
     let started = unix_now();
-    let target = PgTarget::from_url(url).map_err(|e| err(format!("{url}: {e}")))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| err(format!("cannot start: {e}")))?;
-    let server = rt.block_on(dump::server(&target))?;
-    drop(rt);
-    let tools = dump::find_tools(server.major)?;
-    std::fs::create_dir_all(&opts.dir).map_err(io_err(&opts.dir))?;
-    let database = target.dbname().to_string();
-    let name = format!("{database}-{}", stamp(started));
-    let file = format!("{name}.dump.zst");
-    let path = opts.dir.join(&file);
-    let partial = partial_name(&path);
-    let result = stream_dump(url, &tools, &partial, opts);
-    let (dump_bytes, size, sha256) = match result {
-        Ok(r) => r,
+    let s = d.settings;
+    let (name, ext, database) = match kind {
+        Kind::Database(db) => (
+            format!("{}-{}", file_safe(db), stamp(started)),
+            "dump",
+            db.clone(),
+        ),
+        Kind::Globals => (format!("_globals-{}", stamp(started)), "sql", String::new()),
+    };
+    let mut file = format!("{name}.{ext}.{}", s.compression.ext());
+    if !s.recipients.is_empty() {
+        file.push_str(".age");
+    }
+    let mut tee = Tee {
+        hash: Sha256::new(),
+        bytes: 0,
+        local: None,
+        s3: None,
+        errors: Vec::new(),
+    };
+    if let Some(dir) = &s.dir {
+        let opened = std::fs::create_dir_all(dir).and_then(|_| {
+            let path = dir.join(&file);
+            let partial = partial_name(&path);
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&partial)?;
+            Ok(LocalCopy {
+                path,
+                partial,
+                out: BufWriter::with_capacity(1 << 20, f),
+            })
+        });
+        match opened {
+            Ok(l) => tee.local = Some(l),
+            Err(e) => tee.errors.push(format!(
+                "{}: {}",
+                dir.display(),
+                crate::error::io_reason(&e)
+            )),
+        }
+    }
+    if let Some(s3) = d.s3 {
+        tee.s3 = Some(s3.upload(d.rt, &file));
+    }
+    if tee.local.is_none() && tee.s3.is_none() {
+        return Err(err(tee.errors.join("; ")));
+    }
+    let tee = Arc::new(Mutex::new(tee));
+    let streamed = stream(d, url, kind, tools, tee.clone());
+    let mut tee = match Arc::try_unwrap(tee) {
+        Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+        Err(_) => return Err(err("internal error: the stream is still referenced")),
+    };
+    let dump_bytes = match streamed {
+        Ok(n) => n,
         Err(e) => {
-            let _ = std::fs::remove_file(&partial);
+            tee.discard();
             return Err(e);
         }
     };
-    std::fs::rename(&partial, &path)
-        .and_then(|_| sync_dir(&path))
-        .map_err(io_err(&path))?;
-    let manifest = Manifest {
+    let sha256 = hex(&tee.hash.clone().finalize());
+    let mut manifest = Manifest {
         name: name.clone(),
-        file,
+        file: file.clone(),
+        kind: match kind {
+            Kind::Database(_) => "database".into(),
+            Kind::Globals => "globals".into(),
+        },
         database,
-        server_version: server.version,
+        server_version: server_version.to_string(),
         pg_dump_version: tools.version.clone(),
         started,
-        finished: started + started_at.elapsed().as_secs() as i64,
+        finished: started + clock.elapsed().as_secs() as i64,
         dump_bytes,
-        size,
+        size: tee.bytes,
         sha256,
-        level: opts.level,
+        compression: s.compression.name().into(),
+        level: s.compression.level(),
+        encryption: (!s.recipients.is_empty()).then(|| "age".to_string()),
+        recipients: s.recipients.clone(),
         verified: None,
     };
-    write_atomic(
-        &opts.dir.join(format!("{name}.manifest.json")),
-        manifest.to_json().as_bytes(),
-    )
-    .map_err(|e| {
-        err(format!(
-            "writing the manifest: {}",
-            crate::error::io_reason(&e)
-        ))
-    })?;
-    Ok(manifest)
+    let mut stored = Vec::new();
+    let mut errors = std::mem::take(&mut tee.errors);
+    if let Some(l) = tee.local.take() {
+        let LocalCopy { path, partial, out } = l;
+        let done = out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .and_then(|_| std::fs::rename(&partial, &path))
+            .and_then(|_| sync_dir(&path));
+        match done {
+            Ok(()) => stored.push(path.display().to_string()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                errors.push(format!(
+                    "{}: {}",
+                    path.display(),
+                    crate::error::io_reason(&e)
+                ));
+            }
+        }
+    }
+    if let Some(u) = tee.s3.take() {
+        match u.commit() {
+            Ok(()) => stored.push(d.s3.map(|s| s.location(&file)).unwrap_or_default()),
+            Err(e) => errors.push(e.0),
+        }
+    }
+    manifest.finished = started + clock.elapsed().as_secs() as i64;
+    let json = manifest.to_json();
+    let mut complete = Vec::new();
+    for place in stored {
+        let written = if place.starts_with("s3://") {
+            match d.s3 {
+                Some(s3) => d
+                    .rt
+                    .block_on(s3.put_bytes(&manifest.manifest_file(), json.clone().into_bytes())),
+                None => Ok(()),
+            }
+        } else {
+            let dir = s.dir.as_deref().unwrap_or(Path::new("."));
+            write_atomic(&dir.join(manifest.manifest_file()), json.as_bytes()).map_err(|e| {
+                err(format!(
+                    "writing the manifest in {}: {}",
+                    dir.display(),
+                    crate::error::io_reason(&e)
+                ))
+            })
+        };
+        match written {
+            Ok(()) => complete.push(place),
+            Err(e) => errors.push(e.0),
+        }
+    }
+    if complete.is_empty() {
+        return Err(err(errors.join("; ")));
+    }
+    Ok(Outcome {
+        manifest,
+        stored: complete,
+        errors,
+    })
 }
 
-/// pg_dump -> zstd -> SHA-256 -> `partial`; returns (dump bytes, stored bytes, sha256).
-fn stream_dump(
+/// Runs the dump tool into the codec and the tee; returns the bytes it produced.
+fn stream(
+    d: &Destinations,
     url: &Url,
+    kind: &Kind,
     tools: &Tools,
-    partial: &Path,
-    opts: &Options,
-) -> Result<(u64, u64, String), BackupError> {
-    let out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(partial)
-        .map_err(io_err(partial))?;
-    let mut cmd = Command::new(&tools.pg_dump);
-    cmd.args(["--format=custom", "--compress=0", "--no-password"])
-        .env_remove("PGPASSWORD")
-        .envs(dump::libpq_env(url))
-        .stdin(Stdio::null())
+    tee: Arc<Mutex<Tee>>,
+) -> Result<u64, BackupError> {
+    d.cancel.check()?;
+    let mut chain = codec::encoder(
+        &d.settings.compression,
+        &d.settings.recipients,
+        Box::new(TeeStage(tee)),
+    )?;
+    let mut cmd = match kind {
+        Kind::Database(db) => {
+            let mut c = Command::new(&tools.pg_dump);
+            c.args(["--format=custom", "--compress=0", "--no-password"])
+                .envs(dump::libpq_env(&url.with_database(db)));
+            c
+        }
+        Kind::Globals => {
+            let mut c = Command::new(tools.pg_dumpall());
+            c.args(["--globals-only", "--no-password"])
+                .envs(dump::libpq_env(url));
+            c
+        }
+    };
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     crate::supervise::prepare_child(&mut cmd, None, false);
+    let program = cmd.get_program().to_string_lossy().into_owned();
     let mut child = cmd.spawn().map_err(|e| {
         err(format!(
-            "cannot run {}: {}",
-            tools.pg_dump.display(),
+            "cannot run {program}: {}",
             crate::error::io_reason(&e)
         ))
     })?;
+    d.cancel.track(child.id());
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     let errors = std::thread::spawn(move || {
@@ -245,37 +512,21 @@ fn stream_dump(
         let _ = io::copy(&mut stderr, &mut io::sink());
         String::from_utf8_lossy(&s).into_owned()
     });
-    let io_err = |e: io::Error| {
-        err(format!(
-            "writing {}: {}",
-            partial.display(),
-            crate::error::io_reason(&e)
-        ))
-    };
-    let hashing = Hashing {
-        inner: io::BufWriter::with_capacity(1 << 20, out),
-        hash: Sha256::new(),
-        bytes: 0,
-    };
-    let mut enc = zstd::stream::Encoder::new(hashing, opts.level).map_err(io_err)?;
-    if opts.threads > 0 {
-        enc.multithread(opts.threads).map_err(io_err)?;
-    }
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 256 * 1024];
     let mut dump_bytes = 0u64;
     let copy: Result<(), BackupError> = loop {
         match stdout.read(&mut buf) {
             Ok(0) => break Ok(()),
             Ok(n) => {
                 dump_bytes += n as u64;
-                if let Err(e) = enc.write_all(&buf[..n]) {
-                    break Err(io_err(e));
+                if let Err(e) = chain.write_all(&buf[..n]) {
+                    break Err(err(format!("writing the backup: {e}")));
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 break Err(err(format!(
-                    "reading pg_dump's output: {}",
+                    "reading {program}'s output: {}",
                     crate::error::io_reason(&e)
                 )))
             }
@@ -284,8 +535,11 @@ fn stream_dump(
     if copy.is_err() {
         let _ = child.kill();
     }
-    let status = child.wait().map_err(|e| err(format!("pg_dump: {e}")))?;
+    drop(stdout);
+    d.cancel.track(0);
+    let status = child.wait().map_err(|e| err(format!("{program}: {e}")))?;
     let messages = errors.join().unwrap_or_default();
+    d.cancel.check()?;
     copy?;
     if !status.success() {
         let reason = messages
@@ -294,7 +548,10 @@ fn stream_dump(
             .collect::<Vec<_>>()
             .join("; ");
         return Err(err(format!(
-            "pg_dump failed ({status}): {}",
+            "{} failed ({status}): {}",
+            Path::new(&program)
+                .file_name()
+                .map_or(program.clone(), |f| f.to_string_lossy().into_owned()),
             if reason.is_empty() {
                 "no message"
             } else {
@@ -307,9 +564,8 @@ fn stream_dump(
             "pg_dump exited 0 but wrote nothing: not recorded as a backup",
         ));
     }
-    let hashing = enc.finish().map_err(io_err)?;
-    let Hashing { inner, hash, bytes } = hashing;
-    let file = inner.into_inner().map_err(|e| io_err(e.into_error()))?;
-    file.sync_all().map_err(io_err)?;
-    Ok((dump_bytes, bytes, hex(&hash.finalize())))
+    chain
+        .finish()
+        .map_err(|e| err(format!("writing the backup: {e}")))?;
+    Ok(dump_bytes)
 }

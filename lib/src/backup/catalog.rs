@@ -1,72 +1,147 @@
-//! The backups in a folder, as their manifests describe them (files dockhand did not
-//! write, and dumps without a manifest, are never listed), and verification: the
-//! stored file's SHA-256 against the manifest, then a full read of the archive by
-//! `pg_restore -f /dev/null` (`pg_restore --list` passes on a truncated dump; a full
-//! read does not).
+//! The backups in the folder and under the S3 prefix, as their manifests describe them
+//! (files dockhand did not write, and data without a manifest, are never listed), and
+//! reading a backup back: [`open`] streams it (local file or S3 download) through a
+//! SHA-256 check and the codec, [`feed`] pipes it into `pg_restore`/`psql`, and
+//! [`verify`] does both into `pg_restore -f /dev/null`, a full read
+//! (`pg_restore --list` passes on a truncated dump; a full read does not).
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
+use tokio::runtime::Handle;
 
-use super::archive::{write_atomic, Manifest};
-use super::{err, hex, io_err, BackupError};
+use super::archive::{manifest_file, write_atomic, Manifest};
+use super::codec;
+use super::s3::S3;
+use super::{err, hex, io_err, unix_now, BackupError, Cancel};
 
-/// Manifests in `dir`, oldest first.
-pub fn list(dir: &Path) -> Result<Vec<Manifest>, BackupError> {
+/// A backup and where its complete copies are.
+#[derive(Debug, Clone)]
+pub struct Backup {
+    pub manifest: Manifest,
+    pub local: bool,
+    pub remote: bool,
+}
+
+/// Where to read a backup from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    Local,
+    S3,
+}
+
+/// Manifests in `dir` whose data file is there, oldest first.
+pub fn list_local(dir: &Path) -> Result<Vec<Manifest>, BackupError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(err(format!(
-                "{}: {}",
-                dir.display(),
-                crate::error::io_reason(&e)
-            )))
-        }
+        Err(e) => return Err(io_err(dir)(e)),
     };
     let mut out: Vec<Manifest> = entries
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().ends_with(".manifest.json"))
         .filter_map(|e| Manifest::from_json(&std::fs::read_to_string(e.path()).ok()?))
-        .filter(|m| dir.join(&m.file).exists())
+        .filter(|m| dir.join(&m.file).is_file())
         .collect();
     out.sort_by(|a, b| (a.started, &a.name).cmp(&(b.started, &b.name)));
     Ok(out)
 }
 
-/// The backup named `name`, or the newest for `latest`.
-pub fn find(dir: &Path, name: &str) -> Result<Manifest, BackupError> {
-    let all = list(dir)?;
-    let found = if name == "latest" {
-        all.into_iter().last()
-    } else {
-        all.into_iter().find(|m| m.name == name || m.file == name)
-    };
-    found.ok_or_else(|| {
-        err(format!(
-            "no backup {name:?} in {} (see `backup list`)",
-            dir.display()
-        ))
-    })
+/// Manifests under the S3 prefix whose data object is there, oldest first.
+pub async fn list_remote(s3: &S3) -> Result<Vec<Manifest>, BackupError> {
+    let objects = s3.list().await?;
+    let names: std::collections::HashSet<&str> = objects.iter().map(|o| o.file.as_str()).collect();
+    let mut out = Vec::new();
+    for o in objects
+        .iter()
+        .filter(|o| o.file.ends_with(".manifest.json"))
+    {
+        let Ok(bytes) = s3.get_bytes(&o.file).await else {
+            continue;
+        };
+        if let Some(m) = Manifest::from_json(&String::from_utf8_lossy(&bytes)) {
+            if names.contains(m.file.as_str()) && o.file == m.manifest_file() {
+                out.push(m);
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.started, &a.name).cmp(&(b.started, &b.name)));
+    Ok(out)
 }
 
-/// Formats `list` as the table `backup list` prints.
-pub fn table(backups: &[Manifest]) -> String {
+/// Merges the two lists by name, oldest first.
+pub fn merge(local: Vec<Manifest>, remote: Vec<Manifest>) -> Vec<Backup> {
+    let mut out: Vec<Backup> = local
+        .into_iter()
+        .map(|manifest| Backup {
+            manifest,
+            local: true,
+            remote: false,
+        })
+        .collect();
+    for m in remote {
+        match out.iter_mut().find(|b| b.manifest.name == m.name) {
+            Some(b) => {
+                b.remote = true;
+                if b.manifest.verified.is_none() {
+                    b.manifest.verified = m.verified;
+                }
+            }
+            None => out.push(Backup {
+                manifest: m,
+                local: false,
+                remote: true,
+            }),
+        }
+    }
+    out.sort_by(|a, b| {
+        (a.manifest.started, &a.manifest.name).cmp(&(b.manifest.started, &b.manifest.name))
+    });
+    out
+}
+
+/// The backup named `name` (or its file name), or for `latest` the newest database
+/// backup.
+pub fn find<'a>(backups: &'a [Backup], name: &str) -> Result<&'a Backup, BackupError> {
+    let found = if name == "latest" {
+        backups.iter().rev().find(|b| b.manifest.kind == "database")
+    } else {
+        backups
+            .iter()
+            .find(|b| b.manifest.name == name || b.manifest.file == name)
+    };
+    found.ok_or_else(|| err(format!("no backup {name:?} (see `backup list`)")))
+}
+
+/// Formats backups as the table `backup list` prints.
+pub fn table(backups: &[Backup]) -> String {
     let mut s = format!(
-        "{:<40} {:<20} {:<16} {:>12}  {:<6} {}\n",
+        "{:<40} {:<20} {:<16} {:>10}  {:<6} {}\n",
         "NAME", "TIME (UTC)", "DATABASE", "SIZE", "WHERE", "VERIFIED"
     );
-    for m in backups {
+    for b in backups {
+        let m = &b.manifest;
         let t = crate::log::rfc3339(m.started, 0);
+        let place = match (b.local, b.remote) {
+            (true, true) => "both",
+            (true, false) => "local",
+            _ => "s3",
+        };
+        let db = if m.kind == "globals" {
+            "(globals)"
+        } else {
+            &m.database
+        };
         s.push_str(&format!(
-            "{:<40} {:<20} {:<16} {:>12}  {:<6} {}\n",
+            "{:<40} {:<20} {:<16} {:>10}  {:<6} {}\n",
             m.name,
             &t[..19].replace('T', " "),
-            m.database,
+            db,
             human_size(m.size),
-            "local",
+            place,
             m.verified
                 .map_or("no".to_string(), |v| crate::log::rfc3339(v, 0)[..19]
                     .replace('T', " "))
@@ -90,84 +165,183 @@ pub fn human_size(n: u64) -> String {
     }
 }
 
-/// Verifies a backup: checksum, then a full read by `pg_restore`; records the time in
-/// its manifest.
-pub fn verify(dir: &Path, m: &Manifest, pg_restore: &Path) -> Result<(), BackupError> {
-    let path: PathBuf = dir.join(&m.file);
-    let mut f = std::fs::File::open(&path).map_err(io_err(&path))?;
-    let mut h = Sha256::new();
-    io::copy(&mut f, &mut HashSink(&mut h)).map_err(io_err(&path))?;
-    let sum = hex(&h.finalize());
-    if sum != m.sha256 {
-        return Err(err(format!(
-            "{}: checksum mismatch (manifest {}, file {sum}): the file is damaged",
-            m.file, m.sha256
-        )));
-    }
-    let mut child = Command::new(pg_restore)
-        .args(["--file=/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            err(format!(
-                "cannot run {}: {}",
-                pg_restore.display(),
-                crate::error::io_reason(&e)
-            ))
-        })?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let file = std::fs::File::open(&path).map_err(io_err(&path))?;
-    let feed = std::thread::spawn(move || -> io::Result<()> {
-        let mut dec = zstd::stream::Decoder::new(file)?;
-        io::copy(&mut dec, &mut stdin)?;
-        stdin.flush()
-    });
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    let status = child.wait().map_err(|e| err(format!("pg_restore: {e}")))?;
-    let fed = feed
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("decompression thread failed")));
-    if let Err(e) = fed {
-        return Err(err(format!("{}: cannot decompress: {e}", m.file)));
-    }
-    if !status.success() {
-        return Err(err(format!(
-            "{}: pg_restore could not read it: {}",
-            m.file,
-            stderr.trim().replace('\n', "; ")
-        )));
-    }
-    let mut updated = m.clone();
-    updated.verified = Some(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64),
-    );
-    write_atomic(
-        &dir.join(format!("{}.manifest.json", m.name)),
-        updated.to_json().as_bytes(),
-    )
-    .map_err(|e| {
-        err(format!(
-            "updating the manifest: {}",
-            crate::error::io_reason(&e)
-        ))
-    })
+/// The SHA-256 and size of what was read so far.
+#[derive(Default)]
+pub struct Digest256 {
+    hash: Sha256,
+    bytes: u64,
 }
 
-struct HashSink<'a>(&'a mut Sha256);
+struct HashingReader {
+    inner: Box<dyn Read + Send>,
+    digest: Arc<Mutex<Digest256>>,
+}
 
-impl Write for HashSink<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
+impl Read for HashingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Ok(mut d) = self.digest.lock() {
+            d.hash.update(&buf[..n]);
+            d.bytes += n as u64;
+        }
+        Ok(n)
     }
-    fn flush(&mut self) -> io::Result<()> {
+}
+
+/// What reading a backup needs.
+pub struct Reading<'a> {
+    pub dir: Option<&'a Path>,
+    pub s3: Option<&'a S3>,
+    pub rt: &'a Handle,
+    pub identities: &'a [age::x25519::Identity],
+}
+
+/// An opened backup: the plain dump, and the stored bytes' running digest.
+pub struct Opened {
+    pub reader: Box<dyn Read + Send>,
+    digest: Arc<Mutex<Digest256>>,
+}
+
+/// Opens a backup for reading: decrypted and decompressed on the fly, hashed as read.
+pub fn open(r: &Reading, m: &Manifest, from: From) -> Result<Opened, BackupError> {
+    let raw: Box<dyn Read + Send> = match from {
+        From::Local => {
+            let dir = r
+                .dir
+                .ok_or_else(|| err("no backup folder: set BACKUP_DIR"))?;
+            let path: PathBuf = dir.join(&m.file);
+            Box::new(std::fs::File::open(&path).map_err(io_err(&path))?)
+        }
+        From::S3 => {
+            let s3 = r.s3.ok_or_else(|| err("no bucket: set BACKUP_S3_BUCKET"))?;
+            s3.open(r.rt, &m.file)?
+        }
+    };
+    let digest = Arc::new(Mutex::new(Digest256::default()));
+    let hashing = HashingReader {
+        inner: raw,
+        digest: digest.clone(),
+    };
+    let reader = codec::decoder(
+        &m.compression,
+        m.encryption.is_some(),
+        r.identities,
+        Box::new(hashing),
+    )?;
+    Ok(Opened { reader, digest })
+}
+
+impl Opened {
+    /// Checks the stored bytes against the manifest, after reading to the end.
+    fn check(mut self, m: &Manifest) -> Result<(), BackupError> {
+        // Whatever the consumer left unread still counts.
+        let drained = io::copy(&mut self.reader, &mut io::sink());
+        let d = self
+            .digest
+            .lock()
+            .map_err(|_| err("internal error: digest poisoned"))?;
+        let sum = hex(&d.hash.clone().finalize());
+        if d.bytes != m.size || sum != m.sha256 {
+            return Err(err(format!(
+                "{}: checksum mismatch ({} bytes with sha256 {sum}, the manifest says {} bytes with {}): the backup is damaged",
+                m.file, d.bytes, m.size, m.sha256
+            )));
+        }
+        drained.map_err(|e| err(format!("{}: cannot read the backup: {e}", m.file)))?;
         Ok(())
     }
+}
+
+/// Runs `cmd` with the opened backup on its stdin; returns its status and the first
+/// 64 KiB of its stderr, then checks the checksum (a damaged backup is reported as
+/// such, even when the tool also failed).
+pub fn feed(
+    mut cmd: Command,
+    opened: Opened,
+    m: &Manifest,
+    cancel: &Cancel,
+) -> Result<(ExitStatus, String), BackupError> {
+    cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
+    crate::supervise::prepare_child(&mut cmd, None, false);
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd.spawn().map_err(|e| {
+        err(format!(
+            "cannot run {program}: {}",
+            crate::error::io_reason(&e)
+        ))
+    })?;
+    cancel.track(child.id());
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let errors = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut s);
+        let _ = io::copy(&mut stderr, &mut io::sink());
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let mut opened = opened;
+    let copied = io::copy(&mut opened.reader, &mut stdin).and_then(|_| stdin.flush());
+    drop(stdin);
+    let status = child.wait().map_err(|e| err(format!("{program}: {e}")));
+    cancel.track(0);
+    let messages = errors.join().unwrap_or_default();
+    cancel.check()?;
+    let status = status?;
+    let checked = opened.check(m);
+    if let Err(e) = copied {
+        // A broken pipe means the tool stopped reading: its own message says why.
+        if e.kind() != io::ErrorKind::BrokenPipe {
+            checked?;
+            return Err(err(format!("{}: cannot read the backup: {e}", m.file)));
+        }
+    }
+    checked?;
+    Ok((status, messages))
+}
+
+/// Verifies a backup: decrypts and decompresses it into `pg_restore -f /dev/null` (a
+/// full read) while checking its SHA-256, and records the time in its manifest(s).
+pub fn verify(
+    r: &Reading,
+    b: &Backup,
+    from: From,
+    pg_restore: &Path,
+    cancel: &Cancel,
+) -> Result<(), BackupError> {
+    let m = &b.manifest;
+    let opened = open(r, m, from)?;
+    if m.kind == "globals" {
+        // Plain SQL: decryption, decompression and the checksum are the check.
+        opened.check(m)?;
+    } else {
+        let mut cmd = Command::new(pg_restore);
+        cmd.arg("--file=/dev/null").stdout(Stdio::null());
+        let (status, messages) = feed(cmd, opened, m, cancel)?;
+        if !status.success() {
+            return Err(err(format!(
+                "{}: pg_restore could not read it: {}",
+                m.file,
+                messages.trim().replace('\n', "; ")
+            )));
+        }
+    }
+    let mut updated = m.clone();
+    updated.verified = Some(unix_now());
+    let json = updated.to_json();
+    if b.local {
+        if let Some(dir) = r.dir {
+            write_atomic(&dir.join(manifest_file(&m.name)), json.as_bytes()).map_err(|e| {
+                err(format!(
+                    "updating the manifest: {}",
+                    crate::error::io_reason(&e)
+                ))
+            })?;
+        }
+    }
+    if b.remote {
+        if let Some(s3) = r.s3 {
+            r.rt.block_on(s3.put_bytes(&manifest_file(&m.name), json.into_bytes()))?;
+        }
+    }
+    Ok(())
 }

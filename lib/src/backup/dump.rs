@@ -25,6 +25,14 @@ pub async fn server(target: &PgTarget) -> Result<Server, BackupError> {
         .connect()
         .await
         .map_err(|e| err(format!("{}: {}", target.url, e.reason)))?;
+    server_of(&client, target).await
+}
+
+/// Reads the server's version over an open connection.
+pub async fn server_of(
+    client: &tokio_postgres::Client,
+    target: &PgTarget,
+) -> Result<Server, BackupError> {
     let row = client
         .query_one(
             "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
@@ -47,6 +55,18 @@ pub struct Tools {
     pub major: u32,
     /// `pg_dump --version`'s output.
     pub version: String,
+}
+
+impl Tools {
+    /// `pg_dumpall` beside `pg_dump` (for the globals).
+    pub fn pg_dumpall(&self) -> PathBuf {
+        self.pg_dump.with_file_name("pg_dumpall")
+    }
+
+    /// `psql` beside `pg_dump` (to restore the globals).
+    pub fn psql(&self) -> PathBuf {
+        self.pg_dump.with_file_name("psql")
+    }
 }
 
 /// The major version `pg_dump --version` reports (`pg_dump (PostgreSQL) 15.18 ...`).

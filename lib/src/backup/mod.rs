@@ -1,18 +1,38 @@
 //! The backup sidecar's building blocks:
+//! - [`settings`]: every `BACKUP_*` setting, read and checked once;
 //! - [`dump`]: which `pg_dump` to run for the server's version, and its environment
 //!   (the password goes through `PGPASSWORD`, never the command line);
-//! - [`archive`]: one run, streamed `pg_dump -Fc` -> zstd -> SHA-256 -> a local file
-//!   written under a temporary name, fsynced, renamed, mode 0600, with its manifest
+//! - [`codec`]: the stream's stages, zstd or gzip, then age encryption, and the
+//!   reverse for reading a backup back;
+//! - [`s3`]: S3-compatible storage: streaming multipart upload (aborted on any
+//!   failure), paginated listing, streaming download, deletion;
+//! - [`archive`]: one run, `pg_dump -Fc` streamed through the codec and SHA-256 into
+//!   every destination at once, each copy made visible only when complete, its manifest
 //!   written last (a backup without a manifest does not exist);
-//! - [`catalog`]: the backups in a folder, from their manifests, and verification
-//!   (checksum, then a full read by `pg_restore`);
-//! - [`status`]: the status file whose modification time is the last success, for
-//!   `healthcheck file:///...?max-age=26h`.
+//! - [`catalog`]: the backups in the folder and the bucket, from their manifests, and
+//!   verification (checksum, then a full read by `pg_restore`);
+//! - [`retention`]: which backups a policy keeps, and pruning;
+//! - [`restore`]: a backup streamed back into a new (or, when confirmed, an existing)
+//!   database;
+//! - [`run`]: one run (lock, dumps, verify, retention, status) and prune;
+//! - [`daemon`]: the cron schedule, one run at a time, and a graceful stop;
+//! - [`status`]: the status file whose modification time is the last success, ping URLs
+//!   and Prometheus metrics.
 
 pub mod archive;
 pub mod catalog;
+pub mod codec;
+pub mod daemon;
 pub mod dump;
+pub mod restore;
+pub mod retention;
+pub mod run;
+pub mod s3;
+pub mod settings;
 pub mod status;
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Mutex;
 
 crate::message_error!(
     /// A failed backup operation; the message says what failed and never holds a password.
@@ -37,4 +57,70 @@ pub(crate) fn io_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> Backu
 /// Hex of a digest.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Unix seconds now.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Stops a running backup or restore from another thread (the signal handler): sets a
+/// flag the stream checks, and sends SIGTERM to the `pg_dump`/`pg_restore` it runs, so
+/// its pipe ends at once and every destination is cleaned up.
+#[derive(Debug, Default)]
+pub struct Cancel {
+    flag: AtomicBool,
+    child: AtomicI32,
+    reason: Mutex<String>,
+}
+
+impl Cancel {
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Cancels what runs now and whatever starts later.
+    pub fn cancel(&self, reason: &str) {
+        if let Ok(mut r) = self.reason.lock() {
+            if r.is_empty() {
+                *r = reason.to_string();
+            }
+        }
+        self.flag.store(true, Ordering::SeqCst);
+        self.kill_child();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// `Err` with the reason once cancelled.
+    pub fn check(&self) -> Result<(), BackupError> {
+        if self.is_cancelled() {
+            let reason = self.reason.lock().map(|r| r.clone()).unwrap_or_default();
+            Err(err(format!("cancelled: {reason}")))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Registers the running child (0 = none); kills it at once if already cancelled.
+    pub(crate) fn track(&self, pid: u32) {
+        self.child.store(pid as i32, Ordering::SeqCst);
+        if self.is_cancelled() {
+            self.kill_child();
+        }
+    }
+
+    fn kill_child(&self) {
+        let pid = self.child.load(Ordering::SeqCst);
+        if pid > 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
 }

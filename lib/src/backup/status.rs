@@ -33,15 +33,19 @@ fn save(path: &Path, v: &serde_json::Value) -> Result<(), BackupError> {
     .map_err(io_err(path))
 }
 
-/// Records a successful run.
-pub fn success(path: &Path, m: &Manifest) -> Result<(), BackupError> {
+/// Records a successful run and the backups it made.
+pub fn success(path: &Path, made: &[Manifest]) -> Result<(), BackupError> {
     let mut v = read(path);
+    let t = now();
     v["last_success"] = serde_json::json!({
-        "time": crate::log::rfc3339(m.finished, 0),
-        "unix": m.finished,
-        "name": m.name,
-        "size": m.size,
-        "sha256": m.sha256,
+        "time": crate::log::rfc3339(t, 0),
+        "unix": t,
+        "backups": made.iter().map(|m| serde_json::json!({
+            "name": m.name,
+            "file": m.file,
+            "size": m.size,
+            "sha256": m.sha256,
+        })).collect::<Vec<_>>(),
     });
     save(path, &v)
 }
@@ -63,4 +67,81 @@ pub fn failure(path: &Path, reason: &str) -> Result<(), BackupError> {
         .map_err(io_err(path))?;
     f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(last_ok))
         .map_err(io_err(path))
+}
+
+/// Pings `base` + `suffix` (`/start`, `""` for success, `/fail`), healthchecks.io
+/// style. A ping that fails is a warning, never a failed backup.
+pub fn ping(rt: &tokio::runtime::Handle, base: &str, suffix: &str) {
+    let raw = format!("{base}{suffix}");
+    let target = match crate::probe::Target::parse(&raw) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("ping {}: {e}", crate::url::redact_text(&raw));
+            return;
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let opts = crate::probe::HttpOptions {
+        expect_status: crate::probe::StatusSet::parse("200-399").unwrap_or_default(),
+        ..Default::default()
+    };
+    let report = rt.block_on(crate::probe::probe(&target, &opts, deadline));
+    match report.outcome {
+        Ok(_) => tracing::debug!("pinged {}", report.target),
+        Err(f) => tracing::warn!("ping {}: {}", report.target, f.reason),
+    }
+}
+
+/// What the metrics file reports about the last run.
+#[derive(Debug, Clone, Default)]
+pub struct RunMetrics {
+    pub success: bool,
+    pub seconds: f64,
+    pub bytes: u64,
+    pub backups: usize,
+}
+
+/// Writes Prometheus metrics in the text format, for node_exporter's textfile
+/// collector (or any file-reading scraper): last success and failure times, the last
+/// run's duration and size, and run counters (kept in the file itself).
+pub fn metrics(path: &Path, run: &RunMetrics) -> Result<(), BackupError> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let value = |name: &str| -> f64 {
+        old.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let now = now() as f64;
+    let mut ok = value("dockhand_backup_runs_total{result=\"success\"}");
+    let mut failed = value("dockhand_backup_runs_total{result=\"failure\"}");
+    let mut last_ok = value("dockhand_backup_last_success_timestamp_seconds");
+    let mut last_fail = value("dockhand_backup_last_failure_timestamp_seconds");
+    if run.success {
+        ok += 1.0;
+        last_ok = now;
+    } else {
+        failed += 1.0;
+        last_fail = now;
+    }
+    let text = format!(
+        "# HELP dockhand_backup_last_success_timestamp_seconds Unix time of the last successful backup run.\n\
+         # TYPE dockhand_backup_last_success_timestamp_seconds gauge\n\
+         dockhand_backup_last_success_timestamp_seconds {last_ok}\n\
+         # HELP dockhand_backup_last_failure_timestamp_seconds Unix time of the last failed backup run.\n\
+         # TYPE dockhand_backup_last_failure_timestamp_seconds gauge\n\
+         dockhand_backup_last_failure_timestamp_seconds {last_fail}\n\
+         # HELP dockhand_backup_last_duration_seconds Duration of the last run.\n\
+         # TYPE dockhand_backup_last_duration_seconds gauge\n\
+         dockhand_backup_last_duration_seconds {:.3}\n\
+         # HELP dockhand_backup_last_size_bytes Bytes stored by the last run.\n\
+         # TYPE dockhand_backup_last_size_bytes gauge\n\
+         dockhand_backup_last_size_bytes {}\n\
+         # HELP dockhand_backup_runs_total Backup runs by result.\n\
+         # TYPE dockhand_backup_runs_total counter\n\
+         dockhand_backup_runs_total{{result=\"success\"}} {ok}\n\
+         dockhand_backup_runs_total{{result=\"failure\"}} {failed}\n",
+        run.seconds, run.bytes
+    );
+    write_atomic(path, text.as_bytes()).map_err(io_err(path))
 }

@@ -1,0 +1,282 @@
+//! `backup restore`: a backup streamed back (download, decrypt, decompress, checksum)
+//! into `pg_restore` (or `psql` for the globals). By default into a new database named
+//! `<db>_restore_<time>`, so a restore can never overwrite anything. Into an existing
+//! database only when it is empty, or with `--clean` and a confirmation (typed at the
+//! terminal, or `--yes`). `pg_restore` runs in one transaction and stops at the first
+//! error, so a failed restore leaves the target as it was (and a database the restore
+//! created is dropped again). The report says what arrived: tables, rows, time.
+
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use super::archive::{file_safe, stamp};
+use super::catalog::{self, Backup, From, Reading};
+use super::dump::{self, Tools};
+use super::{err, unix_now, BackupError, Cancel};
+use crate::pg::PgTarget;
+use crate::url::Url;
+
+/// What to restore, and where.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// A backup name, or `latest`.
+    pub name: String,
+    pub from: Option<From>,
+    /// The target database (`--to`); default: a new database on the backup URL's server.
+    pub to: Option<Url>,
+    /// Drop the backup's objects in the target first (`--clean`).
+    pub clean: bool,
+    /// Confirmed on the command line (`--yes`).
+    pub yes: bool,
+    /// Skip ownership and privileges (restoring as another role).
+    pub no_owner: bool,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub backup: String,
+    /// The target, redacted.
+    pub target: String,
+    pub database: String,
+    pub created: bool,
+    pub tables: i64,
+    pub rows: i64,
+    pub seconds: f64,
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Restores. `confirm` is asked (with the database name) before a `--clean` restore
+/// into a non-empty database without `--yes`; it returns whether the user agreed.
+pub fn restore(
+    r: &Reading,
+    backups: &[Backup],
+    req: &Request,
+    backup_url: Option<&Url>,
+    cancel: &Cancel,
+    confirm: &dyn Fn(&str) -> Result<bool, String>,
+) -> Result<Report, BackupError> {
+    let clock = Instant::now();
+    let b = catalog::find(backups, &req.name)?;
+    let m = &b.manifest;
+    let from = match req.from {
+        Some(From::Local) if !b.local => {
+            return Err(err(format!(
+                "{}: there is no local copy (try --from s3)",
+                m.name
+            )))
+        }
+        Some(From::S3) if !b.remote => {
+            return Err(err(format!(
+                "{}: there is no copy in S3 (try --from local)",
+                m.name
+            )))
+        }
+        Some(f) => f,
+        None if b.local => From::Local,
+        None => From::S3,
+    };
+    let globals = m.kind == "globals";
+    let (url, default_target) = match (&req.to, backup_url) {
+        (Some(u), _) => (u.clone(), false),
+        (None, Some(u)) => {
+            let db = if globals {
+                PgTarget::from_url(u).map_err(err)?.dbname().to_string()
+            } else {
+                format!(
+                    "{}_restore_{}",
+                    file_safe(&m.database).to_lowercase(),
+                    stamp(unix_now()).to_lowercase().replace('t', "_").trim_end_matches('z')
+                )
+            };
+            (u.with_database(&db), true)
+        }
+        (None, None) => {
+            return Err(err(
+                "no target: pass --to postgres://... or set DIRECT_URL (a new database is created on its server)",
+            ))
+        }
+    };
+    let target = PgTarget::from_url(&url).map_err(|e| err(format!("{url}: {e}")))?;
+    let database = target.dbname().to_string();
+
+    // Does it exist, and is it empty?
+    let (server, exists, nonempty) = r.rt.block_on(async {
+        let mut admin = None;
+        let mut last = String::new();
+        for db in [database.as_str(), "postgres", "template1"] {
+            match target.with_dbname(db).connect().await {
+                Ok(c) => {
+                    admin = Some((c, db == database));
+                    break;
+                }
+                Err(e) => last = e.reason,
+            }
+        }
+        let (admin, connected_to_target) =
+            admin.ok_or_else(|| err(format!("{}: {last}", target.url)))?;
+        let server = dump::server_of(&admin, &target).await?;
+        let q =
+            |e: tokio_postgres::Error| err(format!("{}: {}", target.url, crate::pg::classify(&e)));
+        let exists = connected_to_target
+            || admin
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+                .await
+                .map_err(q)?
+                .is_some();
+        let nonempty = if exists && !globals {
+            let c = if connected_to_target {
+                admin
+            } else {
+                target
+                    .connect()
+                    .await
+                    .map_err(|e| err(format!("{}: {}", target.url, e.reason)))?
+            };
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'",
+                    &[],
+                )
+                .await
+                .map_err(q)?
+                .get(0);
+            n > 0
+        } else {
+            false
+        };
+        Ok::<_, BackupError>((server, exists, nonempty))
+    })?;
+    if nonempty {
+        if !req.clean {
+            return Err(err(format!(
+                "database {database:?} is not empty: restore into a new database (leave out --to), or pass --clean to drop the backup's objects in it first"
+            )));
+        }
+        if !req.yes && !confirm(&database).map_err(err)? {
+            return Err(err(format!("not confirmed: {database:?} left as it was")));
+        }
+    }
+    let tools: Tools = dump::find_tools(server.major.max(m.pg_dump_major()))?;
+    let created = !exists && !globals;
+    if created {
+        r.rt.block_on(async {
+            let admin = target
+                .with_dbname("postgres")
+                .connect()
+                .await
+                .or(target.with_dbname("template1").connect().await)
+                .map_err(|e| err(format!("{}: {}", target.url, e.reason)))?;
+            admin
+                .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&database)))
+                .await
+                .map_err(|e| {
+                    err(format!(
+                        "cannot create database {database:?}: {}",
+                        crate::pg::classify(&e)
+                    ))
+                })
+        })?;
+    }
+    let result = (|| {
+        let opened = catalog::open(r, m, from)?;
+        let mut cmd = if globals {
+            let mut c = Command::new(tools.psql());
+            c.args(["--no-password", "--quiet", "--no-psqlrc", "--file=-"]);
+            c
+        } else {
+            let mut c = Command::new(&tools.pg_restore);
+            c.args(["--no-password", "--exit-on-error", "--single-transaction"])
+                .arg(format!("--dbname={database}"));
+            if req.clean {
+                c.args(["--clean", "--if-exists"]);
+            }
+            if req.no_owner {
+                c.args(["--no-owner", "--no-privileges"]);
+            }
+            c
+        };
+        cmd.envs(dump::libpq_env(&url)).stdout(Stdio::null());
+        let (status, messages) = catalog::feed(cmd, opened, m, cancel)?;
+        if !status.success() {
+            return Err(err(format!(
+                "{} failed ({status}): {}",
+                if globals { "psql" } else { "pg_restore" },
+                messages.trim().replace('\n', "; ")
+            )));
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        if created {
+            let _ = r.rt.block_on(async {
+                let admin = target.with_dbname("postgres").connect().await.ok()?;
+                admin
+                    .batch_execute(&format!(
+                        "DROP DATABASE IF EXISTS {}",
+                        quote_ident(&database)
+                    ))
+                    .await
+                    .ok()
+            });
+        }
+        return Err(e);
+    }
+    let restored_in = clock.elapsed().as_secs_f64();
+    let (tables, rows) = if globals {
+        (0, 0)
+    } else {
+        r.rt.block_on(count(&target))?
+    };
+    let _ = default_target;
+    Ok(Report {
+        backup: m.name.clone(),
+        target: url.to_string(),
+        database,
+        created,
+        tables,
+        rows,
+        seconds: restored_in,
+    })
+}
+
+/// User tables and their exact row counts in the restored database.
+async fn count(target: &PgTarget) -> Result<(i64, i64), BackupError> {
+    let c = target
+        .connect()
+        .await
+        .map_err(|e| err(format!("{}: {}", target.url, e.reason)))?;
+    let q = |e: tokio_postgres::Error| err(format!("counting rows: {}", crate::pg::classify(&e)));
+    let tables = c
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg\\_toast%'",
+            &[],
+        )
+        .await
+        .map_err(q)?;
+    let mut rows = 0i64;
+    for t in &tables {
+        let (schema, name): (String, String) = (t.get(0), t.get(1));
+        let n: i64 = c
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM ONLY {}.{}",
+                    quote_ident(&schema),
+                    quote_ident(&name)
+                ),
+                &[],
+            )
+            .await
+            .map_err(q)?
+            .get(0);
+        rows += n;
+    }
+    Ok((tables.len() as i64, rows))
+}

@@ -1,0 +1,353 @@
+//! Every setting of the backup sidecar, read once from the command line or the
+//! environment (any variable may be given as `NAME_FILE`) and checked before anything
+//! runs: a malformed value is an error that names the variable and says what to write.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::retention::Policy;
+use crate::url::Url;
+
+/// How the dump is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// zstd at `level` (1-19) with `threads` workers (0 = in the calling thread).
+    Zstd { level: i32, threads: u32 },
+    /// gzip at `level` (1-9), for tools that only read gzip.
+    Gzip { level: u32 },
+}
+
+impl Compression {
+    /// The file name extension (`zst`, `gz`).
+    pub fn ext(&self) -> &'static str {
+        match self {
+            Compression::Zstd { .. } => "zst",
+            Compression::Gzip { .. } => "gz",
+        }
+    }
+
+    /// The manifest's name for it (`zstd`, `gzip`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Compression::Zstd { .. } => "zstd",
+            Compression::Gzip { .. } => "gzip",
+        }
+    }
+
+    pub fn level(&self) -> i32 {
+        match self {
+            Compression::Zstd { level, .. } => *level,
+            Compression::Gzip { level } => *level as i32,
+        }
+    }
+}
+
+/// Where and how backups go to S3-compatible storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// Key prefix, empty or ending in `/`.
+    pub prefix: String,
+    /// A custom endpoint (MinIO, R2, Hetzner, B2, ...).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`): the default with a custom endpoint.
+    pub path_style: bool,
+    pub storage_class: Option<String>,
+    /// `AES256` or `aws:kms`.
+    pub sse: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    /// Multipart part size in bytes (5 MiB to 5 GiB).
+    pub part_size: usize,
+}
+
+/// Which databases a run dumps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Databases {
+    /// The database the URL names.
+    FromUrl,
+    /// These databases on the URL's server.
+    List(Vec<String>),
+    /// Every database that is not a template and allows connections.
+    All,
+}
+
+/// All settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// DIRECT_URL, else DATABASE_URL; `None` when neither is set.
+    pub url: Option<Url>,
+    pub databases: Databases,
+    /// Also dump roles and tablespaces (`pg_dumpall --globals-only`).
+    pub globals: bool,
+    pub dir: Option<PathBuf>,
+    pub s3: Option<S3Settings>,
+    pub compression: Compression,
+    /// age recipients (`age1...`), validated.
+    pub recipients: Vec<String>,
+    pub retention: Policy,
+    pub status_file: Option<PathBuf>,
+    /// healthchecks.io style: `/start`, success (the URL itself) and `/fail` are pinged.
+    pub ping_url: Option<String>,
+    pub metrics_file: Option<PathBuf>,
+    /// Verify each new backup (checksum and full read) right after writing it.
+    pub verify: bool,
+    /// The cron expression as given.
+    pub schedule: String,
+    /// The time zone of the schedule (`TZ`, default UTC).
+    pub timezone: String,
+    pub on_start: bool,
+    /// How long a running backup may go on after SIGTERM.
+    pub stop_grace: Duration,
+}
+
+/// Reads a setting: the command-line override, else the environment variable.
+pub type Source<'a> = &'a dyn Fn(&str) -> Result<Option<String>, String>;
+
+fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
+    get: Source,
+    name: &str,
+    min: T,
+    max: T,
+) -> Result<Option<T>, String> {
+    match get(name)? {
+        None => Ok(None),
+        Some(v) => v
+            .trim()
+            .parse::<T>()
+            .ok()
+            .filter(|n| *n >= min && *n <= max)
+            .map(Some)
+            .ok_or_else(|| format!("{name}={v:?}: use a whole number from {min} to {max}")),
+    }
+}
+
+fn boolean(get: Source, name: &str, default: bool) -> Result<bool, String> {
+    match get(name)? {
+        None => Ok(default),
+        Some(v) => crate::config::parse_bool(name, &v).map_err(|e| e.0),
+    }
+}
+
+/// Parses a size such as `16MiB`, `8M`, `5242880`.
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: usize = n.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+impl Settings {
+    /// Reads every setting through `get` (see [`Source`]).
+    pub fn load(get: Source) -> Result<Settings, String> {
+        let url = match get("DIRECT_URL")? {
+            Some(u) => Some(Url::parse(&u).map_err(|e| format!("DIRECT_URL: {e}"))?),
+            None => match get("DATABASE_URL")? {
+                Some(u) => Some(Url::parse(&u).map_err(|e| format!("DATABASE_URL: {e}"))?),
+                None => None,
+            },
+        };
+        if let Some(u) = &url {
+            if u.scheme != "postgres" && u.scheme != "postgresql" {
+                return Err(format!(
+                    "DIRECT_URL {u}: expected postgres://user:password@host:5432/database"
+                ));
+            }
+        }
+        let databases = match get("BACKUP_DATABASES")? {
+            None => Databases::FromUrl,
+            Some(v) if v.trim() == "all" => Databases::All,
+            Some(v) => {
+                let list: Vec<String> = crate::config::split_list(&v).map(String::from).collect();
+                if list.is_empty() {
+                    Databases::FromUrl
+                } else {
+                    Databases::List(list)
+                }
+            }
+        };
+        let compression = match get("BACKUP_COMPRESSION")?.as_deref().map(str::trim) {
+            None | Some("zstd") => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+                Compression::Zstd {
+                    level: number(get, "BACKUP_ZSTD_LEVEL", 1, 19)?.unwrap_or(3),
+                    threads: number(get, "BACKUP_ZSTD_THREADS", 0, 256)?.unwrap_or(cores),
+                }
+            }
+            Some("gzip") => Compression::Gzip {
+                level: number(get, "BACKUP_GZIP_LEVEL", 1, 9)?.unwrap_or(6),
+            },
+            Some(other) => {
+                return Err(format!(
+                    "BACKUP_COMPRESSION={other:?}: use zstd (the default) or gzip"
+                ))
+            }
+        };
+        let recipients: Vec<String> = match get("BACKUP_AGE_RECIPIENT")? {
+            None => Vec::new(),
+            Some(v) => crate::config::split_list(&v).map(String::from).collect(),
+        };
+        for r in &recipients {
+            super::codec::parse_recipient(r).map_err(|e| format!("BACKUP_AGE_RECIPIENT: {e}"))?;
+        }
+        let s3 = match get("BACKUP_S3_BUCKET")? {
+            None => None,
+            Some(bucket) => {
+                let bucket = bucket.trim().to_string();
+                if bucket.contains('/') || bucket.contains(char::is_whitespace) {
+                    return Err(format!(
+                        "BACKUP_S3_BUCKET={bucket:?}: a bucket name only (put folders in BACKUP_S3_PREFIX)"
+                    ));
+                }
+                let mut prefix = get("BACKUP_S3_PREFIX")?
+                    .unwrap_or_default()
+                    .trim()
+                    .trim_matches('/')
+                    .to_string();
+                if !prefix.is_empty() {
+                    prefix.push('/');
+                }
+                let endpoint = get("BACKUP_S3_ENDPOINT")?;
+                if let Some(e) = &endpoint {
+                    let u = Url::parse(e).map_err(|e| format!("BACKUP_S3_ENDPOINT: {e}"))?;
+                    if u.scheme != "http" && u.scheme != "https" {
+                        return Err(format!(
+                            "BACKUP_S3_ENDPOINT={u}: expected https://host[:port] (or http:// for a local server)"
+                        ));
+                    }
+                }
+                let path_style = boolean(get, "BACKUP_S3_PATH_STYLE", endpoint.is_some())?;
+                let sse = match get("BACKUP_S3_SSE")?.as_deref().map(str::trim) {
+                    None => None,
+                    Some("AES256") => Some("AES256".to_string()),
+                    Some("aws:kms") => Some("aws:kms".to_string()),
+                    Some(o) => return Err(format!("BACKUP_S3_SSE={o:?}: use AES256 or aws:kms")),
+                };
+                let part_size = match get("BACKUP_S3_PART_SIZE")? {
+                    None => 16 << 20,
+                    Some(v) => parse_size(&v)
+                        .filter(|n| (5 << 20..=5 << 30).contains(n))
+                        .ok_or_else(|| {
+                            format!("BACKUP_S3_PART_SIZE={v:?}: use a size from 5MiB to 5GiB, e.g. 16MiB")
+                        })?,
+                };
+                Some(S3Settings {
+                    bucket,
+                    prefix,
+                    endpoint,
+                    region: get("BACKUP_S3_REGION")?.or(get("AWS_REGION")?),
+                    path_style,
+                    storage_class: get("BACKUP_S3_STORAGE_CLASS")?,
+                    sse,
+                    sse_kms_key_id: get("BACKUP_S3_SSE_KMS_KEY_ID")?,
+                    part_size,
+                })
+            }
+        };
+        let ping_url = match get("BACKUP_PING_URL")? {
+            None => None,
+            Some(v) => {
+                let v = v.trim().trim_end_matches('/').to_string();
+                let u = Url::parse(&v).map_err(|e| format!("BACKUP_PING_URL: {e}"))?;
+                if u.scheme != "http" && u.scheme != "https" {
+                    return Err(format!("BACKUP_PING_URL={u}: expected an http(s):// URL"));
+                }
+                Some(v)
+            }
+        };
+        let stop_grace = match get("BACKUP_STOP_GRACE")? {
+            None => Duration::from_secs(8),
+            Some(v) => crate::duration::parse(&v).map_err(|e| format!("BACKUP_STOP_GRACE: {e}"))?,
+        };
+        let schedule = get("BACKUP_SCHEDULE")?.unwrap_or_else(|| "@daily".into());
+        let timezone = get("TZ")?.unwrap_or_else(|| "UTC".into());
+        // Checked here so `backup now` also reports a broken schedule.
+        super::daemon::parse_schedule(&schedule)?;
+        super::daemon::parse_timezone(&timezone)?;
+        Ok(Settings {
+            url,
+            databases,
+            globals: boolean(get, "BACKUP_GLOBALS", false)?,
+            dir: get("BACKUP_DIR")?.map(PathBuf::from),
+            s3,
+            compression,
+            recipients,
+            retention: Policy::load(get)?,
+            status_file: get("BACKUP_STATUS_FILE")?.map(PathBuf::from),
+            ping_url,
+            metrics_file: get("BACKUP_METRICS_FILE")?.map(PathBuf::from),
+            verify: boolean(get, "BACKUP_VERIFY", false)?,
+            schedule,
+            timezone,
+            on_start: boolean(get, "BACKUP_ON_START", false)?,
+            stop_grace,
+        })
+    }
+
+    /// The database URL, or the error saying how to set it.
+    pub fn database_url(&self) -> Result<&Url, String> {
+        self.url
+            .as_ref()
+            .ok_or_else(|| "no database: set DIRECT_URL (or DATABASE_URL)".to_string())
+    }
+
+    /// Checks that the backups have somewhere to go.
+    pub fn require_destination(&self) -> Result<(), String> {
+        if self.dir.is_none() && self.s3.is_none() {
+            return Err("no destination: set BACKUP_DIR (a folder) and/or BACKUP_S3_BUCKET".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load(&|name| Ok(map.get(name).cloned()))
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let s = load(&[("BACKUP_DIR", "/b")]).unwrap();
+        assert!(matches!(s.compression, Compression::Zstd { level: 3, .. }));
+        assert_eq!(s.schedule, "@daily");
+        assert!(s.s3.is_none());
+        let e = load(&[("BACKUP_ZSTD_LEVEL", "30")]).unwrap_err();
+        assert!(
+            e.contains("BACKUP_ZSTD_LEVEL") && e.contains("1 to 19"),
+            "{e}"
+        );
+        let e = load(&[("BACKUP_COMPRESSION", "lz4")]).unwrap_err();
+        assert!(e.contains("zstd") && e.contains("gzip"), "{e}");
+        let e = load(&[("BACKUP_S3_BUCKET", "b"), ("BACKUP_S3_PART_SIZE", "1MiB")]).unwrap_err();
+        assert!(e.contains("5MiB"), "{e}");
+        let e = load(&[("DIRECT_URL", "mysql://a:secret@h/db")]).unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
+        let s = load(&[
+            ("BACKUP_S3_BUCKET", "b"),
+            ("BACKUP_S3_PREFIX", "/x/y/"),
+            ("BACKUP_S3_ENDPOINT", "http://127.0.0.1:9000"),
+        ])
+        .unwrap();
+        let s3 = s.s3.unwrap();
+        assert_eq!(s3.prefix, "x/y/");
+        assert!(s3.path_style);
+        assert_eq!(parse_size("16MiB"), Some(16 << 20));
+        assert_eq!(parse_size("16 parsecs"), None);
+    }
+}
