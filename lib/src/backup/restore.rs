@@ -80,8 +80,8 @@ pub fn restore(
         None => From::S3,
     };
     let globals = m.kind == "globals";
-    let (url, default_target) = match (&req.to, backup_url) {
-        (Some(u), _) => (u.clone(), false),
+    let url = match (&req.to, backup_url) {
+        (Some(u), _) => u.clone(),
         (None, Some(u)) => {
             let db = if globals {
                 PgTarget::from_url(u).map_err(err)?.dbname().to_string()
@@ -92,7 +92,7 @@ pub fn restore(
                     stamp(unix_now()).to_lowercase().replace('t', "_").trim_end_matches('z')
                 )
             };
-            (u.with_database(&db), true)
+            u.with_database(&db)
         }
         (None, None) => {
             return Err(err(
@@ -176,8 +176,15 @@ pub fn restore(
                 .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&database)))
                 .await
                 .map_err(|e| {
+                    let hint = if e.code()
+                        == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+                    {
+                        ": grant the role CREATEDB, or create the database and pass --to"
+                    } else {
+                        ""
+                    };
                     err(format!(
-                        "cannot create database {database:?}: {}",
+                        "cannot create database {database:?}: {}{hint}",
                         crate::pg::classify(&e)
                     ))
                 })
@@ -233,7 +240,6 @@ pub fn restore(
     } else {
         r.rt.block_on(count(&target))?
     };
-    let _ = default_target;
     Ok(Report {
         backup: m.name.clone(),
         target: url.to_string(),

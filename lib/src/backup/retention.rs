@@ -204,6 +204,13 @@ mod tests {
         };
         let k = decide(&it, &p, now);
         assert!(k[0].keep && !k[7].keep, "{k:?}");
+        // 2023-11-14 was a Tuesday: the weekly rule keeps this week's newest (b0) and
+        // the newest of the week before (b2, Sunday).
+        let p = Policy {
+            weekly: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(kept(&decide(&it, &p, now)), ["b0", "b2"]);
         // Two backups the same day: the daily rule keeps only the newer.
         let mut it2 = items(&[0, 1], now);
         it2.push(Item {
