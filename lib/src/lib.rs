@@ -35,7 +35,7 @@ pub mod supervise;
 pub mod backup;
 #[cfg(feature = "startup")]
 pub mod migrate;
-#[cfg(feature = "startup")]
+#[cfg(any(feature = "startup", feature = "backup"))]
 pub mod secrets;
 #[cfg(feature = "startup")]
 pub mod startup;

@@ -57,10 +57,11 @@ pub fn load_file_vars(which: &FileVars) -> Result<Vec<String>, ConfigError> {
             )));
         }
         let value = read_secret_file(&format!("{name}_FILE"), std::path::Path::new(&path))
-            .map_err(|e| {
-                ConfigError(format!(
+            .map_err(|e| match which {
+                FileVars::All => ConfigError(format!(
                     "{e} (ENTRYPOINT_FILE_VARS selects which _FILE variables are secrets)"
-                ))
+                )),
+                _ => e,
             })?;
         // SAFETY (edition 2021: safe fn): called at start-up, before any other thread.
         std::env::set_var(&name, value);

@@ -6,7 +6,10 @@
 //!    DIRECT_URL) while the other waits for the lock, both then serve through PgBouncer;
 //! 3. an app with a worker child under the static `entrypoint` as PID 1 of a PID
 //!    namespace, stopped with SIGTERM: the app stops, then its worker finishes its
-//!    job, then the entrypoint exits with the app's status.
+//!    job, then the entrypoint exits with the app's status;
+//! 4. the `backup` sidecar: one run to a local folder and to the S3-compatible server
+//!    (moto) at once, `backup list --remote`, a restore into a new database with the
+//!    same rows, and the healthcheck reading the sidecar's status file.
 
 use std::process::Command;
 
@@ -73,7 +76,8 @@ fn main() {
         stopped, 3,
         "the entrypoint demo did not behave as described"
     );
-    println!("demo ok: healthy -> 0, wrong password -> 1, services down -> 1; docker-stop-style SIGTERM -> app's status 3");
+    backup_demo();
+    println!("demo ok: healthy -> 0, wrong password -> 1, services down -> 1; docker-stop-style SIGTERM -> app's status 3; backup to folder and S3, listed, restored with the same rows, status fresh");
 }
 
 fn replicas_demo() -> bool {
@@ -207,4 +211,74 @@ fn entrypoint_demo() -> i32 {
         started.elapsed().as_secs_f64()
     );
     code
+}
+
+fn backup_demo() {
+    use dockhand_tests::s3::S3;
+    step("The backup sidecar: one run to a local folder and to S3 at once");
+    let pg = Postgres::start();
+    pg.psql("ALTER ROLE app CREATEDB");
+    pg.psql_db(
+        "app",
+        "SET ROLE app; CREATE TABLE orders (id int PRIMARY KEY, total numeric, note text);
+         INSERT INTO orders SELECT i, i * 1.5, md5(i::text) FROM generate_series(1, 100000) i;",
+    );
+    let s3 = S3::shared();
+    let bucket = s3.bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("backups");
+    let status = folder.join("status.json");
+    let env: Vec<(String, String)> = [
+        ("DIRECT_URL", pg.url()),
+        ("BACKUP_DIR", folder.display().to_string()),
+        ("BACKUP_S3_BUCKET", bucket.clone()),
+        ("BACKUP_S3_PREFIX", "prod/app".into()),
+        ("BACKUP_S3_ENDPOINT", s3.endpoint()),
+        ("AWS_ACCESS_KEY_ID", s3.access_key.into()),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_key.into()),
+        ("BACKUP_STATUS_FILE", status.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in &env {
+        println!("{k}={}", dockhand::url::redact_text(v));
+    }
+    let run = |args: &[&str]| {
+        println!("$ backup {}", args.join(" "));
+        let out = Command::new(static_bin("backup"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        print!("{stdout}");
+        assert!(out.status.success(), "backup {args:?} failed");
+        stdout
+    };
+    run(&["now"]);
+    step("backup list --remote: every backup, where its copies are");
+    run(&["list", "--remote"]);
+    step("Restore into a new database (never over an existing one without --clean and a confirmation)");
+    let restored = run(&["restore", "latest", "--from", "s3"])
+        .trim()
+        .to_string();
+    let count = |db: &str| {
+        pg.psql_db(
+            db,
+            "SELECT count(*) || ' rows, sum ' || sum(total) FROM orders",
+        )
+    };
+    println!(
+        "app:       {}\n{restored}: {}",
+        count("app"),
+        count(&restored)
+    );
+    assert_eq!(count("app"), count(&restored), "the restore differs");
+    step("The sidecar's HEALTHCHECK reads its status file: fresh after a success");
+    let fresh = healthcheck(&[&format!("file://{}?max-age=26h", status.display())]);
+    assert_eq!(fresh, 0, "the status file is not fresh");
 }

@@ -6,6 +6,8 @@ use std::io::{BufRead, Write};
 
 fn main() {
     let mut pg = dockhand_tests::pg::Postgres::start();
+    // The backup benchmark restores into new databases as app.
+    pg.psql("ALTER ROLE app CREATEDB");
     let bouncer = dockhand_tests::pgbouncer::PgBouncer::start(&pg);
     println!("DIRECT={}\nBOUNCER={}", pg.url(), bouncer.url());
     let _ = std::io::stdout().flush();

@@ -166,7 +166,12 @@ fn an_encrypted_backup_in_s3_and_locally_restores_to_the_same_data() {
     let folder = dir.path().join("backups");
     let mut e = pg_env(&pg);
     e.extend(s3_env(s3, &bucket, "nightly/app"));
+    // The S3 secret as a Docker secret file.
+    let secret = dir.path().join("s3-secret");
+    std::fs::write(&secret, format!("{}\n", s3.secret_key)).unwrap();
+    e.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
     e.extend(env(&[
+        ("AWS_SECRET_ACCESS_KEY_FILE", secret.to_str().unwrap()),
         ("BACKUP_DIR", folder.to_str().unwrap()),
         ("BACKUP_AGE_RECIPIENT", &public),
         ("BACKUP_S3_PART_SIZE", "5MiB"),

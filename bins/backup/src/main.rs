@@ -366,6 +366,18 @@ fn main() -> ExitCode {
     if let Some(code) = supervise_self() {
         return code;
     }
+    // The AWS credential chain reads its variables itself: load their _FILE forms
+    // (Docker secrets) first, while this process has one thread.
+    let aws = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ];
+    let which = dockhand::secrets::FileVars::Only(aws.iter().map(|s| s.to_string()).collect());
+    if let Err(e) = dockhand::secrets::load_file_vars(&which) {
+        eprintln!("backup: {e}");
+        return ExitCode::from(2);
+    }
     // Before any thread starts, so every thread inherits the mask and only the
     // signal thread sees them.
     if let Err(e) = daemon::signal_set().thread_block() {

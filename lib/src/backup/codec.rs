@@ -110,6 +110,10 @@ pub fn encoder(
             let mut enc = zstd::stream::Encoder::new(out, level).map_err(io)?;
             if threads > 0 {
                 enc.multithread(threads).map_err(io)?;
+                // 1 MiB jobs: the same ratio and speed here, and a third of the memory
+                // of zstd's default (4x the window per worker).
+                enc.set_parameter(zstd::stream::raw::CParameter::JobSize(1 << 20))
+                    .map_err(io)?;
             }
             Box::new(Zstd(enc))
         }

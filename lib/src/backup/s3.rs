@@ -13,6 +13,7 @@
 
 use std::io::{self, Read};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::primitives::ByteStream;
@@ -20,13 +21,14 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::settings::S3Settings;
 use super::{err, BackupError};
 
-/// Parts uploaded at once.
+/// Parts handed to the uploader and not yet uploaded (in flight or queued); with the
+/// one being filled, at most this + 1 parts are in memory.
 const IN_FLIGHT: usize = 2;
 
 /// A bucket and prefix ready for requests.
@@ -221,10 +223,11 @@ impl S3 {
 
     /// Starts a streaming upload of `file`; feed it from a thread outside the runtime.
     pub fn upload(&self, rt: &Handle, file: &str) -> Upload {
-        let (tx, rx) = mpsc::channel::<Bytes>(1);
+        let (tx, rx) = mpsc::channel::<Part>(IN_FLIGHT);
         let (decide, decision) = oneshot::channel::<bool>();
         let task = rt.spawn(upload_task(self.clone(), file.to_string(), rx, decision));
         Upload {
+            slots: Arc::new(Semaphore::new(IN_FLIGHT)),
             tx: Some(tx),
             decide: Some(decide),
             task: Some(task),
@@ -292,9 +295,13 @@ impl Read for ChannelReader {
     }
 }
 
+/// A full part and its memory slot, freed once uploaded.
+type Part = (Bytes, OwnedSemaphorePermit);
+
 /// The writing end of a multipart upload, used from the backup stream's thread.
 pub struct Upload {
-    tx: Option<mpsc::Sender<Bytes>>,
+    slots: Arc<Semaphore>,
+    tx: Option<mpsc::Sender<Part>>,
     decide: Option<oneshot::Sender<bool>>,
     task: Option<tokio::task::JoinHandle<Result<(), BackupError>>>,
     buf: Vec<u8>,
@@ -325,7 +332,14 @@ impl Upload {
 
     fn send_part(&mut self) -> Result<(), BackupError> {
         let part = Bytes::from(std::mem::take(&mut self.buf));
-        let sent = self.tx.as_ref().map(|tx| tx.blocking_send(part));
+        // Wait for a slot: memory stays bounded however slow the upload is.
+        let sent = match self.rt.block_on(self.slots.clone().acquire_owned()) {
+            Ok(slot) => self
+                .tx
+                .as_ref()
+                .map(|tx| tx.blocking_send((part, slot)).map_err(|_| ())),
+            Err(_) => Some(Err(())),
+        };
         if let Some(Err(_)) = sent {
             // The uploader stopped: its result says why.
             let e = self
@@ -388,7 +402,7 @@ impl Drop for Upload {
 async fn upload_task(
     s3: S3,
     file: String,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Part>,
     decision: oneshot::Receiver<bool>,
 ) -> Result<(), BackupError> {
     let s = &s3.settings;
@@ -419,9 +433,10 @@ async fn upload_task(
         let mut parts: Vec<CompletedPart> = Vec::new();
         let mut running: JoinSet<Result<CompletedPart, BackupError>> = JoinSet::new();
         let mut number = 0;
-        while let Some(part) = rx.recv().await {
-            while running.len() >= IN_FLIGHT {
-                parts.push(joined(running.join_next().await)?);
+        while let Some((part, slot)) = rx.recv().await {
+            // Collect finished parts (the slots bound how many run).
+            while let Some(done) = running.try_join_next() {
+                parts.push(joined(Some(done))?);
             }
             number += 1;
             let (client, bucket, key, id, loc) = (
@@ -442,6 +457,7 @@ async fn upload_task(
                     .send()
                     .await
                     .map_err(|e| err(format!("{loc}: part {number}: {}", reason(&e))))?;
+                drop(slot);
                 Ok(CompletedPart::builder()
                     .part_number(number)
                     .set_e_tag(out.e_tag().map(String::from))

@@ -232,7 +232,7 @@ impl Settings {
                     Some(o) => return Err(format!("BACKUP_S3_SSE={o:?}: use AES256 or aws:kms")),
                 };
                 let part_size = match get("BACKUP_S3_PART_SIZE")? {
-                    None => 16 << 20,
+                    None => 8 << 20,
                     Some(v) => parse_size(&v)
                         .filter(|n| (5 << 20..=5 << 30).contains(n))
                         .ok_or_else(|| {

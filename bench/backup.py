@@ -1,0 +1,121 @@
+"""Driven by bench/backup.sh; prints the markdown section."""
+import os, socket, subprocess, sys, time, urllib.request
+
+root, work, mb = sys.argv[1], sys.argv[2], int(sys.argv[3])
+bk = os.path.join(root, "target/static/backup")
+pgctl = subprocess.Popen([os.path.join(root, "target/debug/examples/pgctl")], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, bufsize=1)
+urls = dict(pgctl.stdout.readline().strip().split("=", 1) for _ in range(2))
+direct = urls["DIRECT"]
+bindir = subprocess.run(["sh", "-c", "ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1"],
+                        capture_output=True, text=True).stdout.strip()
+pg = lambda tool: os.path.join(bindir, tool)
+
+def psql(sql, db_url=direct):
+    subprocess.run([pg("psql"), "-q", "-v", "ON_ERROR_STOP=1", db_url, "-c", sql], check=True,
+                   stdout=subprocess.DEVNULL)
+
+def seed(db_url, megabytes):
+    # ~130 bytes per row of hex text: compresses about as well as real application data.
+    rows = megabytes * 1024 * 1024 // 130
+    psql("DROP TABLE IF EXISTS bulk; CREATE TABLE bulk (id int, a text, b text, at timestamptz)", db_url)
+    psql(f"INSERT INTO bulk SELECT i, md5(i::text) || md5((i * 7)::text), md5((i * 13)::text), "
+         f"now() - i * interval '1 second' FROM generate_series(1, {rows}) i", db_url)
+    psql("VACUUM ANALYZE bulk", db_url)
+
+def timed(cmd, env=None):
+    """Wall seconds and peak RSS (KiB, the largest process of the command's tree)."""
+    out = os.path.join(work, "time.txt")
+    t = time.monotonic()
+    subprocess.run(["/usr/bin/time", "-o", out, "-f", "%M", "sh", "-c", cmd], check=True,
+                   env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.monotonic() - t, int(open(out).read().split()[-1])
+
+def size(path):
+    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
+               if not f.endswith(".json")) if os.path.isdir(path) else os.path.getsize(path)
+
+def fresh(name):
+    p = os.path.join(work, name)
+    subprocess.run(["rm", "-rf", p])
+    os.makedirs(p)
+    return p
+
+seed(direct, mb)
+db_bytes = int(subprocess.run([pg("psql"), "-tA", direct, "-c", "SELECT pg_database_size(current_database())"],
+                              capture_output=True, text=True).stdout)
+env = {"DIRECT_URL": direct, "PGPASSWORD": direct.split(":")[2].split("@")[0]}
+conn = direct.replace("postgres://", "postgresql://")
+out = fresh("out")
+runs = [
+    ("`pg_dump -Fc -Z0 > /dev/null` (the limit)", f"{pg('pg_dump')} -Fc -Z0 '{conn}' > /dev/null", None),
+    ("`pg_dump > /dev/null` (plain)", f"{pg('pg_dump')} '{conn}' > /dev/null", None),
+    ("`pg_dump | gzip` (today's sidecars)", f"{pg('pg_dump')} '{conn}' | gzip > {out}/plain.sql.gz", f"{out}/plain.sql.gz"),
+    ("`pg_dump -Fc`", f"{pg('pg_dump')} -Fc '{conn}' > {out}/custom.dump", f"{out}/custom.dump"),
+    ("`pg_dump | zstd -3 -T0`", f"{pg('pg_dump')} '{conn}' | zstd -q -3 -T0 > {out}/plain.sql.zst", f"{out}/plain.sql.zst"),
+]
+results = []
+for name, cmd, path in runs:
+    secs, rss = timed(cmd)
+    results.append((name, secs, rss, size(path) if path else None))
+
+local = fresh("local")
+secs, rss = timed(f"{bk} now", {**env, "BACKUP_DIR": local})
+results.append(("**dockhand `backup now`**, local folder", secs, rss, size(local)))
+
+# S3: moto on loopback.
+port = socket.socket(); port.bind(("127.0.0.1", 0)); s3port = port.getsockname()[1]; port.close()
+moto = subprocess.Popen([os.path.join(root, ".venv/bin/moto_server"), "-H", "127.0.0.1", "-p", str(s3port)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+for _ in range(300):
+    try:
+        socket.create_connection(("127.0.0.1", s3port), 0.2).close(); break
+    except OSError:
+        time.sleep(0.1)
+req = urllib.request.Request(f"http://127.0.0.1:{s3port}/bench", method="PUT", headers={
+    "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00"})
+urllib.request.urlopen(req).read()
+s3env = {**env, "BACKUP_S3_BUCKET": "bench", "BACKUP_S3_ENDPOINT": f"http://127.0.0.1:{s3port}",
+         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+secs, rss = timed(f"{bk} now", s3env)
+results.append(("**dockhand `backup now`**, S3 (moto on loopback)", secs, rss, None))
+
+both = fresh("both")
+secs, rss = timed(f"{bk} now", {**s3env, "BACKUP_DIR": both})
+results.append(("**dockhand `backup now`**, local folder and S3 at once", secs, rss, size(both)))
+moto.terminate()
+
+# Restore: pg_restore from the -Fc file against `backup restore` from the local copy
+# (which also decompresses, checks the SHA-256 and counts every row afterwards).
+psql("CREATE DATABASE r1")
+r1 = direct.rsplit("/", 1)[0] + "/r1"
+rs_secs, rs_rss = timed(f"{pg('pg_restore')} --no-owner -d '{r1.replace('postgres://', 'postgresql://')}' {out}/custom.dump")
+br_secs, br_rss = timed(f"{bk} restore latest", {**env, "BACKUP_DIR": local})
+
+# Memory on a database 4x larger.
+seed(direct, mb * 4)
+big = fresh("big")
+big_secs, big_rss = timed(f"{bk} now", {**env, "BACKUP_DIR": big})
+pgctl.stdin.write("quit\n"); pgctl.stdin.flush()
+
+limit = results[0][1]
+gzip_row = next(r for r in results if "gzip" in r[0])
+print("## Backup (`bench/backup.sh`)\n")
+print(f"A database of {db_bytes / 2**20:.0f} MiB (`pg_database_size`; rows of hex text, which compress "
+      "about like application data), one run of each command, side by side. Peak memory is the "
+      "largest process of the command (for `backup now` that is `backup` itself or its `pg_dump`). "
+      "`backup` is the static release binary; zstd level 3 on all cores, the default.\n")
+print("| command | time | vs the limit | vs `pg_dump \\| gzip` | output | peak memory |")
+print("|---|---:|---:|---:|---:|---:|")
+for name, secs, rss, sz in results:
+    print(f"| {name} | {secs:.1f} s | {secs / limit:.2f}x | {secs / gzip_row[1]:.2f}x | "
+          f"{(f'{sz / 2**20:.0f} MiB') if sz else '-'} | {rss / 1024:.1f} MiB |")
+print()
+print(f"Peak memory of `backup now` on a database 4x larger ({mb * 4} MB of rows): "
+      f"{big_rss / 1024:.1f} MiB in {big_secs:.1f} s ({big_rss / max(results[5][2], 1):.2f}x the smaller run's).\n")
+print("| restore | time | ratio | peak memory |")
+print("|---|---:|---:|---:|")
+print(f"| `pg_restore -d` from the `pg_dump -Fc` file | {rs_secs:.1f} s | 1.00x | {rs_rss / 1024:.1f} MiB |")
+print(f"| **dockhand `backup restore latest`** (local copy, into a new database, with row counts) | "
+      f"{br_secs:.1f} s | {br_secs / rs_secs:.2f}x | {br_rss / 1024:.1f} MiB |")
+print()

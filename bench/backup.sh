@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Backup throughput, size and memory, side by side in one run on a database of
+# several hundred MB (real PostgreSQL from the test harness, moto as the S3 server):
+# `backup now` to a folder and to S3 against pg_dump to /dev/null (the limit),
+# `pg_dump | gzip` (what sidecars do today), `pg_dump -Fc` and `pg_dump | zstd`;
+# peak memory on that database and one 4x larger; `backup restore` against
+# `pg_restore` from a local file. BENCH_BACKUP_MB sets the size (default 500).
+# Writes the "backup" section of bench/RESULTS.md.
+. "$(dirname "$0")/../scripts/lib.sh"
+. "$ROOT/bench/lib.sh"
+"$ROOT/scripts/setup" >/dev/null
+"$ROOT/scripts/build-static" >/dev/null
+cargo build -q --locked -p dockhand-tests --example pgctl
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+python3 "$ROOT/bench/backup.py" "$ROOT" "$work" "${BENCH_BACKUP_MB:-500}" >"$work/section.md"
+machine_line >>"$work/section.md"
+echo "Run: \`bench/backup.sh\`." >>"$work/section.md"
+write_section backup "$work/section.md"
+sed -n '/backup:start/,/backup:end/p' "$RESULTS"
