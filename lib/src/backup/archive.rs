@@ -25,7 +25,7 @@ use super::codec::{self, Stage};
 use super::dump::{self, Tools};
 use super::s3::{Upload, S3};
 use super::settings::Settings;
-use super::{err, hex, unix_now, BackupError, Cancel};
+use super::{err, hex, unix_now, BackupError, Cancel, Tool};
 use crate::url::Url;
 
 /// What a backup is: one database, or the cluster's globals.
@@ -492,26 +492,10 @@ fn stream(
             c
         }
     };
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    crate::supervise::prepare_child(&mut cmd, None, false);
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd.spawn().map_err(|e| {
-        err(format!(
-            "cannot run {program}: {}",
-            crate::error::io_reason(&e)
-        ))
-    })?;
-    d.cancel.track(child.id());
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let errors = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut s);
-        let _ = io::copy(&mut stderr, &mut io::sink());
-        String::from_utf8_lossy(&s).into_owned()
-    });
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    let mut tool = Tool::spawn(cmd, d.cancel)?;
+    let program = tool.program.clone();
+    let mut stdout = tool.child.stdout.take().expect("piped");
     let mut buf = vec![0u8; 256 * 1024];
     let mut dump_bytes = 0u64;
     let copy: Result<(), BackupError> = loop {
@@ -533,13 +517,10 @@ fn stream(
         }
     };
     if copy.is_err() {
-        let _ = child.kill();
+        let _ = tool.child.kill();
     }
     drop(stdout);
-    d.cancel.track(0);
-    let status = child.wait().map_err(|e| err(format!("{program}: {e}")))?;
-    let messages = errors.join().unwrap_or_default();
-    d.cancel.check()?;
+    let (status, messages) = tool.finish(d.cancel)?;
     copy?;
     if !status.success() {
         let reason = messages

@@ -16,7 +16,7 @@ use tokio::runtime::Handle;
 use super::archive::{manifest_file, write_atomic, Manifest};
 use super::codec;
 use super::s3::S3;
-use super::{err, hex, io_err, unix_now, BackupError, Cancel};
+use super::{err, hex, io_err, unix_now, BackupError, Cancel, Tool};
 
 /// A backup and where its complete copies are.
 #[derive(Debug, Clone)]
@@ -261,32 +261,13 @@ pub fn feed(
     m: &Manifest,
     cancel: &Cancel,
 ) -> Result<(ExitStatus, String), BackupError> {
-    cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
-    crate::supervise::prepare_child(&mut cmd, None, false);
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd.spawn().map_err(|e| {
-        err(format!(
-            "cannot run {program}: {}",
-            crate::error::io_reason(&e)
-        ))
-    })?;
-    cancel.track(child.id());
-    let mut stdin = child.stdin.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let errors = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut s);
-        let _ = io::copy(&mut stderr, &mut io::sink());
-        String::from_utf8_lossy(&s).into_owned()
-    });
+    cmd.stdin(Stdio::piped());
+    let mut tool = Tool::spawn(cmd, cancel)?;
+    let mut stdin = tool.child.stdin.take().expect("piped");
     let mut opened = opened;
     let copied = io::copy(&mut opened.reader, &mut stdin).and_then(|_| stdin.flush());
     drop(stdin);
-    let status = child.wait().map_err(|e| err(format!("{program}: {e}")));
-    cancel.track(0);
-    let messages = errors.join().unwrap_or_default();
-    cancel.check()?;
-    let status = status?;
+    let (status, messages) = tool.finish(cancel)?;
     let checked = opened.check(m);
     if let Err(e) = copied {
         // A broken pipe means the tool stopped reading: its own message says why.

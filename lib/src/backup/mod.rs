@@ -66,6 +66,60 @@ pub(crate) fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// A running `pg_dump`, `pg_restore` or `psql`: registered with a [`Cancel`], its
+/// stderr collected (the first 64 KiB) on a thread so it can never block on a full pipe.
+pub(crate) struct Tool {
+    pub child: std::process::Child,
+    /// The program, for messages.
+    pub program: String,
+    errors: std::thread::JoinHandle<String>,
+}
+
+impl Tool {
+    /// Spawns `cmd` (stdin and stdout as the caller set them) with a clean signal mask.
+    pub(crate) fn spawn(
+        mut cmd: std::process::Command,
+        cancel: &Cancel,
+    ) -> Result<Tool, BackupError> {
+        use std::io::Read;
+        cmd.stderr(std::process::Stdio::piped());
+        crate::supervise::prepare_child(&mut cmd, None, false);
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let mut child = cmd.spawn().map_err(|e| {
+            err(format!(
+                "cannot run {program}: {}",
+                crate::error::io_reason(&e)
+            ))
+        })?;
+        cancel.track(child.id());
+        let mut stderr = child.stderr.take().expect("piped");
+        let errors = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut s);
+            let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+            String::from_utf8_lossy(&s).into_owned()
+        });
+        Ok(Tool {
+            child,
+            program,
+            errors,
+        })
+    }
+
+    /// Waits for the tool; its status and stderr, or the cancellation.
+    pub(crate) fn finish(
+        mut self,
+        cancel: &Cancel,
+    ) -> Result<(std::process::ExitStatus, String), BackupError> {
+        cancel.track(0);
+        let status = self.child.wait();
+        let messages = self.errors.join().unwrap_or_default();
+        cancel.check()?;
+        let status = status.map_err(|e| err(format!("{}: {e}", self.program)))?;
+        Ok((status, messages))
+    }
+}
+
 /// Stops a running backup or restore from another thread (the signal handler): sets a
 /// flag the stream checks, and sends SIGTERM to the `pg_dump`/`pg_restore` it runs, so
 /// its pipe ends at once and every destination is cleaned up.
