@@ -2,7 +2,8 @@
 //! failure and its reason. Its modification time is always the time of the last
 //! success, even when a failure is written, so `healthcheck
 //! file:///backups/status.json?max-age=26h` reports a sidecar whose backups fail, or
-//! that stopped running, as unhealthy.
+//! that stopped running, as unhealthy. Also the optional outward signals: pings to a
+//! healthchecks.io-style URL and a Prometheus text-format metrics file.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
