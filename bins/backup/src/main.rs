@@ -311,7 +311,7 @@ fn run(args: Args, cancel: Arc<Cancel>, stop: Arc<Stop>) -> Result<u8, (String, 
             }
             let r = done.map_err(|e| failed(format!("restore failed: {e}")))?;
             info!(
-                "restored {} into {}database {:?}: {} tables, {} rows in {:.1} s",
+                "restored {} into {}database {:?}: tables {}, rows {}, in {:.1} s",
                 r.backup,
                 if r.created { "the new " } else { "" },
                 r.database,

@@ -73,14 +73,21 @@ impl S3 {
             .build_https();
         let mut loader =
             aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
-        if let Some(r) = &s.region {
-            loader = loader.region(aws_config::Region::new(r.clone()));
+        // A custom endpoint mostly ignores the region, but signing needs one: default
+        // it instead of asking the chain (which would try instance metadata).
+        let region = s
+            .region
+            .clone()
+            .or_else(|| s.endpoint.as_ref().map(|_| "us-east-1".to_string()));
+        if let Some(r) = region {
+            loader = loader.region(aws_config::Region::new(r));
         }
         let shared = loader.load().await;
         let mut b = aws_sdk_s3::config::Builder::from(&shared).force_path_style(s.path_style);
         if shared.region().is_none() {
-            // Custom endpoints mostly ignore the region, but signing needs one.
-            b = b.region(aws_config::Region::new("us-east-1"));
+            return Err(err(
+                "no AWS region: set BACKUP_S3_REGION (or AWS_REGION), or BACKUP_S3_ENDPOINT for another provider",
+            ));
         }
         if let Some(e) = &s.endpoint {
             b = b.endpoint_url(e).request_checksum_calculation(
