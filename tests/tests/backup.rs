@@ -359,6 +359,27 @@ fn bad_input_exits_2() {
         ),
         (&["restore", "latest", "--dir", "/tmp/x"], &[], "--to"),
         (&["list"], &[], "BACKUP_DIR"),
+        (
+            &["now", "--dir", "/tmp/x", "--tz", "Mars/Olympus"],
+            &[],
+            "Europe/Berlin",
+        ),
+        (
+            &["now", "--dir", "/tmp/x", "--s3-part-size", "1KiB"],
+            &[("BACKUP_S3_BUCKET", "b")],
+            "5MiB",
+        ),
+        (
+            &[
+                "now",
+                "--dir",
+                "/tmp/x",
+                "--direct-url",
+                "postgres://a:b@h/d",
+            ],
+            &[],
+            "invalid option",
+        ),
         (&["--bogus"], &[], "invalid option"),
     ];
     for (args, env, want) in cases {

@@ -770,3 +770,29 @@ fn as_pid_1_it_reaps_orphans_and_stops_on_sigterm() {
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(r.stderr.contains("backup daemon stopped"), "{}", r.stderr);
 }
+
+#[test]
+fn list_remote_reads_every_page_of_a_large_prefix() {
+    let pg = Postgres::start();
+    let s3 = S3::shared();
+    let bucket = s3.bucket();
+    // 1,001 foreign objects that sort before the backup: it lands on the second page.
+    for i in 0..1001 {
+        let (st, _) = s3.request("PUT", &format!("/{bucket}/p/0-foreign-{i:04}.txt"), b"x");
+        assert_eq!(st, 200);
+    }
+    let mut e = pg_env(&pg);
+    e.extend(s3_env(s3, &bucket, "elsewhere"));
+    // Settings as flags override the environment.
+    let r = backup(&["now", "--s3-prefix", "p"], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let listed = backup(&["list", "--remote", "--s3-prefix", "p/"], &e);
+    assert_eq!(listed.code, Some(0), "{}", listed.stderr);
+    let rows: Vec<&str> = listed.stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{}", listed.stdout);
+    assert!(
+        rows[0].starts_with("app-") && rows[0].contains(" s3 "),
+        "{}",
+        listed.stdout
+    );
+}

@@ -29,11 +29,9 @@ Usage: backup [daemon]                 run on BACKUP_SCHEDULE until stopped
        backup prune [--dry-run]        apply retention now, print what goes
 
 Options (flag, else environment variable; any variable may be given as NAME_FILE):
-      --dir DIR            backup folder [BACKUP_DIR]
-      --compression C      zstd (default) or gzip [BACKUP_COMPRESSION]
-      --level N            zstd level 1-19 [BACKUP_ZSTD_LEVEL, default 3]
-      --threads N          zstd workers, 0 = none [BACKUP_ZSTD_THREADS, default: cores]
-      --status-file FILE   status JSON; its mtime is the last success [BACKUP_STATUS_FILE]
+      --SETTING VALUE      every setting below as a flag, e.g. --s3-bucket NAME for
+                           BACKUP_S3_BUCKET, --keep-last 7, --tz Europe/Berlin
+                           (see the README's table for what each means)
       --remote             list: also the backups in S3
       --from local|s3      verify/restore: which copy to read
       --to URL             restore: target database (default: a new one)
@@ -43,12 +41,64 @@ Options (flag, else environment variable; any variable may be given as NAME_FILE
       --dry-run            prune: print, delete nothing
   -h, --help               this help
   -V, --version            the version
-Database: DIRECT_URL (PostgreSQL itself, not PgBouncer), else DATABASE_URL.
-Everything else is set in the environment; see the README's reference table.
+Database: DIRECT_URL (PostgreSQL itself, not PgBouncer), else DATABASE_URL; secrets
+(URLs, BACKUP_AGE_IDENTITY, AWS keys) only through the environment or NAME_FILE.
+Settings: {SETTINGS}
 
 Exit status: 0 success, 1 the run/verify/restore failed, 2 invalid arguments or
 settings, 128+N stopped by signal N (now, verify, restore).
 ";
+
+/// Settings that also exist as flags: `--dir` for BACKUP_DIR, `--s3-bucket` for
+/// BACKUP_S3_BUCKET, and so on (secrets are left out: argv is visible in `ps`).
+const SETTINGS: &[&str] = &[
+    "BACKUP_DIR",
+    "BACKUP_S3_BUCKET",
+    "BACKUP_S3_PREFIX",
+    "BACKUP_S3_ENDPOINT",
+    "BACKUP_S3_PATH_STYLE",
+    "BACKUP_S3_REGION",
+    "BACKUP_S3_STORAGE_CLASS",
+    "BACKUP_S3_SSE",
+    "BACKUP_S3_SSE_KMS_KEY_ID",
+    "BACKUP_S3_PART_SIZE",
+    "BACKUP_DATABASES",
+    "BACKUP_GLOBALS",
+    "BACKUP_COMPRESSION",
+    "BACKUP_ZSTD_LEVEL",
+    "BACKUP_ZSTD_THREADS",
+    "BACKUP_GZIP_LEVEL",
+    "BACKUP_AGE_RECIPIENT",
+    "BACKUP_SCHEDULE",
+    "TZ",
+    "BACKUP_ON_START",
+    "BACKUP_STOP_GRACE",
+    "BACKUP_RETENTION_DAYS",
+    "BACKUP_KEEP_LAST",
+    "BACKUP_KEEP_DAILY",
+    "BACKUP_KEEP_WEEKLY",
+    "BACKUP_KEEP_MONTHLY",
+    "BACKUP_VERIFY",
+    "BACKUP_STATUS_FILE",
+    "BACKUP_PING_URL",
+    "BACKUP_METRICS_FILE",
+];
+
+/// The flag for a setting: `BACKUP_S3_BUCKET` -> `s3-bucket`, `TZ` -> `tz`.
+fn flag_of(env: &str) -> String {
+    env.trim_start_matches("BACKUP_")
+        .to_ascii_lowercase()
+        .replace('_', "-")
+}
+
+/// The setting a flag names; `--level` and `--threads` are short for zstd's.
+fn setting_of(flag: &str) -> Option<&'static str> {
+    match flag {
+        "level" => Some("BACKUP_ZSTD_LEVEL"),
+        "threads" => Some("BACKUP_ZSTD_THREADS"),
+        f => SETTINGS.iter().copied().find(|e| flag_of(e) == f),
+    }
+}
 
 struct Args {
     command: String,
@@ -80,18 +130,12 @@ fn parse_args() -> Result<Option<Args>, String> {
     let mut command = None;
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
-        let env = match &arg {
-            Long("dir") => Some("BACKUP_DIR"),
-            Long("compression") => Some("BACKUP_COMPRESSION"),
-            Long("level") => Some("BACKUP_ZSTD_LEVEL"),
-            Long("threads") => Some("BACKUP_ZSTD_THREADS"),
-            Long("status-file") => Some("BACKUP_STATUS_FILE"),
-            _ => None,
-        };
-        if let (Some(env), Long(flag)) = (env, &arg) {
-            let flag = format!("--{flag}");
-            a.overrides.insert(env, cli::value(&mut parser, &flag)?);
-            continue;
+        if let Long(flag) = &arg {
+            if let Some(env) = setting_of(flag) {
+                let flag = format!("--{flag}");
+                a.overrides.insert(env, cli::value(&mut parser, &flag)?);
+                continue;
+            }
         }
         match arg {
             Long("remote") => a.remote = true,
@@ -108,7 +152,19 @@ fn parse_args() -> Result<Option<Args>, String> {
                 })
             }
             Short('h') | Long("help") => {
-                print!("{HELP}");
+                let mut flags = String::new();
+                let mut width = 10;
+                for e in SETTINGS {
+                    let f = format!("--{}", flag_of(e));
+                    if width + f.len() > 86 {
+                        flags.push_str("\n         ");
+                        width = 10;
+                    }
+                    flags.push(' ');
+                    flags.push_str(&f);
+                    width += f.len() + 1;
+                }
+                print!("{}", HELP.replace(" {SETTINGS}", &flags));
                 return Ok(None);
             }
             Short('V') | Long("version") => {
