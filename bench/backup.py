@@ -41,6 +41,15 @@ def timed(cmd, env=None, log=None):
                    stderr=open(log, "w") if log else subprocess.DEVNULL)
     return time.monotonic() - t, int(open(out).read().split()[-1])
 
+def median3(cmd, env=None, prepare=None, log=None):
+    """Median wall time (and the peak RSS of that run) of 3 runs; `prepare` runs before each."""
+    runs = []
+    for i in range(3):
+        if prepare:
+            prepare(i)
+        runs.append(timed(cmd, env, log))
+    return sorted(runs)[1]
+
 def size(path):
     return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
                if not f.endswith(".json")) if os.path.isdir(path) else os.path.getsize(path)
@@ -65,19 +74,24 @@ runs = [
     ("`pg_dump | zstd -3 -T0`", f"{pg('pg_dump')} '{conn}' | zstd -q -3 -T0 > {out}/plain.sql.zst", f"{out}/plain.sql.zst"),
 ]
 results = []
+timed(f"{pg('pg_dump')} -Fc -Z0 '{conn}' > /dev/null")  # warm the caches
 for name, cmd, path in runs:
-    secs, rss = timed(cmd)
+    secs, rss = median3(cmd)
     results.append((name, secs, rss, size(path) if path else None))
-
-local = fresh("local")
-secs, rss = timed(f"{bk} now", {**env, "BACKUP_DIR": local})
-results.append(("**dockhand `backup now`**, local folder (zstd level 1, the default)", secs, rss, size(local)))
-level3 = fresh("level3")
-secs, rss = timed(f"{bk} now", {**env, "BACKUP_DIR": level3, "BACKUP_ZSTD_LEVEL": "3"})
-results.append(("dockhand `backup now --zstd-level 3`, local folder", secs, rss, size(level3)))
 level1cli = fresh("cli1")
-secs, rss = timed(f"{pg('pg_dump')} -Fc -Z0 '{conn}' | zstd -q -1 -T0 > {level1cli}/x.zst")
+secs, rss = median3(f"{pg('pg_dump')} -Fc -Z0 '{conn}' | zstd -q -1 -T0 > {level1cli}/x.zst")
 results.append(("`pg_dump -Fc -Z0 | zstd -1 -T0`", secs, rss, size(level1cli)))
+
+def one_backup(folder):
+    # Each run starts from an empty folder, so the output size is one backup's.
+    return lambda i: fresh(folder)
+
+local = os.path.join(work, "local")
+secs, rss = median3(f"{bk} now", {**env, "BACKUP_DIR": local}, one_backup("local"))
+results.append(("**dockhand `backup now`**, local folder (zstd level 1, the default)", secs, rss, size(local)))
+level3 = os.path.join(work, "level3")
+secs, rss = median3(f"{bk} now", {**env, "BACKUP_DIR": level3, "BACKUP_ZSTD_LEVEL": "3"}, one_backup("level3"))
+results.append(("dockhand `backup now --zstd-level 3`, local folder", secs, rss, size(level3)))
 
 # S3: moto on loopback.
 port = socket.socket(); port.bind(("127.0.0.1", 0)); s3port = port.getsockname()[1]; port.close()
@@ -93,23 +107,30 @@ req = urllib.request.Request(f"http://127.0.0.1:{s3port}/bench", method="PUT", h
 urllib.request.urlopen(req).read()
 s3env = {**env, "BACKUP_S3_BUCKET": "bench", "BACKUP_S3_ENDPOINT": f"http://127.0.0.1:{s3port}",
          "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
-secs, rss = timed(f"{bk} now", s3env)
+secs, rss = median3(f"{bk} now", s3env)
 results.append(("**dockhand `backup now`**, S3 (moto on loopback)", secs, rss, None))
 
-both = fresh("both")
-secs, rss = timed(f"{bk} now", {**s3env, "BACKUP_DIR": both})
+both = os.path.join(work, "both")
+secs, rss = median3(f"{bk} now", {**s3env, "BACKUP_DIR": both}, one_backup("both"))
 results.append(("**dockhand `backup now`**, local folder and S3 at once", secs, rss, size(both)))
 moto.terminate()
 
 # Restore: pg_restore from the -Fc file against `backup restore` from the local copy
 # (which also decompresses, checks the SHA-256 and counts every row afterwards).
-psql("CREATE DATABASE r1")
-r1 = direct.rsplit("/", 1)[0] + "/r1"
-rs_secs, rs_rss = timed(f"{pg('pg_restore')} --no-owner -d '{r1.replace('postgres://', 'postgresql://')}' {out}/custom.dump")
+def new_db(i):
+    psql("DROP DATABASE IF EXISTS r0")
+    psql("CREATE DATABASE r0")
+r0 = direct.rsplit("/", 1)[0] + "/r0"
+rs_secs, rs_rss = median3(f"{pg('pg_restore')} --no-owner -d '{r0.replace('postgres://', 'postgresql://')}' {out}/custom.dump",
+                          prepare=new_db)
 restore_log = os.path.join(work, "restore.log")
-br_secs, br_rss = timed(f"{bk} restore latest", {**env, "BACKUP_DIR": local}, restore_log)
-# The report line ends "in X s": the restore itself, before the rows are counted.
-br_only = float(open(restore_log).read().rsplit(" in ", 1)[1].split()[0])
+runs = []
+for i in range(3):
+    time.sleep(1.1)  # each restore creates a database named after the second
+    t, m = timed(f"{bk} restore latest", {**env, "BACKUP_DIR": local}, restore_log)
+    # The report line ends "in X s": the restore itself, before the rows are counted.
+    runs.append((t, m, float(open(restore_log).read().rsplit(" in ", 1)[1].split()[0])))
+br_secs, br_rss, br_only = sorted(runs)[1]
 
 # Memory on a database 4x larger.
 seed(direct, mb * 4)
@@ -121,7 +142,7 @@ limit = results[0][1]
 gzip_row = next(r for r in results if "gzip" in r[0])
 print("## Backup (`bench/backup.sh`)\n")
 print(f"A database of {db_bytes / 2**20:.0f} MiB (`pg_database_size`; half hex text, half request-log "
-      "rows with jsonb), one run of each command, side by side. Peak memory is the "
+      "rows with jsonb), the median of 3 runs of each command, side by side (warm caches). Peak memory is the "
       "largest process of the command (for `backup now` that is `backup` itself or its `pg_dump`). "
       "`backup` is the static release binary, zstd on all cores. On this 2-core machine PostgreSQL's "
       "backend and pg_dump already use about one core; compression competes with them for the other, "
