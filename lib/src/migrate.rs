@@ -84,39 +84,16 @@ pub fn direct_url() -> Result<Option<String>, String> {
     }
 }
 
-/// `pg_backend_pid()` over the simple query protocol (prepared statements themselves
-/// break behind a transaction pooler, and would hide what we are testing).
-async fn backend_pid(c: &Client) -> Result<i32, MigrateError> {
-    let rows = c
-        .simple_query("SELECT pg_backend_pid()")
-        .await
-        .map_err(|e| err(format!("checking the connection: {}", classify(&e))))?;
-    rows.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
-            _ => None,
-        })
-        .ok_or_else(|| err("checking the connection: no answer to SELECT pg_backend_pid()"))
-}
-
 /// Fails when `target` goes through a transaction pooler (see the module doc).
 pub async fn refuse_pooler(target: &PgTarget, a: &Client) -> Result<(), MigrateError> {
-    let b = target
-        .connect()
-        .await
-        .map_err(|e| err(format!("{}: {}", target.url, e.reason)))?;
-    let first = backend_pid(a).await?;
-    for _ in 0..3 {
-        let pb = backend_pid(&b).await?;
-        let pa = backend_pid(a).await?;
-        if pb == first || pa != first {
-            return Err(err(format!(
-                "{} goes through a transaction pooler (PgBouncer?): two connections shared backend {first}, so the advisory lock and session settings would not hold. Set DIRECT_URL to PostgreSQL itself, or pass --allow-pooler if you are sure",
-                target.url
-            )));
-        }
+    match crate::pg::shared_backend(target, a).await {
+        Ok(None) => Ok(()),
+        Ok(Some(pid)) => Err(err(format!(
+            "{} goes through a transaction pooler (PgBouncer?): two connections shared backend {pid}, so the advisory lock and session settings would not hold. Set DIRECT_URL to PostgreSQL itself, or pass --allow-pooler if you are sure",
+            target.url
+        ))),
+        Err(e) => Err(err(format!("checking the connection: {e}"))),
     }
-    Ok(())
 }
 
 /// Runs the migration phase.

@@ -271,6 +271,39 @@ impl PgTarget {
     }
 }
 
+/// `pg_backend_pid()` over the simple query protocol (prepared statements themselves
+/// break behind a transaction pooler, and would hide what is being tested).
+async fn backend_pid(c: &Client) -> Result<i32, PgError> {
+    let rows = c
+        .simple_query("SELECT pg_backend_pid()")
+        .await
+        .map_err(|e| classify(&e))?;
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .ok_or_else(|| permanent("no answer to SELECT pg_backend_pid()"))
+}
+
+/// Detects a transaction pooler (PgBouncer in transaction mode) by behaviour, not by
+/// port: with `a` open, a second connection B is made, and the backend of each is
+/// asked in turn, A, B, A, three times. A direct connection (or a session pooler)
+/// gives each client its own backend for good; a transaction pooler hands B the
+/// backend A just used, or A another one. Returns the shared backend's pid when pooled.
+pub async fn shared_backend(target: &PgTarget, a: &Client) -> Result<Option<i32>, PgError> {
+    let b = target.connect().await?;
+    let first = backend_pid(a).await?;
+    for _ in 0..3 {
+        let pb = backend_pid(&b).await?;
+        let pa = backend_pid(a).await?;
+        if pb == first || pa != first {
+            return Ok(Some(first));
+        }
+    }
+    Ok(None)
+}
+
 /// Sorts a tokio-postgres error and gives it a short, password-free reason.
 pub fn classify(e: &tokio_postgres::Error) -> PgError {
     if let Some(db) = e.as_db_error() {

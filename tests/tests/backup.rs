@@ -274,6 +274,30 @@ fn failures_leave_nothing_and_are_recorded_without_passwords() {
 }
 
 #[test]
+fn pgbouncer_in_transaction_mode_is_refused_before_anything_runs() {
+    let pg = Postgres::start();
+    let bouncer = dockhand_tests::pgbouncer::PgBouncer::start(&pg);
+    let dir = tempfile::tempdir().unwrap();
+    let r = backup(
+        &["now", "--dir", dir.path().to_str().unwrap()],
+        &[("DIRECT_URL", &bouncer.url())],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("transaction pooler") && r.stderr.contains("DIRECT_URL"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // No advisory lock was left on a pooled server connection: the direct URL works.
+    let r = backup(
+        &["now", "--dir", dir.path().to_str().unwrap()],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+}
+
+#[test]
 fn a_pg_dump_older_than_the_server_is_refused_clearly() {
     let pg = Postgres::start();
     let fake = tempfile::tempdir().unwrap();

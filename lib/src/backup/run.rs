@@ -190,6 +190,15 @@ impl Runner {
                 .connect()
                 .await
                 .map_err(|e| err(format!("{url}: {}", e.reason)))?;
+            // Behind PgBouncer in transaction mode neither the lock nor pg_dump works.
+            if let Some(pid) = crate::pg::shared_backend(target, &lock)
+                .await
+                .map_err(|e| err(format!("{url}: {e}")))?
+            {
+                return Err(err(format!(
+                    "{url} goes through a transaction pooler (PgBouncer?): two connections shared backend {pid}, and pg_dump needs a session of its own. Set DIRECT_URL to PostgreSQL itself"
+                )));
+            }
             let got: bool = lock
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&RUN_LOCK])
                 .await
