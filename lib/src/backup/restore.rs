@@ -105,19 +105,8 @@ pub fn restore(
 
     // Does it exist, and is it empty?
     let (server, exists, nonempty) = r.rt.block_on(async {
-        let mut admin = None;
-        let mut last = String::new();
-        for db in [database.as_str(), "postgres", "template1"] {
-            match target.with_dbname(db).connect().await {
-                Ok(c) => {
-                    admin = Some((c, db == database));
-                    break;
-                }
-                Err(e) => last = e.reason,
-            }
-        }
-        let (admin, connected_to_target) =
-            admin.ok_or_else(|| err(format!("{}: {last}", target.url)))?;
+        let (admin, db) = connect_first(&target, &[&database, "postgres", "template1"]).await?;
+        let connected_to_target = db == database;
         let server = dump::server_of(&admin, &target).await?;
         let q =
             |e: tokio_postgres::Error| err(format!("{}: {}", target.url, crate::pg::classify(&e)));
@@ -166,12 +155,7 @@ pub fn restore(
     let created = !exists && !globals;
     if created {
         r.rt.block_on(async {
-            let admin = target
-                .with_dbname("postgres")
-                .connect()
-                .await
-                .or(target.with_dbname("template1").connect().await)
-                .map_err(|e| err(format!("{}: {}", target.url, e.reason)))?;
+            let (admin, _) = connect_first(&target, &["postgres", "template1"]).await?;
             admin
                 .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&database)))
                 .await
@@ -222,7 +206,9 @@ pub fn restore(
     if let Err(e) = result {
         if created {
             let _ = r.rt.block_on(async {
-                let admin = target.with_dbname("postgres").connect().await.ok()?;
+                let (admin, _) = connect_first(&target, &["postgres", "template1"])
+                    .await
+                    .ok()?;
                 admin
                     .batch_execute(&format!(
                         "DROP DATABASE IF EXISTS {}",
@@ -249,6 +235,22 @@ pub fn restore(
         rows,
         seconds: restored_in,
     })
+}
+
+/// Connects to the first of `dbs` on the target's server that accepts; returns the
+/// client and the database it is connected to.
+async fn connect_first<'a>(
+    target: &PgTarget,
+    dbs: &[&'a str],
+) -> Result<(tokio_postgres::Client, &'a str), BackupError> {
+    let mut last = String::new();
+    for db in dbs {
+        match target.with_dbname(db).connect().await {
+            Ok(c) => return Ok((c, db)),
+            Err(e) => last = e.reason,
+        }
+    }
+    Err(err(format!("{}: {last}", target.url)))
 }
 
 /// User tables and their exact row counts in the restored database.

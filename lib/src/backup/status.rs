@@ -9,13 +9,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::archive::{write_atomic, Manifest};
-use super::{io_err, BackupError};
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+use super::{io_err, unix_now as now, BackupError};
 
 fn read(path: &Path) -> serde_json::Value {
     std::fs::read_to_string(path)
