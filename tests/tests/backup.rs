@@ -382,6 +382,21 @@ fn bad_input_exits_2() {
             "use local or s3",
         ),
         (&["restore", "latest", "--dir", "/tmp/x"], &[], "--to"),
+        (
+            &["restore", "latest", "--dir", "/tmp/x", "--to", "nonsense"],
+            &[],
+            "--to: invalid URL",
+        ),
+        (
+            &["prune", "--dir", "/tmp/x", "--keep-daily", "soon"],
+            &[],
+            "BACKUP_KEEP_DAILY",
+        ),
+        (
+            &["now", "--dir", "/tmp/x", "--compression", "brotli"],
+            &[],
+            "gzip",
+        ),
         (&["list"], &[], "BACKUP_DIR"),
         (
             &["now", "--dir", "/tmp/x", "--tz", "Mars/Olympus"],
