@@ -378,28 +378,6 @@ pub fn backup(
             return Err(e);
         }
     };
-    let sha256 = hex(&tee.hash.clone().finalize());
-    let mut manifest = Manifest {
-        name: name.clone(),
-        file: file.clone(),
-        kind: match kind {
-            Kind::Database(_) => "database".into(),
-            Kind::Globals => "globals".into(),
-        },
-        database,
-        server_version: server_version.to_string(),
-        pg_dump_version: tools.version.clone(),
-        started,
-        finished: started + clock.elapsed().as_secs() as i64,
-        dump_bytes,
-        size: tee.bytes,
-        sha256,
-        compression: s.compression.name().into(),
-        level: s.compression.level(),
-        encryption: (!s.recipients.is_empty()).then(|| "age".to_string()),
-        recipients: s.recipients.clone(),
-        verified: None,
-    };
     let mut stored = Vec::new();
     let mut errors = std::mem::take(&mut tee.errors);
     if let Some(l) = tee.local.take() {
@@ -428,7 +406,28 @@ pub fn backup(
             Err(e) => errors.push(e.0),
         }
     }
-    manifest.finished = started + clock.elapsed().as_secs() as i64;
+    let sha256 = hex(&tee.hash.clone().finalize());
+    let manifest = Manifest {
+        name: name.clone(),
+        file: file.clone(),
+        kind: match kind {
+            Kind::Database(_) => "database".into(),
+            Kind::Globals => "globals".into(),
+        },
+        database,
+        server_version: server_version.to_string(),
+        pg_dump_version: tools.version.clone(),
+        started,
+        finished: started + clock.elapsed().as_secs() as i64,
+        dump_bytes,
+        size: tee.bytes,
+        sha256,
+        compression: s.compression.name().into(),
+        level: s.compression.level(),
+        encryption: (!s.recipients.is_empty()).then(|| "age".to_string()),
+        recipients: s.recipients.clone(),
+        verified: None,
+    };
     let json = manifest.to_json();
     let mut complete = Vec::new();
     for place in stored {

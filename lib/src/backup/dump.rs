@@ -19,15 +19,6 @@ pub struct Server {
     pub version: String,
 }
 
-/// Connects and reads the server's version.
-pub async fn server(target: &PgTarget) -> Result<Server, BackupError> {
-    let client = target
-        .connect()
-        .await
-        .map_err(|e| err(format!("{}: {}", target.url, e.reason)))?;
-    server_of(&client, target).await
-}
-
 /// Reads the server's version over an open connection.
 pub async fn server_of(
     client: &tokio_postgres::Client,

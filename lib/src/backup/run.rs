@@ -159,7 +159,6 @@ impl Runner {
                 success,
                 seconds: clock.elapsed().as_secs_f64(),
                 bytes: made.iter().map(|m| m.size).sum(),
-                backups: made.len(),
             };
             if let Err(e) = status::metrics(path, &m) {
                 warn!("metrics file: {e}");

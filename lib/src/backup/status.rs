@@ -93,7 +93,6 @@ pub struct RunMetrics {
     pub success: bool,
     pub seconds: f64,
     pub bytes: u64,
-    pub backups: usize,
 }
 
 /// Writes Prometheus metrics in the text format, for node_exporter's textfile
