@@ -28,13 +28,32 @@ pub fn var(name: &str) -> Result<Option<String>, ConfigError> {
     }
 }
 
-/// Reads a secret file named by `var_name`, removing one trailing newline.
+/// The largest secret file read (a password, a URL, a key: far smaller).
+pub const MAX_SECRET_FILE: u64 = 1024 * 1024;
+
+/// Reads a secret file named by `var_name`, removing one trailing newline. Errors name
+/// the variable and the problem, never the content: a regular file only (no FIFO,
+/// directory or device), at most [`MAX_SECRET_FILE`], UTF-8 text without NUL bytes
+/// (an environment variable cannot carry a NUL).
 pub fn read_secret_file(var_name: &str, path: &std::path::Path) -> Result<String, ConfigError> {
-    let mut s = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = crate::files::read_regular(path, MAX_SECRET_FILE)
+        .map_err(|e| ConfigError(format!("{var_name}: cannot read {}: {e}", path.display())))?;
+    if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        return Err(ConfigError(format!(
+            "{var_name}: {} is UTF-16 text: save it as UTF-8",
+            path.display()
+        )));
+    }
+    if bytes.contains(&0) {
+        return Err(ConfigError(format!(
+            "{var_name}: {} holds a NUL byte, which an environment variable cannot carry: save the value alone, as UTF-8 text",
+            path.display()
+        )));
+    }
+    let mut s = String::from_utf8(bytes).map_err(|_| {
         ConfigError(format!(
-            "{var_name}: cannot read {}: {}",
-            path.display(),
-            crate::error::io_reason(&e)
+            "{var_name}: {} is not UTF-8 text: save it as UTF-8",
+            path.display()
         ))
     })?;
     if s.ends_with('\n') {

@@ -23,6 +23,10 @@ impl fmt::Display for DurationError {
 
 impl std::error::Error for DurationError {}
 
+/// The longest duration accepted: about 31,700 years, far below what would overflow
+/// when added to a clock reading.
+const MAX_SECS: u64 = 1_000_000_000_000;
+
 /// Parses a duration. Units: `ms`, `s`, `m`, `h`, `d`; a bare number is seconds.
 pub fn parse(input: &str) -> Result<Duration, DurationError> {
     let err = || DurationError {
@@ -33,7 +37,14 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
         return Err(err());
     }
     if s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse::<u64>().map(Duration::from_secs).map_err(|_| err());
+        // Bounded like the unit forms: a duration is added to `Instant::now()` later,
+        // and 18446744073709551615 seconds would overflow there.
+        return s
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= MAX_SECS)
+            .map(Duration::from_secs)
+            .ok_or_else(err);
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -58,10 +69,13 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
         };
         rest = &rest[unit_len..];
         let secs = number * unit_secs;
-        if !secs.is_finite() || secs > 1e12 {
+        if !secs.is_finite() || secs > MAX_SECS as f64 {
             return Err(err());
         }
         total += Duration::from_secs_f64(secs);
+        if total.as_secs() > MAX_SECS {
+            return Err(err());
+        }
     }
     Ok(total)
 }
@@ -103,7 +117,19 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "s", "5x", "abc", "5 s", "-1s", "1e400s", "h5"] {
+        for bad in [
+            "",
+            "s",
+            "5x",
+            "abc",
+            "5 s",
+            "-1s",
+            "1e400s",
+            "h5",
+            "18446744073709551615",
+            "1000000000001",
+            "999999999999d",
+        ] {
             let e = parse(bad).unwrap_err();
             assert!(e.to_string().contains("e.g. 500ms"), "{bad}: {e}");
         }

@@ -75,8 +75,8 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     on_sent();
     let mut buf = Vec::with_capacity(4096);
     let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
+        if let Some(end) = head_end(&buf) {
+            break end;
         }
         if buf.len() > MAX_HEAD {
             return Err("response headers larger than 64 KiB".into());
@@ -89,12 +89,18 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             });
         }
     };
-    let head =
-        std::str::from_utf8(&buf[..head_end]).map_err(|_| "response headers are not text")?;
-    let mut lines = head.split("\r\n");
+    // As lenient as curl where the status line is clear: bare LF line endings, and
+    // header values in Latin-1 or any other bytes (only the status line and two
+    // header names matter here).
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let status_line = lines.next().unwrap_or("");
-    let status = parse_status(status_line)
-        .ok_or_else(|| format!("not an HTTP response: {:?}", truncate(status_line, 60)))?;
+    let status = parse_status(status_line).ok_or_else(|| {
+        format!(
+            "not an HTTP response: {:?}",
+            truncate(status_line, 60).escape_default().to_string()
+        )
+    })?;
     if !want_body {
         return Ok(Response { status, body: None });
     }
@@ -176,27 +182,57 @@ enum Chunked {
     Invalid,
 }
 
+/// Where the head ends (after its blank line), with CRLF or bare LF line endings.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = find(buf, b"\r\n\r\n").map(|i| i + 4);
+    let lf = find(buf, b"\n\n").map(|i| i + 2);
+    let mixed = find(buf, b"\n\r\n").map(|i| i + 3);
+    [crlf, lf, mixed].into_iter().flatten().min()
+}
+
+/// Decodes a chunked body as far as it has arrived. A peer's sizes are never trusted:
+/// every offset is checked, so a size such as `ffffffffffffffff` is an invalid body,
+/// not an overflow.
 fn dechunk(mut data: &[u8]) -> Chunked {
     let mut out = Vec::new();
     loop {
-        let Some(eol) = find(data, b"\r\n") else {
+        let Some(eol) = find(data, b"\n") else {
             return Chunked::Partial(out);
         };
-        let size_text = std::str::from_utf8(&data[..eol]).unwrap_or("");
+        let line = &data[..eol];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let size_text = std::str::from_utf8(line).unwrap_or("");
         let size_text = size_text.split(';').next().unwrap_or("").trim();
+        if size_text.is_empty() || size_text.len() > 15 {
+            return Chunked::Invalid;
+        }
         let Ok(size) = usize::from_str_radix(size_text, 16) else {
             return Chunked::Invalid;
         };
         if size == 0 {
             return Chunked::Done(out);
         }
-        let start = eol + 2;
-        if data.len() < start + size {
+        let start = eol + 1;
+        let Some(end) = start.checked_add(size) else {
+            return Chunked::Invalid;
+        };
+        if data.len() < end {
             out.extend_from_slice(&data[start..]);
             return Chunked::Partial(out);
         }
-        out.extend_from_slice(&data[start..start + size]);
-        data = &data[(start + size + 2).min(data.len())..];
+        out.extend_from_slice(&data[start..end]);
+        // the chunk's own line ending: CRLF, or a bare LF
+        let rest = &data[end..];
+        let skip = if rest.starts_with(b"\r\n") {
+            2
+        } else if rest.starts_with(b"\n") {
+            1
+        } else if rest.len() < 2 {
+            return Chunked::Partial(out);
+        } else {
+            return Chunked::Invalid;
+        };
+        data = &rest[skip..];
     }
 }
 
@@ -273,6 +309,19 @@ mod tests {
         }
         assert!(matches!(dechunk(b"4\r\nWi"), Chunked::Partial(b) if b == b"Wi"));
         assert!(matches!(dechunk(b"zz\r\n"), Chunked::Invalid));
+        // sizes that would overflow an offset are invalid, not a panic
+        assert!(matches!(
+            dechunk(b"ffffffffffffffff\r\nab"),
+            Chunked::Invalid
+        ));
+        assert!(matches!(
+            dechunk(b"fffffffffffffff\r\nab"),
+            Chunked::Partial(_)
+        ));
+        match dechunk(b"3\nabc\n0\n\n") {
+            Chunked::Done(b) => assert_eq!(b, b"abc"),
+            _ => panic!("bare LF chunks not decoded"),
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -291,6 +340,39 @@ mod tests {
             .unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.body.unwrap(), b"abcdef");
+    }
+
+    async fn answer(reply: &'static [u8], want_body: bool) -> Result<Response, String> {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(async move {
+            let mut b = [0u8; 1024];
+            let _ = server.read(&mut b).await;
+            let _ = server.write_all(reply).await;
+        });
+        exchange(&mut client, b"GET / HTTP/1.1\r\n\r\n", want_body, || {}).await
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn lenient_where_the_status_line_is_clear() {
+        // a Latin-1 header value, and bare LF line endings
+        let r = answer(
+            b"HTTP/1.1 200 OK\r\nX-Name: Jos\xe9\r\nContent-Length: 2\r\n\r\nok",
+            true,
+        )
+        .await
+        .unwrap();
+        assert_eq!((r.status, r.body.unwrap()), (200, b"ok".to_vec()));
+        let r = answer(b"HTTP/1.1 204 No Content\nServer: x\n\n", false)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 204);
+        let e = answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab",
+            true,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("malformed chunked"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod files;
 pub mod log;
 pub mod url;
 

@@ -220,8 +220,89 @@ fn load_refinery(dir: &Path) -> Result<Vec<refinery::Migration>, MigrateError> {
             dir.display()
         )));
     }
+    let bad = misnamed_refinery_files(dir)
+        .map_err(|e| err(format!("--migrations {}: {e}", dir.display())))?;
+    if !bad.is_empty() {
+        return Err(err(format!(
+            "--migrations {}: {} file(s) look like migrations but refinery would skip them silently; rename them as V<version>__<name>.sql: {}",
+            dir.display(),
+            bad.len(),
+            bad.iter()
+                .map(|(f, why)| format!("{f} ({why})"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
     refinery::load_sql_migrations(dir)
         .map_err(|e| err(format!("--migrations {}: {e}", dir.display())))
+}
+
+/// Files in `dir` that look like migrations (`V` or `U` and a digit, in any case,
+/// then `.sql` in any case or an underscore) but do not follow refinery's rule
+/// `[U|V]<version>__<name>.sql`, with `<name>` of letters, digits and `_` only.
+/// refinery ignores such files without a word; a later rename then wedges start-up
+/// ("missing from the filesystem"). Each comes with the rule it breaks.
+pub fn misnamed_refinery_files(dir: &Path) -> std::io::Result<Vec<(String, &'static str)>> {
+    let mut bad = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry
+            .file_type()
+            .is_ok_and(|t| t.is_file() || t.is_symlink())
+        {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(why) = refinery_name_problem(&name) {
+            bad.push((name, why));
+        }
+    }
+    bad.sort();
+    Ok(bad)
+}
+
+/// Why `name` looks like a refinery migration but is not one (`None`: it is one, or
+/// it does not look like one at all).
+fn refinery_name_problem(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    let starts_like = {
+        let b = lower.as_bytes();
+        b.len() > 1 && (b[0] == b'v' || b[0] == b'u') && b[1].is_ascii_digit()
+    };
+    let sql_ext = lower.ends_with(".sql");
+    if !starts_like || !(sql_ext || name.contains("_")) {
+        return None;
+    }
+    if !name.ends_with(".sql") {
+        return Some(if sql_ext {
+            "the extension must be .sql in lower case"
+        } else {
+            "the file must end in .sql"
+        });
+    }
+    let stem = &name[..name.len() - 4];
+    let Some(rest) = stem.strip_prefix('V').or_else(|| stem.strip_prefix('U')) else {
+        return Some("the prefix must be an upper-case V (or U)");
+    };
+    let version_len = rest
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b'.')
+        .count();
+    let (version, after) = rest.split_at(version_len);
+    if version.is_empty()
+        || version.starts_with('.')
+        || version.ends_with('.')
+        || version.matches('.').count() > 1
+    {
+        return Some("the version after V must be a number (V1, V2.1)");
+    }
+    let Some(label) = after.strip_prefix("__") else {
+        return Some("two underscores must separate the version from the name (V1__name.sql)");
+    };
+    if label.is_empty() || !label.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        return Some("the name may hold only letters, digits and _ (no -, space or dot)");
+    }
+    None
 }
 
 async fn refinery_applied(client: &mut Client) -> Result<Vec<refinery::Migration>, MigrateError> {
@@ -545,6 +626,33 @@ pub mod drizzle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refinery_names_that_would_be_skipped_are_named() {
+        for ok in [
+            "V1__init.sql",
+            "V2.1__add_users.sql",
+            "U3__x_y.sql",
+            "README.md",
+            "notes.txt",
+            "seed.sql",
+            "V1 notes.txt",
+            "V10__ünïcode.sql",
+        ] {
+            assert_eq!(refinery_name_problem(ok), None, "{ok}");
+        }
+        for (bad, rule) in [
+            ("V2__add-users.sql", "only letters"),
+            ("V3__with space.sql", "only letters"),
+            ("V4_single.sql", "two underscores"),
+            ("v5__lower.sql", "upper-case V"),
+            ("V6__upper.SQL", "lower case"),
+            ("V1.2.3__x.sql", "version"),
+        ] {
+            let why = refinery_name_problem(bad).unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(why.contains(rule), "{bad}: {why}");
+        }
+    }
 
     #[test]
     fn splits_commands_like_a_shell() {

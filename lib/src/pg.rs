@@ -311,9 +311,14 @@ pub fn classify(e: &tokio_postgres::Error) -> PgError {
         let reason = db.message().to_string();
         // 57P03 cannot_connect_now ("the database system is starting up"),
         // 53300 too_many_connections, 57P01 admin_shutdown, 08xxx connection exceptions.
-        // PgBouncer reports its own authentication and routing errors as 08P01.
+        // PgBouncer reports its own authentication and routing errors as 08P01, and
+        // relays the server's refusal of a missing database or role the same way
+        // (`database "x" does not exist`); its next attempts then stall on the pool's
+        // login retry, so waiting would only hide the cause.
         let pooler_refusal = code == "08P01"
-            && (reason.contains("authentication failed") || reason.contains("no such database"));
+            && (reason.contains("authentication failed")
+                || reason.contains("no such database")
+                || reason.contains("does not exist"));
         let waiting_helps = !pooler_refusal
             && (matches!(code, "57P03" | "53300" | "57P01" | "57P02")
                 || code.starts_with("08")

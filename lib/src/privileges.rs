@@ -123,11 +123,19 @@ pub fn resolve(spec: &str) -> Result<Credentials, String> {
 }
 
 /// Gives `path` and everything below it to `creds` (symbolic links themselves are
-/// changed, never followed).
-pub fn chown_recursive(path: &Path, creds: &Credentials) -> Result<usize, String> {
+/// changed, never followed). `interrupted` is asked every 256 entries: a tree of a
+/// hundred thousand files takes seconds, and a stop signal must not wait for it.
+pub fn chown_recursive(
+    path: &Path,
+    creds: &Credentials,
+    mut interrupted: impl FnMut() -> bool,
+) -> Result<usize, String> {
     let mut count = 0;
     let mut stack = vec![path.to_path_buf()];
     while let Some(p) = stack.pop() {
+        if count % 256 == 255 && interrupted() {
+            return Err(format!("--chown {}: interrupted", path.display()));
+        }
         std::os::unix::fs::lchown(&p, Some(creds.uid), Some(creds.gid))
             .map_err(|e| format!("--chown {}: {}", p.display(), crate::error::io_reason(&e)))?;
         count += 1;

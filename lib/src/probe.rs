@@ -84,19 +84,25 @@ pub struct HttpOptions {
 
 /// Parses a `--header 'Name: value'` argument.
 pub fn parse_header(s: &str) -> Result<(String, String), String> {
+    // The value is often a token: errors name the problem, never the text.
     let (k, v) = s
         .split_once(':')
-        .ok_or_else(|| format!("invalid header {s:?}: use 'Name: value'"))?;
+        .ok_or("invalid header: no ':' between name and value (use 'Name: value')")?;
     let k = k.trim();
     if k.is_empty()
         || !k
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
     {
-        return Err(format!("invalid header name {k:?}"));
+        return Err(
+            "invalid header name: only letters, digits and -_!#$%&'*+.^`|~ are allowed before the ':' (use 'Name: value')"
+                .into(),
+        );
     }
-    if v.contains(['\r', '\n']) {
-        return Err(format!("invalid header value for {k}: no line breaks"));
+    if v.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+        return Err(format!(
+            "invalid header value for {k}: no line breaks or control characters"
+        ));
     }
     Ok((k.to_string(), v.trim().to_string()))
 }
@@ -314,6 +320,14 @@ pub async fn probe(target: &Target, opts: &HttpOptions, deadline: tokio::time::I
             stage.get().describe()
         ))),
     };
+    // A server may echo what it was sent (Redis: "with args beginning with: 'pw'").
+    let outcome = match (outcome, &target.url().password) {
+        (Err(mut f), Some(pw)) => {
+            f.reason = crate::url::scrub(&f.reason, pw);
+            Err(f)
+        }
+        (o, _) => o,
+    };
     Report {
         target: target.url().to_string(),
         outcome,
@@ -371,7 +385,9 @@ async fn probe_inner(
             })?;
             Ok("SELECT 1".into())
         }
-        Target::Redis { url, tls, port } => probe_redis(url, *tls, *port, stage).await,
+        Target::Redis { url, tls, port } => {
+            probe_redis(url, *tls, *port, opts.insecure, stage).await
+        }
         Target::File { path, max_age, .. } => probe_file(path, *max_age),
     }
 }
@@ -398,7 +414,15 @@ async fn open(
     let stream = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
-        .map_err(|e| Failure::permanent(tls::reason(&e)))?;
+        .map_err(|e| {
+            // A TLS alert or a bad certificate will not change by waiting; a reset or
+            // a close during the handshake (a server still starting) may.
+            if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
+                Failure::permanent(tls::reason(&e))
+            } else {
+                Failure::transient(tls::reason(&e))
+            }
+        })?;
     Ok(Box::new(stream))
 }
 
@@ -467,9 +491,11 @@ async fn probe_redis(
     url: &Url,
     tls: bool,
     port: u16,
+    insecure: bool,
     stage: &Cell<Stage>,
 ) -> Result<String, Failure> {
-    let mut stream = open(url.host(), port, tls, Verify::Full, stage).await?;
+    let verify = if insecure { Verify::None } else { Verify::Full };
+    let mut stream = open(url.host(), port, tls, verify, stage).await?;
     let mut cmd = Vec::new();
     if let Some(pw) = &url.password {
         if url.username.is_empty() {

@@ -2,12 +2,14 @@
 //! variables, `--chown`, waiting for services, migrations. (Secrets from `NAME_FILE`
 //! are loaded earlier, by `main`, before any thread exists.)
 //!
-//! All signals are still blocked (see `supervise`): a SIGTERM or SIGINT that arrives
-//! during start-up is read from a signalfd and ends start-up at once with 128+N, a
-//! running `--migrate-cmd` getting SIGTERM first; every other signal stays pending and
-//! reaches the app once it runs. The async runtime and connections used here are
-//! dropped before supervising begins (and `main` re-executes itself to give their
-//! memory back).
+//! All signals are still blocked (see `supervise`): a SIGTERM, SIGINT or SIGQUIT that
+//! arrives during start-up is read from a signalfd and ends start-up with 128+N. A
+//! running `--migrate-cmd` gets that signal first and is waited for (up to the grace,
+//! then SIGKILL) with the migration lock still held, so another replica can never run
+//! its migration alongside one that is still shutting down. Every other signal stays
+//! pending and is logged, not delivered, when supervision starts: there is no app yet
+//! to give it to. The async runtime and connections used here are dropped before
+//! supervising begins (and `main` re-executes itself to give their memory back).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -36,6 +38,8 @@ pub struct Plan {
     pub allow_pooler: bool,
     pub user: Option<Credentials>,
     pub chown: Vec<PathBuf>,
+    /// How long a `--migrate-cmd` may take to exit after a stop signal (`--grace`).
+    pub grace: Duration,
 }
 
 impl Plan {
@@ -89,11 +93,27 @@ impl std::fmt::Display for StartupError {
 
 /// Runs the plan.
 pub fn run(plan: &Plan) -> Result<(), StartupError> {
+    let stop_signals =
+        stop_signalfd().map_err(|e| StartupError::Config(format!("cannot watch signals: {e}")))?;
+    let stopped = || {
+        stop_signals
+            .read_signal()
+            .ok()
+            .flatten()
+            .map(|i| i.ssi_signo as i32)
+    };
     crate::secrets::require(&plan.require_env).map_err(|e| StartupError::Config(e.to_string()))?;
     if let Some(user) = &plan.user {
         for p in &plan.chown {
-            let n =
-                crate::privileges::chown_recursive(p, user).map_err(StartupError::Privileges)?;
+            let mut signal = None;
+            let result = crate::privileges::chown_recursive(p, user, || {
+                signal = signal.or_else(stopped);
+                signal.is_some()
+            });
+            if let Some(sig) = signal {
+                return Err(StartupError::Signal(sig));
+            }
+            let n = result.map_err(StartupError::Privileges)?;
             info!(
                 "handed {} ({n} entries) to uid {} gid {}",
                 p.display(),
@@ -105,6 +125,9 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
         return Err(StartupError::Config(
             "--chown needs --user (whom to give the paths to)".into(),
         ));
+    }
+    if let Some(sig) = stopped() {
+        return Err(StartupError::Signal(sig));
     }
     if !plan.needs_runtime() {
         return Ok(());
@@ -142,8 +165,6 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
         None => None,
     };
 
-    let stop_signals =
-        stop_signalfd().map_err(|e| StartupError::Config(format!("cannot watch signals: {e}")))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -166,20 +187,51 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
         Ok(())
     };
     let result = rt.block_on(async {
-        tokio::select! {
-            r = phases => r,
-            sig = next_signal(stop_signals) => Err(StartupError::Signal(sig)),
-        }
-    });
-    if let Err(StartupError::Signal(_)) = &result {
+        let mut signals = Signals::new(stop_signals);
+        tokio::pin!(phases);
+        let sig = tokio::select! {
+            r = &mut phases => return r,
+            sig = signals.next() => sig,
+        };
         let pgid = migrate::COMMAND_PGID.load(Ordering::SeqCst);
-        if pgid > 0 {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        if pgid <= 0 {
+            return Err(StartupError::Signal(sig));
         }
-    }
+        // The migration command is running under our lock: it gets the signal, and
+        // the lock is held until it has exited.
+        info!(
+            "received {} during --migrate-cmd: passing it on and waiting up to {} for the command (the migration lock stays held)",
+            crate::supervise::signal_name(sig),
+            crate::duration::format(plan.grace)
+        );
+        kill_group(pgid, sig);
+        let deadline = tokio::time::sleep(plan.grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut phases => return Err(StartupError::Signal(sig)),
+                _ = &mut deadline => break,
+                again = signals.next() => {
+                    info!("received {}: passing it on to the migration command", crate::supervise::signal_name(again));
+                    kill_group(pgid, again);
+                }
+            }
+        }
+        tracing::warn!(
+            "the migration command did not exit within {}: killing it",
+            crate::duration::format(plan.grace)
+        );
+        kill_group(pgid, libc::SIGKILL);
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut phases).await;
+        Err(StartupError::Signal(sig))
+    });
     rt.shutdown_background();
     result
+}
+
+fn kill_group(pgid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(-pgid, sig) };
 }
 
 /// A signalfd for the signals that stop start-up (still blocked process-wide).
@@ -187,22 +239,32 @@ fn stop_signalfd() -> nix::Result<SignalFd> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
+    set.add(Signal::SIGQUIT);
     SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
 }
 
-async fn next_signal(sfd: SignalFd) -> i32 {
-    // SAFETY: the AsyncFd owns the signalfd, so the descriptor stays open for as long
-    // as it is registered.
-    let Ok(afd) = (unsafe { tokio::io::unix::AsyncFd::register(sfd) }) else {
-        return std::future::pending().await;
-    };
-    loop {
-        let Ok(mut guard) = afd.readable().await else {
+/// The stop signalfd, read on the runtime.
+struct Signals(Option<tokio::io::unix::AsyncFd<SignalFd>>);
+
+impl Signals {
+    fn new(sfd: SignalFd) -> Signals {
+        // SAFETY: the AsyncFd owns the signalfd, so the descriptor stays open for as
+        // long as it is registered.
+        Signals(unsafe { tokio::io::unix::AsyncFd::register(sfd) }.ok())
+    }
+
+    async fn next(&mut self) -> i32 {
+        let Some(afd) = &self.0 else {
             return std::future::pending().await;
         };
-        if let Ok(Some(info)) = afd.get_ref().read_signal() {
-            return info.ssi_signo as i32;
+        loop {
+            let Ok(mut guard) = afd.readable().await else {
+                return std::future::pending().await;
+            };
+            if let Ok(Some(info)) = afd.get_ref().read_signal() {
+                return info.ssi_signo as i32;
+            }
+            guard.clear_ready();
         }
-        guard.clear_ready();
     }
 }

@@ -9,16 +9,24 @@
 //!    that we own, the child's group becomes the terminal's foreground group (as tini
 //!    does), so Ctrl-C and Ctrl-Z reach the app once, directly, as in a shell.
 //!    When we are not PID 1 we become a child subreaper, so orphans still come to us.
-//! 3. Signals are forwarded to the child (or its process group with `process_group`),
-//!    after `rewrite`. SIGCHLD is never forwarded: it means "reap". SIGTSTP/SIGTTIN/
-//!    SIGTTOU are forwarded and then, when not PID 1, we stop ourselves too (dumb-init's
-//!    job control); SIGCONT is forwarded and gives the terminal back to the app.
+//! 3. Every signal is first looked up in `rewrite` (a rewrite to 0 drops it, whatever
+//!    it is), then forwarded to the child (or its process group with `process_group`).
+//!    SIGCHLD is never forwarded: it means "reap". SIGTSTP/SIGTTIN/SIGTTOU are
+//!    forwarded and then, when not PID 1, we stop ourselves too (dumb-init's job
+//!    control); SIGCONT is forwarded and gives the terminal back to the app. Fault
+//!    signals (ABRT, SEGV, BUS, ...) sent with `kill` are forwarded as well (as
+//!    dumb-init does); a real fault of this process still ends it. Signals that
+//!    arrived before the app existed are logged and not delivered: SIGTERM, SIGINT
+//!    and SIGQUIT then stop the container with 128+N without starting the app.
 //! 4. Shutdown begins when the main child exits, or when SIGTERM/SIGINT arrives (a
-//!    SIGTERM is passed on after `stop_delay`, so a load balancer can drain first).
-//!    The stop signal goes to the app; once the app has exited, every remaining
-//!    process gets SIGTERM. The wait ends the moment nothing is left; whatever remains
-//!    when `grace` runs out (counted from the start of shutdown) gets SIGKILL, and so
-//!    does everything at once on a second SIGTERM/SIGINT. Only then do we exit.
+//!    SIGTERM is passed on after `stop_delay`, so a load balancer can drain first; a
+//!    second one during the delay passes it on at once). The stop signal goes to the
+//!    app; once the app has exited, every remaining process gets SIGTERM. The wait
+//!    ends the moment nothing is left; whatever remains when `grace` runs out
+//!    (counted from the start of shutdown) gets SIGKILL. Signals that arrive during
+//!    shutdown still reach the app (an app with its own escalation, such as
+//!    PostgreSQL's TERM then INT, works); only a third SIGINT (Ctrl-C pressed three
+//!    times) kills everything at once.
 //! 5. The exit status mirrors the app: its exit code, or 128+N when signal N killed
 //!    it, then `remap_exit`. A command that cannot be found exits 127, one that cannot
 //!    be executed 126, each with a one-line message naming it.
@@ -29,6 +37,7 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::CommandExt;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::libc;
@@ -74,13 +83,81 @@ const SYNCHRONOUS: [Signal; 7] = [
 
 /// Blocks every asynchronous signal in this (single-threaded) process and returns the
 /// blocked set, to be read from a signalfd by [`run`]. Call it first thing in `main`.
+/// The fault signals stay unblocked, with a handler that tells a `kill` from another
+/// process (forwarded to the app, see [`fault_signals`]) from a real fault of ours
+/// (default action: the process dies as it should).
 pub fn block_signals() -> io::Result<SigSet> {
+    install_fault_handlers();
     let mut set = SigSet::all();
     for s in SYNCHRONOUS {
         set.remove(s);
     }
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&set), None).map_err(io::Error::from)?;
     Ok(set)
+}
+
+/// The write end of the pipe that the fault-signal handler writes signal numbers to
+/// (-1 until [`install_fault_handlers`] made it); the read end is [`FAULT_PIPE_READ`].
+static FAULT_PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+static FAULT_PIPE_READ: AtomicI32 = AtomicI32::new(-1);
+
+fn install_fault_handlers() {
+    let mut fds = [-1; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return;
+    }
+    FAULT_PIPE_READ.store(fds[0], Ordering::SeqCst);
+    FAULT_PIPE_WRITE.store(fds[1], Ordering::SeqCst);
+    for sig in SYNCHRONOUS {
+        // SAFETY: a zeroed sigaction is a valid value; the handler only calls
+        // async-signal-safe functions (getpid, write, signal, raise).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_fault_signal as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig as i32, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// The fault-signal handler. Sent by another process (`kill`, si_code <= 0, another
+/// pid): hand the number to the supervision loop through the pipe. Raised by a fault
+/// here, or by ourselves (abort): restore the default action and let it happen.
+extern "C" fn on_fault_signal(sig: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler; the calls
+    // below are async-signal-safe.
+    unsafe {
+        let from_other =
+            !info.is_null() && (*info).si_code <= 0 && (*info).si_pid() != libc::getpid();
+        let fd = FAULT_PIPE_WRITE.load(Ordering::Relaxed);
+        if from_other && fd >= 0 {
+            let b = sig as u8;
+            libc::write(fd, (&b as *const u8).cast(), 1);
+            return;
+        }
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// Fault signals (ABRT, SEGV, ...) that other processes sent us since the last call.
+pub fn fault_signals() -> Vec<i32> {
+    let fd = FAULT_PIPE_READ.load(Ordering::SeqCst);
+    let mut out = Vec::new();
+    if fd < 0 {
+        return out;
+    }
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: reads into a local buffer of the length given.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return out;
+        }
+        out.extend(buf[..n as usize].iter().map(|b| i32::from(*b)));
+    }
 }
 
 /// Parses a signal: `TERM`, `SIGTERM`, `15`, `RTMIN+3`; with `allow_zero`, `0` means none.
@@ -172,8 +249,17 @@ pub struct SpawnError {
     pub code: i32,
 }
 
-fn spawn_error(program: &OsString, e: &io::Error) -> SpawnError {
+fn spawn_error(program: &OsString, e: &io::Error, user: Option<&Credentials>) -> SpawnError {
     let name = program.to_string_lossy();
+    if let (Some(c), Some(libc::EPERM)) = (user, e.raw_os_error()) {
+        return SpawnError {
+            message: format!(
+                "cannot run {name}: cannot switch to uid {} gid {}: operation not permitted (the entrypoint must run as root to change user)",
+                c.uid, c.gid
+            ),
+            code: 126,
+        };
+    }
     match e.kind() {
         io::ErrorKind::NotFound if name.contains('/') => SpawnError {
             message: format!("cannot run {name}: no such file"),
@@ -189,10 +275,7 @@ fn spawn_error(program: &OsString, e: &io::Error) -> SpawnError {
             ),
             code: 126,
         },
-        io::ErrorKind::Other if e.to_string().starts_with("cannot switch") => SpawnError {
-            message: format!("cannot run {name}: {e}"),
-            code: 126,
-        },
+
         _ => SpawnError {
             message: format!("cannot run {name}: {}", crate::error::io_reason(e)),
             code: 126,
@@ -206,30 +289,39 @@ fn spawn_error(program: &OsString, e: &io::Error) -> SpawnError {
 /// and, with `tty`, the terminal's foreground.
 pub fn prepare_child(cmd: &mut std::process::Command, user: Option<&Credentials>, tty: bool) {
     cmd.process_group(0);
-    let ids = user.map(|c| (c.uid, c.gid, c.groups.clone()));
     if let Some(c) = user {
         cmd.env("HOME", &c.home);
     }
-    // SAFETY: only async-signal-safe calls (sigprocmask, signal, setgroups, setgid,
-    // setuid, tcsetpgrp, getpid) between fork and exec; `ids` was allocated before fork.
+    // Everything the child needs is built here, before fork: with other threads alive
+    // at fork (a runtime's), allocating in the child could wait forever on a lock that
+    // a thread held at the moment of the fork.
+    let ids: Option<(u32, u32, Vec<libc::gid_t>)> = user.map(|c| {
+        (
+            c.uid,
+            c.gid,
+            c.groups.iter().map(|g| *g as libc::gid_t).collect(),
+        )
+    });
+    // SAFETY: between fork and exec the closure only calls async-signal-safe
+    // functions (sigemptyset, sigprocmask, signal, tcsetpgrp, getpid, setgroups,
+    // setgid, setuid) and allocates nothing: `ids` was built before the fork, and
+    // the error it may return is an OS error code (no message is formatted).
     unsafe {
         cmd.pre_exec(move || {
-            let empty = SigSet::empty();
-            libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut());
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             if tty {
                 take_terminal();
             }
-            if let Some((uid, gid, groups)) = &ids {
-                let gids: Vec<libc::gid_t> = groups.iter().map(|g| *g as libc::gid_t).collect();
+            if let Some((uid, gid, gids)) = &ids {
                 if libc::setgroups(gids.len(), gids.as_ptr()) != 0
                     || libc::setgid(*gid) != 0
                     || libc::setuid(*uid) != 0
                 {
-                    return Err(io::Error::other(format!(
-                        "cannot switch to uid {uid} gid {gid}: {}",
-                        io::Error::last_os_error()
-                    )));
+                    // EPERM: spawn_error tells it from exec's EACCES.
+                    return Err(io::Error::from_raw_os_error(libc::EPERM));
                 }
             }
             Ok(())
@@ -252,11 +344,34 @@ pub fn run(opts: &Options, signals: &SigSet) -> Result<i32, SpawnError> {
         })?;
     let tty = terminal_in_foreground();
 
+    // Signals that arrived before the app existed are not delivered to it: it could
+    // not have handled them yet (a SIGHUP would kill a Python app at once). A stop
+    // signal ends the container here, with its status, without starting the app.
+    for sig in pending_before_start(&sfd) {
+        let sent = rewrite(&opts.rewrite, sig);
+        if sent == 0 || sig == libc::SIGCHLD {
+            continue;
+        }
+        if matches!(sig, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) {
+            info!(
+                "received {} before the app started: not starting it",
+                signal_name(sig)
+            );
+            return Ok(128 + sig);
+        }
+        info!(
+            "received {} before the app started: not delivered",
+            signal_name(sig)
+        );
+    }
+
     let program = &opts.command[0];
     let mut cmd = std::process::Command::new(program);
     cmd.args(&opts.command[1..]);
     prepare_child(&mut cmd, opts.user.as_ref(), tty);
-    let child = cmd.spawn().map_err(|e| spawn_error(program, &e))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| spawn_error(program, &e, opts.user.as_ref()))?;
     let main = Pid::from_raw(child.id() as i32);
     drop(child); // we reap it ourselves with waitpid(-1)
     debug!(
@@ -277,6 +392,24 @@ pub fn run(opts: &Options, signals: &SigSet) -> Result<i32, SpawnError> {
     Ok(sup.supervise(&sfd))
 }
 
+/// Every signal pending now, from the signalfd and the fault-signal pipe.
+fn pending_before_start(sfd: &SignalFd) -> Vec<i32> {
+    let mut out = Vec::new();
+    while let Ok(Some(info)) = sfd.read_signal() {
+        out.push(info.ssi_signo as i32);
+    }
+    out.extend(fault_signals());
+    out
+}
+
+/// The signal to send for a received one, after `--rewrite` (0: drop it).
+fn rewrite(table: &[(i32, i32)], sig: i32) -> i32 {
+    table
+        .iter()
+        .find(|(from, _)| *from == sig)
+        .map_or(sig, |(_, to)| *to)
+}
+
 struct Supervisor<'a> {
     opts: &'a Options,
     main: Pid,
@@ -284,127 +417,210 @@ struct Supervisor<'a> {
     tty: bool,
 }
 
+/// Where shutdown stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shutdown {
+    /// The app runs; no stop signal yet.
+    Running,
+    /// A SIGTERM is held for `--stop-delay`, to be sent (after rewrite) at `at`.
+    Delayed { at: Instant, send: i32 },
+    /// Shutdown began; whatever is left at `deadline` gets SIGKILL.
+    Stopping { deadline: Instant },
+    /// SIGKILL was sent; waiting for the last processes to go.
+    Killed,
+}
+
 impl Supervisor<'_> {
+    /// The loop, tini-style: reap, act on a deadline, sleep, handle signals.
     fn supervise(&self, sfd: &SignalFd) -> i32 {
         let mut status: Option<i32> = None; // the app's exit status, once it exited
-        let mut delayed_term: Option<Instant> = None; // when a held SIGTERM is passed on
-        let mut deadline: Option<Instant> = None; // end of the grace, once shutdown began
+        let mut state = Shutdown::Running;
         let mut others_told = false;
-        let mut killed = false;
-        let started_shutdown = |deadline: &mut Option<Instant>| {
-            deadline.get_or_insert_with(|| Instant::now() + self.opts.grace);
-        };
+        let mut interrupts = 0; // SIGINTs received (the third one forces the stop)
         loop {
             let no_children = self.reap(&mut status);
             if let Some(code) = status {
-                if deadline.is_none() {
-                    started_shutdown(&mut deadline);
+                if matches!(state, Shutdown::Running | Shutdown::Delayed { .. }) {
+                    state = self.begin_shutdown();
                 }
                 if !others_told {
                     others_told = true;
-                    // With no child left, a subreaper has no descendant at all: skip
-                    // the /proc scan. As PID 1, `docker exec` strays are not children.
-                    let n = if no_children && !self.pid1 {
-                        0
-                    } else {
-                        self.signal_rest(libc::SIGTERM)
-                    };
-                    if n > 0 {
-                        info!("app exited with status {code}; stopping {n} remaining process(es), grace {}", crate::duration::format(self.opts.grace));
-                    }
+                    self.stop_the_rest(code, no_children);
                 }
                 if no_children && !self.strays_remain() {
                     return self.exit_code(code);
                 }
             }
-            let now = Instant::now();
-            if delayed_term.is_some_and(|t| now >= t) {
-                delayed_term = None;
-                self.forward(libc::SIGTERM);
-                started_shutdown(&mut deadline);
+            state = self.on_deadline(state, status.is_none());
+            self.sleep(sfd, state, status.is_some() && no_children);
+            let mut received: Vec<i32> = Vec::new();
+            while let Ok(Some(info)) = sfd.read_signal() {
+                received.push(info.ssi_signo as i32);
             }
-            if !killed && deadline.is_some_and(|d| now >= d) {
-                killed = true;
-                let n = self.signal_rest(libc::SIGKILL)
-                    + usize::from(status.is_none() && self.kill_main());
+            received.extend(fault_signals());
+            for sig in received {
+                state = self.on_signal(sig, state, status.is_some(), &mut interrupts);
+            }
+        }
+    }
+
+    fn begin_shutdown(&self) -> Shutdown {
+        Shutdown::Stopping {
+            deadline: Instant::now() + self.opts.grace,
+        }
+    }
+
+    /// Once the app has exited, every other process gets SIGTERM.
+    fn stop_the_rest(&self, code: i32, no_children: bool) {
+        // With no child left, a subreaper has no descendant at all: skip the /proc
+        // scan. As PID 1, `docker exec` strays are not children.
+        let n = if no_children && !self.pid1 {
+            0
+        } else {
+            self.signal_rest(libc::SIGTERM)
+        };
+        if n > 0 {
+            info!(
+                "app exited with status {code}; stopping {n} remaining process(es), grace {}",
+                crate::duration::format(self.opts.grace)
+            );
+        }
+    }
+
+    /// Passes on a held SIGTERM when its delay is over; SIGKILLs everything when the
+    /// grace is over.
+    fn on_deadline(&self, state: Shutdown, app_running: bool) -> Shutdown {
+        let now = Instant::now();
+        match state {
+            Shutdown::Delayed { at, send } if now >= at => {
+                self.send(send);
+                self.begin_shutdown()
+            }
+            Shutdown::Stopping { deadline } if now >= deadline => {
+                let n = self.kill_everything(app_running);
                 warn!(
                     "grace of {} is over: killed {n} process(es)",
                     crate::duration::format(self.opts.grace)
                 );
+                Shutdown::Killed
             }
+            other => other,
+        }
+    }
 
-            // Sleep until a signal, the next timer, or (after SIGKILL, or while strays
-            // that are not our children remain) a short poll.
-            let mut wake = [delayed_term, deadline.filter(|_| !killed)]
-                .into_iter()
-                .flatten()
-                .min();
-            if killed || (status.is_some() && no_children) {
-                wake = Some(now + Duration::from_millis(20));
-            }
-            let timeout = match wake {
-                None => PollTimeout::NONE,
-                Some(t) => PollTimeout::try_from(
-                    t.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1,
-                )
-                .unwrap_or(PollTimeout::MAX),
-            };
-            let mut fds = [PollFd::new(
-                std::os::fd::AsFd::as_fd(sfd),
-                PollFlags::POLLIN,
-            )];
-            let _ = poll(&mut fds, timeout);
+    fn kill_everything(&self, app_running: bool) -> usize {
+        self.signal_rest(libc::SIGKILL) + usize::from(app_running && self.kill_main())
+    }
 
-            while let Ok(Some(info)) = sfd.read_signal() {
-                let sig = info.ssi_signo as i32;
-                match sig {
-                    libc::SIGCHLD => {}
-                    libc::SIGTERM | libc::SIGINT => {
-                        if deadline.is_some() && !killed {
-                            killed = true;
-                            let n = self.signal_rest(libc::SIGKILL)
-                                + usize::from(status.is_none() && self.kill_main());
-                            warn!(
-                                "second {}: killed {n} process(es) without waiting",
-                                signal_name(sig)
-                            );
-                        } else if sig == libc::SIGTERM
-                            && !self.opts.stop_delay.is_zero()
-                            && delayed_term.is_none()
-                            && deadline.is_none()
-                        {
-                            delayed_term = Some(Instant::now() + self.opts.stop_delay);
-                            info!(
-                                "received SIGTERM; passing it on in {}",
-                                crate::duration::format(self.opts.stop_delay)
-                            );
-                        } else if delayed_term.take().is_some() {
-                            self.forward(libc::SIGTERM);
-                            started_shutdown(&mut deadline);
-                        } else if status.is_none() {
-                            info!(
-                                "received {}; stopping the app, grace {}",
-                                signal_name(sig),
-                                crate::duration::format(self.opts.grace)
-                            );
-                            self.forward(sig);
-                            started_shutdown(&mut deadline);
-                        }
+    /// Sleeps until a signal, the next timer, or (after SIGKILL, or while strays that
+    /// are not our children remain) a short poll.
+    fn sleep(&self, sfd: &SignalFd, state: Shutdown, waiting_for_strays: bool) {
+        let now = Instant::now();
+        let wake = match state {
+            Shutdown::Killed => Some(now + Duration::from_millis(20)),
+            _ if waiting_for_strays => Some(now + Duration::from_millis(20)),
+            Shutdown::Delayed { at, .. } => Some(at),
+            Shutdown::Stopping { deadline } => Some(deadline),
+            Shutdown::Running => None,
+        };
+        let timeout = match wake {
+            None => PollTimeout::NONE,
+            Some(t) => PollTimeout::try_from(
+                t.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1,
+            )
+            .unwrap_or(PollTimeout::MAX),
+        };
+        let pipe = FAULT_PIPE_READ.load(Ordering::SeqCst);
+        // SAFETY: the pipe's read end stays open for the life of the process.
+        let pipe = (pipe >= 0).then(|| unsafe { std::os::fd::BorrowedFd::borrow_raw(pipe) });
+        let mut fds = vec![PollFd::new(
+            std::os::fd::AsFd::as_fd(sfd),
+            PollFlags::POLLIN,
+        )];
+        if let Some(p) = &pipe {
+            fds.push(PollFd::new(*p, PollFlags::POLLIN));
+        }
+        let _ = poll(&mut fds, timeout);
+    }
+
+    /// One received signal: rewrite first (0 drops it, whatever it is), then the rule
+    /// for what arrived.
+    fn on_signal(
+        &self,
+        sig: i32,
+        state: Shutdown,
+        app_exited: bool,
+        interrupts: &mut u32,
+    ) -> Shutdown {
+        if sig == libc::SIGCHLD {
+            return state; // reaping happens at the top of the loop
+        }
+        let send = rewrite(&self.opts.rewrite, sig);
+        if send == 0 {
+            debug!("dropped {} (--rewrite)", signal_name(sig));
+            return state;
+        }
+        if sig == libc::SIGINT {
+            *interrupts += 1;
+        }
+        match sig {
+            libc::SIGTERM | libc::SIGINT => match state {
+                Shutdown::Running => {
+                    if sig == libc::SIGTERM && !self.opts.stop_delay.is_zero() {
+                        info!(
+                            "received SIGTERM; passing it on in {}",
+                            crate::duration::format(self.opts.stop_delay)
+                        );
+                        return Shutdown::Delayed {
+                            at: Instant::now() + self.opts.stop_delay,
+                            send,
+                        };
                     }
-                    libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => {
-                        self.forward(sig);
-                        if !self.pid1 {
-                            let _ = nix::sys::signal::raise(Signal::SIGSTOP);
-                        }
-                    }
-                    libc::SIGCONT => {
-                        self.forward(sig);
-                        if self.tty {
-                            let _ = nix::unistd::tcsetpgrp(std::io::stdin(), self.main);
-                        }
-                    }
-                    _ => self.forward(sig),
+                    info!(
+                        "received {}; stopping the app, grace {}",
+                        signal_name(sig),
+                        crate::duration::format(self.opts.grace)
+                    );
+                    self.send(send);
+                    self.begin_shutdown()
                 }
+                Shutdown::Delayed { send: held, .. } => {
+                    // A second stop signal during the delay: no more waiting.
+                    self.send(held);
+                    if send != held {
+                        self.send(send);
+                    }
+                    self.begin_shutdown()
+                }
+                Shutdown::Stopping { .. } | Shutdown::Killed => {
+                    if *interrupts >= 3 && state != Shutdown::Killed {
+                        let n = self.kill_everything(!app_exited);
+                        warn!("third SIGINT: killed {n} process(es) without waiting");
+                        return Shutdown::Killed;
+                    }
+                    if !app_exited {
+                        self.send(send);
+                    }
+                    state
+                }
+            },
+            libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => {
+                self.send(send);
+                if !self.pid1 {
+                    let _ = nix::sys::signal::raise(Signal::SIGSTOP);
+                }
+                state
+            }
+            libc::SIGCONT => {
+                self.send(send);
+                if self.tty {
+                    let _ = nix::unistd::tcsetpgrp(std::io::stdin(), self.main);
+                }
+                state
+            }
+            _ => {
+                self.send(send);
+                state
             }
         }
     }
@@ -435,32 +651,16 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Sends `sig` (after rewriting) to the app or its process group.
-    fn forward(&self, sig: i32) {
-        let sent = self
-            .opts
-            .rewrite
-            .iter()
-            .find(|(from, _)| *from == sig)
-            .map_or(sig, |(_, to)| *to);
-        if sent == 0 {
-            debug!("dropped {}", signal_name(sig));
-            return;
-        }
+    /// Sends `sig` (already rewritten) to the app or its process group.
+    fn send(&self, sig: i32) {
         let target = if self.opts.process_group {
             -self.main.as_raw()
         } else {
             self.main.as_raw()
         };
         // SAFETY: kill(2) has no memory-safety preconditions.
-        let rc = unsafe { libc::kill(target, sent) };
-        debug!(
-            target,
-            ok = rc == 0,
-            "forwarded {} as {}",
-            signal_name(sig),
-            signal_name(sent)
-        );
+        let rc = unsafe { libc::kill(target, sig) };
+        debug!(target, ok = rc == 0, "sent {}", signal_name(sig));
     }
 
     fn kill_main(&self) -> bool {

@@ -45,8 +45,10 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn load_pem(path: &Path, roots: &mut RootCertStore) -> Result<(), String> {
-    let certs = CertificateDer::pem_file_iter(path)
+    // Bounded and never blocking: a FIFO or device named here is refused at once.
+    let bytes = crate::files::read_regular(path, 16 * 1024 * 1024)
         .map_err(|e| format!("cannot read CA certificates from {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes);
     let mut n = 0;
     for cert in certs {
         let cert = cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
@@ -226,12 +228,14 @@ where
     type Error = io::Error;
 
     fn make_tls_connect(&mut self, domain: &str) -> io::Result<PgTlsConnect> {
-        let name = ServerName::try_from(domain.to_string()).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("invalid TLS server name {domain:?}"),
-            )
-        })?;
+        // tokio-postgres asks for a connector for every host, Unix sockets (whose
+        // "domain" is empty or a path) included, before it knows whether TLS will be
+        // used; libpq never uses TLS on a socket. A name that is not a valid server
+        // name gets a placeholder (0.0.0.0) that no certificate matches, so the handshake, if
+        // one ever happens, fails verification instead of the connection failing here.
+        let name = ServerName::try_from(domain.to_string()).unwrap_or_else(|_| {
+            ServerName::IpAddress(std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED).into())
+        });
         Ok(PgTlsConnect {
             name,
             config: self.0.clone(),

@@ -65,25 +65,33 @@ impl Url {
         {
             return Err(fail("the scheme is not valid"));
         }
+        if let Some(c) = s.chars().find(|c| c.is_control()) {
+            return Err(fail(&format!(
+                "the URL holds a control character ({}): remove line breaks and tabs",
+                c.escape_default()
+            )));
+        }
+        // Userinfo first, the way users mean it: up to the last '@' of the authority,
+        // so an unencoded '/', '?', '#' or ':' in a password stays in the password.
+        let (userinfo, rest) = match userinfo_end(&scheme.to_ascii_lowercase(), rest) {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
+        };
         let rest = rest.split_once('#').map_or(rest, |(a, _)| a);
         let (rest, raw_query) = match rest.split_once('?') {
             Some((a, q)) => (a, Some(q.to_string())),
             None => (rest, None),
         };
-        let (authority, path) = match rest.find('/') {
+        let (hostlist, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
-        };
-        let (userinfo, hostlist) = match authority.rfind('@') {
-            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
-            None => (None, authority),
         };
         let (username, password) = match userinfo {
             None => (String::new(), None),
             Some(ui) => match ui.split_once(':') {
                 Some((u, p)) => (
                     decode(u).ok_or_else(|| fail("bad %-escape in the user name"))?,
-                    Some(decode(p).ok_or_else(|| fail("bad %-escape in the password"))?),
+                    Some(decode_lenient(p)),
                 ),
                 None => (
                     decode(ui).ok_or_else(|| fail("bad %-escape in the user name"))?,
@@ -143,10 +151,13 @@ impl Url {
         } else {
             &self.path
         };
-        match &self.raw_query {
+        let target = match &self.raw_query {
             Some(q) => format!("{path}?{q}"),
             None => path.to_string(),
-        }
+        };
+        // A space would end the request target on the wire; control characters never
+        // get this far (parse refuses them).
+        target.replace(' ', "%20")
     }
 
     /// The path, percent-decoded (file paths, database names).
@@ -240,6 +251,79 @@ fn is_secret_key(k: &str) -> bool {
     k.contains("password") || k.contains("secret") || k.contains("token") || k == "sslpassword"
 }
 
+/// Where the userinfo of `rest` (the URL after `scheme://`) ends: the byte index of
+/// the `@` that separates it from the host, or `None` when there is no userinfo.
+///
+/// The standard authority ends at the first `/`, `?` or `#`; a generated password
+/// often holds those unencoded (`Pa/ss`, `12/x`), and users mean everything up to the
+/// last `@` as the userinfo. So the last `@` of the whole URL is taken when what
+/// follows it is a plausible host list, and for http(s), whose paths and queries may
+/// themselves hold `@` (`/users/@me`, `?mail=a@b`), only when the userinfo before it
+/// is `user:password` with no `?` or `#`, and not `host:port/path`.
+fn userinfo_end(scheme: &str, rest: &str) -> Option<usize> {
+    let standard_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let standard = rest[..standard_end].rfind('@');
+    let last = rest.rfind('@')?;
+    if Some(last) == standard {
+        return standard;
+    }
+    let after = &rest[last + 1..];
+    let host_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let hostlist = &after[..host_end];
+    let plausible_host = !hostlist.is_empty()
+        && hostlist
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:[],%".contains(&b));
+    let userinfo = &rest[..last];
+    let http = scheme == "http" || scheme == "https";
+    let plausible_userinfo = if http {
+        // `h:81/users/@me` is a host, a port and a path, not a password "81/users/"
+        userinfo.split_once(':').is_some_and(|(u, p)| {
+            let port_like = p
+                .split('/')
+                .next()
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                && p.contains('/');
+            !u.contains(['/', '?', '#']) && !port_like
+        }) && !userinfo.contains(['?', '#'])
+    } else {
+        true
+    };
+    if plausible_host && plausible_userinfo {
+        Some(last)
+    } else {
+        standard
+    }
+}
+
+/// Percent-decodes a password leniently: a `%` that does not start a valid escape is
+/// kept as it is (generated passwords hold bare `%`), and so are bytes that would not
+/// decode to UTF-8.
+fn decode_lenient(s: &str) -> String {
+    decode(s).unwrap_or_else(|| {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let hex = s
+                .get(i + 1..i + 3)
+                .filter(|_| b[i] == b'%')
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match hex {
+                Some(v) => {
+                    out.push(v);
+                    i += 3;
+                }
+                None => {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+    })
+}
+
 fn parse_host_port(part: &str) -> Result<HostPort, String> {
     let (host, port) = if let Some(rest) = part.strip_prefix('[') {
         let end = rest
@@ -296,35 +380,53 @@ pub fn decode(s: &str) -> Option<String> {
 /// Redacts passwords in free text that may contain URLs or `key=value` settings:
 /// `scheme://user:secret@host` becomes `scheme://user:***@host`, and the values of
 /// `password=`, `secret=` and `token=` style parameters become `***`.
+///
+/// Independent of [`Url::parse`]: whatever stands between `scheme://` and the last `@`
+/// of that word (up to white space or a quote) is hidden, except a user name made only
+/// of safe characters, so a URL that does not parse cannot leak either.
 pub fn redact_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        // userinfo ends at the last '@' before the next '/', '?', '#' or whitespace
-        let auth_end = tail
-            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+        let word_end = tail
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`')
             .unwrap_or(tail.len());
-        let authority = &tail[..auth_end];
-        match authority.rfind('@') {
+        let word = &tail[..word_end];
+        match word.rfind('@') {
             Some(at) => {
-                let userinfo = &authority[..at];
+                let userinfo = &word[..at];
+                let safe = |t: &str| {
+                    t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b))
+                };
                 match userinfo.split_once(':') {
-                    Some((user, _)) => {
+                    Some((user, _)) if safe(user) => {
                         out.push_str(user);
                         out.push_str(":***");
                     }
-                    None => out.push_str(userinfo),
+                    None if safe(userinfo) => out.push_str(userinfo),
+                    _ => out.push_str("***"),
                 }
-                out.push_str(&authority[at..]);
+                out.push_str(&word[at..]);
             }
-            None => out.push_str(authority),
+            None => out.push_str(word),
         }
-        rest = &tail[auth_end..];
+        rest = &tail[word_end..];
     }
     out.push_str(rest);
     redact_params(&out)
+}
+
+/// Replaces every occurrence of `secret` in `text` with `***` (a server reply that
+/// echoes what it was sent). Secrets shorter than 3 characters are left alone: they
+/// would blank out ordinary words and hide nothing worth hiding.
+pub fn scrub(text: &str, secret: &str) -> String {
+    if secret.len() < 3 {
+        return text.to_string();
+    }
+    text.replace(secret, "***")
 }
 
 fn redact_params(text: &str) -> String {
@@ -381,6 +483,10 @@ mod tests {
         assert_eq!(h.scheme, "http");
         assert_eq!(h.request_target(), "/api/health?x=1");
         assert_eq!(
+            Url::parse("http://h/a b?c d").unwrap().request_target(),
+            "/a%20b?c%20d"
+        );
+        assert_eq!(
             Url::parse("http://h").unwrap().request_target(),
             "/",
             "empty path requests /"
@@ -419,5 +525,98 @@ mod tests {
         );
         assert_eq!(redact_text("no secrets here"), "no secrets here");
         assert_eq!(redact_text("PGPASSWORD=abc rest"), "PGPASSWORD=*** rest");
+    }
+
+    #[test]
+    fn passwords_with_unencoded_delimiters_stay_passwords() {
+        for (input, pw, host, port, path) in [
+            (
+                "postgres://app:Pa/ssSECRET@db:5432/app",
+                "Pa/ssSECRET",
+                "db",
+                Some(5432),
+                "/app",
+            ),
+            (
+                "postgres://app:12/SECRET@db/app",
+                "12/SECRET",
+                "db",
+                None,
+                "/app",
+            ),
+            (
+                "postgres://app:a?b#c@d@db:6543/app?sslmode=disable",
+                "a?b#c@d",
+                "db",
+                Some(6543),
+                "/app",
+            ),
+            (
+                "redis://:x/y:z%@cache:6379",
+                "x/y:z%",
+                "cache",
+                Some(6379),
+                "",
+            ),
+            (
+                "http://u:p/q@h:8080/health",
+                "p/q",
+                "h",
+                Some(8080),
+                "/health",
+            ),
+        ] {
+            let u = Url::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(u.password.as_deref(), Some(pw), "{input}");
+            assert_eq!(
+                (u.host(), u.port(), u.path.as_str()),
+                (host, port, path),
+                "{input}"
+            );
+            assert!(!u.to_string().contains(pw), "{input}: {u}");
+        }
+        // http paths and queries may hold '@' without being userinfo
+        let u = Url::parse("http://h/check?mail=a@b.com").unwrap();
+        assert_eq!((u.host(), u.password.as_deref()), ("h", None));
+        let u = Url::parse("http://h:81/users/@me").unwrap();
+        assert_eq!(
+            (u.host(), u.port(), u.path.as_str()),
+            ("h", Some(81), "/users/@me")
+        );
+    }
+
+    #[test]
+    fn redaction_does_not_depend_on_parsing() {
+        for text in [
+            "invalid URL \"postgres://app:Pa/ssSECRET@db:5432/app\"",
+            "postgres://app:12/SECRET@db:99999/x",
+            "x redis://:SECRET@h:1 y",
+            "postgres://a:b:SECRET@h",
+            "postgres://app:SECRET",
+        ] {
+            let r = redact_text(text);
+            assert!(
+                !r.contains("SECRET") || text.ends_with("app:SECRET"),
+                "{text} -> {r}"
+            );
+        }
+        assert_eq!(redact_text("postgres://app@h/db"), "postgres://app@h/db");
+        assert_eq!(
+            scrub("ERR with args beginning with: 'MySecret99'", "MySecret99"),
+            "ERR with args beginning with: '***'"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        for bad in [
+            "http://h/a\r\nX-Injected: 1",
+            "http://h/\nx",
+            "http://h/\tx",
+            "http://h/\0",
+        ] {
+            let e = Url::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("control character"), "{e}");
+        }
     }
 }

@@ -153,7 +153,32 @@ async fn wait_one(
                 failed.notify_one();
                 return;
             }
-            Err(f) => *state.borrow_mut() = State::Waiting(f.reason),
+            Err(f) => {
+                // A timed-out attempt says less than the error before it: keep both.
+                let mut st = state.borrow_mut();
+                let reason = match &*st {
+                    State::Waiting(prev)
+                        if f.reason.starts_with("timed out")
+                            && !prev.starts_with("timed out")
+                            && prev != "not tried yet" =>
+                    {
+                        let cause = prev.split(" (last error: ").next().unwrap_or(prev);
+                        format!("{} (last error: {cause})", f.reason)
+                    }
+                    State::Waiting(prev)
+                        if f.reason.starts_with("timed out") && prev.contains(" (last error: ") =>
+                    {
+                        let cause = prev
+                            .split(" (last error: ")
+                            .nth(1)
+                            .unwrap_or("")
+                            .trim_end_matches(')');
+                        format!("{} (last error: {cause})", f.reason)
+                    }
+                    _ => f.reason,
+                };
+                *st = State::Waiting(reason);
+            }
         }
         tokio::time::sleep(jitter.apply(delay)).await;
         delay = (delay * 2).min(MAX_RETRY);

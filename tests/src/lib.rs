@@ -25,6 +25,7 @@ pub mod pgbouncer;
 pub mod pid1;
 pub mod proc;
 pub mod redis;
+pub mod run;
 pub mod s3;
 
 use std::net::TcpListener;

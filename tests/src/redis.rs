@@ -15,6 +15,12 @@ pub struct Redis {
 
 impl Redis {
     pub fn start(password: Option<&str>) -> Redis {
+        Self::start_with(password, &[])
+    }
+
+    /// A redis-server with extra command-line settings (`--rename-command AUTH ""`,
+    /// TLS ports...).
+    pub fn start_with(password: Option<&str>, extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         for _ in 0..5 {
             let port = crate::free_port();
@@ -35,6 +41,7 @@ impl Redis {
             if let Some(pw) = password {
                 cmd.args(["--requirepass", pw]);
             }
+            cmd.args(extra);
             let mut service = Service::spawn("redis-server", cmd, Signal::SIGTERM);
             if crate::wait_until(Duration::from_secs(10), || {
                 service.running() && crate::port_open(port)

@@ -311,20 +311,111 @@ fn the_wait_ends_as_soon_as_everything_has_exited() {
 }
 
 #[test]
-fn a_second_sigterm_during_the_grace_kills_at_once() {
+fn a_signal_sent_during_shutdown_reaches_the_app() {
+    // PostgreSQL's escalation: TERM (smart shutdown), then INT (fast shutdown). The
+    // app must get the INT, not a SIGKILL from its init.
+    let mut ns = Namespace::start(
+        Init::dockhand(&["--grace", "1h"]),
+        &["--ignore-term", "--int-exit", "3"],
+    );
+    ns.signal(Signal::SIGTERM);
+    await_records(&ns, 1);
+    ns.signal(Signal::SIGINT);
+    assert_eq!(ns.wait(LONG), Some(3), "{}", ns.stderr());
+    assert_eq!(ns.recorded(), names(&["SIGTERM", "SIGINT"]));
+}
+
+#[test]
+fn a_third_sigint_kills_at_once() {
+    // The documented way to force a stop at a terminal: Ctrl-C three times.
     let mut ns = Namespace::start(
         Init::dockhand(&["--grace", "1h"]),
         &["--stubborn", "--ignore-term"],
     );
-    ns.signal(Signal::SIGTERM);
-    await_records(&ns, 1);
-    ns.signal(Signal::SIGTERM);
+    for n in 1..=2 {
+        ns.signal(Signal::SIGINT);
+        await_records(&ns, n);
+    }
+    assert_eq!(
+        ns.wait(Duration::from_millis(300)),
+        None,
+        "stopped too early"
+    );
+    ns.signal(Signal::SIGINT);
     assert_eq!(ns.wait(LONG), Some(137), "{}", ns.stderr());
     assert!(
-        ns.stderr().contains("second SIGTERM: killed"),
+        ns.stderr().contains("third SIGINT: killed"),
         "{}",
         ns.stderr()
     );
+}
+
+#[test]
+fn a_signal_rewritten_to_zero_is_dropped_whatever_it_is() {
+    let mut ns = Namespace::start(
+        Init::dockhand(&["--rewrite", "INT:0", "--grace", "2s"]),
+        &[],
+    );
+    ns.signal(Signal::SIGINT);
+    // No grace timer may start: after more than the grace, the app still runs and
+    // got nothing.
+    assert_eq!(ns.wait(Duration::from_secs(3)), None, "{}", ns.stderr());
+    assert!(ns.recorded().is_empty(), "{:?}", ns.recorded());
+    // Nor does the dropped one count as a first stop signal.
+    ns.signal(Signal::SIGTERM);
+    assert_eq!(ns.wait(LONG), Some(0), "{}", ns.stderr());
+    assert_eq!(ns.recorded(), names(&["SIGTERM"]));
+}
+
+#[test]
+fn fault_signals_sent_with_kill_are_forwarded() {
+    let faults = [
+        "SIGABRT", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP", "SIGSYS",
+    ];
+    let mut ns = Namespace::start(Init::dockhand(&[]), &[]);
+    for (i, s) in faults.iter().enumerate() {
+        ns.signal_raw(signum(s));
+        assert_eq!(
+            await_records(&ns, i + 1).len(),
+            i + 1,
+            "{s} not forwarded as PID 1"
+        );
+    }
+    ns.signal(Signal::SIGTERM);
+    assert_eq!(ns.wait(LONG), Some(0), "{}", ns.stderr());
+    assert_eq!(ns.recorded()[..faults.len()], names(&faults)[..]);
+}
+
+#[test]
+fn fault_signals_do_not_kill_the_entrypoint_when_it_is_not_pid1() {
+    let dir = tempfile::tempdir().unwrap();
+    let (record, ready) = (dir.path().join("record"), dir.path().join("ready"));
+    let mut child = std::process::Command::new(dockhand_tests::bins::bin("entrypoint"))
+        .env("ENTRYPOINT_FILE_VARS", "none")
+        .args(["--", "python3"])
+        .arg(dockhand_tests::pid1::sigapp())
+        .arg("--record")
+        .arg(&record)
+        .arg("--ready")
+        .arg(&ready)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(dockhand_tests::wait_until(LONG, || ready.exists()));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGABRT).unwrap();
+    assert!(
+        dockhand_tests::wait_until(Duration::from_secs(10), || read_lines(&record).len() == 1),
+        "SIGABRT not forwarded"
+    );
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "the entrypoint died of SIGABRT"
+    );
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(read_lines(&record), names(&["SIGABRT", "SIGTERM"]));
 }
 
 #[test]

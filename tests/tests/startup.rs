@@ -575,6 +575,8 @@ fn secrets_come_from_files() {
         &[
             ("DIRECT_URL_FILE", url_file.to_str().unwrap()),
             ("API_KEY_FILE", secret.to_str().unwrap()),
+            // API_KEY's file is not under /run/secrets: it is loaded when named
+            ("ENTRYPOINT_FILE_VARS", "DIRECT_URL,API_KEY"),
         ],
     );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
@@ -583,7 +585,11 @@ fn secrets_come_from_files() {
 
     let r = run(
         &["--", "true"],
-        &[("API_KEY", "x"), ("API_KEY_FILE", secret.to_str().unwrap())],
+        &[
+            ("API_KEY", "x"),
+            ("API_KEY_FILE", secret.to_str().unwrap()),
+            ("ENTRYPOINT_FILE_VARS", "all"),
+        ],
     );
     assert_eq!(r.code, Some(2));
     assert!(
@@ -591,11 +597,11 @@ fn secrets_come_from_files() {
         "{}",
         r.stderr
     );
-    let r = run(&["--", "true"], &[("API_KEY_FILE", "/nonexistent/key")]);
+    let r = run(&["--", "true"], &[("DIRECT_URL_FILE", "/nonexistent/key")]);
     assert_eq!(r.code, Some(2));
     assert!(
         r.stderr
-            .contains("API_KEY_FILE: cannot read /nonexistent/key: not found"),
+            .contains("DIRECT_URL_FILE: cannot read /nonexistent/key: no such file"),
         "{}",
         r.stderr
     );

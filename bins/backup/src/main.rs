@@ -423,14 +423,11 @@ fn main() -> ExitCode {
         return code;
     }
     // The AWS credential chain reads its variables itself: load their _FILE forms
-    // (Docker secrets) first, while this process has one thread.
-    let aws = [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-    ];
-    let which = dockhand::secrets::FileVars::Only(aws.iter().map(|s| s.to_string()).collect());
-    if let Err(e) = dockhand::secrets::load_file_vars(&which) {
+    // (Docker secrets) first, while this process has one thread, by the same rule as
+    // the entrypoint (dockhand's own variables and files under /run/secrets/).
+    let which = dockhand::secrets::FileVars::Auto;
+    // SAFETY: no other thread exists yet (the runtime starts later).
+    if let Err(e) = unsafe { dockhand::secrets::load_file_vars(&which) } {
         eprintln!("backup: {e}");
         return ExitCode::from(2);
     }

@@ -157,7 +157,14 @@ fn parse_args(args: Vec<OsString>) -> Result<Parsed, String> {
         )),
         (None, None) => None,
     };
+    let grace = cli::duration_or_env(
+        grace,
+        "--grace",
+        "ENTRYPOINT_GRACE",
+        Duration::from_secs(10),
+    )?;
     let plan = Plan {
+        grace,
         require_env: cli::list_or_env(require.into_iter().collect(), "ENTRYPOINT_REQUIRE_ENV")?
             .iter()
             .flat_map(|l| {
@@ -197,12 +204,7 @@ fn parse_args(args: Vec<OsString>) -> Result<Parsed, String> {
             "ENTRYPOINT_STOP_DELAY",
             Duration::ZERO,
         )?,
-        grace: cli::duration_or_env(
-            grace,
-            "--grace",
-            "ENTRYPOINT_GRACE",
-            Duration::from_secs(10),
-        )?,
+        grace,
         remap_exit,
         user,
     };
@@ -250,7 +252,8 @@ fn main() -> ExitCode {
         let which = dockhand::secrets::FileVars::parse(
             &std::env::var("ENTRYPOINT_FILE_VARS").unwrap_or_default(),
         );
-        if let Err(e) = dockhand::secrets::load_file_vars(&which) {
+        // SAFETY: no other thread exists yet (the runtime starts in startup::run).
+        if let Err(e) = unsafe { dockhand::secrets::load_file_vars(&which) } {
             return fail(&e.to_string(), 2);
         }
     }

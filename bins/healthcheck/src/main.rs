@@ -135,7 +135,7 @@ fn parse_args() -> Result<Parsed, String> {
     }))
 }
 
-/// Docker keeps 4096 bytes of output; keep each line short.
+/// Docker keeps 4096 bytes of a probe's output: keep each line short.
 fn clip(line: &str) -> String {
     const MAX: usize = 400;
     if line.len() <= MAX {
@@ -148,17 +148,50 @@ fn clip(line: &str) -> String {
     format!("{}...", &line[..end])
 }
 
+/// Docker keeps the first 4096 bytes of stdout and stderr together.
+const MAX_OUTPUT: usize = 4096;
+
+/// The report lines, clipped so that all of them fit in [`MAX_OUTPUT`] bytes: when
+/// they do not, the last line says how many more failed.
+fn bounded_output(lines: &[String]) -> String {
+    let mut out = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        let line = clip(line);
+        let left = lines.len() - i - 1;
+        // room for this line and, if more follow, for the "... and N more" line
+        let tail = if left > 0 { 40 } else { 0 };
+        if out.len() + line.len() + 1 + tail > MAX_OUTPUT {
+            out.push_str(&format!("... and {} more failing\n", lines.len() - i));
+            break;
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// One message on stderr; a closed stderr is ignored (eprintln! would panic).
+fn say(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
 fn main() -> ExitCode {
     config::install_panic_hook("healthcheck", 1);
     let args = match parse_args() {
         Ok(Parsed::Run(a)) => a,
         Ok(Parsed::Exit(text)) => {
-            print!("{text}");
-            return ExitCode::SUCCESS;
+            use std::io::Write;
+            return match std::io::stdout().write_all(text.as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::from(1),
+            };
         }
         Err(e) => {
-            eprintln!("healthcheck: {}", dockhand::url::redact_text(&e));
-            eprintln!("Try 'healthcheck --help'.");
+            say(&format!(
+                "healthcheck: {}\nTry 'healthcheck --help'.",
+                dockhand::url::redact_text(&e)
+            ));
             return ExitCode::from(1);
         }
     };
@@ -167,7 +200,7 @@ fn main() -> ExitCode {
         match Target::parse(t) {
             Ok(t) => targets.push(t),
             Err(e) => {
-                eprintln!("healthcheck: {e}");
+                say(&format!("healthcheck: {}", dockhand::url::redact_text(&e)));
                 return ExitCode::from(1);
             }
         }
@@ -178,23 +211,36 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("healthcheck: cannot start: {e}");
+            say(&format!("healthcheck: cannot start: {e}"));
             return ExitCode::from(1);
         }
     };
     let reports = rt.block_on(probe::probe_all(&targets, &args.http, args.timeout));
-    let mut healthy = true;
-    for r in &reports {
-        if r.outcome.is_err() {
-            healthy = false;
-            println!("{}", clip(&r.to_string()));
-        } else if args.verbose {
-            println!("{}", clip(&r.to_string()));
-        }
+    let healthy = reports.iter().all(|r| r.outcome.is_ok());
+    // Failures first: they are what Docker's 4096 bytes must keep.
+    let mut lines: Vec<String> = reports
+        .iter()
+        .filter(|r| r.outcome.is_err())
+        .map(|r| dockhand::url::redact_text(&r.to_string()))
+        .collect();
+    if args.verbose {
+        lines.extend(
+            reports
+                .iter()
+                .filter(|r| r.outcome.is_ok())
+                .map(|r| r.to_string()),
+        );
     }
+    // A closed or full stdout is a failed probe (exit 1), never a panic.
+    let written = {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        out.write_all(bounded_output(&lines).as_bytes())
+            .and_then(|()| out.flush())
+    };
     // Do not wait for lingering connection tasks or DNS threads.
     rt.shutdown_background();
-    if healthy {
+    if healthy && written.is_ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
