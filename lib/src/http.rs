@@ -96,10 +96,11 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let status_line = lines.next().unwrap_or("");
     let status = parse_status(status_line).ok_or_else(|| {
-        format!(
-            "not an HTTP response: {:?}",
-            truncate(status_line, 60).escape_default().to_string()
-        )
+        let shown: String = truncate(status_line, 40)
+            .escape_default()
+            .take(80)
+            .collect();
+        format!("not an HTTP response: \"{shown}\"")
     })?;
     if !want_body {
         return Ok(Response { status, body: None });

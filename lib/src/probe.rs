@@ -522,23 +522,35 @@ async fn probe_redis(
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let text = String::from_utf8_lossy(&buf);
+    redis_replies(&buf, replies)
+}
+
+/// Interprets the first `replies` reply lines of a Redis server (the last one answers
+/// PING). Any bytes at all: the reason quotes at most 60 characters of the reply.
+pub fn redis_replies(buf: &[u8], replies: usize) -> Result<String, Failure> {
+    let text = String::from_utf8_lossy(buf);
+    let quote = |s: &str| -> String {
+        let s: String = s.chars().take(60).collect();
+        format!("{:?}", s)
+    };
     for line in text.lines().take(replies) {
         if let Some(err) = line.strip_prefix('-') {
             let permanent = err.starts_with("WRONGPASS")
                 || err.starts_with("NOAUTH")
                 || err.contains("invalid password");
+            // Not cut here: the password is scrubbed from the whole reason first (in
+            // `probe`), and only then is the line clipped for output.
             return Err(Failure {
                 reason: err.trim().to_string(),
                 permanent,
             });
         }
     }
-    match text.lines().nth(replies - 1) {
+    match text.lines().nth(replies.saturating_sub(1)) {
         Some("+PONG") => Ok("PONG".into()),
         other => Err(Failure::transient(format!(
-            "unexpected reply to PING: {:?}",
-            other.unwrap_or("")
+            "unexpected reply to PING: {}",
+            quote(other.unwrap_or(""))
         ))),
     }
 }

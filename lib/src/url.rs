@@ -299,7 +299,7 @@ fn userinfo_end(scheme: &str, rest: &str) -> Option<usize> {
 /// Percent-decodes a password leniently: a `%` that does not start a valid escape is
 /// kept as it is (generated passwords hold bare `%`), and so are bytes that would not
 /// decode to UTF-8.
-fn decode_lenient(s: &str) -> String {
+pub fn decode_lenient(s: &str) -> String {
     decode(s).unwrap_or_else(|| {
         let b = s.as_bytes();
         let mut out = Vec::with_capacity(b.len());
@@ -434,9 +434,12 @@ fn redact_params(text: &str) -> String {
     let mut rest = text;
     while let Some(eq) = rest.find('=') {
         let before = &rest[..eq];
+        // (found by the properties: a multi-byte character before the key)
         let key_start = before
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let secret = is_secret_key(&before[key_start..]);
         out.push_str(&rest[..=eq]);
         rest = &rest[eq + 1..];
@@ -525,6 +528,7 @@ mod tests {
         );
         assert_eq!(redact_text("no secrets here"), "no secrets here");
         assert_eq!(redact_text("PGPASSWORD=abc rest"), "PGPASSWORD=*** rest");
+        assert_eq!(redact_text("\u{fb15}token=abc"), "\u{fb15}token=***");
     }
 
     #[test]

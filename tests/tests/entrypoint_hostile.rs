@@ -134,7 +134,10 @@ fn secrets_under_run_secrets_and_our_own_variables_are_read() {
 fn a_secret_file_that_cannot_be_an_env_value_is_named_not_printed() {
     for (content, problem) in [
         (&b"Sup3rSecret\0tail"[..], "NUL byte"),
-        (&b"\xff\xfeS\x00u\x00p\x003\x00r\x00S\x00e\x00c\x00r\x00e\x00t\x00"[..], "UTF-16"),
+        (
+            &b"\xff\xfeS\x00u\x00p\x003\x00r\x00S\x00e\x00c\x00r\x00e\x00t\x00"[..],
+            "UTF-16",
+        ),
         (&b"Sup3rSecret\xff"[..], "not UTF-8"),
     ] {
         let secret = RunSecret::new(content);
