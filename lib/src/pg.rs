@@ -214,6 +214,88 @@ impl PgTarget {
         Ok(client)
     }
 
+    /// The libpq environment (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
+    /// `PGSSLMODE`, `PGSSLROOTCERT`, `PGAPPNAME`, ...) that makes a libpq program
+    /// (pg_dump, pg_restore, psql) connect with exactly the settings this target
+    /// resolved: the password from the URL, `PGPASSWORD` or `PGPASSWORD_FILE`, the user
+    /// and database filled in as libpq would, the host list or socket directory.
+    /// `app_name` names the connection in `pg_stat_activity` unless the URL does.
+    pub fn libpq_env(&self, app_name: &str) -> Vec<(&'static str, String)> {
+        use tokio_postgres::config::Host;
+        let mut env = Vec::new();
+        let (hosts, ports): (Vec<String>, Vec<String>) = if self.tcp_hosts.is_empty() {
+            let ports = self.config.get_ports();
+            self.config
+                .get_hosts()
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let host = match h {
+                        Host::Tcp(name) => name.clone(),
+                        Host::Unix(dir) => dir.display().to_string(),
+                    };
+                    let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                    (host, port.to_string())
+                })
+                .unzip()
+        } else {
+            self.tcp_hosts
+                .iter()
+                .map(|(h, p)| (h.clone(), p.to_string()))
+                .unzip()
+        };
+        env.push(("PGHOST", hosts.join(",")));
+        env.push(("PGPORT", ports.join(",")));
+        if let Some(u) = self.config.get_user() {
+            env.push(("PGUSER", u.to_string()));
+        }
+        if let Some(p) = self.config.get_password() {
+            env.push(("PGPASSWORD", String::from_utf8_lossy(p).into_owned()));
+        }
+        if let Some(d) = self.config.get_dbname() {
+            env.push(("PGDATABASE", d.to_string()));
+        }
+        let query = |k: &str| {
+            self.url
+                .query
+                .iter()
+                .rev()
+                .find(|(q, _)| q == k)
+                .map(|(_, v)| v.clone())
+        };
+        let sslmode = if self
+            .config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, Host::Unix(_)))
+        {
+            "disable".to_string()
+        } else {
+            query("sslmode").unwrap_or_else(|| "prefer".into())
+        };
+        env.push(("PGSSLMODE", sslmode));
+        if let Some(root) = query("sslrootcert") {
+            env.push(("PGSSLROOTCERT", root));
+        }
+        env.push((
+            "PGAPPNAME",
+            self.config
+                .get_application_name()
+                .unwrap_or(app_name)
+                .to_string(),
+        ));
+        if let Some(o) = self.config.get_options() {
+            env.push(("PGOPTIONS", o.to_string()));
+        }
+        if let Some(t) = self.config.get_connect_timeout() {
+            env.push(("PGCONNECT_TIMEOUT", t.as_secs().max(1).to_string()));
+        }
+        if let Some(t) = query("target_session_attrs") {
+            env.push(("PGTARGETSESSIONATTRS", t));
+        }
+        env
+    }
+
     /// The rustls configuration this target's `sslmode` asks for.
     pub fn tls_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
         tls::client_config(self.verify, self.root_file.as_deref())

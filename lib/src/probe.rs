@@ -573,6 +573,12 @@ fn probe_file(path: &std::path::Path, max_age: Option<Duration>) -> Result<Strin
     let modified = meta
         .modified()
         .map_err(|e| Failure::transient(crate::error::io_reason(&e)))?;
+    // `backup` dates its status file to the last success; 1970 means none yet.
+    if modified <= SystemTime::UNIX_EPOCH + Duration::from_secs(1) {
+        return Err(Failure::transient(
+            "no successful run yet (the file is dated 1970-01-01: no backup has succeeded)",
+        ));
+    }
     let age = SystemTime::now()
         .duration_since(modified)
         .unwrap_or(Duration::ZERO);

@@ -35,6 +35,10 @@ pub fn is_dockhand_var(name: &str) -> bool {
             .any(|p| name.starts_with(p))
 }
 
+/// dockhand's own settings whose names end in `_FILE` because their value is a path
+/// (`BACKUP_STATUS_FILE=/backups/status.json`): never a secret to read.
+pub const PATH_SETTINGS: &[&str] = &["BACKUP_STATUS_FILE", "BACKUP_METRICS_FILE"];
+
 impl FileVars {
     pub fn parse(s: &str) -> FileVars {
         match s.trim() {
@@ -50,6 +54,12 @@ impl FileVars {
     }
 
     fn wants(&self, name: &str, path: &std::ffi::OsStr) -> bool {
+        if PATH_SETTINGS
+            .iter()
+            .any(|p| p.strip_suffix("_FILE") == Some(name))
+        {
+            return false;
+        }
         match self {
             FileVars::Auto => {
                 is_dockhand_var(name)
@@ -160,6 +170,8 @@ mod tests {
             ("TF_CLI_CONFIG", "/nowhere"),
             ("X", "/run/secretsX/y"),
             ("Y", "/run/secrets"),
+            ("BACKUP_STATUS", "/backups/status.json"),
+            ("BACKUP_METRICS", "/run/secrets/metrics.prom"),
         ] {
             assert!(!auto.wants(name, OsStr::new(path)), "{name}");
         }

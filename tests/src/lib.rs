@@ -19,6 +19,7 @@
 pub mod bins;
 pub mod certs;
 pub mod docker;
+pub mod faulty;
 pub mod http;
 pub mod pg;
 pub mod pgbouncer;

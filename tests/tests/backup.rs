@@ -332,7 +332,7 @@ fn bad_input_exits_2() {
         (&["frobnicate"], &[], "unknown command"),
         (&["now"], &[], "set BACKUP_DIR"),
         (
-            &["now", "--dir", "/tmp/x", "--level", "99"],
+            &["now", "--dir", "/tmp/x", "--zstd-level", "99"],
             &[],
             "from 1 to 19",
         ),
@@ -399,7 +399,7 @@ fn bad_input_exits_2() {
         ),
         (&["list"], &[], "BACKUP_DIR"),
         (
-            &["now", "--dir", "/tmp/x", "--tz", "Mars/Olympus"],
+            &["daemon", "--dir", "/tmp/x", "--tz", "Mars/Olympus"],
             &[],
             "Europe/Berlin",
         ),

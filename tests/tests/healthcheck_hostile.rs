@@ -169,11 +169,13 @@ fn output_fits_in_what_docker_keeps() {
 
 #[test]
 fn a_full_stdout_gives_exit_1_not_a_signal() {
+    // The release build (panic = "abort") is what ships and what aborted with 134.
+    let healthcheck = dockhand_tests::bins::static_bin("healthcheck");
     let full = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let mut cmd = command(&bin("healthcheck"), &["tcp://127.0.0.1:1"], &[]);
+    let mut cmd = command(&healthcheck, &["tcp://127.0.0.1:1"], &[]);
     cmd.stdout(full);
     let r = run(cmd, LONG);
     assert_eq!(r.code, Some(1), "{}", r.output());
@@ -181,7 +183,7 @@ fn a_full_stdout_gives_exit_1_not_a_signal() {
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let mut cmd = command(&bin("healthcheck"), &["--help"], &[]);
+    let mut cmd = command(&healthcheck, &["--help"], &[]);
     cmd.stdout(full);
     assert_eq!(run(cmd, LONG).code, Some(1));
 }

@@ -49,40 +49,75 @@ Exit status: 0 success, 1 the run/verify/restore failed, 2 invalid arguments or
 settings, 128+N stopped by signal N (now, verify, restore).
 ";
 
+/// Which commands a setting's flag belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Group {
+    /// Where backups are: every command.
+    Store,
+    /// How a run dumps and reports: daemon and now.
+    Run,
+    /// When the daemon runs: daemon only.
+    Schedule,
+    /// What to keep: daemon, now and prune.
+    Retention,
+}
+
 /// Settings that also exist as flags: `--dir` for BACKUP_DIR, `--s3-bucket` for
 /// BACKUP_S3_BUCKET, and so on (secrets are left out: argv is visible in `ps`).
-const SETTINGS: &[&str] = &[
-    "BACKUP_DIR",
-    "BACKUP_S3_BUCKET",
-    "BACKUP_S3_PREFIX",
-    "BACKUP_S3_ENDPOINT",
-    "BACKUP_S3_PATH_STYLE",
-    "BACKUP_S3_REGION",
-    "BACKUP_S3_STORAGE_CLASS",
-    "BACKUP_S3_SSE",
-    "BACKUP_S3_SSE_KMS_KEY_ID",
-    "BACKUP_S3_PART_SIZE",
-    "BACKUP_DATABASES",
-    "BACKUP_GLOBALS",
-    "BACKUP_COMPRESSION",
-    "BACKUP_ZSTD_LEVEL",
-    "BACKUP_ZSTD_THREADS",
-    "BACKUP_GZIP_LEVEL",
-    "BACKUP_AGE_RECIPIENT",
-    "BACKUP_SCHEDULE",
-    "TZ",
-    "BACKUP_ON_START",
-    "BACKUP_STOP_GRACE",
-    "BACKUP_RETENTION_DAYS",
-    "BACKUP_KEEP_LAST",
-    "BACKUP_KEEP_DAILY",
-    "BACKUP_KEEP_WEEKLY",
-    "BACKUP_KEEP_MONTHLY",
-    "BACKUP_VERIFY",
-    "BACKUP_STATUS_FILE",
-    "BACKUP_PING_URL",
-    "BACKUP_METRICS_FILE",
+const SETTINGS: &[(&str, Group)] = &[
+    ("BACKUP_DIR", Group::Store),
+    ("BACKUP_S3_BUCKET", Group::Store),
+    ("BACKUP_S3_PREFIX", Group::Store),
+    ("BACKUP_S3_ENDPOINT", Group::Store),
+    ("BACKUP_S3_PATH_STYLE", Group::Store),
+    ("BACKUP_S3_REGION", Group::Store),
+    ("BACKUP_S3_STORAGE_CLASS", Group::Run),
+    ("BACKUP_S3_SSE", Group::Run),
+    ("BACKUP_S3_SSE_KMS_KEY_ID", Group::Run),
+    ("BACKUP_S3_PART_SIZE", Group::Run),
+    ("BACKUP_DATABASES", Group::Run),
+    ("BACKUP_GLOBALS", Group::Run),
+    ("BACKUP_COMPRESSION", Group::Run),
+    ("BACKUP_ZSTD_LEVEL", Group::Run),
+    ("BACKUP_ZSTD_THREADS", Group::Run),
+    ("BACKUP_GZIP_LEVEL", Group::Run),
+    ("BACKUP_AGE_RECIPIENT", Group::Run),
+    ("BACKUP_SCHEDULE", Group::Schedule),
+    ("TZ", Group::Schedule),
+    ("BACKUP_ON_START", Group::Schedule),
+    ("BACKUP_STOP_GRACE", Group::Schedule),
+    ("BACKUP_WAIT_TIMEOUT", Group::Schedule),
+    ("BACKUP_RETRY_DELAY", Group::Schedule),
+    ("BACKUP_RETENTION_DAYS", Group::Retention),
+    ("BACKUP_KEEP_LAST", Group::Retention),
+    ("BACKUP_KEEP_DAILY", Group::Retention),
+    ("BACKUP_KEEP_WEEKLY", Group::Retention),
+    ("BACKUP_KEEP_MONTHLY", Group::Retention),
+    ("BACKUP_VERIFY", Group::Run),
+    ("BACKUP_STATUS_FILE", Group::Run),
+    ("BACKUP_PING_URL", Group::Run),
+    ("BACKUP_METRICS_FILE", Group::Run),
 ];
+
+/// The commands, and the flags of their own each takes (besides the settings of the
+/// groups [`takes_group`] gives it).
+const COMMANDS: &[(&str, &[&str])] = &[
+    ("daemon", &[]),
+    ("now", &[]),
+    ("list", &["remote"]),
+    ("verify", &["from"]),
+    ("restore", &["from", "to", "clean", "yes", "no-owner"]),
+    ("prune", &["dry-run"]),
+];
+
+fn takes_group(command: &str, g: Group) -> bool {
+    match command {
+        "daemon" => true,
+        "now" => g != Group::Schedule,
+        "prune" => matches!(g, Group::Store | Group::Retention),
+        _ => g == Group::Store,
+    }
+}
 
 /// The flag for a setting: `BACKUP_S3_BUCKET` -> `s3-bucket`, `TZ` -> `tz`.
 fn flag_of(env: &str) -> String {
@@ -91,13 +126,9 @@ fn flag_of(env: &str) -> String {
         .replace('_', "-")
 }
 
-/// The setting a flag names; `--level` and `--threads` are short for zstd's.
-fn setting_of(flag: &str) -> Option<&'static str> {
-    match flag {
-        "level" => Some("BACKUP_ZSTD_LEVEL"),
-        "threads" => Some("BACKUP_ZSTD_THREADS"),
-        f => SETTINGS.iter().copied().find(|e| flag_of(e) == f),
-    }
+/// The setting a flag names, with its group.
+fn setting_of(flag: &str) -> Option<(&'static str, Group)> {
+    SETTINGS.iter().copied().find(|(e, _)| flag_of(e) == flag)
 }
 
 struct Args {
@@ -128,14 +159,26 @@ fn parse_args() -> Result<Option<Args>, String> {
         dry_run: false,
     };
     let mut command = None;
+    // Every flag given, with its group (None: a command's own flag), checked against
+    // the command once it is known.
+    let mut given: Vec<(String, Option<Group>)> = Vec::new();
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         if let Long(flag) = &arg {
-            if let Some(env) = setting_of(flag) {
+            if let Some((env, group)) = setting_of(flag) {
                 let flag = format!("--{flag}");
                 a.overrides.insert(env, cli::value(&mut parser, &flag)?);
+                given.push((flag, Some(group)));
                 continue;
             }
+        }
+        match &arg {
+            Long(f @ ("remote" | "clean" | "yes" | "no-owner" | "dry-run" | "to" | "from")) => {
+                given.push((format!("--{f}"), None))
+            }
+            Short('y') => given.push(("--yes".into(), None)),
+            Short('n') => given.push(("--dry-run".into(), None)),
+            _ => {}
         }
         match arg {
             Long("remote") => a.remote = true,
@@ -154,7 +197,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             Short('h') | Long("help") => {
                 let mut flags = String::new();
                 let mut width = 10;
-                for e in SETTINGS {
+                for (e, _) in SETTINGS {
                     let f = format!("--{}", flag_of(e));
                     if width + f.len() > 86 {
                         flags.push_str("\n         ");
@@ -205,6 +248,31 @@ fn parse_args() -> Result<Option<Args>, String> {
             return Err(format!(
                 "unknown command {other:?}: use daemon, now, list, verify, restore or prune"
             ))
+        }
+    }
+    let own: &[&str] = COMMANDS
+        .iter()
+        .find(|(c, _)| *c == a.command)
+        .map_or(&[], |(_, f)| f);
+    for (flag, group) in &given {
+        let ok = match group {
+            Some(g) => takes_group(&a.command, *g),
+            None => own.contains(&flag.trim_start_matches('-')),
+        };
+        if !ok {
+            let owners: Vec<&str> = COMMANDS
+                .iter()
+                .filter(|(c, f)| match group {
+                    Some(g) => takes_group(c, *g),
+                    None => f.contains(&flag.trim_start_matches('-')),
+                })
+                .map(|(c, _)| *c)
+                .collect();
+            return Err(format!(
+                "backup {} does not take {flag} (it is for: {})",
+                a.command,
+                owners.join(", ")
+            ));
         }
     }
     Ok(Some(a))
@@ -318,7 +386,9 @@ fn run(args: Args, cancel: Arc<Cancel>, stop: Arc<Stop>) -> Result<u8, (String, 
         }
         "verify" => {
             let ids = identities().map_err(usage)?;
-            let backups = runner.backups(true).map_err(|e| failed(e.0))?;
+            let backups = runner
+                .backups_for_reading(args.from)
+                .map_err(|e| failed(e.0))?;
             let b = catalog::find(&backups, args.name.as_deref().unwrap_or("latest"))
                 .map_err(|e| failed(e.0))?;
             let from = args
@@ -342,7 +412,9 @@ fn run(args: Args, cancel: Arc<Cancel>, stop: Arc<Stop>) -> Result<u8, (String, 
                 }
                 None => None,
             };
-            let backups = runner.backups(true).map_err(|e| failed(e.0))?;
+            let backups = runner
+                .backups_for_reading(args.from)
+                .map_err(|e| failed(e.0))?;
             let req = Request {
                 name: args.name.clone().unwrap_or_default(),
                 from: args.from,

@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -26,7 +26,7 @@ use super::dump::{self, Tools};
 use super::s3::{Upload, S3};
 use super::settings::Settings;
 use super::{err, hex, unix_now, BackupError, Cancel, Tool};
-use crate::url::Url;
+use crate::pg::PgTarget;
 
 /// What a backup is: one database, or the cluster's globals.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +118,30 @@ impl Manifest {
         };
         let plain =
             |s: &str| !s.is_empty() && !s.starts_with('.') && !s.contains('/') && !s.contains('\\');
-        (plain(&m.name) && plain(&m.file) && m.file.starts_with(&m.name)).then_some(m)
+        (plain(&m.name) && plain(&m.file) && m.file == m.expected_file()).then_some(m)
+    }
+
+    /// The only data file name this manifest may describe: `NAME.dump.zst`,
+    /// `NAME.sql.gz.age` ... from its kind, compression and encryption. A manifest
+    /// naming anything else (`status.json`, another backup's file) describes nothing
+    /// dockhand wrote, so neither listing nor prune ever touches that file.
+    pub fn expected_file(&self) -> String {
+        let kind = if self.kind == "globals" {
+            "sql"
+        } else {
+            "dump"
+        };
+        let comp = if self.compression == "gzip" {
+            "gz"
+        } else {
+            "zst"
+        };
+        let age = if self.encryption.is_some() {
+            ".age"
+        } else {
+            ""
+        };
+        format!("{}.{kind}.{comp}{age}", self.name)
     }
 
     /// The manifest's own file name.
@@ -153,6 +176,66 @@ pub fn manifest_file(name: &str) -> String {
 pub fn stamp(secs: i64) -> String {
     let t = crate::log::rfc3339(secs, 0);
     t[..19].replace(['-', ':'], "") + "Z"
+}
+
+/// The time part of a backup's name: `YYYYmmddTHHMMSS.mmmZ-xxxx`, milliseconds and
+/// four random hex digits, so two runs started in the same second (or the same
+/// millisecond, on two sidecars sharing a bucket) never get the same name, and names
+/// still sort by time.
+pub fn unique_stamp() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let t = stamp(secs);
+    let mut x = (now.as_nanos() as u64) ^ (u64::from(std::process::id()) << 40) | 1;
+    for _ in 0..4 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    format!(
+        "{}.{:03}Z-{:04x}",
+        t.trim_end_matches('Z'),
+        now.subsec_millis(),
+        x & 0xffff
+    )
+}
+
+/// True when `file` is a data file name dockhand writes for names starting with
+/// `prefix` (`app-`, `_globals-`): `PREFIX<stamp>.(dump|sql).(zst|gz)[.age]`.
+pub fn is_own_data_file(file: &str, prefix: &str) -> bool {
+    let Some(rest) = file.strip_prefix(prefix) else {
+        return false;
+    };
+    let rest = rest.strip_suffix(".age").unwrap_or(rest);
+    let Some(stem) = [".dump.zst", ".dump.gz", ".sql.zst", ".sql.gz"]
+        .iter()
+        .find_map(|ext| rest.strip_suffix(ext))
+    else {
+        return false;
+    };
+    // the stamp: digits, T, '.', Z, '-' and hex digits only
+    stem.len() >= 16
+        && stem.as_bytes()[0].is_ascii_digit()
+        && stem
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b"TZ.-".contains(&b))
+}
+
+/// Moves a finished `partial` to `path`, never over an existing file: a hard link
+/// fails when `path` exists (where the file system has no hard links, an existence
+/// check and a rename).
+fn publish(partial: &Path, path: &Path) -> io::Result<()> {
+    match std::fs::hard_link(partial, path) {
+        Ok(()) => std::fs::remove_file(partial),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a backup of that name already exists: not overwritten",
+        )),
+        Err(_) if !path.exists() => std::fs::rename(partial, path),
+        Err(e) => Err(e),
+    }
 }
 
 /// A database name made safe for a file name: anything but `A-Za-z0-9._-` becomes `_`.
@@ -213,7 +296,7 @@ pub struct Destinations<'a> {
     pub settings: &'a Settings,
     pub rt: &'a tokio::runtime::Handle,
     pub s3: Option<&'a S3>,
-    pub cancel: &'a Cancel,
+    pub cancel: &'a Arc<Cancel>,
 }
 
 /// The result of one dump: its manifest, where complete copies are, and what failed.
@@ -305,10 +388,10 @@ impl Stage for TeeStage {
     }
 }
 
-/// Dumps `kind` from the server `url` points at, to every destination.
+/// Dumps `kind` from the server `target` points at, to every destination.
 pub fn backup(
     d: &Destinations,
-    url: &Url,
+    target: &PgTarget,
     kind: &Kind,
     tools: &Tools,
     server_version: &str,
@@ -316,13 +399,10 @@ pub fn backup(
     let clock = Instant::now();
     let started = unix_now();
     let s = d.settings;
+    let unique = unique_stamp();
     let (name, ext, database) = match kind {
-        Kind::Database(db) => (
-            format!("{}-{}", file_safe(db), stamp(started)),
-            "dump",
-            db.clone(),
-        ),
-        Kind::Globals => (format!("_globals-{}", stamp(started)), "sql", String::new()),
+        Kind::Database(db) => (format!("{}-{unique}", file_safe(db)), "dump", db.clone()),
+        Kind::Globals => (format!("_globals-{unique}"), "sql", String::new()),
     };
     let mut file = format!("{name}.{ext}.{}", s.compression.ext());
     if !s.recipients.is_empty() {
@@ -360,22 +440,32 @@ pub fn backup(
         }
     }
     if let Some(s3) = d.s3 {
-        tee.s3 = Some(s3.upload(d.rt, &file));
+        tee.s3 = Some(s3.upload(d.rt, &file, d.cancel.clone()));
     }
     if tee.local.is_none() && tee.s3.is_none() {
         return Err(err(tee.errors.join("; ")));
     }
     let tee = Arc::new(Mutex::new(tee));
-    let streamed = stream(d, url, kind, tools, tee.clone());
-    let mut tee = match Arc::try_unwrap(tee) {
-        Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
-        Err(_) => return Err(err("internal error: the stream is still referenced")),
-    };
+    let streamed = stream(d, target, kind, tools, tee.clone());
     let dump_bytes = match streamed {
         Ok(n) => n,
         Err(e) => {
-            tee.discard();
+            // An abandoned compressor may still hold the tee: discard it in place.
+            if let Ok(mut t) = tee.lock() {
+                t.discard();
+            }
             return Err(e);
+        }
+    };
+    // The compressor has finished; wait for its thread to let go of the tee.
+    let mut tee = tee;
+    let mut tee = loop {
+        match Arc::try_unwrap(tee) {
+            Ok(m) => break m.into_inner().unwrap_or_else(|p| p.into_inner()),
+            Err(still) => {
+                tee = still;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
     };
     let mut stored = Vec::new();
@@ -386,7 +476,7 @@ pub fn backup(
             .into_inner()
             .map_err(|e| e.into_error())
             .and_then(|f| f.sync_all())
-            .and_then(|_| std::fs::rename(&partial, &path))
+            .and_then(|_| publish(&partial, &path))
             .and_then(|_| sync_dir(&path));
         match done {
             Ok(()) => stored.push(path.display().to_string()),
@@ -450,7 +540,18 @@ pub fn backup(
         };
         match written {
             Ok(()) => complete.push(place),
-            Err(e) => errors.push(e.0),
+            Err(e) => {
+                // Data without a manifest is nobody's backup: remove it now (and the
+                // next run's clean-up catches what this cannot).
+                if place.starts_with("s3://") {
+                    if let Some(s3) = d.s3 {
+                        let _ = d.rt.block_on(s3.delete(&file));
+                    }
+                } else if let Some(dir) = &s.dir {
+                    let _ = std::fs::remove_file(dir.join(&file));
+                }
+                errors.push(e.0);
+            }
         }
     }
     if complete.is_empty() {
@@ -466,28 +567,27 @@ pub fn backup(
 /// Runs the dump tool into the codec and the tee; returns the bytes it produced.
 fn stream(
     d: &Destinations,
-    url: &Url,
+    target: &PgTarget,
     kind: &Kind,
     tools: &Tools,
     tee: Arc<Mutex<Tee>>,
 ) -> Result<u64, BackupError> {
     d.cancel.check()?;
-    let mut chain = codec::encoder(
+    let chain = codec::encoder(
         &d.settings.compression,
         &d.settings.recipients,
         Box::new(TeeStage(tee)),
     )?;
+    let mut compressor = Compressor::start(chain);
     let mut cmd = match kind {
         Kind::Database(db) => {
-            let mut c = Command::new(&tools.pg_dump);
-            c.args(["--format=custom", "--compress=0", "--no-password"])
-                .envs(dump::libpq_env(&url.with_database(db)));
+            let mut c = dump::libpq_command(&tools.pg_dump, Some(&target.with_dbname(db)));
+            c.args(["--format=custom", "--compress=0", "--no-password"]);
             c
         }
         Kind::Globals => {
-            let mut c = Command::new(tools.pg_dumpall());
-            c.args(["--globals-only", "--no-password"])
-                .envs(dump::libpq_env(url));
+            let mut c = dump::libpq_command(&tools.pg_dumpall(), Some(target));
+            c.args(["--globals-only", "--no-password"]);
             c
         }
     };
@@ -502,8 +602,8 @@ fn stream(
             Ok(0) => break Ok(()),
             Ok(n) => {
                 dump_bytes += n as u64;
-                if let Err(e) = chain.write_all(&buf[..n]) {
-                    break Err(err(format!("writing the backup: {e}")));
+                if let Err(e) = compressor.write(&buf[..n], d.cancel) {
+                    break Err(e);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -544,8 +644,82 @@ fn stream(
             "pg_dump exited 0 but wrote nothing: not recorded as a backup",
         ));
     }
-    chain
-        .finish()
-        .map_err(|e| err(format!("writing the backup: {e}")))?;
+    compressor.finish(d.cancel)?;
     Ok(dump_bytes)
+}
+
+/// The compression (and encryption) chain on a thread of its own, fed through a short
+/// queue. The stream never waits on a compression job it does not need: when the run
+/// is cancelled or fails, the thread is abandoned (it drops its unfinished chain and
+/// ends by itself), so a stop is never held up by a multi-threaded zstd job at a high
+/// level. Only a successful run waits for `finish`, and even that wait ends on cancel.
+struct Compressor {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    done: std::sync::mpsc::Receiver<Result<(), String>>,
+}
+
+impl Compressor {
+    fn start(mut chain: Box<dyn codec::Stage>) -> Compressor {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // An empty chunk means "finish"; a closed queue means "abandon".
+            while let Ok(chunk) = rx.recv() {
+                if chunk.is_empty() {
+                    let r = chain
+                        .finish()
+                        .map_err(|e| format!("writing the backup: {e}"));
+                    let _ = done_tx.send(r);
+                    return;
+                }
+                if let Err(e) = chain.write_all(&chunk) {
+                    let _ = done_tx.send(Err(format!("writing the backup: {e}")));
+                    return;
+                }
+            }
+        });
+        Compressor { tx: Some(tx), done }
+    }
+
+    fn failure(&self) -> BackupError {
+        match self.done.try_recv() {
+            Ok(Err(e)) => err(e),
+            _ => err("writing the backup: the compressor stopped"),
+        }
+    }
+
+    fn write(&mut self, data: &[u8], cancel: &Cancel) -> Result<(), BackupError> {
+        cancel.check()?;
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| err("internal error: finished"))?;
+        let mut chunk = data.to_vec();
+        loop {
+            match tx.try_send(chunk) {
+                Ok(()) => return Ok(()),
+                Err(std::sync::mpsc::TrySendError::Full(c)) => {
+                    cancel.check()?;
+                    chunk = c;
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(self.failure()),
+            }
+        }
+    }
+
+    fn finish(mut self, cancel: &Cancel) -> Result<(), BackupError> {
+        self.write(&[], cancel)?;
+        self.tx = None;
+        loop {
+            cancel.check()?;
+            match self.done.recv_timeout(std::time::Duration::from_millis(50)) {
+                Ok(r) => return r.map_err(err),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(err("writing the backup: the compressor stopped"))
+                }
+            }
+        }
+    }
 }

@@ -43,7 +43,12 @@ pub fn list_local(dir: &Path) -> Result<Vec<Manifest>, BackupError> {
     let mut out: Vec<Manifest> = entries
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().ends_with(".manifest.json"))
-        .filter_map(|e| Manifest::from_json(&std::fs::read_to_string(e.path()).ok()?))
+        .filter_map(|e| {
+            let bytes = crate::files::read_regular(&e.path(), 1024 * 1024).ok()?;
+            let m = Manifest::from_json(&String::from_utf8_lossy(&bytes))?;
+            // the same checks as the S3 listing: its own name, and its own data file
+            (e.file_name().to_str() == Some(m.manifest_file().as_str())).then_some(m)
+        })
         .filter(|m| dir.join(&m.file).is_file())
         .collect();
     out.sort_by(|a, b| (a.started, &a.name).cmp(&(b.started, &b.name)));
@@ -172,14 +177,22 @@ pub struct Digest256 {
     bytes: u64,
 }
 
+/// The stored bytes as read, hashed; shared between the decoder and the final check,
+/// which reads whatever the decoder left (bytes after the compressed stream's end
+/// count too: the whole stored file must match).
+#[derive(Clone)]
 struct HashingReader {
-    inner: Box<dyn Read + Send>,
+    inner: Arc<Mutex<Box<dyn Read + Send>>>,
     digest: Arc<Mutex<Digest256>>,
 }
 
 impl Read for HashingReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self
+            .inner
+            .lock()
+            .map_err(|_| io::Error::other("reader poisoned"))?
+            .read(buf)?;
         if let Ok(mut d) = self.digest.lock() {
             d.hash.update(&buf[..n]);
             d.bytes += n as u64;
@@ -199,6 +212,7 @@ pub struct Reading<'a> {
 /// An opened backup: the plain dump, and the stored bytes' running digest.
 pub struct Opened {
     pub reader: Box<dyn Read + Send>,
+    raw: HashingReader,
     digest: Arc<Mutex<Digest256>>,
 }
 
@@ -219,23 +233,29 @@ pub fn open(r: &Reading, m: &Manifest, from: From) -> Result<Opened, BackupError
     };
     let digest = Arc::new(Mutex::new(Digest256::default()));
     let hashing = HashingReader {
-        inner: raw,
+        inner: Arc::new(Mutex::new(raw)),
         digest: digest.clone(),
     };
     let reader = codec::decoder(
         &m.compression,
         m.encryption.is_some(),
         r.identities,
-        Box::new(hashing),
+        Box::new(hashing.clone()),
     )?;
-    Ok(Opened { reader, digest })
+    Ok(Opened {
+        reader,
+        raw: hashing,
+        digest,
+    })
 }
 
 impl Opened {
     /// Checks the stored bytes against the manifest, after reading to the end.
     fn check(mut self, m: &Manifest) -> Result<(), BackupError> {
-        // Whatever the consumer left unread still counts.
-        let drained = io::copy(&mut self.reader, &mut io::sink());
+        // Whatever the consumer left unread still counts, and so does whatever the
+        // decoder left after the end of its stream.
+        let drained = io::copy(&mut self.reader, &mut io::sink())
+            .and_then(|_| io::copy(&mut self.raw, &mut io::sink()));
         let d = self
             .digest
             .lock()
@@ -253,8 +273,14 @@ impl Opened {
 }
 
 /// Runs `cmd` with the opened backup on its stdin; returns its status and the first
-/// 64 KiB of its stderr, then checks the checksum (a damaged backup is reported as
-/// such, even when the tool also failed).
+/// 64 KiB of its stderr.
+///
+/// Nothing the tool does can become visible before the whole stored stream has been
+/// checked: the last chunk read is held back until the source is at its end and its
+/// size and SHA-256 match the manifest. A restore (`pg_restore --single-transaction`,
+/// `psql --single-transaction`) cannot commit without those final bytes (the archive's
+/// last block, the script's end), so on a mismatch the tool is killed while its
+/// transaction is still open, and the target is left exactly as it was.
 pub fn feed(
     mut cmd: Command,
     opened: Opened,
@@ -265,18 +291,43 @@ pub fn feed(
     let mut tool = Tool::spawn(cmd, cancel)?;
     let mut stdin = tool.child.stdin.take().expect("piped");
     let mut opened = opened;
-    let copied = io::copy(&mut opened.reader, &mut stdin).and_then(|_| stdin.flush());
+    let mut held: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut tool_gone = false;
+    let mut read_error: Option<io::Error> = None;
+    loop {
+        let n = match opened.reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                read_error = Some(e);
+                break;
+            }
+        };
+        if !tool_gone && !held.is_empty() {
+            // A broken pipe means the tool stopped reading: its own message says why.
+            if stdin.write_all(&held).is_err() {
+                tool_gone = true;
+            }
+        }
+        held.clear();
+        held.extend_from_slice(&buf[..n]);
+    }
+    let checked = opened.check(m);
+    let mismatch = checked.is_err() || read_error.is_some();
+    if mismatch {
+        // The transaction is still open (the tail was never sent): end it unfinished.
+        let _ = tool.child.kill();
+    } else if !tool_gone {
+        let _ = stdin.write_all(&held).and_then(|()| stdin.flush());
+    }
     drop(stdin);
     let (status, messages) = tool.finish(cancel)?;
-    let checked = opened.check(m);
-    if let Err(e) = copied {
-        // A broken pipe means the tool stopped reading: its own message says why.
-        if e.kind() != io::ErrorKind::BrokenPipe {
-            checked?;
-            return Err(err(format!("{}: cannot read the backup: {e}", m.file)));
-        }
-    }
     checked?;
+    if let Some(e) = read_error {
+        return Err(err(format!("{}: cannot read the backup: {e}", m.file)));
+    }
     Ok((status, messages))
 }
 
@@ -295,7 +346,7 @@ pub fn verify(
         // Plain SQL: decryption, decompression and the checksum are the check.
         opened.check(m)?;
     } else {
-        let mut cmd = Command::new(pg_restore);
+        let mut cmd = super::dump::libpq_command(pg_restore, None);
         cmd.arg("--file=/dev/null").stdout(Stdio::null());
         let (status, messages) = feed(cmd, opened, m, cancel)?;
         if !status.success() {

@@ -121,16 +121,59 @@ pub fn parse_timezone(tz: &str) -> Result<chrono_tz::Tz, String> {
         .map_err(|_| format!("TZ={tz:?} is not a time zone name: use e.g. UTC or Europe/Berlin"))
 }
 
-/// The first scheduled time after `now`.
+/// The first scheduled time after `now`, as cron does around daylight saving:
+/// schedules match wall-clock times in `tz`; a wall-clock time that does not exist
+/// (skipped by a spring-forward) runs at the first instant after the change; one that
+/// exists twice (the repeated hour of a fall-back) runs once, at its first occurrence.
+/// (The `cron` crate alone skips a non-existent time, and the day with it: a daily
+/// 02:00 job in Europe/Berlin would not run on the last Sunday of March.)
 pub fn next_after(
     schedule: &cron::Schedule,
     tz: chrono_tz::Tz,
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
-    schedule
-        .after(&now.with_timezone(&tz))
-        .next()
-        .map(|t| t.with_timezone(&Utc))
+    use chrono::{LocalResult, TimeZone};
+    // Wall-clock times, computed on a zone without transitions (UTC as a stand-in).
+    let wall_now = now.with_timezone(&tz).naive_local().and_utc();
+    for wall in schedule.after(&wall_now).take(10_000) {
+        let wall = wall.naive_utc();
+        let at = match tz.from_local_datetime(&wall) {
+            LocalResult::Single(t) => t.with_timezone(&Utc),
+            LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc),
+            LocalResult::None => gap_end(tz, wall)?,
+        };
+        if at > now {
+            return Some(at);
+        }
+    }
+    None
+}
+
+/// The instant a spring-forward gap containing the wall-clock time `wall` ends: the
+/// first instant whose local time is later than `wall`.
+fn gap_end(tz: chrono_tz::Tz, wall: chrono::NaiveDateTime) -> Option<DateTime<Utc>> {
+    use chrono::TimeZone;
+    // Before the gap, a few hours earlier, the wall clock is unambiguous.
+    let before = tz
+        .from_local_datetime(&(wall - chrono::Duration::hours(4)))
+        .earliest()?
+        .with_timezone(&Utc);
+    let (mut lo, mut hi) = (before.timestamp(), before.timestamp() + 8 * 3600);
+    let later = |t: i64| {
+        DateTime::from_timestamp(t, 0).is_some_and(|u| u.with_timezone(&tz).naive_local() > wall)
+    };
+    if !later(hi) {
+        return None;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if later(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    DateTime::from_timestamp(hi, 0)
 }
 
 /// The daemon's stop request, shared with the signal thread.
@@ -261,35 +304,75 @@ pub fn run(runner: &Runner, stop: &Stop) -> Result<i32, String> {
         .collect::<Vec<_>>()
         .join(" and ")
     );
-    let report = |runner: &Runner| {
+    // One run; true when it succeeded. Before it, PostgreSQL is waited for, so a cold
+    // `docker compose up` does not fail the first run on "connection refused".
+    let report = |runner: &Runner| -> bool {
+        if let Err(e) = runner.wait_for_database(s.wait_timeout, &|| stop.is_requested()) {
+            if stop.is_requested() {
+                return true;
+            }
+            warn!("{e}; trying the run anyway");
+        }
         let r = runner.run();
         if r.failures.is_empty() {
             info!("run finished: {} backup(s) made", r.made.len());
+            true
         } else {
             error!("run failed: {}", r.failures.join("; "));
+            false
+        }
+    };
+    // After a failed run, retries with backoff come before the next scheduled time.
+    let mut retry: Option<Duration> = None;
+    let next_retry = |ok: bool, retry: Option<Duration>| -> Option<Duration> {
+        if ok || s.retry_delay.is_zero() {
+            None
+        } else {
+            Some(retry.map_or(s.retry_delay, |d| (d * 2).min(Duration::from_secs(900))))
         }
     };
     if s.on_start && !stop.is_requested() {
-        report(runner);
+        let ok = report(runner);
+        retry = next_retry(ok, retry);
     }
     loop {
         if stop.is_requested() {
             break;
         }
-        let Some(next) = next_after(&schedule, tz, Utc::now()) else {
-            warn!("the schedule has no future time: nothing more to do");
-            // Stay up (a restarting container helps no one) until stopped.
-            stop.sleep_until(SystemTime::now() + Duration::from_secs(u32::MAX as u64));
-            break;
+        let scheduled = next_after(&schedule, tz, Utc::now());
+        let retry_at =
+            retry.map(|d| Utc::now() + chrono::Duration::from_std(d).unwrap_or_default());
+        let next = match (scheduled, retry_at) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(t) => t,
+                None => {
+                    warn!("the schedule has no future time: nothing more to do");
+                    // Stay up (a restarting container helps no one) until stopped.
+                    stop.sleep_until(SystemTime::now() + Duration::from_secs(u32::MAX as u64));
+                    break;
+                }
+            },
         };
+        let is_retry = retry_at.is_some_and(|r| r == next) && scheduled != Some(next);
         info!(
-            "next backup at {}",
-            next.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z")
+            "next backup at {}{}",
+            next.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z"),
+            if is_retry {
+                " (a retry of the failed run)"
+            } else {
+                ""
+            }
         );
         if stop.sleep_until(SystemTime::from(next)) {
             break;
         }
-        report(runner);
+        let ok = report(runner);
+        retry = if is_retry {
+            next_retry(ok, retry)
+        } else {
+            next_retry(ok, None)
+        };
     }
     info!("backup daemon stopped");
     Ok(0)
@@ -326,6 +409,52 @@ mod tests {
         let berlin = parse_timezone("Europe/Berlin").unwrap();
         let t = next_after(&parse_schedule("0 2 * * *").unwrap(), berlin, mon).unwrap();
         assert_eq!(t.to_rfc3339(), "2026-11-24T01:00:00+00:00");
+    }
+
+    #[test]
+    fn daylight_saving_runs_as_cron_does() {
+        let daily = parse_schedule("0 2 * * *").unwrap();
+        let berlin = parse_timezone("Europe/Berlin").unwrap();
+        let at = |y, mo, d, h, mi| Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap();
+        // Spring forward 2027-03-28 02:00 CET -> 03:00 CEST: 02:00 does not exist; it
+        // runs at the change (01:00Z), not 47 hours later.
+        let next = next_after(&daily, berlin, at(2027, 3, 27, 1, 0)).unwrap();
+        assert_eq!(next, at(2027, 3, 28, 1, 0));
+        assert_eq!(
+            next_after(&daily, berlin, next).unwrap(),
+            at(2027, 3, 29, 0, 0)
+        );
+        // Fall back 2027-10-31 03:00 CEST -> 02:00 CET: 02:00 happens twice, runs once.
+        let next = next_after(&daily, berlin, at(2027, 10, 30, 0, 0)).unwrap();
+        assert_eq!(next, at(2027, 10, 31, 0, 0));
+        assert_eq!(
+            next_after(&daily, berlin, next).unwrap(),
+            at(2027, 11, 1, 1, 0)
+        );
+        // An hourly job over the repeated hour: each wall-clock time once.
+        let hourly = parse_schedule("30 * * * *").unwrap();
+        let mut t = at(2027, 10, 30, 23, 0);
+        let mut runs = Vec::new();
+        for _ in 0..4 {
+            t = next_after(&hourly, berlin, t).unwrap();
+            runs.push(t.with_timezone(&berlin).format("%H:%M %Z").to_string());
+        }
+        assert_eq!(runs, ["01:30 CEST", "02:30 CEST", "03:30 CET", "04:30 CET"]);
+        // Every 15 minutes across a gap: the times inside it run once, at its end.
+        let quarter = parse_schedule("*/15 * * * *").unwrap();
+        let ny = parse_timezone("America/New_York").unwrap();
+        let mut t = at(2027, 3, 14, 6, 50); // 01:50 EST
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            t = next_after(&quarter, ny, t).unwrap();
+            runs.push(t.with_timezone(&ny).format("%H:%M %Z").to_string());
+        }
+        assert_eq!(runs, ["03:00 EDT", "03:15 EDT", "03:30 EDT"]);
+        // Lord Howe: a 30-minute shift.
+        let lh = parse_timezone("Australia/Lord_Howe").unwrap();
+        let half = parse_schedule("15 2 * * *").unwrap();
+        let next = next_after(&half, lh, at(2027, 10, 2, 12, 0)).unwrap();
+        assert_eq!(next.with_timezone(&lh).format("%H:%M").to_string(), "02:30");
     }
 
     #[test]

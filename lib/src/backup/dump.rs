@@ -9,7 +9,6 @@ use std::process::Command;
 
 use super::{err, BackupError};
 use crate::pg::PgTarget;
-use crate::url::Url;
 
 /// What the server reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +61,10 @@ impl Tools {
 
 /// The major version `pg_dump --version` reports (`pg_dump (PostgreSQL) 15.18 ...`).
 pub fn tool_major(pg_dump: &Path) -> Option<(u32, String)> {
-    let out = Command::new(pg_dump).arg("--version").output().ok()?;
+    let out = libpq_command(pg_dump, None)
+        .arg("--version")
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let ver = text.split_whitespace().nth(2)?;
     let major = ver.split(['.', ' ', '-']).next()?.parse().ok()?;
@@ -110,70 +112,90 @@ pub fn find_tools(server_major: u32) -> Result<Tools, BackupError> {
             });
         }
     }
-    best.ok_or_else(|| match newest_seen {
-        Some((m, p)) => err(format!(
+    let pg_bin = std::env::var_os("BACKUP_PG_BIN").filter(|d| !d.is_empty());
+    best.ok_or_else(|| match (newest_seen, pg_bin) {
+        (Some((m, p)), Some(dir)) => err(format!(
+            "server is {server_major}, pg_dump is {m} ({}), from BACKUP_PG_BIN={}: install postgresql-client-{server_major} and point BACKUP_PG_BIN at its bin directory, or unset BACKUP_PG_BIN to search /usr/lib/postgresql/*/bin and PATH",
+            p.display(),
+            std::path::Path::new(&dir).display()
+        )),
+        (Some((m, p)), None) => err(format!(
             "server is {server_major}, pg_dump is {m} ({}): install postgresql-client-{server_major}, or set BACKUP_PG_BIN to its bin directory",
             p.display()
         )),
-        None => err(format!(
-            "no pg_dump found (BACKUP_PG_BIN, /usr/lib/postgresql/*/bin, PATH): install postgresql-client-{server_major}"
+        (None, Some(dir)) => err(format!(
+            "no pg_dump in BACKUP_PG_BIN={}: point it at the bin directory of pg_dump {server_major} or newer",
+            std::path::Path::new(&dir).display()
+        )),
+        (None, None) => err(format!(
+            "no pg_dump found (/usr/lib/postgresql/*/bin, PATH): install postgresql-client-{server_major}"
         )),
     })
 }
 
-/// libpq environment for `pg_dump`/`pg_restore` from a URL: the password travels in
-/// `PGPASSWORD`, never on the command line (where `ps` shows it).
-pub fn libpq_env(url: &Url) -> Vec<(&'static str, String)> {
-    let mut env = Vec::new();
-    if !url.hosts.is_empty() {
-        env.push((
-            "PGHOST",
-            url.hosts
-                .iter()
-                .map(|h| h.host.clone())
-                .collect::<Vec<_>>()
-                .join(","),
-        ));
-        env.push((
-            "PGPORT",
-            url.hosts
-                .iter()
-                .map(|h| h.port.unwrap_or(5432).to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        ));
+/// Variables a libpq child may keep from our environment: locale, time zone, search
+/// path, and libpq's own settings that hold no secret (client certificates, service
+/// files, encodings). Everything else (`AWS_SECRET_ACCESS_KEY`, `DIRECT_URL`, any
+/// other secret) stays out of `/proc/PID/environ` of pg_dump, pg_restore and psql.
+const INHERITED: &[&str] = &[
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "TZ",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+    "LC_COLLATE",
+    "LC_NUMERIC",
+    "LC_TIME",
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "PGSSLCRL",
+    "PGSSLCRLDIR",
+    "PGSSLSNI",
+    "PGSSLMINPROTOCOLVERSION",
+    "PGSSLMAXPROTOCOLVERSION",
+    "PGGSSENCMODE",
+    "PGKRBSRVNAME",
+    "PGREQUIREAUTH",
+    "PGCHANNELBINDING",
+    "PGPASSFILE",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGSYSCONFDIR",
+    "PGCLIENTENCODING",
+    "PGTZ",
+    "PGDATESTYLE",
+    "PGLOCALEDIR",
+    "KRB5CCNAME",
+    "KRB5_CONFIG",
+];
+
+/// `dbname='...'` for a libpq connection string, quoted so that any name is one name.
+pub fn conninfo_dbname(db: &str) -> String {
+    format!("dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The application name dockhand's backup connections use (`pg_stat_activity`).
+pub const APP_NAME: &str = "dockhand-backup";
+
+/// A libpq program (pg_dump, pg_dumpall, pg_restore, psql) that connects to `target`
+/// with exactly the settings the run resolved (see [`PgTarget::libpq_env`]) and
+/// carries nothing else from our environment but [`INHERITED`].
+pub fn libpq_command(program: &Path, target: Option<&PgTarget>) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear();
+    for name in INHERITED {
+        if let Some(v) = std::env::var_os(name) {
+            cmd.env(name, v);
+        }
     }
-    if !url.username.is_empty() {
-        env.push(("PGUSER", url.username.clone()));
+    if let Some(t) = target {
+        cmd.envs(t.libpq_env(APP_NAME));
     }
-    if let Some(p) = &url.password {
-        env.push(("PGPASSWORD", p.clone()));
-    }
-    if let Some(db) = url
-        .decoded_path()
-        .map(|p| p.trim_start_matches('/').to_string())
-        .filter(|d| !d.is_empty())
-    {
-        env.push(("PGDATABASE", db));
-    }
-    for (k, v) in &url.query {
-        let var = match k.as_str() {
-            "sslmode" => "PGSSLMODE",
-            "sslrootcert" => "PGSSLROOTCERT",
-            "host" => "PGHOST",
-            "port" => "PGPORT",
-            "application_name" => "PGAPPNAME",
-            "connect_timeout" => "PGCONNECT_TIMEOUT",
-            "options" => "PGOPTIONS",
-            "password" => "PGPASSWORD",
-            "user" => "PGUSER",
-            "dbname" => "PGDATABASE",
-            _ => continue,
-        };
-        env.retain(|(k, _)| *k != var);
-        env.push((var, v.clone()));
-    }
-    env
+    cmd
 }
 
 #[cfg(test)]
@@ -182,12 +204,21 @@ mod tests {
 
     #[test]
     fn env_carries_the_password_out_of_argv() {
-        let u = Url::parse("postgres://app:s%40cret@db:6432/shop?sslmode=require").unwrap();
-        let env = libpq_env(&u);
+        let u = crate::url::Url::parse(
+            "postgres://app:s%40cret@db:6432,db2/shop?sslmode=require&sslrootcert=/ca.pem",
+        )
+        .unwrap();
+        let env = PgTarget::from_url(&u).unwrap().libpq_env(APP_NAME);
         assert!(env.contains(&("PGPASSWORD", "s@cret".into())));
-        assert!(env.contains(&("PGHOST", "db".into())));
-        assert!(env.contains(&("PGPORT", "6432".into())));
+        assert!(env.contains(&("PGHOST", "db,db2".into())));
+        assert!(env.contains(&("PGPORT", "6432,5432".into())));
         assert!(env.contains(&("PGDATABASE", "shop".into())));
         assert!(env.contains(&("PGSSLMODE", "require".into())));
+        assert!(env.contains(&("PGSSLROOTCERT", "/ca.pem".into())));
+        assert!(env.contains(&("PGAPPNAME", "dockhand-backup".into())));
+        let u = crate::url::Url::parse("postgres://app@/shop?host=/run/postgresql").unwrap();
+        let env = PgTarget::from_url(&u).unwrap().libpq_env(APP_NAME);
+        assert!(env.contains(&("PGHOST", "/run/postgresql".into())));
+        assert!(env.contains(&("PGSSLMODE", "disable".into())));
     }
 }

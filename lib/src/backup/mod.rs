@@ -128,6 +128,8 @@ pub struct Cancel {
     flag: AtomicBool,
     child: AtomicI32,
     reason: Mutex<String>,
+    /// Wakes every async wait (an S3 part slot, an upload) at once.
+    notify: tokio::sync::Notify,
 }
 
 impl Cancel {
@@ -143,7 +145,21 @@ impl Cancel {
             }
         }
         self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
         self.kill_child();
+    }
+
+    /// Completes once cancelled (at once if it already is).
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub fn is_cancelled(&self) -> bool {

@@ -6,7 +6,7 @@
 //! error, so a failed restore leaves the target as it was (and a database the restore
 //! created is dropped again). The report says what arrived: tables, rows, time.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
 
 use super::archive::{file_safe, stamp};
@@ -176,14 +176,24 @@ pub fn restore(
     }
     let result = (|| {
         let opened = catalog::open(r, m, from)?;
+        // The connection settings travel in the environment; pg_restore insists on a
+        // --dbname, given as a quoted conninfo (a bare name holding '=' would be read
+        // as a connection string).
         let mut cmd = if globals {
-            let mut c = Command::new(tools.psql());
-            c.args(["--no-password", "--quiet", "--no-psqlrc", "--file=-"]);
+            let mut c = dump::libpq_command(&tools.psql(), Some(&target));
+            c.args([
+                "--no-password",
+                "--quiet",
+                "--no-psqlrc",
+                "--single-transaction",
+                "--set=ON_ERROR_STOP=1",
+                "--file=-",
+            ]);
             c
         } else {
-            let mut c = Command::new(&tools.pg_restore);
+            let mut c = dump::libpq_command(&tools.pg_restore, Some(&target));
             c.args(["--no-password", "--exit-on-error", "--single-transaction"])
-                .arg(format!("--dbname={database}"));
+                .arg(format!("--dbname={}", dump::conninfo_dbname(&database)));
             if req.clean {
                 c.args(["--clean", "--if-exists"]);
             }
@@ -192,7 +202,7 @@ pub fn restore(
             }
             c
         };
-        cmd.envs(dump::libpq_env(&url)).stdout(Stdio::null());
+        cmd.stdout(Stdio::null());
         let (status, messages) = catalog::feed(cmd, opened, m, cancel)?;
         if !status.success() {
             return Err(err(format!(

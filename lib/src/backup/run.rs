@@ -120,6 +120,37 @@ impl Runner {
         }
     }
 
+    /// The backups to read one from (verify, restore): only the copy asked for, so
+    /// disaster recovery from the folder never depends on S3, nor the reverse; without
+    /// `--from`, both, where one unreachable side is a warning as long as the other
+    /// answers.
+    pub fn backups_for_reading(&self, from: Option<From>) -> Result<Vec<Backup>, BackupError> {
+        let local = || match &self.settings.dir {
+            Some(d) => catalog::list_local(d),
+            None => Ok(Vec::new()),
+        };
+        let remote = || match &self.s3 {
+            Some(s3) => self.rt.block_on(catalog::list_remote(s3)),
+            None => Ok(Vec::new()),
+        };
+        match from {
+            Some(From::Local) => Ok(catalog::merge(local()?, Vec::new())),
+            Some(From::S3) => Ok(catalog::merge(Vec::new(), remote()?)),
+            None => match (local(), remote()) {
+                (Ok(l), Ok(r)) => Ok(catalog::merge(l, r)),
+                (Ok(l), Err(e)) => {
+                    tracing::warn!("S3 cannot be listed ({e}): using the local copies");
+                    Ok(catalog::merge(l, Vec::new()))
+                }
+                (Err(e), Ok(r)) => {
+                    tracing::warn!("the folder cannot be listed ({e}): using the S3 copies");
+                    Ok(catalog::merge(Vec::new(), r))
+                }
+                (Err(a), Err(b)) => Err(err(format!("{a}; {b}"))),
+            },
+        }
+    }
+
     /// The backups in the folder and, when `remote` (or there is no folder), in S3.
     pub fn backups(&self, remote: bool) -> Result<Vec<Backup>, BackupError> {
         let local = match &self.settings.dir {
@@ -133,6 +164,34 @@ impl Runner {
             _ => Vec::new(),
         };
         Ok(catalog::merge(local, remote))
+    }
+
+    /// Waits until PostgreSQL answers `SELECT 1` (as the entrypoint's `--wait postgres`
+    /// does: "starting up", refused and unresolvable keep waiting, a wrong password
+    /// fails at once), up to `timeout` or until `stopped` says so. Logs progress.
+    pub fn wait_for_database(
+        &self,
+        timeout: std::time::Duration,
+        stopped: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(), BackupError> {
+        let Some((target, _)) = &self.pool else {
+            return Ok(());
+        };
+        let targets = [crate::probe::Target::Postgres(Box::new(target.clone()))];
+        let http = crate::probe::HttpOptions::default();
+        self.rt.block_on(async {
+            let stop = async {
+                while !stopped() {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            };
+            tokio::select! {
+                r = crate::wait::wait_all(&targets, &http, timeout) => {
+                    r.map_err(|e| err(format!("waiting for the database: {e}")))
+                }
+                _ = stop => Err(err("stopped while waiting for the database")),
+            }
+        })
     }
 
     /// One complete run, recorded in the status file, the metrics and the pings.
@@ -246,6 +305,7 @@ impl Runner {
             }
         };
         self.remove_stale_partials(&databases);
+        self.clean_up_remote(&databases);
         let d = Destinations {
             settings: &self.settings,
             rt: self.rt.handle(),
@@ -265,7 +325,7 @@ impl Runner {
                 Kind::Database(db) => format!("database {db:?}"),
                 Kind::Globals => "the globals".to_string(),
             };
-            match archive::backup(&d, url, &kind, &tools, &server.version) {
+            match archive::backup(&d, target, &kind, &tools, &server.version) {
                 Ok(o) => {
                     info!(
                         "backup {} of {what}: {} dumped, {} stored in {}",
@@ -339,6 +399,72 @@ impl Runner {
                 warn!("removed {name}, left by an interrupted run");
             }
         }
+    }
+
+    /// Removes from S3 what a killed run of these databases left under the prefix, and
+    /// nothing else: incomplete multipart uploads of its own file names (the run lock is
+    /// held, so no other run of these databases is uploading), and its own data objects
+    /// that have no manifest and are older than an hour. Foreign objects, other
+    /// databases' files and complete backups are never touched. Failures only warn.
+    fn clean_up_remote(&self, databases: &[String]) {
+        let Some(s3) = &self.s3 else {
+            return;
+        };
+        let prefixes: Vec<String> = databases
+            .iter()
+            .map(|d| format!("{}-", archive::file_safe(d)))
+            .chain(std::iter::once("_globals-".to_string()))
+            .collect();
+        let ours = |f: &str| prefixes.iter().any(|p| archive::is_own_data_file(f, p));
+        let now = super::unix_now();
+        let cancel = self.cancel.clone();
+        let cleaned = self.rt.block_on(async {
+            tokio::select! {
+                r = self.clean_up(s3, &ours, now) => r,
+                _ = cancel.cancelled() => Err(err("cancelled")),
+            }
+        });
+        if let Err(e) = cleaned {
+            warn!("cleaning up after interrupted runs in S3: {e}");
+        }
+    }
+
+    async fn clean_up(
+        &self,
+        s3: &S3,
+        ours: &dyn Fn(&str) -> bool,
+        now: i64,
+    ) -> Result<(), BackupError> {
+        const SAFE_AGE: i64 = 3600;
+        {
+            for (file, id, _) in s3.incomplete_uploads().await? {
+                if ours(&file) {
+                    s3.abort_upload(&file, &id).await?;
+                    warn!("aborted the incomplete upload of {file}, left by an interrupted run");
+                }
+            }
+            let objects = s3.list().await?;
+            let manifests: std::collections::HashSet<&str> = objects
+                .iter()
+                .filter_map(|o| o.file.strip_suffix(".manifest.json"))
+                .collect();
+            for o in &objects {
+                let orphan = ours(&o.file)
+                    && !manifests
+                        .iter()
+                        .any(|m| o.file.starts_with(&format!("{m}.")))
+                    && o.modified > 0
+                    && now - o.modified > SAFE_AGE;
+                if orphan {
+                    s3.delete(&o.file).await?;
+                    warn!(
+                        "deleted {}: data without a manifest, left by an interrupted run",
+                        o.file
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Applies the retention policy (or, with `dry_run`, only decides); returns each

@@ -15,7 +15,7 @@ use std::io::{self, Read};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::settings::S3Settings;
-use super::{err, BackupError};
+use super::{err, BackupError, Cancel};
 
 /// Parts handed to the uploader and not yet uploaded (in flight or queued); with the
 /// one being filled, at most this + 1 parts are in memory.
@@ -44,22 +44,98 @@ pub struct Object {
     /// The name after the prefix.
     pub file: String,
     pub size: u64,
+    /// Unix seconds of the last modification (0 when the server did not say).
+    pub modified: i64,
 }
 
-/// A short reason for an SDK error: the service's code and message when it answered,
-/// else the chain of causes (connection refused, DNS, TLS).
+/// How long a request may go without an answer (connect, then each read) before it
+/// fails: a server that accepts and never answers must not hold a run forever.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long one attempt of one request may take in all (an 8 MiB part at 15 KB/s).
+const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long stopping an upload waits for the server to drop its parts; a stalled
+/// server's leftovers are aborted by the next run instead.
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// One short line for an SDK error: the HTTP status and S3 error code when the server
+/// answered, else what failed on the way (connection refused, DNS, TLS, timeout), and
+/// what to check. Never a `Debug` dump.
 fn reason<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + HttpStatus + 'static,
 {
+    use aws_sdk_s3::error::SdkError;
+    let status = e.raw_response().map(|r| r.status_code());
     if let Some(service) = e.as_service_error() {
-        if let Some(code) = service.code() {
-            return format!("{code}: {}", service.message().unwrap_or(""));
-        }
+        let code = service.code().unwrap_or("no error code");
+        let hint = match code {
+            "NoSuchBucket" => ": check BACKUP_S3_BUCKET",
+            "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" => {
+                ": check the AWS credentials and the bucket policy"
+            }
+            "PermanentRedirect" | "AuthorizationHeaderMalformed" => ": check BACKUP_S3_REGION",
+            _ => "",
+        };
+        let status = status.map(|s| format!("HTTP {s} ")).unwrap_or_default();
+        let message = service
+            .message()
+            .map(|m| format!(" ({})", one_line(m)))
+            .unwrap_or_default();
+        return format!("{status}{code}{message}{hint}");
     }
-    let full = format!("{}", DisplayErrorContext(e));
-    full.replace('\n', " ")
+    let cause = cause_of(e);
+    match e {
+        SdkError::TimeoutError(_) => "timed out: check BACKUP_S3_ENDPOINT and the network".into(),
+        SdkError::DispatchFailure(d) if d.is_timeout() => {
+            format!("timed out ({cause}): check BACKUP_S3_ENDPOINT and the network")
+        }
+        SdkError::DispatchFailure(_) => {
+            format!("cannot connect ({cause}): check BACKUP_S3_ENDPOINT and that the server runs")
+        }
+        SdkError::ResponseError(_) => match status {
+            Some(s) => format!("HTTP {s}: the server's answer could not be read ({cause})"),
+            None => format!("the server's answer could not be read ({cause})"),
+        },
+        _ => match status {
+            Some(s) => format!("HTTP {s} ({cause})"),
+            None => cause,
+        },
+    }
+}
+
+/// The innermost cause of an error, as a short lower-case reason.
+fn cause_of(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return crate::error::io_reason(io);
+        }
+        last = s.to_string();
+        source = s.source();
+    }
+    one_line(&last)
+}
+
+fn one_line(s: &str) -> String {
+    let s: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match s.char_indices().nth(160) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s,
+    }
+}
+
+/// The HTTP status of a raw response, whatever its type.
+trait HttpStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
 }
 
 impl S3 {
@@ -83,7 +159,15 @@ impl S3 {
             loader = loader.region(aws_config::Region::new(r));
         }
         let shared = loader.load().await;
-        let mut b = aws_sdk_s3::config::Builder::from(&shared).force_path_style(s.path_style);
+        let mut b = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(s.path_style)
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .read_timeout(READ_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build(),
+            );
         if shared.region().is_none() {
             return Err(err(
                 "no AWS region: set BACKUP_S3_REGION (or AWS_REGION), or BACKUP_S3_ENDPOINT for another provider",
@@ -134,6 +218,7 @@ impl S3 {
                     out.push(Object {
                         file: file.to_string(),
                         size: o.size().unwrap_or(0).max(0) as u64,
+                        modified: o.last_modified().map_or(0, |t| t.secs()),
                     });
                 }
             }
@@ -190,7 +275,7 @@ impl S3 {
 
     /// Multipart uploads under the prefix that were started and never completed or
     /// aborted: (file, upload id).
-    pub async fn incomplete_uploads(&self) -> Result<Vec<(String, String)>, BackupError> {
+    pub async fn incomplete_uploads(&self) -> Result<Vec<(String, String, i64)>, BackupError> {
         let out = self
             .client
             .list_multipart_uploads()
@@ -204,7 +289,8 @@ impl S3 {
             .iter()
             .filter_map(|u| {
                 let file = u.key()?.strip_prefix(&self.settings.prefix)?;
-                Some((file.to_string(), u.upload_id()?.to_string()))
+                let started = u.initiated().map_or(0, |t| t.secs());
+                Some((file.to_string(), u.upload_id()?.to_string(), started))
             })
             .collect())
     }
@@ -229,10 +315,17 @@ impl S3 {
     }
 
     /// Starts a streaming upload of `file`; feed it from a thread outside the runtime.
-    pub fn upload(&self, rt: &Handle, file: &str) -> Upload {
+    /// Every wait it makes ends when `cancel` fires, whatever the server does.
+    pub fn upload(&self, rt: &Handle, file: &str, cancel: Arc<Cancel>) -> Upload {
         let (tx, rx) = mpsc::channel::<Part>(IN_FLIGHT);
         let (decide, decision) = oneshot::channel::<bool>();
-        let task = rt.spawn(upload_task(self.clone(), file.to_string(), rx, decision));
+        let task = rt.spawn(upload_task(
+            self.clone(),
+            file.to_string(),
+            rx,
+            decision,
+            cancel.clone(),
+        ));
         Upload {
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
             tx: Some(tx),
@@ -242,6 +335,7 @@ impl S3 {
             part_size: self.settings.part_size,
             rt: rt.clone(),
             failed: None,
+            cancel,
         }
     }
 
@@ -315,6 +409,7 @@ pub struct Upload {
     part_size: usize,
     rt: Handle,
     failed: Option<BackupError>,
+    cancel: Arc<Cancel>,
 }
 
 impl Upload {
@@ -340,12 +435,29 @@ impl Upload {
     fn send_part(&mut self) -> Result<(), BackupError> {
         let part = Bytes::from(std::mem::take(&mut self.buf));
         // Wait for a slot: memory stays bounded however slow the upload is.
-        let sent = match self.rt.block_on(self.slots.clone().acquire_owned()) {
-            Ok(slot) => self
+        // Cancellation ends the wait too: a stalled server must not hold a stop.
+        let cancel = self.cancel.clone();
+        let slot = self.rt.block_on(async {
+            tokio::select! {
+                slot = self.slots.clone().acquire_owned() => slot.ok(),
+                _ = cancel.cancelled() => None,
+            }
+        });
+        if self.cancel.is_cancelled() {
+            let e = self
+                .cancel
+                .check()
+                .err()
+                .unwrap_or_else(|| err("cancelled"));
+            self.failed = Some(e.clone());
+            return Err(e);
+        }
+        let sent = match slot {
+            Some(slot) => self
                 .tx
                 .as_ref()
                 .map(|tx| tx.blocking_send((part, slot)).map_err(|_| ())),
-            Err(_) => Some(Err(())),
+            None => Some(Err(())),
         };
         if let Some(Err(_)) = sent {
             // The uploader stopped: its result says why.
@@ -361,13 +473,29 @@ impl Upload {
 
     fn join(&mut self) -> Result<(), BackupError> {
         self.tx = None;
-        match self.task.take() {
-            Some(t) => self
-                .rt
-                .block_on(t)
-                .unwrap_or_else(|e| Err(err(format!("the upload task failed: {e}")))),
-            None => self.failed.clone().map_or(Ok(()), Err),
-        }
+        let Some(t) = self.task.take() else {
+            return self.failed.clone().map_or(Ok(()), Err);
+        };
+        let cancel = self.cancel.clone();
+        self.rt.block_on(async move {
+            tokio::pin!(t);
+            let joined = tokio::select! {
+                r = &mut t => Some(r),
+                _ = cancel.cancelled() => None,
+            };
+            let joined = match joined {
+                Some(r) => Some(r),
+                // Cancelled: the task aborts the upload itself; wait a little for that,
+                // never longer (the next run cleans up what a stalled server kept).
+                None => tokio::time::timeout(ABORT_WAIT, &mut t).await.ok(),
+            };
+            match joined {
+                Some(r) => r.unwrap_or_else(|e| Err(err(format!("the upload task failed: {e}")))),
+                None => Err(err(
+                    "cancelled; the upload is aborted in the background or by the next run",
+                )),
+            }
+        })
     }
 
     /// Sends the last part and completes the upload.
@@ -411,70 +539,102 @@ async fn upload_task(
     file: String,
     mut rx: mpsc::Receiver<Part>,
     decision: oneshot::Receiver<bool>,
+    cancel: Arc<Cancel>,
 ) -> Result<(), BackupError> {
     let s = &s3.settings;
     let key = s3.key(&file);
     let location = s3.location(&file);
-    let created = s3
-        .client
-        .create_multipart_upload()
-        .bucket(&s.bucket)
-        .key(&key)
-        .content_type("application/octet-stream")
-        .set_storage_class(s.storage_class.as_deref().map(Into::into))
-        .set_server_side_encryption(s.sse.as_deref().map(Into::into))
-        .set_ssekms_key_id(s.sse_kms_key_id.clone())
-        .send()
-        .await
-        .map_err(|e| {
-            err(format!(
-                "{location}: cannot start the upload: {}",
-                reason(&e)
-            ))
-        })?;
+    let created = tokio::select! {
+        r = s3
+            .client
+            .create_multipart_upload()
+            .bucket(&s.bucket)
+            .key(&key)
+            .content_type("application/octet-stream")
+            .set_storage_class(s.storage_class.as_deref().map(Into::into))
+            .set_server_side_encryption(s.sse.as_deref().map(Into::into))
+            .set_ssekms_key_id(s.sse_kms_key_id.clone())
+            .send() => r,
+        _ = cancel.cancelled() => return Err(err(format!("{location}: upload cancelled"))),
+    }
+    .map_err(|e| {
+        err(format!(
+            "{location}: cannot start the upload: {}",
+            reason(&e)
+        ))
+    })?;
     let upload_id = created
         .upload_id()
         .ok_or_else(|| err(format!("{location}: the server gave no upload id")))?
         .to_string();
-    let result = async {
-        let mut parts: Vec<CompletedPart> = Vec::new();
-        let mut running: JoinSet<Result<CompletedPart, BackupError>> = JoinSet::new();
-        let mut number = 0;
-        while let Some((part, slot)) = rx.recv().await {
-            // Collect finished parts (the slots bound how many run).
-            while let Some(done) = running.try_join_next() {
-                parts.push(joined(Some(done))?);
+    let mut decision = decision;
+    let mut decided: Option<bool> = None;
+    let result: Result<(), BackupError> = async {
+        let parts: Result<Vec<CompletedPart>, BackupError> = {
+            // Parts are sent and collected here; the running uploads are dropped (and
+            // so aborted) as soon as this block is left, e.g. on an abort.
+            let mut running: JoinSet<Result<CompletedPart, BackupError>> = JoinSet::new();
+            let work = async {
+                let mut parts: Vec<CompletedPart> = Vec::new();
+                let mut number = 0;
+                while let Some((part, slot)) = rx.recv().await {
+                    while let Some(done) = running.try_join_next() {
+                        parts.push(joined(Some(done))?);
+                    }
+                    number += 1;
+                    let (client, bucket, key, id, loc) = (
+                        s3.client.clone(),
+                        s.bucket.clone(),
+                        key.clone(),
+                        upload_id.clone(),
+                        location.clone(),
+                    );
+                    running.spawn(async move {
+                        let out = client
+                            .upload_part()
+                            .bucket(bucket)
+                            .key(key)
+                            .upload_id(id)
+                            .part_number(number)
+                            .body(ByteStream::from(part))
+                            .send()
+                            .await
+                            .map_err(|e| err(format!("{loc}: part {number}: {}", reason(&e))))?;
+                        drop(slot);
+                        Ok(CompletedPart::builder()
+                            .part_number(number)
+                            .set_e_tag(out.e_tag().map(String::from))
+                            .build())
+                    });
+                }
+                while let Some(r) = running.join_next().await {
+                    parts.push(joined(Some(r))?);
+                }
+                Ok(parts)
+            };
+            tokio::pin!(work);
+            loop {
+                tokio::select! {
+                    r = &mut work => break r,
+                    d = &mut decision, if decided.is_none() => {
+                        decided = Some(d == Ok(true));
+                        if decided == Some(false) {
+                            break Err(err(format!("{location}: upload aborted")));
+                        }
+                    }
+                    _ = cancel.cancelled() => break Err(err(format!("{location}: upload cancelled"))),
+                }
             }
-            number += 1;
-            let (client, bucket, key, id, loc) = (
-                s3.client.clone(),
-                s.bucket.clone(),
-                key.clone(),
-                upload_id.clone(),
-                location.clone(),
-            );
-            running.spawn(async move {
-                let out = client
-                    .upload_part()
-                    .bucket(bucket)
-                    .key(key)
-                    .upload_id(id)
-                    .part_number(number)
-                    .body(ByteStream::from(part))
-                    .send()
-                    .await
-                    .map_err(|e| err(format!("{loc}: part {number}: {}", reason(&e))))?;
-                drop(slot);
-                Ok(CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(out.e_tag().map(String::from))
-                    .build())
-            });
-        }
-        while let Some(r) = running.join_next().await {
-            parts.push(joined(Some(r))?);
-        }
-        if decision.await != Ok(true) {
+        };
+        let mut parts = parts?;
+        let go = match decided {
+            Some(d) => d,
+            None => tokio::select! {
+                d = &mut decision => d == Ok(true),
+                _ = cancel.cancelled() => false,
+            },
+        };
+        if !go {
             return Err(err(format!("{location}: upload aborted")));
         }
         if parts.is_empty() {
@@ -503,9 +663,14 @@ async fn upload_task(
     }
     .await;
     if result.is_err() {
-        // Nothing half-uploaded may stay behind (it is billed and invisible).
-        if let Err(e) = s3.abort_upload(&file, &upload_id).await {
-            tracing::warn!("{e}");
+        // Nothing half-uploaded may stay behind (it is billed and invisible); a server
+        // that does not answer the abort in time is left to the next run's clean-up.
+        match tokio::time::timeout(ABORT_WAIT, s3.abort_upload(&file, &upload_id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("{e}; the next run aborts it"),
+            Err(_) => tracing::warn!(
+                "{location}: the server did not confirm the abort in time; the next run aborts the upload"
+            ),
         }
     }
     result

@@ -99,6 +99,11 @@ pub struct Settings {
     pub on_start: bool,
     /// How long a running backup may go on after SIGTERM.
     pub stop_grace: Duration,
+    /// How long the daemon waits for PostgreSQL before a run (`BACKUP_WAIT_TIMEOUT`).
+    pub wait_timeout: Duration,
+    /// The first retry after a failed run (`BACKUP_RETRY_DELAY`; doubles up to 15 min,
+    /// never past the next scheduled time; zero turns retries off).
+    pub retry_delay: Duration,
 }
 
 /// Reads a setting: the command-line override, else the environment variable.
@@ -270,6 +275,14 @@ impl Settings {
             None => Duration::from_secs(8),
             Some(v) => crate::duration::parse(&v).map_err(|e| format!("BACKUP_STOP_GRACE: {e}"))?,
         };
+        let duration = |name: &str, default: Duration| -> Result<Duration, String> {
+            match get(name)? {
+                None => Ok(default),
+                Some(v) => crate::duration::parse(&v).map_err(|e| format!("{name}: {e}")),
+            }
+        };
+        let wait_timeout = duration("BACKUP_WAIT_TIMEOUT", Duration::from_secs(60))?;
+        let retry_delay = duration("BACKUP_RETRY_DELAY", Duration::from_secs(30))?;
         let schedule = get("BACKUP_SCHEDULE")?.unwrap_or_else(|| "@daily".into());
         let timezone = get("TZ")?.unwrap_or_else(|| "UTC".into());
         // Checked here so `backup now` also reports a broken schedule.
@@ -292,6 +305,8 @@ impl Settings {
             timezone,
             on_start: boolean(get, "BACKUP_ON_START", false)?,
             stop_grace,
+            wait_timeout,
+            retry_delay,
         })
     }
 
