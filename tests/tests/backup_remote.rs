@@ -665,6 +665,8 @@ fn the_daemon_runs_on_schedule_survives_a_database_restart_and_stops_cleanly() {
         ("BACKUP_SCHEDULE", "*/2 * * * * *"),
         ("BACKUP_ON_START", "true"),
         ("BACKUP_KEEP_LAST", "2"),
+        // a run waits this long for the stopped database, then fails and is recorded
+        ("BACKUP_WAIT_TIMEOUT", "1s"),
         (
             "BACKUP_PING_URL",
             &format!("http://127.0.0.1:{}/ping/abc", ping.port),
