@@ -22,6 +22,15 @@ use tokio_postgres::{Client, Config};
 use crate::tls::{self, PgTls, Verify};
 use crate::url::Url;
 
+/// The `application_name` dockhand's connections use unless the URL names one, so a
+/// blocker report or `pg_stat_activity` says who we are (set once by each binary).
+static APP_NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Sets the default `application_name` (`dockhand-entrypoint`, `dockhand-backup`).
+pub fn set_application_name(name: &'static str) {
+    let _ = APP_NAME.set(name);
+}
+
 /// A PostgreSQL target ready to connect.
 #[derive(Clone)]
 pub struct PgTarget {
@@ -140,6 +149,9 @@ impl PgTarget {
         }
         if config.get_user().is_none() {
             config.user(&user);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name(APP_NAME.get().copied().unwrap_or("dockhand"));
         }
         if let Some(p) = &password {
             config.password(p);
@@ -279,10 +291,7 @@ impl PgTarget {
         }
         env.push((
             "PGAPPNAME",
-            self.config
-                .get_application_name()
-                .unwrap_or(app_name)
-                .to_string(),
+            query("application_name").unwrap_or_else(|| app_name.to_string()),
         ));
         if let Some(o) = self.config.get_options() {
             env.push(("PGOPTIONS", o.to_string()));

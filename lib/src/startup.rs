@@ -35,6 +35,8 @@ pub struct Plan {
     pub wait_timeout: Duration,
     pub migrate: Option<Source>,
     pub lock_timeout: Duration,
+    /// `lock_timeout` for every migration statement (`--ddl-lock-timeout`).
+    pub ddl_lock_timeout: Duration,
     pub allow_pooler: bool,
     pub user: Option<Credentials>,
     pub chown: Vec<PathBuf>,
@@ -177,6 +179,7 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
             let opts = migrate::Options {
                 source: source.clone(),
                 lock_timeout: plan.lock_timeout,
+                ddl_lock_timeout: plan.ddl_lock_timeout,
                 allow_pooler: plan.allow_pooler,
                 user: plan.user.clone(),
             };
@@ -227,6 +230,52 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
     });
     rt.shutdown_background();
     result
+}
+
+/// `--migrate-status`: prints each migration of the folder as applied or pending (and
+/// the format found); returns how many are pending. Takes no lock, changes nothing.
+pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
+    let Some(Source::Folder { dir, format }) = &plan.migrate else {
+        return Err(StartupError::Config("--migrate-status needs --migrations DIR".into()));
+    };
+    let raw = migrate::direct_url()
+        .map_err(StartupError::Config)?
+        .ok_or_else(|| StartupError::Config("--migrate-status needs DIRECT_URL (or DATABASE_URL) set".into()))?;
+    let url = Url::parse(&raw).map_err(|e| StartupError::Config(format!("DIRECT_URL: {e}")))?;
+    let target = PgTarget::from_url(&url)
+        .map_err(|e| StartupError::Config(format!("DIRECT_URL {url}: {e}")))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StartupError::Config(format!("cannot start: {e}")))?;
+    let result = rt.block_on(async {
+        let format = migrate::resolve_format(dir, *format).map_err(|e| StartupError::Migrate(e.0))?;
+        let mut client = migrate::connect_for_status(&target)
+            .await
+            .map_err(|e| StartupError::Migrate(e.0))?;
+        let states = migrate::status(&mut client, dir, format)
+            .await
+            .map_err(|e| StartupError::Migrate(e.0))?;
+        Ok::<_, StartupError>((format, states))
+    });
+    rt.shutdown_background();
+    let (format, states) = result?;
+    let pending = states.iter().filter(|s| !s.applied).count();
+    let mut out = format!("{} migrations in {}:\n", format.name(), dir.display());
+    for s in &states {
+        out.push_str(&format!(
+            "  {:<8} {}\n",
+            if s.applied { "applied" } else { "pending" },
+            s.name
+        ));
+    }
+    out.push_str(&format!(
+        "{} applied, {pending} pending\n",
+        states.len() - pending
+    ));
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    Ok(pending)
 }
 
 fn kill_group(pgid: i32, sig: i32) {

@@ -726,7 +726,7 @@ fn bad_start_up_input_exits_2_with_a_clear_message() {
                 "true",
             ],
             &[],
-            "use refinery or drizzle",
+            "use auto, refinery, drizzle or prisma",
         ),
         (
             &["--migrations", "/tmp", "--migrate-cmd", "x", "--", "true"],

@@ -491,6 +491,7 @@ fn supervise_self() -> Option<ExitCode> {
 
 fn main() -> ExitCode {
     dockhand::config::install_panic_hook("backup", 1);
+    dockhand::pg::set_application_name("dockhand-backup");
     if let Some(code) = supervise_self() {
         return code;
     }

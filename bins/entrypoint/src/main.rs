@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use dockhand::cli;
-use dockhand::migrate::{split_command, Source};
+use dockhand::migrate::{split_command, Format, Source};
 use dockhand::startup::{self, Plan};
 use dockhand::supervise::{self, Options};
 
@@ -28,14 +28,22 @@ Start-up (each phase off unless configured; each option has its environment vari
       --wait TARGET          wait for postgres (the direct URL), postgres://..., tcp://HOST:PORT,
                              http(s)://...; repeatable, all in parallel [ENTRYPOINT_WAIT]
       --wait-timeout DUR     give up waiting after this [ENTRYPOINT_WAIT_TIMEOUT, default 60s]
-      --migrations DIR       apply the SQL migrations in DIR over DIRECT_URL
+      --migrations DIR       apply the migrations in DIR over DIRECT_URL
                              [ENTRYPOINT_MIGRATIONS]
-      --migrations-format F  refinery (V1__name.sql) or drizzle (drizzle-kit folder)
-                             [ENTRYPOINT_MIGRATIONS_FORMAT, default refinery]
+      --migrations-format F  auto, refinery (V1__name.sql), drizzle (0.x journal or 1.0
+                             folders) or prisma [ENTRYPOINT_MIGRATIONS_FORMAT, default auto]
       --migrate-cmd CMD      run the app's own migration tool with DATABASE_URL set to the
                              direct URL, under the lock [ENTRYPOINT_MIGRATE_CMD]
-      --lock-timeout DUR     give up waiting for another replica's migration lock
+      --lock-timeout DUR     give up waiting for another replica's migration lock, or
+                             retrying a migration blocked by live traffic
                              [ENTRYPOINT_LOCK_TIMEOUT, default 5m]
+      --ddl-lock-timeout DUR lock_timeout of every migration statement (0: off), so a
+                             blocked ALTER never queues the app's queries for long
+                             [ENTRYPOINT_DDL_LOCK_TIMEOUT, default 5s]
+      --migrate-only         secrets, wait, migrate, then exit (a Kubernetes Job or
+                             initContainer, CI) [ENTRYPOINT_MIGRATE_ONLY]
+      --migrate-status       print applied and pending migrations; exit 0 when none is
+                             pending, 1 when some are; no lock, no change
       --allow-pooler         migrate even through a transaction pooler [ENTRYPOINT_ALLOW_POOLER]
   -u, --user USER[:GROUP]    run the app (and --migrate-cmd) as this user [ENTRYPOINT_USER]
       --chown PATH           give PATH to that user first; repeatable [ENTRYPOINT_CHOWN]
@@ -59,12 +67,17 @@ Logging: RUST_LOG=error|warn|info|debug, LOG_FORMAT=text|json (stderr).
 
 Exit status: the app's (128+N when signal N killed it), after --remap-exit;
 2 invalid options or environment, 3 a service never became ready, 4 migrations failed,
+1 (--migrate-status) migrations are pending,
 5 --chown failed, 126 command not executable, 127 command not found,
 128+N when signal N stopped start-up (143 for SIGTERM).
 ";
 
 enum Parsed {
     Run(Box<(Plan, Options)>),
+    /// `--migrate-only`: start-up, then exit.
+    MigrateOnly(Box<Plan>),
+    /// `--migrate-status`.
+    Status(Box<Plan>),
     Exit(&'static str),
 }
 
@@ -72,6 +85,8 @@ fn parse_args(args: Vec<OsString>) -> Result<Parsed, String> {
     use lexopt::prelude::*;
     let mut process_group = false;
     let mut allow_pooler = false;
+    let (mut migrate_only, mut migrate_status) = (false, false);
+    let mut ddl_lock_timeout = None;
     let (mut rewrite, mut remap, mut wait, mut chown) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut stop_delay, mut grace, mut wait_timeout, mut lock_timeout) = (None, None, None, None);
@@ -96,6 +111,11 @@ fn parse_args(args: Vec<OsString>) -> Result<Parsed, String> {
             Long("migrate-cmd") => migrate_cmd = Some(cli::value(&mut parser, "--migrate-cmd")?),
             Long("lock-timeout") => lock_timeout = Some(cli::value(&mut parser, "--lock-timeout")?),
             Long("allow-pooler") => allow_pooler = true,
+            Long("migrate-only") => migrate_only = true,
+            Long("migrate-status") => migrate_status = true,
+            Long("ddl-lock-timeout") => {
+                ddl_lock_timeout = Some(cli::value(&mut parser, "--ddl-lock-timeout")?)
+            }
             Short('u') | Long("user") => user = Some(cli::value(&mut parser, "--user")?),
             Long("chown") => chown.push(cli::value(&mut parser, "--chown")?),
             Short('h') | Long("help") => return Ok(Parsed::Exit(HELP)),
@@ -115,7 +135,8 @@ fn parse_args(args: Vec<OsString>) -> Result<Parsed, String> {
             other => return Err(other.unexpected().to_string()),
         }
     }
-    if command.is_empty() {
+    let migrate_only = cli::switch_or_env(migrate_only, "ENTRYPOINT_MIGRATE_ONLY")?;
+    if command.is_empty() && !migrate_only && !migrate_status {
         return Err("no command to run: give one after the options (entrypoint -- node server.js) or as the image's CMD".into());
     }
     let rewrite = cli::list_or_env(rewrite, "ENTRYPOINT_REWRITE")?
@@ -143,14 +164,9 @@ fn parse_args(args: Vec<OsString>) -> Result<Parsed, String> {
         (Some(_), Some(_)) => {
             return Err("--migrations and --migrate-cmd are both set: choose one".into())
         }
-        (Some(dir), None) => Some(match format.as_deref().unwrap_or("refinery") {
-            "refinery" => Source::Refinery(PathBuf::from(dir)),
-            "drizzle" => Source::Drizzle(PathBuf::from(dir)),
-            other => {
-                return Err(format!(
-                    "--migrations-format {other:?}: use refinery or drizzle"
-                ))
-            }
+        (Some(dir), None) => Some(Source::Folder {
+            dir: PathBuf::from(dir),
+            format: Format::parse(format.as_deref().unwrap_or("auto"))?,
         }),
         (None, Some(cmd)) => Some(Source::Command(
             split_command(&cmd).map_err(|e| format!("--migrate-cmd: {e}"))?,
@@ -187,6 +203,12 @@ fn parse_args(args: Vec<OsString>) -> Result<Parsed, String> {
             "ENTRYPOINT_LOCK_TIMEOUT",
             Duration::from_secs(300),
         )?,
+        ddl_lock_timeout: cli::duration_or_env(
+            ddl_lock_timeout,
+            "--ddl-lock-timeout",
+            "ENTRYPOINT_DDL_LOCK_TIMEOUT",
+            Duration::from_secs(5),
+        )?,
         allow_pooler: cli::switch_or_env(allow_pooler, "ENTRYPOINT_ALLOW_POOLER")?,
         user: user.clone(),
         chown: cli::list_or_env(chown, "ENTRYPOINT_CHOWN")?
@@ -208,6 +230,25 @@ fn parse_args(args: Vec<OsString>) -> Result<Parsed, String> {
         remap_exit,
         user,
     };
+    if migrate_status || migrate_only {
+        if !matches!(plan.migrate, Some(Source::Folder { .. })) && migrate_status {
+            return Err("--migrate-status needs --migrations DIR (a command's state is its own)".into());
+        }
+        if plan.migrate.is_none() {
+            return Err("--migrate-only needs --migrations DIR or --migrate-cmd CMD".into());
+        }
+        if !opts.command.is_empty() {
+            return Err(format!(
+                "--migrate-{} runs no app: leave out the command",
+                if migrate_status { "status" } else { "only" }
+            ));
+        }
+        return Ok(if migrate_status {
+            Parsed::Status(Box::new(plan))
+        } else {
+            Parsed::MigrateOnly(Box::new(plan))
+        });
+    }
     Ok(Parsed::Run(Box::new((plan, opts))))
 }
 
@@ -260,8 +301,21 @@ fn main() -> ExitCode {
     if let Err(e) = dockhand::log::init("entrypoint") {
         return fail(&e.to_string(), 2);
     }
+    dockhand::pg::set_application_name("dockhand-entrypoint");
     let (plan, opts) = match parse_args(args) {
         Ok(Parsed::Run(p)) => *p,
+        Ok(Parsed::MigrateOnly(plan)) => {
+            return match startup::run(&plan) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string(), e.exit_code()),
+            }
+        }
+        Ok(Parsed::Status(plan)) => {
+            return match startup::migrate_status(&plan) {
+                Ok(pending) => ExitCode::from(u8::from(pending > 0)),
+                Err(e) => fail(&e.to_string(), e.exit_code()),
+            }
+        }
         Ok(Parsed::Exit(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;

@@ -178,6 +178,7 @@ fn say(msg: &str) {
 
 fn main() -> ExitCode {
     config::install_panic_hook("healthcheck", 1);
+    dockhand::pg::set_application_name("dockhand-healthcheck");
     let args = match parse_args() {
         Ok(Parsed::Run(a)) => a,
         Ok(Parsed::Exit(text)) => {
