@@ -236,11 +236,15 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
 /// the format found); returns how many are pending. Takes no lock, changes nothing.
 pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
     let Some(Source::Folder { dir, format }) = &plan.migrate else {
-        return Err(StartupError::Config("--migrate-status needs --migrations DIR".into()));
+        return Err(StartupError::Config(
+            "--migrate-status needs --migrations DIR".into(),
+        ));
     };
     let raw = migrate::direct_url()
         .map_err(StartupError::Config)?
-        .ok_or_else(|| StartupError::Config("--migrate-status needs DIRECT_URL (or DATABASE_URL) set".into()))?;
+        .ok_or_else(|| {
+            StartupError::Config("--migrate-status needs DIRECT_URL (or DATABASE_URL) set".into())
+        })?;
     let url = Url::parse(&raw).map_err(|e| StartupError::Config(format!("DIRECT_URL: {e}")))?;
     let target = PgTarget::from_url(&url)
         .map_err(|e| StartupError::Config(format!("DIRECT_URL {url}: {e}")))?;
@@ -249,7 +253,8 @@ pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
         .build()
         .map_err(|e| StartupError::Config(format!("cannot start: {e}")))?;
     let result = rt.block_on(async {
-        let format = migrate::resolve_format(dir, *format).map_err(|e| StartupError::Migrate(e.0))?;
+        let format =
+            migrate::resolve_format(dir, *format).map_err(|e| StartupError::Migrate(e.0))?;
         let mut client = migrate::connect_for_status(&target)
             .await
             .map_err(|e| StartupError::Migrate(e.0))?;

@@ -232,7 +232,9 @@ fn parse_args(args: Vec<OsString>) -> Result<Parsed, String> {
     };
     if migrate_status || migrate_only {
         if !matches!(plan.migrate, Some(Source::Folder { .. })) && migrate_status {
-            return Err("--migrate-status needs --migrations DIR (a command's state is its own)".into());
+            return Err(
+                "--migrate-status needs --migrations DIR (a command's state is its own)".into(),
+            );
         }
         if plan.migrate.is_none() {
             return Err("--migrate-only needs --migrations DIR or --migrate-cmd CMD".into());

@@ -106,8 +106,31 @@ pub fn folder_millis(name: &str) -> Option<i64> {
     let n = |a: usize, b: usize| name.get(a..b)?.parse::<i64>().ok();
     let (y, mo, d) = (n(0, 4)?, n(4, 6)?, n(6, 8)?);
     let (h, mi, sec) = (n(8, 10)?, n(10, 12)?, n(12, 14)?);
-    let month_days = [31, if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    if !(1..=12).contains(&mo) || d < 1 || d > month_days[(mo - 1) as usize] || h > 23 || mi > 59 || sec > 59 {
+    let month_days = [
+        31,
+        if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) {
+            29
+        } else {
+            28
+        },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&mo)
+        || d < 1
+        || d > month_days[(mo - 1) as usize]
+        || h > 23
+        || mi > 59
+        || sec > 59
+    {
         return None;
     }
     // days from 1970-01-01 of a civil date (H. Hinnant's algorithm)
@@ -255,7 +278,10 @@ pub async fn apply(client: &mut Client, dir: &Path, v1: bool) -> Result<Vec<Stri
         .await
         .map_err(|e| db_fail(&e, "creating the drizzle schema"))?;
     let exists: bool = tx
-        .query_one("SELECT to_regclass('drizzle.__drizzle_migrations') IS NOT NULL", &[])
+        .query_one(
+            "SELECT to_regclass('drizzle.__drizzle_migrations') IS NOT NULL",
+            &[],
+        )
         .await
         .map_err(|e| db_fail(&e, "reading drizzle.__drizzle_migrations"))?
         .get(0);
@@ -413,10 +439,16 @@ mod tests {
         assert!(!is_v1_folder_name("0000_init"));
         assert!(!is_v1_folder_name("20260115093000"));
         // drizzle's formatToMillis: Date.UTC of the stamp
-        assert_eq!(folder_millis("20260115093000_init"), Some(1_768_469_400_000));
+        assert_eq!(
+            folder_millis("20260115093000_init"),
+            Some(1_768_469_400_000)
+        );
         assert_eq!(folder_millis("20261332000000_x"), None);
         assert_eq!(folder_millis("19700101000000_x"), Some(0));
-        assert_eq!(folder_millis("20240229235959_leap"), Some(1_709_251_199_000));
+        assert_eq!(
+            folder_millis("20240229235959_leap"),
+            Some(1_709_251_199_000)
+        );
         assert_eq!(folder_millis("20230229000000_x"), None);
     }
 
@@ -431,14 +463,32 @@ mod tests {
 
     #[test]
     fn out_of_order_0x_migrations_are_refused_by_name() {
-        let entries = [entry("0000_a", 1000, "h0"), entry("0001_b", 3000, "h1"), entry("0002_late", 2000, "h2")];
+        let entries = [
+            entry("0000_a", 1000, "h0"),
+            entry("0001_b", 3000, "h1"),
+            entry("0002_late", 2000, "h2"),
+        ];
         let rows = [
-            Row { id: 1, hash: "h0".into(), created_at: Some(1000), name: None },
-            Row { id: 2, hash: "h1".into(), created_at: Some(3000), name: None },
+            Row {
+                id: 1,
+                hash: "h0".into(),
+                created_at: Some(1000),
+                name: None,
+            },
+            Row {
+                id: 2,
+                hash: "h1".into(),
+                created_at: Some(3000),
+                name: None,
+            },
         ];
         let e = pending_v0(&entries, &rows).unwrap_err();
         assert!(e.0.contains("0002_late") && !e.0.contains("0001_b"), "{e}");
-        let fine = [entry("0000_a", 1000, "h0"), entry("0001_b", 3000, "h1"), entry("0002_c", 4000, "h2")];
+        let fine = [
+            entry("0000_a", 1000, "h0"),
+            entry("0001_b", 3000, "h1"),
+            entry("0002_c", 4000, "h2"),
+        ];
         let p = pending_v0(&fine, &rows).unwrap();
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].name, "0002_c");
@@ -446,12 +496,29 @@ mod tests {
 
     #[test]
     fn v1_pending_is_by_name_so_out_of_order_folders_apply() {
-        let entries = [entry("20260101000000_a", 1, "h0"), entry("20260102000000_b", 2, "h1"), entry("20260103000000_c", 3, "h2")];
+        let entries = [
+            entry("20260101000000_a", 1, "h0"),
+            entry("20260102000000_b", 2, "h1"),
+            entry("20260103000000_c", 3, "h2"),
+        ];
         let rows = [
-            Row { id: 1, hash: "h0".into(), created_at: Some(1), name: Some("20260101000000_a".into()) },
-            Row { id: 2, hash: "h2".into(), created_at: Some(3), name: Some("20260103000000_c".into()) },
+            Row {
+                id: 1,
+                hash: "h0".into(),
+                created_at: Some(1),
+                name: Some("20260101000000_a".into()),
+            },
+            Row {
+                id: 2,
+                hash: "h2".into(),
+                created_at: Some(3),
+                name: Some("20260103000000_c".into()),
+            },
         ];
         let p = pending_v1(&entries, &rows);
-        assert_eq!(p.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["20260102000000_b"]);
+        assert_eq!(
+            p.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+            ["20260102000000_b"]
+        );
     }
 }

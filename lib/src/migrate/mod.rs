@@ -82,7 +82,10 @@ impl Format {
 #[derive(Debug, Clone)]
 pub enum Source {
     /// A folder; its format detected when `None`.
-    Folder { dir: PathBuf, format: Option<Format> },
+    Folder {
+        dir: PathBuf,
+        format: Option<Format>,
+    },
     /// The app's own tool; argv.
     Command(Vec<String>),
 }
@@ -218,7 +221,10 @@ pub fn detect(dir: &Path) -> Result<Format, MigrateError> {
     if !prisma && !stamped_folders.is_empty() {
         found.push((
             Format::DrizzleV1,
-            format!("{} <stamp>_<name>/migration.sql folder(s)", stamped_folders.len()),
+            format!(
+                "{} <stamp>_<name>/migration.sql folder(s)",
+                stamped_folders.len()
+            ),
         ));
     }
     if !refinery_files.is_empty() {
@@ -253,13 +259,13 @@ pub fn detect(dir: &Path) -> Result<Format, MigrateError> {
 /// The folder's format: as given (`drizzle` told apart by its journal), else detected.
 pub fn resolve_format(dir: &Path, given: Option<Format>) -> Result<Format, MigrateError> {
     match given {
-        Some(Format::Drizzle) | Some(Format::DrizzleV1) => Ok(
-            if dir.join("meta/_journal.json").is_file() {
+        Some(Format::Drizzle) | Some(Format::DrizzleV1) => {
+            Ok(if dir.join("meta/_journal.json").is_file() {
                 Format::Drizzle
             } else {
                 Format::DrizzleV1
-            },
-        ),
+            })
+        }
         Some(f) => Ok(f),
         None => {
             let f = detect(dir)?;
@@ -457,7 +463,11 @@ async fn lock_holder(client: &Client, key: i64) -> String {
             format!(
                 " (held by backend {}{}, from {}, connected since {} UTC)",
                 r.get::<_, i32>(0),
-                if app.is_empty() { String::new() } else { format!(" \"{app}\"") },
+                if app.is_empty() {
+                    String::new()
+                } else {
+                    format!(" \"{app}\"")
+                },
                 r.get::<_, String>(2),
                 r.get::<_, String>(3)
             )
@@ -584,7 +594,11 @@ async fn watch_blockers(watcher: Option<&Client>, pid: i32, out: &std::cell::Ref
                 format!(
                     "backend {}{} from {}, {}, in a transaction for {}s, running {:?}",
                     r.get::<_, i32>(0),
-                    if app.is_empty() { String::new() } else { format!(" \"{app}\"") },
+                    if app.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" \"{app}\"")
+                    },
                     r.get::<_, String>(2),
                     r.get::<_, String>(3),
                     r.get::<_, i64>(4),
@@ -641,10 +655,16 @@ async fn apply(
                 .map(|m| m.to_string())
                 .collect()
         }
-        (Source::Folder { dir, .. }, Some(Format::Drizzle)) => drizzle::apply(client, dir, false).await?,
-        (Source::Folder { dir, .. }, Some(Format::DrizzleV1)) => drizzle::apply(client, dir, true).await?,
+        (Source::Folder { dir, .. }, Some(Format::Drizzle)) => {
+            drizzle::apply(client, dir, false).await?
+        }
+        (Source::Folder { dir, .. }, Some(Format::DrizzleV1)) => {
+            drizzle::apply(client, dir, true).await?
+        }
         (Source::Folder { dir, .. }, Some(Format::Prisma)) => prisma::apply(client, dir).await?,
-        (Source::Folder { .. }, None) => return Err(ApplyError::Failed(err("internal error: no format"))),
+        (Source::Folder { .. }, None) => {
+            return Err(ApplyError::Failed(err("internal error: no format")))
+        }
     };
     for m in applied {
         info!("applied migration {m}");
@@ -892,7 +912,10 @@ async fn run_command(
         if !options.is_empty() {
             options.push(' ');
         }
-        options.push_str(&format!("-c lock_timeout={}ms", ddl_lock_timeout.as_millis()));
+        options.push_str(&format!(
+            "-c lock_timeout={}ms",
+            ddl_lock_timeout.as_millis()
+        ));
         cmd.env("PGOPTIONS", options);
     }
     crate::supervise::prepare_child(&mut cmd, user, false);

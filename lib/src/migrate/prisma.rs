@@ -85,8 +85,8 @@ pub fn load(dir: &Path) -> Result<Vec<Migration>, MigrateError> {
             ))
         })?;
         let checksum = super::hex_sha256(&bytes);
-        let script = String::from_utf8(bytes)
-            .map_err(|_| err(format!("{}: not UTF-8", path.display())))?;
+        let script =
+            String::from_utf8(bytes).map_err(|_| err(format!("{}: not UTF-8", path.display())))?;
         out.push(Migration {
             name,
             script,
@@ -171,7 +171,10 @@ pub fn refuse_failed(rows: &[Row]) -> Result<(), MigrateError> {
                 .filter(|l| !l.is_empty())
                 .map(|l| format!(" with the logs: {l}"))
                 .unwrap_or_default();
-            format!("the `{}` migration started at {} failed{logs}", r.name, r.started_at)
+            format!(
+                "the `{}` migration started at {} failed{logs}",
+                r.name, r.started_at
+            )
         })
         .collect();
     let name = &failed[0].name;
@@ -285,7 +288,10 @@ pub async fn apply(client: &Client, dir: &Path) -> Result<Vec<String>, ApplyErro
                     .await
                     .map_err(|e| db_fail(&e, "recording the migration"))?;
                 client
-                    .execute("UPDATE _prisma_migrations SET finished_at = now() WHERE id = $1", &[&id])
+                    .execute(
+                        "UPDATE _prisma_migrations SET finished_at = now() WHERE id = $1",
+                        &[&id],
+                    )
                     .await
                     .map_err(|e| db_fail(&e, "recording the migration"))?;
                 applied.push(m.name.clone());
@@ -307,7 +313,10 @@ pub async fn apply(client: &Client, dir: &Path) -> Result<Vec<String>, ApplyErro
                 } else {
                     let logs = format!("{e}: {}", classify(&e).reason);
                     let _ = client
-                        .execute("UPDATE _prisma_migrations SET logs = $1 WHERE id = $2", &[&logs, &id])
+                        .execute(
+                            "UPDATE _prisma_migrations SET logs = $1 WHERE id = $2",
+                            &[&logs, &id],
+                        )
                         .await;
                 }
                 return Err(failure);
@@ -344,11 +353,25 @@ mod tests {
         };
         assert!(refuse_failed(&[row("a", true, false), row("b", false, true)]).is_ok());
         let e = refuse_failed(&[row("a", true, false), row("c", false, false)]).unwrap_err();
-        assert!(e.0.contains("P3009") && e.0.contains("`c`") && e.0.contains("--rolled-back"), "{e}");
-        let m = |n: &str| Migration { name: n.into(), script: String::new(), checksum: String::new() };
+        assert!(
+            e.0.contains("P3009") && e.0.contains("`c`") && e.0.contains("--rolled-back"),
+            "{e}"
+        );
+        let m = |n: &str| Migration {
+            name: n.into(),
+            script: String::new(),
+            checksum: String::new(),
+        };
         let ms = [m("a"), m("b"), m("c")];
         // b was rolled back: pending again; c failed (no finished) but not rolled back: applied
-        let p = pending(&ms, &[row("a", true, false), row("b", false, true), row("c", false, false)]);
+        let p = pending(
+            &ms,
+            &[
+                row("a", true, false),
+                row("b", false, true),
+                row("c", false, false),
+            ],
+        );
         assert_eq!(p.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["b"]);
     }
 }
