@@ -545,7 +545,7 @@ async fn apply_with_retries(
                     crate::duration::format(delay)
                 );
                 tokio::time::sleep(jitter(delay)).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+                delay = (delay * 2).min(Duration::from_secs(5));
                 attempt += 1;
             }
         }
