@@ -1,10 +1,23 @@
 //! Docker engine access for container tests. Tests that need it skip, printing why,
-//! only when `docker info` fails.
+//! only when `docker info` fails, and never in CI.
 
 use std::process::{Command, Output, Stdio};
 
-/// `None` when a Docker engine answers, else the reason to print when skipping.
+/// `None` when a Docker engine answers, else the reason to print when skipping. In CI
+/// (`CI` set) a missing engine is a failure, never a silent pass: the tests that need
+/// it must run there.
 pub fn unavailable() -> Option<String> {
+    let why = probe();
+    if let Some(w) = &why {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the Docker tests, but {w}"
+        );
+    }
+    why
+}
+
+fn probe() -> Option<String> {
     match Command::new("docker")
         .args(["info", "--format", "{{.ServerVersion}}"])
         .stdin(Stdio::null())

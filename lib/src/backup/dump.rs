@@ -1,5 +1,5 @@
-//! `pg_dump` for the server at hand: the server's major version is read first, and a
-//! `pg_dump` at least that new is chosen from `BACKUP_PG_BIN` (a directory), the
+//! `pg_dump` for the server at hand: the server's major version is read first, and the
+//! `pg_dump` of that version (else the newest newer one) is chosen from `BACKUP_PG_BIN` (a directory), the
 //! `/usr/lib/postgresql/N/bin` directories and `PATH`, so a version mismatch is a clear
 //! message ("server is 17, pg_dump is 15: install postgresql-client-17") instead of
 //! pg_dump's own error halfway through the night.
@@ -91,7 +91,18 @@ fn candidates() -> Vec<PathBuf> {
     dirs
 }
 
-/// Picks the newest `pg_dump` whose major version is at least the server's.
+/// True when a pg_dump of major `candidate` is better for a server of `server` than the
+/// best so far: the server's own major wins; else the newest that is at least as new.
+fn preferred(candidate: u32, best: Option<u32>, server: u32) -> bool {
+    candidate >= server
+        && match best {
+            None => true,
+            Some(b) => b != server && (candidate == server || candidate > b),
+        }
+}
+
+/// Picks the `pg_dump` of the server's major version when one is installed (Debian
+/// keeps several in `/usr/lib/postgresql/N/bin`), else the newest one that is newer.
 pub fn find_tools(server_major: u32) -> Result<Tools, BackupError> {
     let mut best: Option<Tools> = None;
     let mut newest_seen: Option<(u32, PathBuf)> = None;
@@ -103,7 +114,7 @@ pub fn find_tools(server_major: u32) -> Result<Tools, BackupError> {
         if newest_seen.as_ref().is_none_or(|(m, _)| major > *m) {
             newest_seen = Some((major, pg_dump.clone()));
         }
-        if major >= server_major && best.as_ref().is_none_or(|b| major > b.major) {
+        if preferred(major, best.as_ref().map(|b| b.major), server_major) {
             best = Some(Tools {
                 pg_restore: dir.join("pg_restore"),
                 pg_dump,
@@ -201,6 +212,23 @@ pub fn libpq_command(program: &Path, target: Option<&PgTarget>) -> Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_servers_own_major_is_preferred() {
+        let pick = |found: &[u32], server| {
+            found.iter().fold(None, |best, m| {
+                if preferred(*m, best, server) {
+                    Some(*m)
+                } else {
+                    best
+                }
+            })
+        };
+        assert_eq!(pick(&[18, 17, 16, 15], 17), Some(17));
+        assert_eq!(pick(&[15, 16, 17, 18], 17), Some(17));
+        assert_eq!(pick(&[18, 15], 16), Some(18));
+        assert_eq!(pick(&[15], 17), None);
+    }
 
     #[test]
     fn env_carries_the_password_out_of_argv() {

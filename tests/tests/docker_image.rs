@@ -1,0 +1,88 @@
+//! The `dockhand` image as users get it: `docker build -t dockhand .` from the
+//! repository root (the Dockerfile there, FROM scratch with the three static binaries),
+//! then an app image that copies from it as the README says, run with the entrypoint as
+//! PID 1 and the healthcheck as its HEALTHCHECK.
+
+use std::time::Duration;
+
+use dockhand_tests::bins::root;
+use dockhand_tests::docker::{docker, docker_text, unavailable, Guard};
+
+#[test]
+fn the_root_dockerfile_builds_the_image_users_copy_from() {
+    if let Some(why) = unavailable() {
+        println!("SKIPPED: no Docker engine: {why}");
+        return;
+    }
+    let base = Guard::new("dockhand");
+    docker(&["build", "-q", "-t", &base.image, root().to_str().unwrap()]);
+    // exactly the three binaries, at the root
+    let mut app = Guard::new("dockhand-app");
+    for b in ["entrypoint", "backup", "healthcheck"] {
+        let c = app.container();
+        docker(&[
+            "create",
+            "--name",
+            &c,
+            "--entrypoint",
+            &format!("/{b}"),
+            &base.image,
+            "--version",
+        ]);
+        docker(&["start", "-a", &c]);
+        let logs = docker_text(&["logs", &c]);
+        assert!(logs.starts_with(&format!("{b} ")), "{b}: {logs}");
+    }
+    // an app image built the way the README shows it
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", ctx.path().join("busybox"))
+        .expect("busybox-static: run scripts/setup");
+    std::fs::create_dir(ctx.path().join("www")).unwrap();
+    std::fs::write(ctx.path().join("www/index.html"), "ok\n").unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            r#"FROM {base} AS dockhand
+FROM scratch
+COPY --from=dockhand /entrypoint /healthcheck /usr/local/bin/
+COPY busybox /bin/busybox
+COPY www /www
+ENTRYPOINT ["/usr/local/bin/entrypoint"]
+CMD ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]
+HEALTHCHECK --interval=1s --timeout=5s --retries=2 CMD ["/usr/local/bin/healthcheck", "--expect-body", "ok", "http://localhost:8080/"]
+"#,
+            base = base.image
+        ),
+    )
+    .unwrap();
+    docker(&[
+        "build",
+        "-q",
+        "-t",
+        &app.image,
+        ctx.path().to_str().unwrap(),
+    ]);
+    let c = app.container();
+    docker(&["run", "-d", "--network", "none", "--name", &c, &app.image]);
+    assert!(
+        dockhand_tests::wait_until(Duration::from_secs(60), || docker_text(&[
+            "inspect",
+            "-f",
+            "{{.State.Health.Status}}",
+            &c
+        ]) == "healthy"),
+        "never healthy"
+    );
+    let started = std::time::Instant::now();
+    docker(&["stop", "-t", "10", &c]);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "docker stop waited for the SIGKILL"
+    );
+    // busybox httpd dies of the SIGTERM the entrypoint passed on: 143, mirrored
+    assert_eq!(
+        docker_text(&["inspect", "-f", "{{.State.ExitCode}}", &c]),
+        "143"
+    );
+    drop(base);
+}
