@@ -2,6 +2,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MUSL_TARGET=x86_64-unknown-linux-musl
+ARM64_TARGET=aarch64-unknown-linux-musl
 STATIC_DIR="$ROOT/target/static"
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -27,5 +28,32 @@ ensure_musl() {
   rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET" || {
     say "adding the Rust target $MUSL_TARGET"
     rustup target add "$MUSL_TARGET"
+  }
+}
+
+# The venv with the Python tools: moto (S3 test server), kubernetes-validate, and zig
+# with cargo-zigbuild (the ARM64 cross build).
+ensure_venv() {
+  if [ ! -x "$ROOT/.venv/bin/python" ]; then
+    python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
+    say "creating .venv"
+    python3 -m venv "$ROOT/.venv" || { apt_install python3-venv; python3 -m venv "$ROOT/.venv"; }
+  fi
+  local want=()
+  [ -x "$ROOT/.venv/bin/moto_server" ] || want+=('moto[server]>=5,<6')
+  [ -x "$ROOT/.venv/bin/kubernetes-validate" ] || want+=('kubernetes-validate>=1.31')
+  [ -x "$ROOT/.venv/bin/cargo-zigbuild" ] || want+=('cargo-zigbuild>=0.19')
+  "$ROOT/.venv/bin/python" -c 'import ziglang' 2>/dev/null || want+=('ziglang>=0.13,<0.14')
+  if [ ${#want[@]} -gt 0 ]; then
+    say "installing into .venv: ${want[*]}"
+    "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check "${want[@]}"
+  fi
+}
+
+ensure_arm64() {
+  ensure_venv
+  rustup target list --installed 2>/dev/null | grep -qx "$ARM64_TARGET" || {
+    say "adding the Rust target $ARM64_TARGET"
+    rustup target add "$ARM64_TARGET"
   }
 }

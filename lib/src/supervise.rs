@@ -142,21 +142,27 @@ extern "C" fn on_fault_signal(sig: i32, info: *mut libc::siginfo_t, _: *mut libc
     }
 }
 
+/// Reads fault-signal numbers from the pipe into `buf`; how many (0 when none).
+fn read_fault_pipe(buf: &mut [u8]) -> usize {
+    let fd = FAULT_PIPE_READ.load(Ordering::SeqCst);
+    if fd < 0 {
+        return 0;
+    }
+    // SAFETY: reads into the caller's buffer, at most its length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    n.max(0) as usize
+}
+
 /// Fault signals (ABRT, SEGV, ...) that other processes sent us since the last call.
 pub fn fault_signals() -> Vec<i32> {
-    let fd = FAULT_PIPE_READ.load(Ordering::SeqCst);
     let mut out = Vec::new();
-    if fd < 0 {
-        return out;
-    }
     let mut buf = [0u8; 64];
     loop {
-        // SAFETY: reads into a local buffer of the length given.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
+        let n = read_fault_pipe(&mut buf);
+        out.extend(buf[..n].iter().map(|b| i32::from(*b)));
+        if n < buf.len() {
             return out;
         }
-        out.extend(buf[..n as usize].iter().map(|b| i32::from(*b)));
     }
 }
 
@@ -453,13 +459,25 @@ impl Supervisor<'_> {
             }
             state = self.on_deadline(state, status.is_none());
             self.sleep(sfd, state, status.is_some() && no_children);
-            let mut received: Vec<i32> = Vec::new();
+            // Nothing here allocates: the idle loop touches as little code as it can
+            // (its pages fault back in after shed_code_pages, 64 KiB at a time).
             while let Ok(Some(info)) = sfd.read_signal() {
-                received.push(info.ssi_signo as i32);
+                state = self.on_signal(
+                    info.ssi_signo as i32,
+                    state,
+                    status.is_some(),
+                    &mut interrupts,
+                );
             }
-            received.extend(fault_signals());
-            for sig in received {
-                state = self.on_signal(sig, state, status.is_some(), &mut interrupts);
+            let mut buf = [0u8; 16];
+            loop {
+                let n = read_fault_pipe(&mut buf);
+                for b in &buf[..n] {
+                    state = self.on_signal(i32::from(*b), state, status.is_some(), &mut interrupts);
+                }
+                if n < buf.len() {
+                    break;
+                }
             }
         }
     }
@@ -531,16 +549,17 @@ impl Supervisor<'_> {
             .unwrap_or(PollTimeout::MAX),
         };
         let pipe = FAULT_PIPE_READ.load(Ordering::SeqCst);
-        // SAFETY: the pipe's read end stays open for the life of the process.
-        let pipe = (pipe >= 0).then(|| unsafe { std::os::fd::BorrowedFd::borrow_raw(pipe) });
-        let mut fds = vec![PollFd::new(
-            std::os::fd::AsFd::as_fd(sfd),
-            PollFlags::POLLIN,
-        )];
-        if let Some(p) = &pipe {
-            fds.push(PollFd::new(*p, PollFlags::POLLIN));
+        let signals = PollFd::new(std::os::fd::AsFd::as_fd(sfd), PollFlags::POLLIN);
+        if pipe >= 0 {
+            // SAFETY: the pipe's read end stays open for the life of the process.
+            let pipe = unsafe { std::os::fd::BorrowedFd::borrow_raw(pipe) };
+            let _ = poll(
+                &mut [signals, PollFd::new(pipe, PollFlags::POLLIN)],
+                timeout,
+            );
+        } else {
+            let _ = poll(&mut [signals], timeout);
         }
-        let _ = poll(&mut fds, timeout);
     }
 
     /// One received signal: rewrite first (0 drops it, whatever it is), then the rule
