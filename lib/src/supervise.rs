@@ -143,6 +143,8 @@ extern "C" fn on_fault_signal(sig: i32, info: *mut libc::siginfo_t, _: *mut libc
 }
 
 /// Reads fault-signal numbers from the pipe into `buf`; how many (0 when none).
+// Inlined into the loop: the idle path stays in few code pages.
+#[inline(always)]
 fn read_fault_pipe(buf: &mut [u8]) -> usize {
     let fd = FAULT_PIPE_READ.load(Ordering::SeqCst);
     if fd < 0 {
@@ -482,6 +484,8 @@ impl Supervisor<'_> {
         }
     }
 
+    // Inlined into the loop: the idle path stays in few code pages.
+    #[inline(always)]
     fn begin_shutdown(&self) -> Shutdown {
         Shutdown::Stopping {
             deadline: Instant::now() + self.opts.grace,
@@ -489,6 +493,7 @@ impl Supervisor<'_> {
     }
 
     /// Once the app has exited, every other process gets SIGTERM.
+    #[cold]
     fn stop_the_rest(&self, code: i32, no_children: bool) {
         // With no child left, a subreaper has no descendant at all: skip the /proc
         // scan. As PID 1, `docker exec` strays are not children.
@@ -507,6 +512,8 @@ impl Supervisor<'_> {
 
     /// Passes on a held SIGTERM when its delay is over; SIGKILLs everything when the
     /// grace is over.
+    // Inlined into the loop: the idle path stays in few code pages.
+    #[inline(always)]
     fn on_deadline(&self, state: Shutdown, app_running: bool) -> Shutdown {
         let now = Instant::now();
         match state {
@@ -532,6 +539,8 @@ impl Supervisor<'_> {
 
     /// Sleeps until a signal, the next timer, or (after SIGKILL, or while strays that
     /// are not our children remain) a short poll.
+    // Inlined into the loop: the idle path stays in few code pages.
+    #[inline(always)]
     fn sleep(&self, sfd: &SignalFd, state: Shutdown, waiting_for_strays: bool) {
         let now = Instant::now();
         let wake = match state {
@@ -564,6 +573,7 @@ impl Supervisor<'_> {
 
     /// One received signal: rewrite first (0 drops it, whatever it is), then the rule
     /// for what arrived.
+    #[cold]
     fn on_signal(
         &self,
         sig: i32,
@@ -646,6 +656,8 @@ impl Supervisor<'_> {
 
     /// Reaps every child that has changed state; records the app's exit status.
     /// Returns true when we have no children left.
+    // Inlined into the loop: the idle path stays in few code pages.
+    #[inline(always)]
     fn reap(&self, status: &mut Option<i32>) -> bool {
         loop {
             match waitpid(

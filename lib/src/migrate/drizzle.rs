@@ -20,7 +20,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use super::{db_fail, err, ApplyError, MigrateError};
 use crate::pg::classify;
@@ -191,27 +191,30 @@ pub struct Row {
 
 /// The recorded rows, oldest first; empty when the table does not exist.
 pub async fn rows(client: &Client) -> Result<Vec<Row>, MigrateError> {
-    let exists: bool = client
+    rows_of(client)
+        .await
+        .map_err(|e| err(format!("reading {TABLE}: {}", classify(&e))))
+}
+
+/// The rows through any client or transaction (a 0.x table has no `name`).
+async fn rows_of<C: GenericClient>(c: &C) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let exists: bool = c
         .query_one(
             "SELECT to_regclass('drizzle.__drizzle_migrations') IS NOT NULL",
             &[],
         )
-        .await
-        .map_err(|e| err(format!("reading {TABLE}: {}", classify(&e))))?
+        .await?
         .get(0);
     if !exists {
         return Ok(Vec::new());
     }
-    let has_name = has_name_column(client).await?;
-    let sql = if has_name {
+    let sql = if has_name_column(c).await? {
         "SELECT id, hash, created_at, name FROM drizzle.__drizzle_migrations ORDER BY id"
     } else {
         "SELECT id, hash, created_at, NULL::text FROM drizzle.__drizzle_migrations ORDER BY id"
     };
-    Ok(client
-        .query(sql, &[])
-        .await
-        .map_err(|e| err(format!("reading {TABLE}: {}", classify(&e))))?
+    Ok(c.query(sql, &[])
+        .await?
         .iter()
         .map(|r| Row {
             id: r.get(0),
@@ -222,15 +225,13 @@ pub async fn rows(client: &Client) -> Result<Vec<Row>, MigrateError> {
         .collect())
 }
 
-async fn has_name_column(client: &Client) -> Result<bool, MigrateError> {
-    Ok(client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'drizzle' AND table_name = '__drizzle_migrations' AND column_name = 'name')",
-            &[],
-        )
-        .await
-        .map_err(|e| err(format!("reading {TABLE}: {}", classify(&e))))?
-        .get(0))
+async fn has_name_column<C: GenericClient>(c: &C) -> Result<bool, tokio_postgres::Error> {
+    Ok(c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'drizzle' AND table_name = '__drizzle_migrations' AND column_name = 'name')",
+        &[],
+    )
+    .await?
+    .get(0))
 }
 
 /// 0.x: the pending entries; `Err` naming any entry drizzle-orm would skip silently
@@ -297,7 +298,9 @@ pub async fn apply(client: &mut Client, dir: &Path, v1: bool) -> Result<Vec<Stri
     } else if v1 {
         upgrade_table(&tx, &entries).await?;
     }
-    let rows = rows_in(&tx).await?;
+    let rows = rows_of(&tx)
+        .await
+        .map_err(|e| db_fail(&e, "reading drizzle.__drizzle_migrations"))?;
     let pending: Vec<&Entry> = if v1 {
         pending_v1(&entries, &rows)
     } else {
@@ -343,50 +346,19 @@ pub async fn apply(client: &mut Client, dir: &Path, v1: bool) -> Result<Vec<Stri
     Ok(applied)
 }
 
-async fn rows_in(tx: &Transaction<'_>) -> Result<Vec<Row>, ApplyError> {
-    let has_name: bool = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'drizzle' AND table_name = '__drizzle_migrations' AND column_name = 'name')",
-            &[],
-        )
-        .await
-        .map_err(|e| db_fail(&e, "reading drizzle.__drizzle_migrations"))?
-        .get(0);
-    let sql = if has_name {
-        "SELECT id, hash, created_at, name FROM drizzle.__drizzle_migrations ORDER BY id"
-    } else {
-        "SELECT id, hash, created_at, NULL::text FROM drizzle.__drizzle_migrations ORDER BY id"
-    };
-    Ok(tx
-        .query(sql, &[])
-        .await
-        .map_err(|e| db_fail(&e, "reading drizzle.__drizzle_migrations"))?
-        .iter()
-        .map(|r| Row {
-            id: r.get(0),
-            hash: r.get(1),
-            created_at: r.get(2),
-            name: r.get(3),
-        })
-        .collect())
-}
-
 /// Upgrades a 0.x history table to 1.0's shape (drizzle-orm 1.0 `up-migrations/pg`):
 /// `name` and `applied_at` columns, names back-filled for every row by its
 /// `created_at` truncated to the second, then by hash; a row matching no folder stops.
 async fn upgrade_table(tx: &Transaction<'_>, entries: &[Entry]) -> Result<(), ApplyError> {
-    let has_name: bool = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'drizzle' AND table_name = '__drizzle_migrations' AND column_name = 'name')",
-            &[],
-        )
+    let has_name = has_name_column(tx)
         .await
-        .map_err(|e| db_fail(&e, "reading drizzle.__drizzle_migrations"))?
-        .get(0);
+        .map_err(|e| db_fail(&e, "reading drizzle.__drizzle_migrations"))?;
     if has_name {
         return Ok(());
     }
-    let rows = rows_in(tx).await?;
+    let rows = rows_of(tx)
+        .await
+        .map_err(|e| db_fail(&e, "reading drizzle.__drizzle_migrations"))?;
     let mut matched = Vec::new();
     let mut unmatched = Vec::new();
     for row in &rows {

@@ -300,33 +300,24 @@ pub async fn status(
                 })
                 .collect()
         }
-        Format::Drizzle => {
-            let entries = drizzle::load(dir)?;
+        Format::Drizzle | Format::DrizzleV1 => {
+            let v1 = format == Format::DrizzleV1;
+            let entries = if v1 {
+                drizzle::load_v1(dir)?
+            } else {
+                drizzle::load(dir)?
+            };
             let rows = drizzle::rows(client).await?;
-            let pending: Vec<String> = drizzle::pending_v0(&entries, &rows)?
-                .iter()
-                .map(|e| e.name.clone())
-                .collect();
+            let pending: Vec<&drizzle::Entry> = if v1 {
+                drizzle::pending_v1(&entries, &rows)
+            } else {
+                drizzle::pending_v0(&entries, &rows)?
+            };
             entries
                 .iter()
                 .map(|e| Status {
                     name: e.name.clone(),
-                    applied: !pending.contains(&e.name),
-                })
-                .collect()
-        }
-        Format::DrizzleV1 => {
-            let entries = drizzle::load_v1(dir)?;
-            let rows = drizzle::rows(client).await?;
-            let pending: Vec<String> = drizzle::pending_v1(&entries, &rows)
-                .iter()
-                .map(|e| e.name.clone())
-                .collect();
-            entries
-                .iter()
-                .map(|e| Status {
-                    name: e.name.clone(),
-                    applied: !pending.contains(&e.name),
+                    applied: !pending.iter().any(|p| p.name == e.name),
                 })
                 .collect()
         }
