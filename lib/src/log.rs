@@ -95,7 +95,13 @@ impl Visit for Fields {
 
 impl Subscriber for LineSubscriber {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= &self.max
+        // Libraries' own events (the AWS SDK's instance-metadata warnings, with Debug
+        // dumps of responses) only at debug: their failures reach us as errors, which
+        // we report in one line of our own.
+        let ours = ["dockhand", "entrypoint", "backup", "healthcheck"]
+            .iter()
+            .any(|p| metadata.target().starts_with(p));
+        metadata.level() <= &self.max && (ours || self.max >= Level::DEBUG)
     }
     fn new_span(&self, _: &Attributes<'_>) -> Id {
         Id::from_u64(self.next_span.fetch_add(1, Ordering::Relaxed))

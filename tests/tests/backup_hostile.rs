@@ -397,6 +397,32 @@ fn verify_and_restore_from_the_folder_do_not_need_s3() {
 }
 
 #[test]
+fn no_region_is_one_line_without_the_sdks_instance_metadata_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = backup(
+        &[
+            "list",
+            "--remote",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--s3-bucket",
+            "my-bucket",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.output());
+    assert!(
+        r.stderr.contains("no AWS region") && r.stderr.contains("BACKUP_S3_REGION"),
+        "{}",
+        r.output()
+    );
+    for noise in ["IMDS", "FailedToLoadToken", "SdkBody"] {
+        assert!(!r.stderr.contains(noise), "{}", r.output());
+    }
+}
+
+#[test]
 fn s3_errors_name_the_status_and_code() {
     let s3 = S3::shared();
     let dir = tempfile::tempdir().unwrap();

@@ -170,7 +170,7 @@ impl S3 {
             );
         if shared.region().is_none() {
             return Err(err(
-                "no AWS region: set BACKUP_S3_REGION (or AWS_REGION), or BACKUP_S3_ENDPOINT for another provider",
+                "no AWS region (none set, and no instance metadata gave one): set BACKUP_S3_REGION (or AWS_REGION), or BACKUP_S3_ENDPOINT for another provider",
             ));
         }
         if let Some(e) = &s.endpoint {
