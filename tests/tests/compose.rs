@@ -162,3 +162,275 @@ fn the_minimal_stack_runs_as_written() {
     let all = p.ok(&["logs"]);
     assert!(!all.contains(&password), "a password leaked into the logs");
 }
+
+/// moto on the docker0 address, where containers reach the host (host-gateway).
+struct HostS3 {
+    endpoint_for_containers: String,
+    host_url: String,
+    _moto: dockhand_tests::proc::Service,
+}
+
+fn docker0_address() -> String {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "docker0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .expect("docker0 has no IPv4 address")
+        .to_string()
+}
+
+fn host_s3() -> HostS3 {
+    let ip = docker0_address();
+    let port = dockhand_tests::free_port();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--pdeathsig", "KILL", "--"])
+        .arg(root().join(".venv/bin/moto_server"))
+        .args(["-H", &ip, "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let moto =
+        dockhand_tests::proc::Service::spawn("moto_server", cmd, nix::sys::signal::Signal::SIGTERM);
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    assert!(dockhand_tests::wait_until(Duration::from_secs(60), || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    }));
+    HostS3 {
+        endpoint_for_containers: format!("http://host.docker.internal:{port}"),
+        host_url: format!("http://{ip}:{port}"),
+        _moto: moto,
+    }
+}
+
+#[test]
+fn the_full_stack_runs_as_written() {
+    if let Some(why) = unavailable() {
+        println!("SKIPPED: no Docker engine: {why}");
+        return;
+    }
+    let dockhand = Guard::new("dockhand");
+    docker(&[
+        "build",
+        "-q",
+        "-t",
+        &dockhand.image,
+        root().to_str().unwrap(),
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("stack");
+    copy_dir(&root().join("examples/compose"), &dir);
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    let password = format!("Db/{}?#@:%", dockhand_tests::token(16));
+    let redis_password = format!("Rd{}", dockhand_tests::token(16));
+    std::fs::write(secrets.join("db_password.txt"), &password).unwrap();
+    std::fs::write(
+        secrets.join("pgbouncer_userlist.txt"),
+        format!("\"app\" \"{password}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(secrets.join("redis_password.txt"), &redis_password).unwrap();
+    std::fs::write(secrets.join("s3_key_id.txt"), "testing").unwrap();
+    std::fs::write(secrets.join("s3_secret.txt"), "testing").unwrap();
+    let keygen = Command::new("age-keygen")
+        .arg("-o")
+        .arg(secrets.join("age_identity.txt"))
+        .output()
+        .unwrap();
+    assert!(keygen.status.success());
+    let recipient = std::fs::read_to_string(secrets.join("age_identity.txt"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: ").map(String::from))
+        .unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/drizzle-app/node_modules.tar.zst");
+    assert!(Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -dc '{}' | tar -C '{}' -xf -",
+            fixture.display(),
+            dir.join("app").display()
+        ))
+        .status()
+        .unwrap()
+        .success());
+    let s3 = host_s3();
+    // the bucket (moto reads the key id, not the signature)
+    let bucket = format!("backups-{}", dockhand_tests::token(8));
+    let created = Command::new("curl")
+        .args(["-sf", "-X", "PUT", &format!("{}/{bucket}", s3.host_url)])
+        .args(["-H", "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00"])
+        .status()
+        .unwrap();
+    assert!(created.success());
+    let mut env = images();
+    env.push(("DOCKHAND_IMAGE".into(), dockhand.image.clone()));
+    env.push(("BACKUP_AGE_RECIPIENT".into(), recipient));
+    env.push(("S3_ENDPOINT".into(), s3.endpoint_for_containers.clone()));
+    env.push(("S3_BUCKET".into(), bucket));
+    let p = Project {
+        dir,
+        name: format!("dockhandfull{}", dockhand_tests::token(8)),
+        env,
+    };
+    // a cold start, no health-gated depends_on: everything comes up on its own
+    p.ok(&["up", "-d", "--build"]);
+    let ids =
+        |svc: &str| -> Vec<String> { p.ok(&["ps", "-q", svc]).lines().map(String::from).collect() };
+    let apps = ids("app");
+    assert_eq!(apps.len(), 3, "three replicas");
+    let backup = ids("db-backup").remove(0);
+    let healthy =
+        |c: &str| docker_text(&["inspect", "-f", "{{.State.Health.Status}}", c]) == "healthy";
+    assert!(
+        dockhand_tests::wait_until(Duration::from_secs(180), || apps.iter().all(|a| healthy(a))
+            && healthy(&backup)),
+        "not healthy: {}",
+        p.ok(&["logs"])
+    );
+    // the migrations ran once across the replicas
+    let app_logs = p.ok(&["logs", "app"]);
+    assert_eq!(
+        app_logs.matches("applied migration").count(),
+        3,
+        "{app_logs}"
+    );
+    // each replica serves through PgBouncer as uid 1000
+    let port = p.ok(&["port", "--index", "2", "app", "3000"]);
+    let port = port.trim().rsplit(':').next().unwrap().to_string();
+    let served = Command::new(dockhand_tests::bins::bin("healthcheck"))
+        .args([
+            "--expect-body",
+            "\"uid\":1000",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        served.status.success(),
+        "{}",
+        String::from_utf8_lossy(&served.stdout)
+    );
+    // the sidecar: a backup now, both copies listed, verified and restored with the
+    // age identity as a secret, the same rows
+    p.ok(&["exec", "-T", "db-backup", "/dockhand/backup", "now"]);
+    let list = p.ok(&[
+        "exec",
+        "-T",
+        "db-backup",
+        "/dockhand/backup",
+        "list",
+        "--remote",
+    ]);
+    assert!(list.contains("both"), "{list}");
+    let with_key = [
+        "exec",
+        "-T",
+        "-e",
+        "BACKUP_AGE_IDENTITY_FILE=/run/secrets/age_identity",
+        "db-backup",
+        "/dockhand/backup",
+    ];
+    let mut verify = with_key.to_vec();
+    verify.extend(["verify", "latest"]);
+    p.ok(&verify);
+    let mut restore = with_key.to_vec();
+    restore.extend(["restore", "latest", "--from", "s3"]);
+    let restored = p.ok(&restore).trim().to_string();
+    let count = |db: &str| {
+        p.ok(&[
+            "exec",
+            "-T",
+            "postgres",
+            "psql",
+            "-U",
+            "app",
+            "-d",
+            db,
+            "-Atc",
+            "SELECT count(*) FROM drizzle.__drizzle_migrations",
+        ])
+    };
+    assert_eq!(count(&restored).trim(), "3");
+    assert_eq!(count("app").trim(), "3");
+    // the sidecar used the server's pg_dump (17) ...
+    let manifests = p.ok(&[
+        "exec",
+        "-T",
+        "db-backup",
+        "sh",
+        "-c",
+        "cat /backups/*.manifest.json",
+    ]);
+    assert!(manifests.contains("pg_dump (PostgreSQL) 17"), "{manifests}");
+    // ... and the host's pg_dump 15 is refused, clearly
+    let pg = ids("postgres").remove(0);
+    let ip = docker_text(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &pg,
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let url = format!("postgres://app@{ip}:5432/app");
+    let host = dockhand_tests::run::run(
+        dockhand_tests::run::command(
+            &dockhand_tests::bins::bin("backup"),
+            &["now", "--dir", out.path().to_str().unwrap()],
+            &[
+                ("DIRECT_URL", url.as_str()),
+                ("PGPASSWORD", password.as_str()),
+            ],
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(host.code, Some(1), "{}", host.output());
+    assert!(
+        host.stderr.contains("server is 17, pg_dump is 15")
+            && host.stderr.contains("postgresql-client-17"),
+        "{}",
+        host.output()
+    );
+    // PostgreSQL killed: the app turns unhealthy; restarted: it recovers, and the next
+    // backup succeeds
+    p.ok(&["kill", "postgres"]);
+    assert!(
+        dockhand_tests::wait_until(Duration::from_secs(60), || apps.iter().all(
+            |a| docker_text(&["inspect", "-f", "{{.State.Health.Status}}", a]) == "unhealthy"
+        )),
+        "the app stayed healthy without its database"
+    );
+    p.ok(&["start", "postgres"]);
+    assert!(
+        dockhand_tests::wait_until(Duration::from_secs(120), || apps.iter().all(|a| healthy(a))),
+        "the app did not recover"
+    );
+    p.ok(&["exec", "-T", "db-backup", "/dockhand/backup", "now"]);
+    // stop: every dockhand container exits 0, well under the stop timeout
+    let started = Instant::now();
+    p.ok(&["stop", "-t", "20", "app", "db-backup"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    for c in apps.iter().chain(std::iter::once(&backup)) {
+        assert_eq!(
+            docker_text(&["inspect", "-f", "{{.State.ExitCode}}", c]),
+            "0",
+            "{c}"
+        );
+    }
+    let all = p.ok(&["logs"]);
+    for secret in [&password, &redis_password] {
+        assert!(
+            !all.contains(secret.as_str()),
+            "a password leaked into the logs"
+        );
+    }
+}
