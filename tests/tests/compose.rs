@@ -316,32 +316,39 @@ fn the_full_stack_runs_as_written() {
         "{}",
         String::from_utf8_lossy(&served.stdout)
     );
-    // the sidecar: a backup now, both copies listed, verified and restored with the
-    // age identity as a secret, the same rows
-    p.ok(&["exec", "-T", "db-backup", "/dockhand/backup", "now"]);
-    let list = p.ok(&[
-        "exec",
-        "-T",
-        "db-backup",
-        "/dockhand/backup",
-        "list",
-        "--remote",
-    ]);
-    assert!(list.contains("both"), "{list}");
-    let with_key = [
-        "exec",
-        "-T",
-        "-e",
-        "BACKUP_AGE_IDENTITY_FILE=/run/secrets/age_identity",
-        "db-backup",
-        "/dockhand/backup",
-    ];
-    let mut verify = with_key.to_vec();
-    verify.extend(["verify", "latest"]);
-    p.ok(&verify);
-    let mut restore = with_key.to_vec();
-    restore.extend(["restore", "latest", "--from", "s3"]);
-    let restored = p.ok(&restore).trim().to_string();
+    // the sidecar, with the README's commands as written (docker compose v2's
+    // `docker compose exec` run by docker-compose, without a terminal): a backup now,
+    // both copies listed, verified and restored with the age identity as a secret
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut outputs = Vec::new();
+    for line in readme
+        .lines()
+        .filter(|l| l.starts_with("docker compose exec "))
+    {
+        let cmd = line.split("  #").next().unwrap().trim();
+        let args: Vec<&str> = cmd
+            .strip_prefix("docker compose exec ")
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        let mut full = vec!["exec", "-T"];
+        full.extend(args);
+        outputs.push((cmd.to_string(), p.ok(&full)));
+    }
+    assert_eq!(outputs.len(), 5, "the README's backup commands");
+    let out_of = |what: &str| {
+        outputs
+            .iter()
+            .find(|(c, _)| c.contains(what))
+            .map(|(_, o)| o.clone())
+            .unwrap()
+    };
+    assert!(
+        out_of("list --remote").contains("both"),
+        "{}",
+        out_of("list --remote")
+    );
+    let restored = out_of("restore latest").trim().to_string();
     let count = |db: &str| {
         p.ok(&[
             "exec",
