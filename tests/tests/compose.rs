@@ -285,10 +285,17 @@ fn the_full_stack_runs_as_written() {
     let apps = ids("app");
     assert_eq!(apps.len(), 3, "three replicas");
     let backup = ids("db-backup").remove(0);
+    let services: Vec<String> = ["postgres", "redis"]
+        .iter()
+        .map(|s| ids(s).remove(0))
+        .collect();
     let healthy =
         |c: &str| docker_text(&["inspect", "-f", "{{.State.Health.Status}}", c]) == "healthy";
     assert!(
-        dockhand_tests::wait_until(Duration::from_secs(180), || apps.iter().all(|a| healthy(a))
+        dockhand_tests::wait_until(Duration::from_secs(180), || apps
+            .iter()
+            .chain(services.iter())
+            .all(|a| healthy(a))
             && healthy(&backup)),
         "not healthy: {}",
         p.ok(&["logs"])
@@ -412,10 +419,23 @@ fn the_full_stack_runs_as_written() {
         )),
         "the app stayed healthy without its database"
     );
+    assert!(
+        dockhand_tests::wait_until(Duration::from_secs(60), || docker_text(&[
+            "inspect",
+            "-f",
+            "{{.State.Health.Status}}",
+            &backup
+        ]) == "unhealthy"),
+        "the sidecar stayed healthy without its database"
+    );
     p.ok(&["start", "postgres"]);
     assert!(
         dockhand_tests::wait_until(Duration::from_secs(120), || apps.iter().all(|a| healthy(a))),
         "the app did not recover"
+    );
+    assert!(
+        dockhand_tests::wait_until(Duration::from_secs(120), || healthy(&backup)),
+        "the sidecar did not recover"
     );
     p.ok(&["exec", "-T", "db-backup", "/dockhand/backup", "now"]);
     // stop: every dockhand container exits 0, well under the stop timeout
