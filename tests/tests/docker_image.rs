@@ -85,4 +85,57 @@ HEALTHCHECK --interval=1s --timeout=5s --retries=2 CMD ["/usr/local/bin/healthch
         "143"
     );
     drop(base);
+    // the README's ARM64 build: an arm64 image holding the aarch64 binaries
+    let arm = Guard::new("dockhand-arm64");
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("docker build") && l.contains("ARCH=arm64"))
+        .expect("the README's ARM64 line");
+    let args: Vec<String> = line
+        .split_whitespace()
+        .skip(2)
+        .map(|a| {
+            if a == "dockhand:arm64" {
+                arm.image.clone()
+            } else {
+                a.to_string()
+            }
+        })
+        .map(|a| {
+            if a == "." {
+                root().display().to_string()
+            } else {
+                a
+            }
+        })
+        .collect();
+    let mut build = vec!["build"];
+    build.extend(args.iter().map(String::as_str));
+    docker(&build);
+    assert_eq!(
+        docker_text(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{.Architecture}} {{.Config.Entrypoint}}",
+            &arm.image
+        ]),
+        "arm64 [/entrypoint]"
+    );
+    let c = format!("dockhand-test-{}", dockhand_tests::token(10));
+    docker(&["create", "--name", &c, &arm.image]);
+    let out = tempfile::tempdir().unwrap();
+    let copied = out.path().join("healthcheck");
+    docker(&["cp", &format!("{c}:/healthcheck"), copied.to_str().unwrap()]);
+    docker(&["rm", &c]);
+    let desc = std::process::Command::new("file")
+        .arg(&copied)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&desc.stdout).contains("aarch64"));
+    drop(arm);
+    // the classic builder keeps the arm64 build's untagged stage images as its cache,
+    // whatever their platform: drop them, so later host builds never reuse them
+    docker(&["image", "prune", "-f"]);
 }
