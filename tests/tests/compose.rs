@@ -285,7 +285,7 @@ fn the_full_stack_runs_as_written() {
     let apps = ids("app");
     assert_eq!(apps.len(), 3, "three replicas");
     let backup = ids("db-backup").remove(0);
-    let services: Vec<String> = ["postgres", "redis"]
+    let services: Vec<String> = ["postgres", "redis", "pgbouncer"]
         .iter()
         .map(|s| ids(s).remove(0))
         .collect();
