@@ -840,3 +840,28 @@ fn each_command_takes_only_its_own_flags() {
     let readme = std::fs::read_to_string(dockhand_tests::bins::root().join("README.md")).unwrap();
     assert!(readme.contains("`--zstd-level N`") && !readme.contains("`--level N`"));
 }
+
+#[test]
+fn the_daemons_new_settings_reject_bad_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for (flag, env) in [
+        ("--wait-timeout", "BACKUP_WAIT_TIMEOUT"),
+        ("--retry-delay", "BACKUP_RETRY_DELAY"),
+    ] {
+        let r = backup(
+            &["daemon", "--dir", d, flag, "soon"],
+            &[("DIRECT_URL", "postgres://u:SECRETPW@h/db")],
+        );
+        assert_eq!(r.code, Some(2), "{flag}: {}", r.output());
+        assert!(
+            r.stderr.contains(env) && r.stderr.contains("invalid duration"),
+            "{}",
+            r.output()
+        );
+        r.assert_no_secret("SECRETPW");
+        // and they belong to the daemon only
+        let r = backup(&["list", "--dir", d, flag, "5s"], &[]);
+        assert_eq!(r.code, Some(2), "{flag}: {}", r.output());
+    }
+}

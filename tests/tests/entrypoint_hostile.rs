@@ -423,3 +423,45 @@ fn refinery_files_that_refinery_would_skip_stop_start_up() {
     // nothing was applied
     assert_eq!(pg.psql("SELECT to_regclass('t1') IS NULL").trim(), "t");
 }
+
+#[test]
+fn the_new_migration_flags_reject_bad_values() {
+    for (args, want) in [
+        (
+            &["--ddl-lock-timeout", "soon", "--", "true"][..],
+            "invalid duration",
+        ),
+        (
+            &["--ddl-lock-timeout", "18446744073709551615", "--", "true"][..],
+            "invalid duration",
+        ),
+        (
+            &[
+                "--migrations-format",
+                "flyway",
+                "--migrations",
+                "/tmp",
+                "--",
+                "true",
+            ][..],
+            "use auto, refinery, drizzle or prisma",
+        ),
+        (&["--migrate-only"][..], "--migrate-only needs --migrations"),
+    ] {
+        let r = entrypoint(args, &[]);
+        assert_eq!(r.code, Some(2), "{args:?}: {}", r.output());
+        assert!(r.stderr.contains(want), "{args:?}: {}", r.output());
+    }
+    let r = entrypoint(&["--", "true"], &[("ENTRYPOINT_DDL_LOCK_TIMEOUT", "-1s")]);
+    assert_eq!(r.code, Some(2), "{}", r.output());
+    let r = entrypoint(
+        &["--migrations", "/tmp"],
+        &[("ENTRYPOINT_MIGRATE_ONLY", "maybe")],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.output());
+    assert!(
+        r.stderr.contains("ENTRYPOINT_MIGRATE_ONLY"),
+        "{}",
+        r.output()
+    );
+}
