@@ -324,16 +324,15 @@ pub async fn status(
         Format::Prisma => {
             let migrations = prisma::load(dir)?;
             let rows = prisma::rows(client).await?.unwrap_or_default();
-            prisma::refuse_failed(&rows)?;
-            let pending: Vec<String> = prisma::pending(&migrations, &rows)
-                .iter()
-                .map(|m| m.name.clone())
-                .collect();
+            // Only finished rows count here: an unfinished one is another replica's
+            // migration in progress (or, seen under the lock, a failed one: apply
+            // refuses it then, with P3009). Counting it as applied would let this
+            // replica start its app before the schema is there.
             migrations
                 .iter()
                 .map(|m| Status {
                     name: m.name.clone(),
-                    applied: !pending.contains(&m.name),
+                    applied: prisma::is_finished(&rows, &m.name),
                 })
                 .collect()
         }

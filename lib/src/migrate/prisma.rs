@@ -144,6 +144,12 @@ fn is_applied(rows: &[Row], name: &str) -> bool {
     rows.iter().any(|r| r.name == name && !r.rolled_back)
 }
 
+/// True when the migration has a finished row that was not rolled back.
+pub fn is_finished(rows: &[Row], name: &str) -> bool {
+    rows.iter()
+        .any(|r| r.name == name && r.finished && !r.rolled_back)
+}
+
 /// The migrations not yet applied.
 pub fn pending<'a>(migrations: &'a [Migration], rows: &[Row]) -> Vec<&'a Migration> {
     migrations
