@@ -142,15 +142,7 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
     } else {
         None
     };
-    let direct_target = |what: &str| -> Result<(String, PgTarget), StartupError> {
-        let raw = direct.clone().ok_or_else(|| {
-            StartupError::Config(format!("{what} needs DIRECT_URL (or DATABASE_URL) set"))
-        })?;
-        let url = Url::parse(&raw).map_err(|e| StartupError::Config(format!("DIRECT_URL: {e}")))?;
-        let t = PgTarget::from_url(&url)
-            .map_err(|e| StartupError::Config(format!("DIRECT_URL {url}: {e}")))?;
-        Ok((raw, t))
-    };
+    let direct_target = |what: &str| direct_target(direct.as_deref(), what);
     let mut targets = Vec::new();
     for w in &plan.wait {
         if w == "postgres" {
@@ -240,14 +232,8 @@ pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
             "--migrate-status needs --migrations DIR".into(),
         ));
     };
-    let raw = migrate::direct_url()
-        .map_err(StartupError::Config)?
-        .ok_or_else(|| {
-            StartupError::Config("--migrate-status needs DIRECT_URL (or DATABASE_URL) set".into())
-        })?;
-    let url = Url::parse(&raw).map_err(|e| StartupError::Config(format!("DIRECT_URL: {e}")))?;
-    let target = PgTarget::from_url(&url)
-        .map_err(|e| StartupError::Config(format!("DIRECT_URL {url}: {e}")))?;
+    let direct = migrate::direct_url().map_err(StartupError::Config)?;
+    let (_, target) = direct_target(direct.as_deref(), "--migrate-status")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -281,6 +267,18 @@ pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
     use std::io::Write;
     let _ = std::io::stdout().write_all(out.as_bytes());
     Ok(pending)
+}
+
+/// The migration connection: the raw `DIRECT_URL` (or `DATABASE_URL`) and its target;
+/// `what` names the option that needs it in the error.
+fn direct_target(raw: Option<&str>, what: &str) -> Result<(String, PgTarget), StartupError> {
+    let raw = raw.ok_or_else(|| {
+        StartupError::Config(format!("{what} needs DIRECT_URL (or DATABASE_URL) set"))
+    })?;
+    let url = Url::parse(raw).map_err(|e| StartupError::Config(format!("DIRECT_URL: {e}")))?;
+    let t = PgTarget::from_url(&url)
+        .map_err(|e| StartupError::Config(format!("DIRECT_URL {url}: {e}")))?;
+    Ok((raw.to_string(), t))
 }
 
 fn kill_group(pgid: i32, sig: i32) {

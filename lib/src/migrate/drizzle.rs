@@ -39,24 +39,6 @@ pub struct Entry {
 
 const TABLE: &str = "drizzle.__drizzle_migrations";
 
-fn hash(bytes: &[u8]) -> String {
-    super::hex_sha256(bytes)
-}
-
-fn read_sql(path: &Path) -> Result<(String, String), MigrateError> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        err(format!(
-            "{}: {}",
-            path.display(),
-            crate::error::io_reason(&e)
-        ))
-    })?;
-    let h = hash(&bytes);
-    let sql =
-        String::from_utf8(bytes).map_err(|_| err(format!("{}: not UTF-8", path.display())))?;
-    Ok((sql, h))
-}
-
 /// Reads a 0.x folder: the journal and the SQL files it names.
 pub fn load(dir: &Path) -> Result<Vec<Entry>, MigrateError> {
     let journal_path = dir.join("meta/_journal.json");
@@ -84,7 +66,7 @@ pub fn load(dir: &Path) -> Result<Vec<Entry>, MigrateError> {
                 journal_path.display()
             ))
         })?;
-        let (sql, hash) = read_sql(&dir.join(format!("{tag}.sql")))?;
+        let (sql, hash) = super::read_script(&dir.join(format!("{tag}.sql")), "")?;
         out.push(Entry {
             name: tag.to_string(),
             millis: when,
@@ -167,7 +149,7 @@ pub fn load_v1(dir: &Path) -> Result<Vec<Entry>, MigrateError> {
                     dir.display()
                 ))
             })?;
-        let (sql, hash) = read_sql(&path)?;
+        let (sql, hash) = super::read_script(&path, "")?;
         out.push(Entry {
             name,
             millis,

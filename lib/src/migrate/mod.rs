@@ -146,6 +146,22 @@ pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Reads a migration file: its text and the lowercase hex SHA-256 of its bytes as they
+/// are (what drizzle and Prisma record). `hint` is added to a read error.
+pub(crate) fn read_script(path: &Path, hint: &str) -> Result<(String, String), MigrateError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        err(format!(
+            "{}: {}{hint}",
+            path.display(),
+            crate::error::io_reason(&e)
+        ))
+    })?;
+    let checksum = hex_sha256(&bytes);
+    let text =
+        String::from_utf8(bytes).map_err(|_| err(format!("{}: not UTF-8", path.display())))?;
+    Ok((text, checksum))
+}
+
 /// The process group of a running `--migrate-cmd`, so a stop signal can end it.
 pub static COMMAND_PGID: AtomicI32 = AtomicI32::new(0);
 

@@ -77,16 +77,8 @@ pub fn load(dir: &Path) -> Result<Vec<Migration>, MigrateError> {
         }
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path().join("migration.sql");
-        let bytes = std::fs::read(&path).map_err(|e| {
-            err(format!(
-                "{}: {} (every migration folder needs its migration.sql)",
-                path.display(),
-                crate::error::io_reason(&e)
-            ))
-        })?;
-        let checksum = super::hex_sha256(&bytes);
-        let script =
-            String::from_utf8(bytes).map_err(|_| err(format!("{}: not UTF-8", path.display())))?;
+        let (script, checksum) =
+            super::read_script(&path, " (every migration folder needs its migration.sql)")?;
         out.push(Migration {
             name,
             script,
