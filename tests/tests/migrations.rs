@@ -424,14 +424,14 @@ fn a_drizzle_0_x_migration_drizzle_would_skip_is_refused_by_name() {
 mod serde_like {
     use std::path::Path;
 
-    pub struct Journal(String);
+    pub(super) struct Journal(String);
 
-    pub fn read(p: &Path) -> Journal {
+    pub(super) fn read(p: &Path) -> Journal {
         Journal(std::fs::read_to_string(p).unwrap())
     }
 
     impl Journal {
-        pub fn add(&mut self, tag: &str, when: i64) {
+        pub(super) fn add(&mut self, tag: &str, when: i64) {
             let end = self.0.rfind(']').unwrap();
             let head = self.0[..end].trim_end().to_string();
             let entry = format!(
@@ -439,7 +439,7 @@ mod serde_like {
             );
             self.0 = format!("{head}{entry}{}", &self.0[end..]);
         }
-        pub fn write(&self, p: &Path) {
+        pub(super) fn write(&self, p: &Path) {
             std::fs::write(p, &self.0).unwrap();
         }
     }
