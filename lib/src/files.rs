@@ -3,9 +3,14 @@
 //! read forever, `/dev/zero` would grow without end, a directory gives a confusing
 //! error. So only regular files (after following symlinks, as Kubernetes secrets are)
 //! are read, and never more than a stated size.
+//!
+//! And the one way dockhand makes a small file appear whole or not at all
+//! ([`write_atomic`]: status files, manifests).
 
-use std::io::Read;
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 /// Why a file could not be read, in a few words (never its content).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +84,44 @@ pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
 /// `O_NONBLOCK` on Linux (x86_64 and aarch64 alike); std has no constant for it and
 /// the base layer links no libc bindings.
 const O_NONBLOCK: i32 = 0o4000;
+
+/// Writes `data` to `path` atomically with mode 0600 (temporary name, fsync, rename,
+/// fsync of the folder).
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = partial_name(path);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        sync_dir(path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `.NAME.partial` beside `path`: hidden, and never taken for a backup.
+pub fn partial_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.partial"))
+}
+
+pub fn sync_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -23,204 +23,18 @@ use sha2::{Digest, Sha256};
 
 use super::codec::{self, Stage};
 use super::dump::{self, Tools};
+use super::manifest::{file_safe, unique_stamp, Content, Manifest};
 use super::s3::{Upload, S3};
 use super::settings::Settings;
 use super::{err, hex, unix_now, BackupError, Cancel, Tool};
+use crate::files::{partial_name, sync_dir, write_atomic};
 use crate::pg::PgTarget;
 
 /// What a backup is: one database, or the cluster's globals.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
+pub enum Dump {
     Database(String),
     Globals,
-}
-
-/// A backup's description, stored beside it as `NAME.manifest.json`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Manifest {
-    pub name: String,
-    pub file: String,
-    /// `database` or `globals`.
-    pub kind: String,
-    pub database: String,
-    pub server_version: String,
-    pub pg_dump_version: String,
-    /// Unix seconds.
-    pub started: i64,
-    pub finished: i64,
-    /// Bytes pg_dump produced, and bytes stored.
-    pub dump_bytes: u64,
-    pub size: u64,
-    pub sha256: String,
-    /// `zstd` or `gzip`.
-    pub compression: String,
-    pub level: i32,
-    /// `age` (to the listed recipients) or none.
-    pub encryption: Option<String>,
-    pub recipients: Vec<String>,
-    /// Unix seconds of the last successful `verify`.
-    pub verified: Option<i64>,
-}
-
-impl Manifest {
-    pub fn to_json(&self) -> String {
-        let v = serde_json::json!({
-            "format": 1,
-            "name": self.name,
-            "file": self.file,
-            "kind": self.kind,
-            "database": self.database,
-            "server_version": self.server_version,
-            "pg_dump_version": self.pg_dump_version,
-            "started": self.started,
-            "finished": self.finished,
-            "dump_bytes": self.dump_bytes,
-            "size": self.size,
-            "sha256": self.sha256,
-            "compression": self.compression,
-            "level": self.level,
-            "encryption": self.encryption,
-            "recipients": self.recipients,
-            "verified": self.verified,
-        });
-        serde_json::to_string_pretty(&v).unwrap_or_default()
-    }
-
-    /// Parses a manifest; `None` for anything that is not a well-formed dockhand
-    /// manifest. The data file must be a plain name in the same place (a manifest
-    /// naming `../x` is refused, so prune can never be led outside its folder).
-    pub fn from_json(text: &str) -> Option<Manifest> {
-        let v: serde_json::Value = serde_json::from_str(text).ok()?;
-        let m = Manifest {
-            name: v["name"].as_str()?.into(),
-            file: v["file"].as_str()?.into(),
-            kind: v["kind"].as_str().unwrap_or("database").into(),
-            database: v["database"].as_str()?.into(),
-            server_version: v["server_version"].as_str().unwrap_or("").into(),
-            pg_dump_version: v["pg_dump_version"].as_str().unwrap_or("").into(),
-            started: v["started"].as_i64()?,
-            finished: v["finished"].as_i64()?,
-            dump_bytes: v["dump_bytes"].as_u64()?,
-            size: v["size"].as_u64()?,
-            sha256: v["sha256"].as_str()?.into(),
-            compression: v["compression"].as_str().unwrap_or("zstd").into(),
-            level: v["level"].as_i64().unwrap_or(0) as i32,
-            encryption: v["encryption"].as_str().map(String::from),
-            recipients: v["recipients"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|r| r.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            verified: v["verified"].as_i64(),
-        };
-        let plain =
-            |s: &str| !s.is_empty() && !s.starts_with('.') && !s.contains('/') && !s.contains('\\');
-        (plain(&m.name) && plain(&m.file) && m.file == m.expected_file()).then_some(m)
-    }
-
-    /// The only data file name this manifest may describe: `NAME.dump.zst`,
-    /// `NAME.sql.gz.age` ... from its kind, compression and encryption. A manifest
-    /// naming anything else (`status.json`, another backup's file) describes nothing
-    /// dockhand wrote, so neither listing nor prune ever touches that file.
-    pub fn expected_file(&self) -> String {
-        let kind = if self.kind == "globals" {
-            "sql"
-        } else {
-            "dump"
-        };
-        let comp = if self.compression == "gzip" {
-            "gz"
-        } else {
-            "zst"
-        };
-        let age = if self.encryption.is_some() {
-            ".age"
-        } else {
-            ""
-        };
-        format!("{}.{kind}.{comp}{age}", self.name)
-    }
-
-    /// The manifest's own file name.
-    pub fn manifest_file(&self) -> String {
-        manifest_file(&self.name)
-    }
-
-    /// The retention series: the database, or `globals`.
-    pub fn series(&self) -> String {
-        if self.kind == "globals" {
-            "globals".into()
-        } else {
-            format!("database {}", self.database)
-        }
-    }
-
-    /// The major version of the pg_dump that wrote it.
-    pub fn pg_dump_major(&self) -> u32 {
-        self.pg_dump_version
-            .split_whitespace()
-            .nth(2)
-            .and_then(|v| v.split('.').next()?.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-pub fn manifest_file(name: &str) -> String {
-    format!("{name}.manifest.json")
-}
-
-/// `YYYYmmddTHHMMSSZ` for file names.
-pub fn stamp(secs: i64) -> String {
-    let t = crate::log::rfc3339(secs, 0);
-    t[..19].replace(['-', ':'], "") + "Z"
-}
-
-/// The time part of a backup's name: `YYYYmmddTHHMMSS.mmmZ-xxxx`, milliseconds and
-/// four random hex digits, so two runs started in the same second (or the same
-/// millisecond, on two sidecars sharing a bucket) never get the same name, and names
-/// still sort by time.
-pub fn unique_stamp() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let t = stamp(secs);
-    let mut x = (now.as_nanos() as u64) ^ (u64::from(std::process::id()) << 40) | 1;
-    for _ in 0..4 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-    }
-    format!(
-        "{}.{:03}Z-{:04x}",
-        t.trim_end_matches('Z'),
-        now.subsec_millis(),
-        x & 0xffff
-    )
-}
-
-/// True when `file` is a data file name dockhand writes for names starting with
-/// `prefix` (`app-`, `_globals-`): `PREFIX<stamp>.(dump|sql).(zst|gz)[.age]`.
-pub fn is_own_data_file(file: &str, prefix: &str) -> bool {
-    let Some(rest) = file.strip_prefix(prefix) else {
-        return false;
-    };
-    let rest = rest.strip_suffix(".age").unwrap_or(rest);
-    let Some(stem) = [".dump.zst", ".dump.gz", ".sql.zst", ".sql.gz"]
-        .iter()
-        .find_map(|ext| rest.strip_suffix(ext))
-    else {
-        return false;
-    };
-    // the stamp: digits, T, '.', Z, '-' and hex digits only
-    stem.len() >= 16
-        && stem.as_bytes()[0].is_ascii_digit()
-        && stem
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() || b"TZ.-".contains(&b))
 }
 
 /// Moves a finished `partial` to `path`, never over an existing file: a hard link
@@ -235,59 +49,6 @@ fn publish(partial: &Path, path: &Path) -> io::Result<()> {
         )),
         Err(_) if !path.exists() => std::fs::rename(partial, path),
         Err(e) => Err(e),
-    }
-}
-
-/// A database name made safe for a file name: anything but `A-Za-z0-9._-` becomes `_`.
-pub fn file_safe(s: &str) -> String {
-    let out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    out.trim_start_matches('.').to_string()
-}
-
-/// Writes `data` to `path` atomically with mode 0600 (temporary name, fsync, rename,
-/// fsync of the folder).
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = partial_name(path);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        sync_dir(path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// `.NAME.partial` beside `path`: hidden, and never taken for a backup.
-pub fn partial_name(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.partial"))
-}
-
-fn sync_dir(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(dir) => File::open(dir)?.sync_all(),
-        None => Ok(()),
     }
 }
 
@@ -392,7 +153,7 @@ impl Stage for TeeStage {
 pub fn backup(
     d: &Destinations,
     target: &PgTarget,
-    kind: &Kind,
+    kind: &Dump,
     tools: &Tools,
     server_version: &str,
 ) -> Result<Outcome, BackupError> {
@@ -401,10 +162,10 @@ pub fn backup(
     let s = d.settings;
     let unique = unique_stamp();
     let (name, ext, database) = match kind {
-        Kind::Database(db) => (format!("{}-{unique}", file_safe(db)), "dump", db.clone()),
-        Kind::Globals => (format!("_globals-{unique}"), "sql", String::new()),
+        Dump::Database(db) => (format!("{}-{unique}", file_safe(db)), "dump", db.clone()),
+        Dump::Globals => (format!("_globals-{unique}"), "sql", String::new()),
     };
-    let mut file = format!("{name}.{ext}.{}", s.compression.ext());
+    let mut file = format!("{name}.{ext}.{}", s.compression.algorithm().ext());
     if !s.recipients.is_empty() {
         file.push_str(".age");
     }
@@ -501,8 +262,8 @@ pub fn backup(
         name: name.clone(),
         file: file.clone(),
         kind: match kind {
-            Kind::Database(_) => "database".into(),
-            Kind::Globals => "globals".into(),
+            Dump::Database(_) => Content::Database,
+            Dump::Globals => Content::Globals,
         },
         database,
         server_version: server_version.to_string(),
@@ -512,7 +273,7 @@ pub fn backup(
         dump_bytes,
         size: tee.bytes,
         sha256,
-        compression: s.compression.name().into(),
+        compression: s.compression.algorithm(),
         level: s.compression.level(),
         encryption: (!s.recipients.is_empty()).then(|| "age".to_string()),
         recipients: s.recipients.clone(),
@@ -568,7 +329,7 @@ pub fn backup(
 fn stream(
     d: &Destinations,
     target: &PgTarget,
-    kind: &Kind,
+    kind: &Dump,
     tools: &Tools,
     tee: Arc<Mutex<Tee>>,
 ) -> Result<u64, BackupError> {
@@ -580,12 +341,12 @@ fn stream(
     )?;
     let mut compressor = Compressor::start(chain);
     let mut cmd = match kind {
-        Kind::Database(db) => {
+        Dump::Database(db) => {
             let mut c = dump::libpq_command(&tools.pg_dump, Some(&target.with_dbname(db)));
             c.args(["--format=custom", "--compress=0", "--no-password"]);
             c
         }
-        Kind::Globals => {
+        Dump::Globals => {
             let mut c = dump::libpq_command(&tools.pg_dumpall(), Some(target));
             c.args(["--globals-only", "--no-password"]);
             c

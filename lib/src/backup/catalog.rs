@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 
-use super::archive::{manifest_file, write_atomic, Manifest};
 use super::codec;
+use super::manifest::{manifest_file, Content, Manifest};
 use super::s3::S3;
 use super::{err, hex, io_err, unix_now, BackupError, Cancel, Tool};
+use crate::files::write_atomic;
 
 /// A backup and where its complete copies are.
 #[derive(Debug, Clone)]
@@ -112,7 +113,10 @@ pub fn merge(local: Vec<Manifest>, remote: Vec<Manifest>) -> Vec<Backup> {
 /// backup.
 pub fn find<'a>(backups: &'a [Backup], name: &str) -> Result<&'a Backup, BackupError> {
     let found = if name == "latest" {
-        backups.iter().rev().find(|b| b.manifest.kind == "database")
+        backups
+            .iter()
+            .rev()
+            .find(|b| b.manifest.kind == Content::Database)
     } else {
         backups
             .iter()
@@ -135,7 +139,7 @@ pub fn table(backups: &[Backup]) -> String {
             (true, false) => "local",
             _ => "s3",
         };
-        let db = if m.kind == "globals" {
+        let db = if m.kind == Content::Globals {
             "(globals)"
         } else {
             &m.database
@@ -237,7 +241,7 @@ pub fn open(r: &Reading, m: &Manifest, from: From) -> Result<Opened, BackupError
         digest: digest.clone(),
     };
     let reader = codec::decoder(
-        &m.compression,
+        m.compression,
         m.encryption.is_some(),
         r.identities,
         Box::new(hashing.clone()),
@@ -342,7 +346,7 @@ pub fn verify(
 ) -> Result<(), BackupError> {
     let m = &b.manifest;
     let opened = open(r, m, from)?;
-    if m.kind == "globals" {
+    if m.kind == Content::Globals {
         // Plain SQL: decryption, decompression and the checksum are the check.
         opened.check(m)?;
     } else {

@@ -6,8 +6,35 @@
 use std::io::{self, Read, Write};
 use std::str::FromStr;
 
-use super::settings::Compression;
+use super::manifest::Algorithm;
 use super::{err, BackupError};
+
+/// How the dump is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// zstd at `level` (1-19, default 1) with `threads` workers (0 = in the calling thread).
+    Zstd { level: i32, threads: u32 },
+    /// gzip at `level` (1-9), for tools that only read gzip.
+    Gzip { level: u32 },
+}
+
+impl Compression {
+    /// The algorithm, as the manifest records it.
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            Compression::Zstd { .. } => Algorithm::Zstd,
+            Compression::Gzip { .. } => Algorithm::Gzip,
+        }
+    }
+
+    /// The level, as the manifest records it.
+    pub fn level(&self) -> i32 {
+        match self {
+            Compression::Zstd { level, .. } => *level,
+            Compression::Gzip { level } => *level as i32,
+        }
+    }
+}
 
 /// A writer that must be finished (trailers, tags, fsync) before its output is
 /// complete. Finishing a stage finishes the stages after it.
@@ -127,7 +154,7 @@ pub fn encoder(
 /// Builds the input chain for a stored backup: decryption (when `encrypted`), then
 /// decompression (`zstd` or `gzip`).
 pub fn decoder(
-    compression: &str,
+    compression: Algorithm,
     encrypted: bool,
     identities: &[age::x25519::Identity],
     input: Box<dyn Read + Send>,
@@ -151,13 +178,10 @@ pub fn decoder(
         input
     };
     match compression {
-        "zstd" => Ok(Box::new(
+        Algorithm::Zstd => Ok(Box::new(
             zstd::stream::Decoder::new(plain).map_err(|e| err(format!("zstd: {e}")))?,
         )),
-        "gzip" => Ok(Box::new(flate2::read::MultiGzDecoder::new(plain))),
-        other => Err(err(format!(
-            "unknown compression {other:?} in the manifest"
-        ))),
+        Algorithm::Gzip => Ok(Box::new(flate2::read::MultiGzDecoder::new(plain))),
     }
 }
 
@@ -210,7 +234,7 @@ mod tests {
                 assert!(stored.len() < data.len() / 4);
                 let mut out = Vec::new();
                 decoder(
-                    c.name(),
+                    c.algorithm(),
                     encrypted,
                     std::slice::from_ref(&id),
                     Box::new(io::Cursor::new(stored.clone())),
@@ -221,7 +245,7 @@ mod tests {
                 assert_eq!(out, data);
                 if encrypted {
                     let other = age::x25519::Identity::generate();
-                    let e = decoder(c.name(), true, &[other], Box::new(io::Cursor::new(stored)))
+                    let e = decoder(c.algorithm(), true, &[other], Box::new(io::Cursor::new(stored)))
                         .err()
                         .unwrap();
                     assert!(e.0.contains("cannot decrypt"), "{e}");

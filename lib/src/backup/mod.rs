@@ -24,10 +24,12 @@ pub mod catalog;
 pub mod codec;
 pub mod daemon;
 pub mod dump;
+pub mod manifest;
 pub mod restore;
 pub mod retention;
 pub mod run;
 pub mod s3;
+pub mod schedule;
 pub mod settings;
 pub mod status;
 

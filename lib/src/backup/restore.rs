@@ -9,9 +9,9 @@
 use std::process::Stdio;
 use std::time::Instant;
 
-use super::archive::{file_safe, stamp};
 use super::catalog::{self, Backup, From, Reading};
 use super::dump::{self, Tools};
+use super::manifest::{file_safe, stamp, Content};
 use super::{err, unix_now, BackupError, Cancel};
 use crate::pg::PgTarget;
 use crate::url::Url;
@@ -79,7 +79,7 @@ pub fn restore(
         None if b.local => From::Local,
         None => From::S3,
     };
-    let globals = m.kind == "globals";
+    let globals = m.kind == Content::Globals;
     let url = match (&req.to, backup_url) {
         (Some(u), _) => u.clone(),
         (None, Some(u)) => {

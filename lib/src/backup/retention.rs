@@ -10,8 +10,6 @@
 
 use chrono::{DateTime, Datelike};
 
-use super::settings::Source;
-
 /// Maps a time to its day, ISO week or month.
 type Bucket = fn(i64) -> i64;
 
@@ -26,28 +24,6 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn load(get: Source) -> Result<Policy, String> {
-        let n = |name: &str| -> Result<Option<u32>, String> {
-            match get(name)? {
-                None => Ok(None),
-                Some(v) => v
-                    .trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .map(Some)
-                    .ok_or_else(|| format!("{name}={v:?}: use a whole number of 1 or more (unset it to keep everything)")),
-            }
-        };
-        Ok(Policy {
-            days: n("BACKUP_RETENTION_DAYS")?,
-            last: n("BACKUP_KEEP_LAST")?,
-            daily: n("BACKUP_KEEP_DAILY")?,
-            weekly: n("BACKUP_KEEP_WEEKLY")?,
-            monthly: n("BACKUP_KEEP_MONTHLY")?,
-        })
-    }
-
     /// True when no rule is set: everything is kept.
     pub fn is_empty(&self) -> bool {
         *self == Policy::default()

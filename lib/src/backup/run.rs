@@ -11,8 +11,9 @@ use std::time::Instant;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tracing::{info, warn};
 
-use super::archive::{self, Destinations, Kind, Outcome};
+use super::archive::{self, Destinations, Dump, Outcome};
 use super::catalog::{self, Backup, From, Reading};
+use super::manifest::{self, Manifest};
 use super::retention::{self, Decision, Item};
 use super::s3::S3;
 use super::settings::{Databases, Settings};
@@ -202,7 +203,7 @@ impl Runner {
         }
         let mut result = self.run_inner();
         let success = result.failures.is_empty();
-        let made: Vec<archive::Manifest> = result.made.iter().map(|o| o.manifest.clone()).collect();
+        let made: Vec<Manifest> = result.made.iter().map(|o| o.manifest.clone()).collect();
         if let Some(path) = &self.settings.status_file {
             let written = if success {
                 status::success(path, &made)
@@ -312,9 +313,9 @@ impl Runner {
             s3: self.s3.as_ref(),
             cancel: &self.cancel,
         };
-        let mut kinds: Vec<Kind> = databases.into_iter().map(Kind::Database).collect();
+        let mut kinds: Vec<Dump> = databases.into_iter().map(Dump::Database).collect();
         if self.settings.globals {
-            kinds.push(Kind::Globals);
+            kinds.push(Dump::Globals);
         }
         for kind in kinds {
             if let Err(e) = self.cancel.check() {
@@ -322,8 +323,8 @@ impl Runner {
                 break;
             }
             let what = match &kind {
-                Kind::Database(db) => format!("database {db:?}"),
-                Kind::Globals => "the globals".to_string(),
+                Dump::Database(db) => format!("database {db:?}"),
+                Dump::Globals => "the globals".to_string(),
             };
             match archive::backup(&d, target, &kind, &tools, &server.version) {
                 Ok(o) => {
@@ -387,7 +388,7 @@ impl Runner {
         };
         let prefixes: Vec<String> = databases
             .iter()
-            .map(|d| format!(".{}-", archive::file_safe(d)))
+            .map(|d| format!(".{}-", manifest::file_safe(d)))
             .chain(std::iter::once("._globals-".to_string()))
             .collect();
         for e in entries.flatten() {
@@ -412,10 +413,10 @@ impl Runner {
         };
         let prefixes: Vec<String> = databases
             .iter()
-            .map(|d| format!("{}-", archive::file_safe(d)))
+            .map(|d| format!("{}-", manifest::file_safe(d)))
             .chain(std::iter::once("_globals-".to_string()))
             .collect();
-        let ours = |f: &str| prefixes.iter().any(|p| archive::is_own_data_file(f, p));
+        let ours = |f: &str| prefixes.iter().any(|p| manifest::is_own_data_file(f, p));
         let now = super::unix_now();
         let cancel = self.cancel.clone();
         let cleaned = self.rt.block_on(async {

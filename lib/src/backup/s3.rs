@@ -24,8 +24,26 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::settings::S3Settings;
 use super::{err, BackupError, Cancel};
+
+/// Where and how backups go to S3-compatible storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// Key prefix, empty or ending in `/`.
+    pub prefix: String,
+    /// A custom endpoint (MinIO, R2, Hetzner, B2, ...).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`): the default with a custom endpoint.
+    pub path_style: bool,
+    pub storage_class: Option<String>,
+    /// `AES256` or `aws:kms`.
+    pub sse: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    /// Multipart part size in bytes (5 MiB to 5 GiB).
+    pub part_size: usize,
+}
 
 /// Parts handed to the uploader and not yet uploaded (in flight or queued); with the
 /// one being filled, at most this + 1 parts are in memory.

@@ -5,61 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::codec::Compression;
 use super::retention::Policy;
+use super::s3::S3Settings;
 use crate::url::Url;
-
-/// How the dump is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// zstd at `level` (1-19, default 1) with `threads` workers (0 = in the calling thread).
-    Zstd { level: i32, threads: u32 },
-    /// gzip at `level` (1-9), for tools that only read gzip.
-    Gzip { level: u32 },
-}
-
-impl Compression {
-    /// The file name extension (`zst`, `gz`).
-    pub fn ext(&self) -> &'static str {
-        match self {
-            Compression::Zstd { .. } => "zst",
-            Compression::Gzip { .. } => "gz",
-        }
-    }
-
-    /// The manifest's name for it (`zstd`, `gzip`).
-    pub fn name(&self) -> &'static str {
-        match self {
-            Compression::Zstd { .. } => "zstd",
-            Compression::Gzip { .. } => "gzip",
-        }
-    }
-
-    pub fn level(&self) -> i32 {
-        match self {
-            Compression::Zstd { level, .. } => *level,
-            Compression::Gzip { level } => *level as i32,
-        }
-    }
-}
-
-/// Where and how backups go to S3-compatible storage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S3Settings {
-    pub bucket: String,
-    /// Key prefix, empty or ending in `/`.
-    pub prefix: String,
-    /// A custom endpoint (MinIO, R2, Hetzner, B2, ...).
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    /// Path-style addressing (`endpoint/bucket/key`): the default with a custom endpoint.
-    pub path_style: bool,
-    pub storage_class: Option<String>,
-    /// `AES256` or `aws:kms`.
-    pub sse: Option<String>,
-    pub sse_kms_key_id: Option<String>,
-    /// Multipart part size in bytes (5 MiB to 5 GiB).
-    pub part_size: usize,
-}
 
 /// Which databases a run dumps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +97,29 @@ pub fn parse_size(s: &str) -> Option<usize> {
         _ => return None,
     };
     n.checked_mul(mult)
+}
+
+/// The retention rules (`BACKUP_RETENTION_DAYS`, `BACKUP_KEEP_*`).
+fn policy(get: Source) -> Result<Policy, String> {
+    let n = |name: &str| -> Result<Option<u32>, String> {
+        match get(name)? {
+            None => Ok(None),
+            Some(v) => v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .map(Some)
+                .ok_or_else(|| format!("{name}={v:?}: use a whole number of 1 or more (unset it to keep everything)")),
+        }
+    };
+    Ok(Policy {
+        days: n("BACKUP_RETENTION_DAYS")?,
+        last: n("BACKUP_KEEP_LAST")?,
+        daily: n("BACKUP_KEEP_DAILY")?,
+        weekly: n("BACKUP_KEEP_WEEKLY")?,
+        monthly: n("BACKUP_KEEP_MONTHLY")?,
+    })
 }
 
 impl Settings {
@@ -286,8 +258,8 @@ impl Settings {
         let schedule = get("BACKUP_SCHEDULE")?.unwrap_or_else(|| "@daily".into());
         let timezone = get("TZ")?.unwrap_or_else(|| "UTC".into());
         // Checked here so `backup now` also reports a broken schedule.
-        super::daemon::parse_schedule(&schedule)?;
-        super::daemon::parse_timezone(&timezone)?;
+        super::schedule::parse_schedule(&schedule)?;
+        super::schedule::parse_timezone(&timezone)?;
         Ok(Settings {
             url,
             databases,
@@ -296,7 +268,7 @@ impl Settings {
             s3,
             compression,
             recipients,
-            retention: Policy::load(get)?,
+            retention: policy(get)?,
             status_file: get("BACKUP_STATUS_FILE")?.map(PathBuf::from),
             ping_url,
             metrics_file: get("BACKUP_METRICS_FILE")?.map(PathBuf::from),

@@ -8,8 +8,9 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use super::archive::{write_atomic, Manifest};
+use super::manifest::Manifest;
 use super::{io_err, unix_now as now, BackupError};
+use crate::files::write_atomic;
 
 fn read(path: &Path) -> serde_json::Value {
     std::fs::read_to_string(path)

@@ -1,0 +1,263 @@
+//! A backup's manifest, `NAME.manifest.json`, and the names dockhand gives backups: a
+//! leaf of the backup modules (archive writes manifests, catalog reads them, status
+//! and retention describe them), so that what a backup is (a database or the
+//! globals, zstd or gzip) is a type, not a string compared in five places.
+
+/// What a backup holds: one database, or the cluster's globals (roles, tablespaces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    Database,
+    Globals,
+}
+
+impl Content {
+    /// The manifest's word for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Content::Database => "database",
+            Content::Globals => "globals",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Content> {
+        match s {
+            "database" => Some(Content::Database),
+            "globals" => Some(Content::Globals),
+            _ => None,
+        }
+    }
+
+    /// The data file's middle extension: a custom-format dump, or plain SQL.
+    pub fn ext(self) -> &'static str {
+        match self {
+            Content::Database => "dump",
+            Content::Globals => "sql",
+        }
+    }
+}
+
+/// How a backup's stream is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    Zstd,
+    Gzip,
+}
+
+impl Algorithm {
+    /// The manifest's word for it (`zstd`, `gzip`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Zstd => "zstd",
+            Algorithm::Gzip => "gzip",
+        }
+    }
+
+    /// The file name extension (`zst`, `gz`).
+    pub fn ext(self) -> &'static str {
+        match self {
+            Algorithm::Zstd => "zst",
+            Algorithm::Gzip => "gz",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Algorithm> {
+        match s {
+            "zstd" => Some(Algorithm::Zstd),
+            "gzip" => Some(Algorithm::Gzip),
+            _ => None,
+        }
+    }
+}
+
+/// A backup's description, stored beside it as `NAME.manifest.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub name: String,
+    pub file: String,
+    pub kind: Content,
+    pub database: String,
+    pub server_version: String,
+    pub pg_dump_version: String,
+    /// Unix seconds.
+    pub started: i64,
+    pub finished: i64,
+    /// Bytes pg_dump produced, and bytes stored.
+    pub dump_bytes: u64,
+    pub size: u64,
+    pub sha256: String,
+    pub compression: Algorithm,
+    pub level: i32,
+    /// `age` (to the listed recipients) or none.
+    pub encryption: Option<String>,
+    pub recipients: Vec<String>,
+    /// Unix seconds of the last successful `verify`.
+    pub verified: Option<i64>,
+}
+
+impl Manifest {
+    /// The JSON stored beside the backup.
+    pub fn to_json(&self) -> String {
+        let v = serde_json::json!({
+            "format": 1,
+            "name": self.name,
+            "file": self.file,
+            "kind": self.kind.name(),
+            "database": self.database,
+            "server_version": self.server_version,
+            "pg_dump_version": self.pg_dump_version,
+            "started": self.started,
+            "finished": self.finished,
+            "dump_bytes": self.dump_bytes,
+            "size": self.size,
+            "sha256": self.sha256,
+            "compression": self.compression.name(),
+            "level": self.level,
+            "encryption": self.encryption,
+            "recipients": self.recipients,
+            "verified": self.verified,
+        });
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    }
+
+    /// Parses a manifest; `None` for anything that is not a well-formed dockhand
+    /// manifest. The data file must be a plain name in the same place (a manifest
+    /// naming `../x` is refused, so prune can never be led outside its folder).
+    pub fn from_json(text: &str) -> Option<Manifest> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        let m = Manifest {
+            name: v["name"].as_str()?.into(),
+            file: v["file"].as_str()?.into(),
+            kind: Content::parse(v["kind"].as_str().unwrap_or("database"))?,
+            database: v["database"].as_str()?.into(),
+            server_version: v["server_version"].as_str().unwrap_or("").into(),
+            pg_dump_version: v["pg_dump_version"].as_str().unwrap_or("").into(),
+            started: v["started"].as_i64()?,
+            finished: v["finished"].as_i64()?,
+            dump_bytes: v["dump_bytes"].as_u64()?,
+            size: v["size"].as_u64()?,
+            sha256: v["sha256"].as_str()?.into(),
+            compression: Algorithm::parse(v["compression"].as_str().unwrap_or("zstd"))?,
+            level: v["level"].as_i64().unwrap_or(0) as i32,
+            encryption: v["encryption"].as_str().map(String::from),
+            recipients: v["recipients"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|r| r.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            verified: v["verified"].as_i64(),
+        };
+        let plain =
+            |s: &str| !s.is_empty() && !s.starts_with('.') && !s.contains('/') && !s.contains('\\');
+        (plain(&m.name) && plain(&m.file) && m.file == m.expected_file()).then_some(m)
+    }
+
+    /// The only data file name this manifest may describe: `NAME.dump.zst`,
+    /// `NAME.sql.gz.age` ... from its kind, compression and encryption. A manifest
+    /// naming anything else (`status.json`, another backup's file) describes nothing
+    /// dockhand wrote, so neither listing nor prune ever touches that file.
+    pub fn expected_file(&self) -> String {
+        let (kind, comp) = (self.kind.ext(), self.compression.ext());
+        let age = if self.encryption.is_some() {
+            ".age"
+        } else {
+            ""
+        };
+        format!("{}.{kind}.{comp}{age}", self.name)
+    }
+
+    /// The manifest's own file name.
+    pub fn manifest_file(&self) -> String {
+        manifest_file(&self.name)
+    }
+
+    /// The retention series: the database, or `globals`.
+    pub fn series(&self) -> String {
+        match self.kind {
+            Content::Globals => "globals".into(),
+            Content::Database => format!("database {}", self.database),
+        }
+    }
+
+    /// The major version of the pg_dump that wrote it.
+    pub fn pg_dump_major(&self) -> u32 {
+        self.pg_dump_version
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.split('.').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// The manifest file name of the backup `name`.
+pub fn manifest_file(name: &str) -> String {
+    format!("{name}.manifest.json")
+}
+
+/// `YYYYmmddTHHMMSSZ` for file names.
+pub fn stamp(secs: i64) -> String {
+    let t = crate::log::rfc3339(secs, 0);
+    t[..19].replace(['-', ':'], "") + "Z"
+}
+
+/// The time part of a backup's name: `YYYYmmddTHHMMSS.mmmZ-xxxx`, milliseconds and
+/// four random hex digits, so two runs started in the same second (or the same
+/// millisecond, on two sidecars sharing a bucket) never get the same name, and names
+/// still sort by time.
+pub fn unique_stamp() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let t = stamp(secs);
+    let mut x = (now.as_nanos() as u64) ^ (u64::from(std::process::id()) << 40) | 1;
+    for _ in 0..4 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    format!(
+        "{}.{:03}Z-{:04x}",
+        t.trim_end_matches('Z'),
+        now.subsec_millis(),
+        x & 0xffff
+    )
+}
+
+/// True when `file` is a data file name dockhand writes for names starting with
+/// `prefix` (`app-`, `_globals-`): `PREFIX<stamp>.(dump|sql).(zst|gz)[.age]`.
+pub fn is_own_data_file(file: &str, prefix: &str) -> bool {
+    let Some(rest) = file.strip_prefix(prefix) else {
+        return false;
+    };
+    let rest = rest.strip_suffix(".age").unwrap_or(rest);
+    let Some(stem) = [".dump.zst", ".dump.gz", ".sql.zst", ".sql.gz"]
+        .iter()
+        .find_map(|ext| rest.strip_suffix(ext))
+    else {
+        return false;
+    };
+    // the stamp: digits, T, '.', Z, '-' and hex digits only
+    stem.len() >= 16
+        && stem.as_bytes()[0].is_ascii_digit()
+        && stem
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b"TZ.-".contains(&b))
+}
+
+/// A database name made safe for a file name: anything but `A-Za-z0-9._-` becomes `_`.
+pub fn file_safe(s: &str) -> String {
+    let out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    out.trim_start_matches('.').to_string()
+}
