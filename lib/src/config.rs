@@ -2,10 +2,30 @@
 //! has an env var, and any env var `NAME` may instead be given as `NAME_FILE`, the path
 //! of a file holding the value (Docker and Kubernetes secrets).
 
-crate::message_error!(
-    /// A setting that could not be read; the message names the variable and what to do.
-    ConfigError
-);
+use crate::error::{Error, Kind};
+
+/// What is wrong with a setting (every kind ends a binary with exit status 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigKind {
+    /// A value that cannot be used: malformed, out of range, unreadable.
+    Invalid,
+    /// A required setting is not set.
+    Missing,
+}
+
+impl Kind for ConfigKind {
+    fn exit_code(self) -> u8 {
+        2
+    }
+}
+
+/// A setting that could not be read; the message names the variable and what to do.
+pub type ConfigError = Error<ConfigKind>;
+
+/// An invalid setting: `message` names it and says what to write instead.
+pub fn invalid(message: impl Into<String>) -> ConfigError {
+    Error::new(ConfigKind::Invalid, message)
+}
 
 /// The value of `name`, or of the file named by `name_FILE`, or `None` when neither is
 /// set. Empty values count as unset. One trailing newline (`\n` or `\r\n`) of a file is
@@ -16,13 +36,13 @@ pub fn var(name: &str) -> Result<Option<String>, ConfigError> {
     let direct = std::env::var_os(name).filter(|v| !v.is_empty());
     let file = std::env::var_os(&file_var).filter(|v| !v.is_empty());
     match (direct, file) {
-        (Some(_), Some(_)) => Err(ConfigError(format!(
+        (Some(_), Some(_)) => Err(invalid(format!(
             "both {name} and {file_var} are set: unset one of them"
         ))),
         (Some(v), None) => v
             .into_string()
             .map(Some)
-            .map_err(|_| ConfigError(format!("{name} is not valid UTF-8"))),
+            .map_err(|_| invalid(format!("{name} is not valid UTF-8"))),
         (None, Some(path)) => read_secret_file(&file_var, std::path::Path::new(&path)).map(Some),
         (None, None) => Ok(None),
     }
@@ -36,22 +56,23 @@ pub const MAX_SECRET_FILE: u64 = 1024 * 1024;
 /// directory or device), at most [`MAX_SECRET_FILE`], UTF-8 text without NUL bytes
 /// (an environment variable cannot carry a NUL).
 pub fn read_secret_file(var_name: &str, path: &std::path::Path) -> Result<String, ConfigError> {
-    let bytes = crate::files::read_regular(path, MAX_SECRET_FILE)
-        .map_err(|e| ConfigError(format!("{var_name}: cannot read {}: {e}", path.display())))?;
+    let bytes = crate::files::read_regular(path, MAX_SECRET_FILE).map_err(|e| {
+        invalid(format!("{var_name}: cannot read {}: {e}", path.display())).with_source(e)
+    })?;
     if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
-        return Err(ConfigError(format!(
+        return Err(invalid(format!(
             "{var_name}: {} is UTF-16 text: save it as UTF-8",
             path.display()
         )));
     }
     if bytes.contains(&0) {
-        return Err(ConfigError(format!(
+        return Err(invalid(format!(
             "{var_name}: {} holds a NUL byte, which an environment variable cannot carry: save the value alone, as UTF-8 text",
             path.display()
         )));
     }
     let mut s = String::from_utf8(bytes).map_err(|_| {
-        ConfigError(format!(
+        invalid(format!(
             "{var_name}: {} is not UTF-8 text: save it as UTF-8",
             path.display()
         ))
@@ -76,32 +97,22 @@ pub fn parse_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" | "" => Ok(false),
-        _ => Err(ConfigError(format!(
+        _ => Err(invalid(format!(
             "{name}={value:?} is not a boolean: use true or false"
         ))),
     }
 }
 
-/// Makes every panic print one line and exit with `code`, so a bug can never produce
-/// an exit status that means something else (Docker reserves 2 for health checks).
-pub fn install_panic_hook(program: &'static str, code: i32) {
-    std::panic::set_hook(Box::new(move |info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        let at = info
-            .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()))
-            .unwrap_or_default();
-        eprintln!(
-            "{program}: internal error{at}: {}; please report this",
-            crate::url::redact_text(&msg)
-        );
-        std::process::exit(code);
-    }));
+/// Parses a `FROM:TO` pair (`TERM:QUIT`, `143:0`), each side with `parse`.
+pub fn parse_pair<T>(
+    s: &str,
+    what: &str,
+    parse: impl Fn(&str) -> Result<T, ConfigError>,
+) -> Result<(T, T), ConfigError> {
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| invalid(format!("invalid {what} {s:?}: use FROM:TO")))?;
+    Ok((parse(a)?, parse(b)?))
 }
 
 #[cfg(test)]
@@ -136,5 +147,16 @@ mod tests {
         let e = read_secret_file("X_FILE", &dir.join("missing")).unwrap_err();
         assert!(e.to_string().contains("X_FILE: cannot read"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pairs() {
+        let number = |s: &str| s.parse::<i32>().map_err(|_| invalid("not a number"));
+        assert_eq!(parse_pair("143:0", "remap", number), Ok((143, 0)));
+        assert!(parse_pair("143", "remap", number)
+            .unwrap_err()
+            .to_string()
+            .contains("FROM:TO"));
+        assert!(parse_pair("1:x", "remap", number).is_err());
     }
 }

@@ -1,25 +1,108 @@
-//! Short, human reasons for low-level errors, as they appear in one-line reports
-//! (`connection refused` rather than `Connection refused (os error 111)`).
+//! The one shape of dockhand's errors, and short human reasons for low-level ones.
+//!
+//! Every domain (configuration, talking to a service, migrations, backups, starting a
+//! process) has its own error type, [`Error<K>`] with its own kind enum, in the manner
+//! of tokio-postgres: the kind answers the questions callers ask (can waiting help?
+//! which exit status?), the message says what went wrong and what to do, for people,
+//! and the lower error that caused it stays reachable through
+//! [`std::error::Error::source`]. Messages are redacted where they are made (see
+//! [`crate::redact`]): an error never carries a password out of the module that saw it.
 
+use std::fmt;
 use std::io;
+use std::sync::Arc;
 
-/// Defines a module's error type: a message that says what went wrong and what to do,
-/// shown as is (the callers redact it), with `Display` and `std::error::Error`.
-#[macro_export]
-macro_rules! message_error {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq)]
-        pub struct $name(pub String);
+/// What a domain's error kinds must answer.
+pub trait Kind: Copy + Eq + fmt::Debug + Send + Sync + 'static {
+    /// The exit status a binary gives when an error of this kind ends it.
+    fn exit_code(self) -> u8;
+}
 
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&self.0)
-            }
+/// An error of one domain: a kind, a message, and the cause.
+#[derive(Clone)]
+pub struct Error<K: Kind> {
+    kind: K,
+    message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl<K: Kind> Error<K> {
+    /// An error of `kind` saying `message` (already redacted).
+    pub fn new(kind: K, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
         }
+    }
 
-        impl std::error::Error for $name {}
-    };
+    /// Keeps `source` as the cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> K {
+        self.kind
+    }
+
+    /// The message, without the kind.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The exit status for this error (see [`Kind::exit_code`]).
+    pub fn exit_code(&self) -> u8 {
+        self.kind.exit_code()
+    }
+
+    /// Puts what was being done in front of the message: `DIRECT_URL: ...`.
+    pub fn context(mut self, what: impl fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+
+    /// Rewrites the message (to scrub what a server echoed, say); kind and cause stay.
+    pub fn map_message(mut self, f: impl FnOnce(&str) -> String) -> Self {
+        self.message = f(&self.message);
+        self
+    }
+
+    /// The same error in another domain: message and cause kept, a new kind.
+    pub fn into_kind<L: Kind>(self, kind: L) -> Error<L> {
+        Error {
+            kind,
+            message: self.message,
+            source: self.source,
+        }
+    }
+}
+
+impl<K: Kind> fmt::Display for Error<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<K: Kind> fmt::Debug for Error<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+impl<K: Kind> PartialEq for Error<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+impl<K: Kind> std::error::Error for Error<K> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 /// A short lower-case reason for an I/O error.
@@ -71,5 +154,28 @@ mod tests {
         assert_eq!(io_reason(&e), "no route to host");
         let e = io::Error::from_raw_os_error(28);
         assert_eq!(io_reason(&e), "no space left on device");
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Test {
+        Bad,
+    }
+
+    impl Kind for Test {
+        fn exit_code(self) -> u8 {
+            7
+        }
+    }
+
+    #[test]
+    fn an_error_keeps_its_kind_and_its_cause() {
+        use std::error::Error as _;
+        let e = Error::new(Test::Bad, "cannot read x")
+            .with_source(io::Error::from_raw_os_error(2))
+            .context("BACKUP_DIR");
+        assert_eq!(e.kind(), Test::Bad);
+        assert_eq!(e.exit_code(), 7);
+        assert_eq!(e.to_string(), "BACKUP_DIR: cannot read x");
+        assert!(e.source().is_some());
     }
 }

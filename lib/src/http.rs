@@ -7,6 +7,7 @@
 //! cookies, and every KiB of binary and every page of memory is paid on each probe
 //! for the life of every container.
 
+use crate::net::{transient, NetError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const MAX_HEAD: usize = 64 * 1024;
@@ -63,15 +64,15 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     req: &[u8],
     want_body: bool,
     on_sent: impl FnOnce(),
-) -> Result<Response, String> {
+) -> Result<Response, NetError> {
     stream
         .write_all(req)
         .await
-        .map_err(|e| crate::error::io_reason(&e))?;
+        .map_err(|e| transient(crate::error::io_reason(&e)).with_source(e))?;
     stream
         .flush()
         .await
-        .map_err(|e| crate::error::io_reason(&e))?;
+        .map_err(|e| transient(crate::error::io_reason(&e)).with_source(e))?;
     on_sent();
     let mut buf = Vec::with_capacity(4096);
     let head_end = loop {
@@ -79,14 +80,14 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             break end;
         }
         if buf.len() > MAX_HEAD {
-            return Err("response headers larger than 64 KiB".into());
+            return Err(transient("response headers larger than 64 KiB"));
         }
         if read_more(stream, &mut buf).await? == 0 {
-            return Err(if buf.is_empty() {
-                "connection closed without a response".into()
+            return Err(transient(if buf.is_empty() {
+                "connection closed without a response"
             } else {
-                "connection closed in the middle of the response headers".into()
-            });
+                "connection closed in the middle of the response headers"
+            }));
         }
     };
     // As lenient as curl where the status line is clear: bare LF line endings, and
@@ -100,7 +101,7 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             .escape_default()
             .take(80)
             .collect();
-        format!("not an HTTP response: \"{shown}\"")
+        transient(format!("not an HTTP response: \"{shown}\""))
     })?;
     if !want_body {
         return Ok(Response { status, body: None });
@@ -124,7 +125,7 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         loop {
             match dechunk(&body) {
                 Chunked::Done(b) => break b,
-                Chunked::Invalid => return Err("malformed chunked body".into()),
+                Chunked::Invalid => return Err(transient("malformed chunked body")),
                 Chunked::Partial(b) if b.len() >= MAX_BODY => break b,
                 Chunked::Partial(b) => {
                     if read_more(stream, &mut body).await? == 0 {
@@ -152,13 +153,13 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 async fn read_more<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
-) -> Result<usize, String> {
+) -> Result<usize, NetError> {
     let mut chunk = [0u8; 8192];
     let n = match stream.read(&mut chunk).await {
         Ok(n) => n,
         // A TLS peer that closes without close_notify: treat as end of stream.
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-        Err(e) => return Err(crate::error::io_reason(&e)),
+        Err(e) => return Err(transient(crate::error::io_reason(&e)).with_source(e)),
     };
     buf.extend_from_slice(&chunk[..n]);
     Ok(n)
@@ -343,7 +344,7 @@ mod tests {
         assert_eq!(r.body.unwrap(), b"abcdef");
     }
 
-    async fn answer(reply: &'static [u8], want_body: bool) -> Result<Response, String> {
+    async fn answer(reply: &'static [u8], want_body: bool) -> Result<Response, NetError> {
         let (mut client, mut server) = tokio::io::duplex(1 << 16);
         tokio::spawn(async move {
             let mut b = [0u8; 1024];
@@ -373,7 +374,7 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(e.contains("malformed chunked"), "{e}");
+        assert!(e.message().contains("malformed chunked"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub mod duration;
 pub mod error;
 pub mod files;
 pub mod log;
+pub mod process;
+pub mod redact;
 pub mod url;
 
 #[cfg(feature = "probe")]
@@ -29,6 +31,8 @@ pub mod tls;
 
 #[cfg(feature = "pid1")]
 pub mod privileges;
+#[cfg(feature = "pid1")]
+pub mod signals;
 #[cfg(feature = "pid1")]
 pub mod supervise;
 

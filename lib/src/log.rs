@@ -14,7 +14,7 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
-use crate::config::ConfigError;
+use crate::config::{invalid, ConfigError};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +39,7 @@ pub fn init(program: &'static str) -> Result<(), ConfigError> {
     let format = match crate::config::var("LOG_FORMAT")?.as_deref() {
         None | Some("text") => Format::Text,
         Some("json") => Format::Json,
-        Some(other) => {
-            return Err(ConfigError(format!(
-                "LOG_FORMAT={other:?}: use text or json"
-            )))
-        }
+        Some(other) => return Err(invalid(format!("LOG_FORMAT={other:?}: use text or json"))),
     };
     let _ = tracing::subscriber::set_global_default(LineSubscriber {
         program,
@@ -64,7 +60,7 @@ fn parse_level(v: &str) -> Result<Level, ConfigError> {
         "debug" => Ok(Level::DEBUG),
         "trace" => Ok(Level::TRACE),
         "off" => Ok(Level::ERROR),
-        _ => Err(ConfigError(format!(
+        _ => Err(invalid(format!(
             "RUST_LOG={v:?}: use error, warn, info, debug or trace"
         ))),
     }
@@ -143,7 +139,7 @@ impl Subscriber for LineSubscriber {
                 s
             }
         };
-        let line = crate::url::redact_text(&line);
+        let line = crate::redact::text(&line);
         let _ = writeln!(std::io::stderr().lock(), "{line}");
     }
     fn enter(&self, _: &Id) {}

@@ -11,6 +11,7 @@
 //! short). busybox wget resolves `localhost` to `::1` only and fails against servers
 //! that listen on IPv4; this does not.
 
+use crate::error::{Error, Kind};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -25,10 +26,45 @@ pub fn hosts_file() -> std::path::PathBuf {
         .unwrap_or_else(|| "/etc/hosts".into())
 }
 
-crate::message_error!(
-    /// Why a host could not be resolved or connected to, as a short reason.
-    NetError
-);
+/// Whether waiting can help: the question every caller of a failed network
+/// operation asks (the entrypoint's wait, the backup's wait for its database, the
+/// probe's retries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Refused, not resolvable yet, starting up, too many connections: try again.
+    Transient,
+    /// Wrong password, missing database, bad certificate, bad configuration: waiting
+    /// will not help.
+    Permanent,
+}
+
+impl Kind for Retry {
+    /// The entrypoint's "a service never became ready".
+    fn exit_code(self) -> u8 {
+        3
+    }
+}
+
+/// Why talking to a service failed (resolving, connecting, TLS, a protocol's answer),
+/// as a short reason that never holds a password.
+pub type NetError = Error<Retry>;
+
+/// A failure that waiting may cure.
+pub fn transient(reason: impl Into<String>) -> NetError {
+    Error::new(Retry::Transient, reason)
+}
+
+/// A failure that waiting will not cure.
+pub fn permanent(reason: impl Into<String>) -> NetError {
+    Error::new(Retry::Permanent, reason)
+}
+
+impl NetError {
+    /// True when waiting will not help.
+    pub fn is_permanent(&self) -> bool {
+        self.kind() == Retry::Permanent
+    }
+}
 
 /// The largest hosts file read (Docker's has a few lines; big blocklists a few MiB).
 const MAX_HOSTS_FILE: u64 = 16 * 1024 * 1024;
@@ -61,12 +97,12 @@ pub async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, NetError>
         Ok(addrs) => {
             let addrs: Vec<_> = addrs.collect();
             if addrs.is_empty() {
-                Err(NetError(format!("host {host} has no address")))
+                Err(transient(format!("host {host} has no address")))
             } else {
                 Ok(addrs)
             }
         }
-        Err(_) => Err(NetError(format!("host {host} not found"))),
+        Err(_) => Err(transient(format!("host {host} not found"))),
     }
 }
 
@@ -100,7 +136,7 @@ pub async fn connect_addrs(addrs: &[SocketAddr]) -> Result<TcpStream, NetError> 
             let reason = last_err
                 .map(|e| crate::error::io_reason(&e))
                 .unwrap_or_else(|| "no address to connect to".into());
-            return Err(NetError(reason));
+            return Err(transient(reason));
         }
         let more = pending.len() > 0;
         tokio::select! {
@@ -163,6 +199,6 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let e = connect("127.0.0.1", port).await.unwrap_err();
-        assert_eq!(e.0, "connection refused");
+        assert_eq!(e.message(), "connection refused");
     }
 }

@@ -19,6 +19,8 @@ use std::time::Duration;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config};
 
+use crate::config::{invalid, ConfigError};
+use crate::net::{permanent, transient, NetError, Retry};
 use crate::tls::{self, PgTls, Verify};
 use crate::url::Url;
 
@@ -50,41 +52,10 @@ impl std::fmt::Debug for PgTarget {
     }
 }
 
-/// A connection failure, sorted for waiting.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PgError {
-    /// Short reason, never containing a password.
-    pub reason: String,
-    /// True when waiting cannot help (authentication, missing database, TLS, bad config).
-    pub permanent: bool,
-}
-
-impl std::fmt::Display for PgError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
-impl std::error::Error for PgError {}
-
-fn permanent(reason: impl Into<String>) -> PgError {
-    PgError {
-        reason: reason.into(),
-        permanent: true,
-    }
-}
-
-fn transient(reason: impl Into<String>) -> PgError {
-    PgError {
-        reason: reason.into(),
-        permanent: false,
-    }
-}
-
 impl PgTarget {
     /// Builds a target from a `postgres://` or `postgresql://` URL. `PGUSER`, `PGPASSWORD`
     /// (or `PGPASSWORD_FILE`) and `PGDATABASE` fill in what the URL leaves out, as libpq does.
-    pub fn from_url(url: &Url) -> Result<PgTarget, String> {
+    pub fn from_url(url: &Url) -> Result<PgTarget, ConfigError> {
         let mut config = Config::new();
         let user = if url.username.is_empty() {
             std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into())
@@ -93,11 +64,11 @@ impl PgTarget {
         };
         let mut password = url.password.clone();
         if password.is_none() {
-            password = crate::config::var("PGPASSWORD").map_err(|e| e.to_string())?;
+            password = crate::config::var("PGPASSWORD")?;
         }
         let mut dbname = url
             .decoded_path()
-            .ok_or("bad %-escape in the database name")?
+            .ok_or_else(|| invalid("bad %-escape in the database name"))?
             .trim_start_matches('/')
             .to_string();
         let mut sslmode = "prefer".to_string();
@@ -112,7 +83,7 @@ impl PgTarget {
                 "port" => {
                     port_override = Some(
                         v.parse()
-                            .map_err(|_| format!("port={v:?} is not a port number"))?,
+                            .map_err(|_| invalid(format!("port={v:?} is not a port number")))?,
                     )
                 }
                 "user" => {
@@ -127,9 +98,9 @@ impl PgTarget {
                     config.options(v);
                 }
                 "connect_timeout" => {
-                    let secs: u64 = v
-                        .parse()
-                        .map_err(|_| format!("connect_timeout={v:?} is not a number of seconds"))?;
+                    let secs: u64 = v.parse().map_err(|_| {
+                        invalid(format!("connect_timeout={v:?} is not a number of seconds"))
+                    })?;
                     config.connect_timeout(Duration::from_secs(secs.max(1)));
                 }
                 "target_session_attrs" => {
@@ -137,14 +108,18 @@ impl PgTarget {
                         "any" => tokio_postgres::config::TargetSessionAttrs::Any,
                         "read-write" => tokio_postgres::config::TargetSessionAttrs::ReadWrite,
                         _ => {
-                            return Err(format!(
+                            return Err(invalid(format!(
                                 "target_session_attrs={v:?}: use any or read-write"
-                            ))
+                            )))
                         }
                     });
                 }
                 "channel_binding" | "gssencmode" | "sslcompression" | "keepalives" => {}
-                other => return Err(format!("unknown parameter {other:?} in the PostgreSQL URL")),
+                other => {
+                    return Err(invalid(format!(
+                        "unknown parameter {other:?} in the PostgreSQL URL"
+                    )))
+                }
             }
         }
         if config.get_user().is_none() {
@@ -169,9 +144,9 @@ impl PgTarget {
             "verify-ca" => (Verify::ChainOnly, SslMode::Require),
             "verify-full" => (Verify::Full, SslMode::Require),
             other => {
-                return Err(format!(
+                return Err(invalid(format!(
                     "sslmode={other:?}: use disable, prefer, require, verify-ca or verify-full"
-                ))
+                )))
             }
         };
         config.ssl_mode(mode);
@@ -190,7 +165,7 @@ impl PgTarget {
             }
         }
         if tcp_hosts.is_empty() && config.get_hosts().is_empty() {
-            return Err("the PostgreSQL URL names no host".into());
+            return Err(invalid("the PostgreSQL URL names no host"));
         }
         Ok(PgTarget {
             url: url.clone(),
@@ -213,9 +188,9 @@ impl PgTarget {
 
     /// Resolves the hosts, connects and authenticates. The connection task is spawned
     /// on the current runtime and ends when the returned client is dropped.
-    pub async fn connect(&self) -> Result<Client, PgError> {
-        let config = self.resolved().await.map_err(transient)?;
-        let tls_config = self.tls_config().map_err(permanent)?;
+    pub async fn connect(&self) -> Result<Client, NetError> {
+        let config = self.resolved().await?;
+        let tls_config = self.tls_config()?;
         let (client, connection) = config
             .connect(PgTls(tls_config))
             .await
@@ -306,7 +281,7 @@ impl PgTarget {
     }
 
     /// The rustls configuration this target's `sslmode` asks for.
-    pub fn tls_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    pub fn tls_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, NetError> {
         tls::client_config(self.verify, self.root_file.as_deref())
     }
 
@@ -320,10 +295,10 @@ impl PgTarget {
 
     /// The connection settings with host names resolved by [`crate::net::resolve`]
     /// (which needs no NSS in a static binary).
-    async fn resolved(&self) -> Result<Config, String> {
+    async fn resolved(&self) -> Result<Config, NetError> {
         let mut config = self.config.clone();
         for (host, port) in &self.tcp_hosts {
-            let addrs = crate::net::resolve(host, *port).await.map_err(|e| e.0)?;
+            let addrs = crate::net::resolve(host, *port).await?;
             for a in addrs {
                 config.host(host);
                 config.hostaddr(a.ip());
@@ -352,7 +327,7 @@ impl PgTarget {
     }
 
     /// Connects and runs `SELECT 1`: the server accepts queries.
-    pub async fn ping(&self) -> Result<(), PgError> {
+    pub async fn ping(&self) -> Result<(), NetError> {
         let client = self.connect().await?;
         client
             .simple_query("SELECT 1")
@@ -364,7 +339,7 @@ impl PgTarget {
 
 /// `pg_backend_pid()` over the simple query protocol (prepared statements themselves
 /// break behind a transaction pooler, and would hide what is being tested).
-async fn backend_pid(c: &Client) -> Result<i32, PgError> {
+async fn backend_pid(c: &Client) -> Result<i32, NetError> {
     let rows = c
         .simple_query("SELECT pg_backend_pid()")
         .await
@@ -382,7 +357,7 @@ async fn backend_pid(c: &Client) -> Result<i32, PgError> {
 /// asked in turn, A, B, A, three times. A direct connection (or a session pooler)
 /// gives each client its own backend for good; a transaction pooler hands B the
 /// backend A just used, or A another one. Returns the shared backend's pid when pooled.
-pub async fn shared_backend(target: &PgTarget, a: &Client) -> Result<Option<i32>, PgError> {
+pub async fn shared_backend(target: &PgTarget, a: &Client) -> Result<Option<i32>, NetError> {
     let b = target.connect().await?;
     let first = backend_pid(a).await?;
     for _ in 0..3 {
@@ -396,7 +371,7 @@ pub async fn shared_backend(target: &PgTarget, a: &Client) -> Result<Option<i32>
 }
 
 /// Sorts a tokio-postgres error and gives it a short, password-free reason.
-pub fn classify(e: &tokio_postgres::Error) -> PgError {
+pub fn classify(e: &tokio_postgres::Error) -> NetError {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
         let reason = db.message().to_string();
@@ -414,10 +389,12 @@ pub fn classify(e: &tokio_postgres::Error) -> PgError {
             && (matches!(code, "57P03" | "53300" | "57P01" | "57P02")
                 || code.starts_with("08")
                 || code.starts_with("53"));
-        return PgError {
-            reason,
-            permanent: !waiting_helps,
+        let kind = if waiting_helps {
+            Retry::Transient
+        } else {
+            Retry::Permanent
         };
+        return NetError::new(kind, reason);
     }
     // Walk the source chain for I/O and TLS causes.
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
@@ -433,7 +410,7 @@ pub fn classify(e: &tokio_postgres::Error) -> PgError {
         }
         source = s.source();
     }
-    let text = crate::url::redact_text(&e.to_string());
+    let text = crate::redact::text(&e.to_string());
     if text.contains("server does not support TLS") || text.contains("TLS") {
         return permanent(text);
     }
@@ -447,7 +424,7 @@ pub fn classify(e: &tokio_postgres::Error) -> PgError {
 mod tests {
     use super::*;
 
-    fn target(s: &str) -> Result<PgTarget, String> {
+    fn target(s: &str) -> Result<PgTarget, ConfigError> {
         PgTarget::from_url(&Url::parse(s).unwrap())
     }
 
@@ -467,10 +444,15 @@ mod tests {
     fn rejects_bad_parameters() {
         assert!(target("postgres://h/db?sslmode=sometimes")
             .unwrap_err()
+            .message()
             .contains("sslmode"));
         assert!(target("postgres://h/db?bogus=1")
             .unwrap_err()
+            .message()
             .contains("bogus"));
-        assert!(target("postgres:///db").unwrap_err().contains("no host"));
+        assert!(target("postgres:///db")
+            .unwrap_err()
+            .message()
+            .contains("no host"));
     }
 }

@@ -8,6 +8,8 @@
 //! process in the container at shutdown, `docker exec` sessions included, and it runs
 //! no code of the app's.
 
+use crate::config::{invalid, ConfigError};
+use crate::error::{Error, Kind};
 use std::path::Path;
 
 /// Who the app runs as.
@@ -62,25 +64,56 @@ fn groups(text: &str) -> Vec<(String, u32, Vec<String>)> {
         .collect()
 }
 
+/// Why `--chown` stopped (exit status 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChownKind {
+    /// A file could not be changed or read.
+    Failed,
+    /// A stop signal arrived.
+    Interrupted,
+}
+
+impl Kind for ChownKind {
+    fn exit_code(self) -> u8 {
+        5
+    }
+}
+
+/// A failed `--chown`.
+pub type ChownError = Error<ChownKind>;
+
+fn failed(p: &Path, e: std::io::Error) -> ChownError {
+    let reason = crate::error::io_reason(&e);
+    ChownError::new(
+        ChownKind::Failed,
+        format!("--chown {}: {reason}", p.display()),
+    )
+    .with_source(e)
+}
+
 /// Resolves `NAME`, `UID`, `NAME:GROUP` or `UID:GID` against the given file contents.
-pub fn resolve_in(spec: &str, passwd_text: &str, group_text: &str) -> Result<Credentials, String> {
+pub fn resolve_in(
+    spec: &str,
+    passwd_text: &str,
+    group_text: &str,
+) -> Result<Credentials, ConfigError> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
     if user.is_empty() || group == Some("") {
-        return Err(format!(
+        return Err(invalid(format!(
             "invalid user {spec:?}: use NAME, UID, NAME:GROUP or UID:GID"
-        ));
+        )));
     }
     let users = passwd(passwd_text);
     let all_groups = groups(group_text);
     let entry = match user.parse::<u32>() {
         Ok(uid) => users.iter().find(|e| e.uid == uid),
         Err(_) => Some(users.iter().find(|e| e.name == user).ok_or_else(|| {
-            format!(
+            invalid(format!(
                 "user {user:?} is not in /etc/passwd: add it to the image, or give a numeric UID"
-            )
+            ))
         })?),
     };
     let uid = entry.map_or_else(|| user.parse::<u32>().unwrap_or(0), |e| e.uid);
@@ -92,7 +125,9 @@ pub fn resolve_in(spec: &str, passwd_text: &str, group_text: &str) -> Result<Cre
                 .find(|(n, _, _)| n == g)
                 .map(|(_, gid, _)| *gid)
                 .ok_or_else(|| {
-                    format!("group {g:?} is not in /etc/group: add it, or give a numeric GID")
+                    invalid(format!(
+                        "group {g:?} is not in /etc/group: add it, or give a numeric GID"
+                    ))
                 })?,
         },
         // A numeric UID without an entry keeps its number as the group, never root's.
@@ -116,7 +151,7 @@ pub fn resolve_in(spec: &str, passwd_text: &str, group_text: &str) -> Result<Cre
 }
 
 /// Resolves a user against this system's /etc/passwd and /etc/group.
-pub fn resolve(spec: &str) -> Result<Credentials, String> {
+pub fn resolve(spec: &str) -> Result<Credentials, ConfigError> {
     let p = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let g = std::fs::read_to_string("/etc/group").unwrap_or_default();
     resolve_in(spec, &p, &g)
@@ -129,21 +164,22 @@ pub fn chown_recursive(
     path: &Path,
     creds: &Credentials,
     mut interrupted: impl FnMut() -> bool,
-) -> Result<usize, String> {
+) -> Result<usize, ChownError> {
     let mut count = 0;
     let mut stack = vec![path.to_path_buf()];
     while let Some(p) = stack.pop() {
         if count % 256 == 255 && interrupted() {
-            return Err(format!("--chown {}: interrupted", path.display()));
+            return Err(ChownError::new(
+                ChownKind::Interrupted,
+                format!("--chown {}: interrupted", path.display()),
+            ));
         }
         std::os::unix::fs::lchown(&p, Some(creds.uid), Some(creds.gid))
-            .map_err(|e| format!("--chown {}: {}", p.display(), crate::error::io_reason(&e)))?;
+            .map_err(|e| failed(&p, e))?;
         count += 1;
-        let meta = std::fs::symlink_metadata(&p)
-            .map_err(|e| format!("--chown {}: {}", p.display(), crate::error::io_reason(&e)))?;
+        let meta = std::fs::symlink_metadata(&p).map_err(|e| failed(&p, e))?;
         if meta.is_dir() {
-            let entries = std::fs::read_dir(&p)
-                .map_err(|e| format!("--chown {}: {}", p.display(), crate::error::io_reason(&e)))?;
+            let entries = std::fs::read_dir(&p).map_err(|e| failed(&p, e))?;
             for e in entries.flatten() {
                 stack.push(e.path());
             }
@@ -181,12 +217,15 @@ mod tests {
     fn explains_unknown_users() {
         assert!(resolve_in("nobody-here", PASSWD, GROUP)
             .unwrap_err()
+            .message()
             .contains("not in /etc/passwd"));
         assert!(resolve_in("node:nogroup", PASSWD, GROUP)
             .unwrap_err()
+            .message()
             .contains("not in /etc/group"));
         assert!(resolve_in(":1", PASSWD, GROUP)
             .unwrap_err()
+            .message()
             .contains("invalid user"));
     }
 }

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::config::{invalid, ConfigError};
 use crate::duration;
 use crate::http;
-use crate::net;
+use crate::net::{self, permanent, transient, NetError, Retry};
 use crate::pg::PgTarget;
 use crate::tls::{self, Verify};
 use crate::url::Url;
@@ -34,8 +35,12 @@ impl Default for StatusSet {
 
 impl StatusSet {
     /// Parses `200`, `200,204`, `200-399` or `2xx`, comma-separated.
-    pub fn parse(s: &str) -> Result<StatusSet, String> {
-        let bad = || format!("invalid status {s:?}: use e.g. 200, 200,204, 200-399 or 2xx");
+    pub fn parse(s: &str) -> Result<StatusSet, ConfigError> {
+        let bad = || {
+            invalid(format!(
+                "invalid status {s:?}: use e.g. 200, 200,204, 200-399 or 2xx"
+            ))
+        };
         let mut ranges = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let code = |t: &str| t.parse::<u16>().ok().filter(|c| (100..=599).contains(c));
@@ -83,26 +88,25 @@ pub struct HttpOptions {
 }
 
 /// Parses a `--header 'Name: value'` argument.
-pub fn parse_header(s: &str) -> Result<(String, String), String> {
+pub fn parse_header(s: &str) -> Result<(String, String), ConfigError> {
     // The value is often a token: errors name the problem, never the text.
-    let (k, v) = s
-        .split_once(':')
-        .ok_or("invalid header: no ':' between name and value (use 'Name: value')")?;
+    let (k, v) = s.split_once(':').ok_or_else(|| {
+        invalid("invalid header: no ':' between name and value (use 'Name: value')")
+    })?;
     let k = k.trim();
     if k.is_empty()
         || !k
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
     {
-        return Err(
-            "invalid header name: only letters, digits and -_!#$%&'*+.^`|~ are allowed before the ':' (use 'Name: value')"
-                .into(),
-        );
+        return Err(invalid(
+            "invalid header name: only letters, digits and -_!#$%&'*+.^`|~ are allowed before the ':' (use 'Name: value')",
+        ));
     }
     if v.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
-        return Err(format!(
+        return Err(invalid(format!(
             "invalid header value for {k}: no line breaks or control characters"
-        ));
+        )));
     }
     Ok((k.to_string(), v.trim().to_string()))
 }
@@ -133,15 +137,15 @@ pub enum Target {
 
 impl Target {
     /// Parses a target URL; errors say what is wrong and never contain a password.
-    pub fn parse(s: &str) -> Result<Target, String> {
-        let url = Url::parse(s).map_err(|e| e.to_string())?;
+    pub fn parse(s: &str) -> Result<Target, ConfigError> {
+        let url = Url::parse(s).map_err(|e| invalid(e.to_string()).with_source(e))?;
         let need_host = |url: &Url| {
             if url.host().is_empty() {
-                Err(format!("{url}: the URL names no host"))
+                Err(invalid(format!("{url}: the URL names no host")))
             } else if url.hosts.len() > 1 {
-                Err(format!(
+                Err(invalid(format!(
                     "{url}: only postgres:// URLs may list several hosts"
-                ))
+                )))
             } else {
                 Ok(())
             }
@@ -156,13 +160,15 @@ impl Target {
             "tcp" => {
                 need_host(&url)?;
                 let port = url.port().ok_or_else(|| {
-                    format!("{url}: a tcp:// target needs a port, e.g. tcp://db:5432")
+                    invalid(format!(
+                        "{url}: a tcp:// target needs a port, e.g. tcp://db:5432"
+                    ))
                 })?;
                 Ok(Target::Tcp { url, port })
             }
             "postgres" | "postgresql" => PgTarget::from_url(&url)
                 .map(|t| Target::Postgres(Box::new(t)))
-                .map_err(|e| format!("{url}: {e}")),
+                .map_err(|e| e.context(&url)),
             "redis" | "rediss" => {
                 need_host(&url)?;
                 let tls = url.scheme == "rediss";
@@ -171,24 +177,27 @@ impl Target {
             }
             "file" => {
                 if !(url.host().is_empty() || url.host() == "localhost") {
-                    return Err(format!("{url}: use file:///absolute/path (three slashes)"));
+                    return Err(invalid(format!(
+                        "{url}: use file:///absolute/path (three slashes)"
+                    )));
                 }
                 let path = url
                     .decoded_path()
                     .filter(|p| p.starts_with('/'))
-                    .ok_or_else(|| format!("{url}: use file:///absolute/path"))?;
+                    .ok_or_else(|| invalid(format!("{url}: use file:///absolute/path")))?;
                 let mut max_age = None;
                 for (k, v) in &url.query {
                     match k.as_str() {
                         "max-age" | "max_age" => {
                             max_age = Some(
-                                duration::parse(v).map_err(|e| format!("{url}: max-age: {e}"))?,
+                                duration::parse(v)
+                                    .map_err(|e| invalid(format!("{url}: max-age: {e}")))?,
                             )
                         }
                         other => {
-                            return Err(format!(
+                            return Err(invalid(format!(
                                 "{url}: unknown parameter {other:?} (file targets take max-age)"
-                            ))
+                            )))
                         }
                     }
                 }
@@ -198,9 +207,9 @@ impl Target {
                     max_age,
                 })
             }
-            other => Err(format!(
+            other => Err(invalid(format!(
                 "{url}: unknown scheme {other:?}: use http, https, tcp, postgres, redis or file"
-            )),
+            ))),
         }
     }
 
@@ -216,36 +225,13 @@ impl Target {
     }
 }
 
-/// Why a probe failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub reason: String,
-    /// Waiting will not help (wrong password, bad certificate, bad configuration).
-    pub permanent: bool,
-}
-
-impl Failure {
-    fn transient(reason: impl Into<String>) -> Failure {
-        Failure {
-            reason: reason.into(),
-            permanent: false,
-        }
-    }
-    fn permanent(reason: impl Into<String>) -> Failure {
-        Failure {
-            reason: reason.into(),
-            permanent: true,
-        }
-    }
-}
-
 /// The result of one target.
 #[derive(Debug, Clone)]
 pub struct Report {
     /// Redacted target.
     pub target: String,
     /// Healthy detail (`status 200`) or the failure.
-    pub outcome: Result<String, Failure>,
+    pub outcome: Result<String, NetError>,
     pub elapsed: Duration,
 }
 
@@ -259,7 +245,7 @@ impl std::fmt::Display for Report {
                 detail,
                 duration::format(self.elapsed)
             ),
-            Err(fail) => write!(f, "{}: {}", self.target, fail.reason),
+            Err(fail) => write!(f, "{}: {}", self.target, fail.message()),
         }
     }
 }
@@ -314,7 +300,7 @@ pub async fn probe(target: &Target, opts: &HttpOptions, deadline: tokio::time::I
     let stage = Cell::new(Stage::Connecting);
     let outcome = match tokio::time::timeout_at(deadline, probe_inner(target, opts, &stage)).await {
         Ok(r) => r,
-        Err(_) => Err(Failure::transient(format!(
+        Err(_) => Err(transient(format!(
             "timed out after {} ({})",
             duration::format(started.elapsed()),
             stage.get().describe()
@@ -322,10 +308,7 @@ pub async fn probe(target: &Target, opts: &HttpOptions, deadline: tokio::time::I
     };
     // A server may echo what it was sent (Redis: "with args beginning with: 'pw'").
     let outcome = match (outcome, &target.url().password) {
-        (Err(mut f), Some(pw)) => {
-            f.reason = crate::url::scrub(&f.reason, pw);
-            Err(f)
-        }
+        (Err(f), Some(pw)) => Err(f.map_message(|m| crate::redact::scrub(m, pw))),
         (o, _) => o,
     };
     Report {
@@ -369,20 +352,15 @@ async fn probe_inner(
     target: &Target,
     opts: &HttpOptions,
     stage: &Cell<Stage>,
-) -> Result<String, Failure> {
+) -> Result<String, NetError> {
     match target {
         Target::Http { url, tls, port } => probe_http(url, *tls, *port, opts, stage).await,
         Target::Tcp { url, port } => {
-            net::connect(url.host(), *port)
-                .await
-                .map_err(|e| Failure::transient(e.0))?;
+            net::connect(url.host(), *port).await?;
             Ok("connected".into())
         }
         Target::Postgres(pg) => {
-            pg.ping().await.map_err(|e| Failure {
-                reason: e.reason,
-                permanent: e.permanent,
-            })?;
+            pg.ping().await?;
             Ok("SELECT 1".into())
         }
         Target::Redis { url, tls, port } => {
@@ -400,17 +378,15 @@ async fn open(
     tls: bool,
     verify: Verify,
     stage: &Cell<Stage>,
-) -> Result<Box<dyn Stream>, Failure> {
-    let tcp = net::connect(host, port)
-        .await
-        .map_err(|e| Failure::transient(e.0))?;
+) -> Result<Box<dyn Stream>, NetError> {
+    let tcp = net::connect(host, port).await?;
     if !tls {
         return Ok(Box::new(tcp));
     }
     stage.set(Stage::Handshake);
-    let config = tls::client_config(verify, None).map_err(Failure::permanent)?;
+    let config = tls::client_config(verify, None)?;
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
-        .map_err(|_| Failure::permanent(format!("invalid TLS server name {host:?}")))?;
+        .map_err(|_| permanent(format!("invalid TLS server name {host:?}")))?;
     let stream = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
@@ -418,9 +394,9 @@ async fn open(
             // A TLS alert or a bad certificate will not change by waiting; a reset or
             // a close during the handshake (a server still starting) may.
             if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
-                Failure::permanent(tls::reason(&e))
+                permanent(tls::reason(&e))
             } else {
-                Failure::transient(tls::reason(&e))
+                transient(tls::reason(&e))
             }
         })?;
     Ok(Box::new(stream))
@@ -435,7 +411,7 @@ async fn probe_http(
     port: u16,
     opts: &HttpOptions,
     stage: &Cell<Stage>,
-) -> Result<String, Failure> {
+) -> Result<String, NetError> {
     let verify = if opts.insecure {
         Verify::None
     } else {
@@ -466,10 +442,9 @@ async fn probe_http(
     let resp = http::exchange(&mut stream, &req, opts.expect_body.is_some(), || {
         stage.set(Stage::Waiting)
     })
-    .await
-    .map_err(Failure::transient)?;
+    .await?;
     if !opts.expect_status.contains(resp.status) {
-        return Err(Failure::transient(format!("status {}", resp.status)));
+        return Err(transient(format!("status {}", resp.status)));
     }
     if let (Some(want), Some(body)) = (&opts.expect_body, &resp.body) {
         if http::find(body, want.as_bytes()).is_none() {
@@ -478,7 +453,7 @@ async fn probe_http(
             } else {
                 ""
             };
-            return Err(Failure::transient(format!(
+            return Err(transient(format!(
                 "status {}, but the body does not contain {:?}{within}",
                 resp.status, want
             )));
@@ -493,7 +468,7 @@ async fn probe_redis(
     port: u16,
     insecure: bool,
     stage: &Cell<Stage>,
-) -> Result<String, Failure> {
+) -> Result<String, NetError> {
     let verify = if insecure { Verify::None } else { Verify::Full };
     let mut stream = open(url.host(), port, tls, verify, stage).await?;
     let mut cmd = Vec::new();
@@ -506,7 +481,7 @@ async fn probe_redis(
     }
     cmd.extend(resp_command(&["PING"]));
     stage.set(Stage::Waiting);
-    let io = |e: std::io::Error| Failure::transient(crate::error::io_reason(&e));
+    let io = |e: std::io::Error| transient(crate::error::io_reason(&e));
     stream.write_all(&cmd).await.map_err(io)?;
     let mut buf = Vec::new();
     let replies = if url.password.is_some() { 2 } else { 1 };
@@ -518,7 +493,7 @@ async fn probe_redis(
         let mut chunk = [0u8; 512];
         let n = stream.read(&mut chunk).await.map_err(io)?;
         if n == 0 {
-            return Err(Failure::transient("connection closed without a reply"));
+            return Err(transient("connection closed without a reply"));
         }
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -527,7 +502,7 @@ async fn probe_redis(
 
 /// Interprets the first `replies` reply lines of a Redis server (the last one answers
 /// PING). Any bytes at all: the reason quotes at most 60 characters of the reply.
-pub fn redis_replies(buf: &[u8], replies: usize) -> Result<String, Failure> {
+pub fn redis_replies(buf: &[u8], replies: usize) -> Result<String, NetError> {
     let text = String::from_utf8_lossy(buf);
     let quote = |s: &str| -> String {
         let s: String = s.chars().take(60).collect();
@@ -540,15 +515,17 @@ pub fn redis_replies(buf: &[u8], replies: usize) -> Result<String, Failure> {
                 || err.contains("invalid password");
             // Not cut here: the password is scrubbed from the whole reason first (in
             // `probe`), and only then is the line clipped for output.
-            return Err(Failure {
-                reason: err.trim().to_string(),
-                permanent,
-            });
+            let kind = if permanent {
+                Retry::Permanent
+            } else {
+                Retry::Transient
+            };
+            return Err(NetError::new(kind, err.trim()));
         }
     }
     match text.lines().nth(replies.saturating_sub(1)) {
         Some("+PONG") => Ok("PONG".into()),
-        other => Err(Failure::transient(format!(
+        other => Err(transient(format!(
             "unexpected reply to PING: {}",
             quote(other.unwrap_or(""))
         ))),
@@ -565,17 +542,17 @@ fn resp_command(args: &[&str]) -> Vec<u8> {
     out
 }
 
-fn probe_file(path: &std::path::Path, max_age: Option<Duration>) -> Result<String, Failure> {
+fn probe_file(path: &std::path::Path, max_age: Option<Duration>) -> Result<String, NetError> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Failure::transient("missing"),
-        _ => Failure::transient(crate::error::io_reason(&e)),
+        std::io::ErrorKind::NotFound => transient("missing"),
+        _ => transient(crate::error::io_reason(&e)),
     })?;
     let modified = meta
         .modified()
-        .map_err(|e| Failure::transient(crate::error::io_reason(&e)))?;
+        .map_err(|e| transient(crate::error::io_reason(&e)))?;
     // `backup` dates its status file to the last success; 1970 means none yet.
     if modified <= SystemTime::UNIX_EPOCH + Duration::from_secs(1) {
-        return Err(Failure::transient(
+        return Err(transient(
             "no successful run yet (the file is dated 1970-01-01: no backup has succeeded)",
         ));
     }
@@ -583,7 +560,7 @@ fn probe_file(path: &std::path::Path, max_age: Option<Duration>) -> Result<Strin
         .duration_since(modified)
         .unwrap_or(Duration::ZERO);
     match max_age {
-        Some(max) if age > max => Err(Failure::transient(format!(
+        Some(max) if age > max => Err(transient(format!(
             "stale: modified {} ago, max-age {}",
             duration::format(Duration::from_secs(age.as_secs())),
             duration::format(max)
@@ -640,7 +617,7 @@ mod tests {
                 ..
             }
         ));
-        let e = |s| Target::parse(s).err().unwrap();
+        let e = |s| Target::parse(s).err().unwrap().to_string();
         assert!(e("ftp://x").contains("unknown scheme"));
         assert!(e("tcp://db").contains("needs a port"));
         assert!(e("file://tmp/x").contains("three slashes"));

@@ -10,7 +10,7 @@
 //!   list too long"), `CONFIG_FILE`, `LOG_FILE` (not yet created), `TF_CLI_CONFIG_FILE`;
 //! - `all`: every `NAME_FILE`; `none`: none; `A,B`: exactly those names.
 
-use crate::config::{read_secret_file, split_list, ConfigError};
+use crate::config::{invalid, read_secret_file, split_list, ConfigError, ConfigKind};
 
 /// Which `NAME_FILE` variables to load.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,13 +92,13 @@ pub unsafe fn load_file_vars(which: &FileVars) -> Result<Vec<String>, ConfigErro
     let mut values = Vec::new();
     for (name, path) in found {
         if std::env::var_os(&name).is_some_and(|v| !v.is_empty()) {
-            return Err(ConfigError(format!(
+            return Err(invalid(format!(
                 "both {name} and {name}_FILE are set: unset one of them (or leave {name} out of ENTRYPOINT_FILE_VARS)"
             )));
         }
         let value = read_secret_file(&format!("{name}_FILE"), std::path::Path::new(&path))
             .map_err(|e| match which {
-                FileVars::All | FileVars::Auto => ConfigError(format!(
+                FileVars::All | FileVars::Auto => invalid(format!(
                     "{e} (ENTRYPOINT_FILE_VARS selects which _FILE variables are secrets)"
                 )),
                 _ => e,
@@ -125,11 +125,14 @@ pub fn require(names: &[String]) -> Result<(), ConfigError> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(ConfigError(format!(
-            "required environment variable{} not set: {}",
-            if missing.len() > 1 { "s" } else { "" },
-            missing.join(", ")
-        )))
+        Err(ConfigError::new(
+            ConfigKind::Missing,
+            format!(
+                "required environment variable{} not set: {}",
+                if missing.len() > 1 { "s" } else { "" },
+                missing.join(", ")
+            ),
+        ))
     }
 }
 

@@ -12,18 +12,19 @@
 //! supervising begins (and `main` re-executes itself to give their memory back).
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use nix::libc;
-use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tracing::info;
 
-use crate::migrate::{self, Source};
+use crate::error::{Error, Kind};
+use crate::migrate::{self, MigrateError, Source};
 use crate::pg::PgTarget;
 use crate::privileges::Credentials;
 use crate::probe::{HttpOptions, Target};
+use crate::process::ChildGroup;
+use crate::signals::{self, signal_name};
 use crate::url::Url;
 
 /// What to do before the app starts.
@@ -51,52 +52,56 @@ impl Plan {
     }
 }
 
-/// Why start-up stopped. Each kind has its exit status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StartupError {
+/// Why start-up stopped; each kind has its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartupKind {
     /// Invalid configuration (2).
-    Config(String),
+    Config,
     /// A service did not become ready (3).
-    Wait(String),
+    Wait,
     /// Migrations failed (4).
-    Migrate(String),
+    Migrate,
     /// `--chown` failed (5).
-    Privileges(String),
-    /// SIGTERM/SIGINT arrived (128+N).
+    Privileges,
+    /// This signal arrived (128+N).
     Signal(i32),
 }
 
-impl StartupError {
-    pub fn exit_code(&self) -> i32 {
+impl Kind for StartupKind {
+    fn exit_code(self) -> u8 {
         match self {
-            StartupError::Config(_) => 2,
-            StartupError::Wait(_) => 3,
-            StartupError::Migrate(_) => 4,
-            StartupError::Privileges(_) => 5,
-            StartupError::Signal(n) => 128 + n,
+            StartupKind::Config => 2,
+            StartupKind::Wait => 3,
+            StartupKind::Migrate => 4,
+            StartupKind::Privileges => 5,
+            StartupKind::Signal(n) => (128 + n).clamp(0, 255) as u8,
         }
     }
 }
 
-impl std::fmt::Display for StartupError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartupError::Config(m) | StartupError::Privileges(m) => f.write_str(m),
-            StartupError::Wait(m) => write!(f, "waiting failed: {m}"),
-            StartupError::Migrate(m) => write!(f, "migration failed, the app was not started: {m}"),
-            StartupError::Signal(n) => write!(
-                f,
-                "{} during start-up: stopped",
-                crate::supervise::signal_name(*n)
-            ),
-        }
-    }
+/// Why start-up stopped.
+pub type StartupError = Error<StartupKind>;
+
+fn config(message: impl Into<String>) -> StartupError {
+    StartupError::new(StartupKind::Config, message)
+}
+
+fn stopped_by(sig: i32) -> StartupError {
+    StartupError::new(
+        StartupKind::Signal(sig),
+        format!("{} during start-up: stopped", signal_name(sig)),
+    )
+}
+
+/// A failed migration phase, as start-up reports it.
+fn migrate_failed(e: MigrateError) -> StartupError {
+    e.into_kind(StartupKind::Migrate)
+        .context("migration failed, the app was not started")
 }
 
 /// Runs the plan.
 pub fn run(plan: &Plan) -> Result<(), StartupError> {
-    let stop_signals =
-        stop_signalfd().map_err(|e| StartupError::Config(format!("cannot watch signals: {e}")))?;
+    let stop_signals = stop_signalfd().map_err(|e| config(format!("cannot watch signals: {e}")))?;
     let stopped = || {
         stop_signals
             .read_signal()
@@ -104,7 +109,7 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
             .flatten()
             .map(|i| i.ssi_signo as i32)
     };
-    crate::secrets::require(&plan.require_env).map_err(|e| StartupError::Config(e.to_string()))?;
+    crate::secrets::require(&plan.require_env).map_err(|e| e.into_kind(StartupKind::Config))?;
     if let Some(user) = &plan.user {
         for p in &plan.chown {
             let mut signal = None;
@@ -113,9 +118,9 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
                 signal.is_some()
             });
             if let Some(sig) = signal {
-                return Err(StartupError::Signal(sig));
+                return Err(stopped_by(sig));
             }
-            let n = result.map_err(StartupError::Privileges)?;
+            let n = result.map_err(|e| e.into_kind(StartupKind::Privileges))?;
             info!(
                 "handed {} ({n} entries) to uid {} gid {}",
                 p.display(),
@@ -124,12 +129,10 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
             );
         }
     } else if !plan.chown.is_empty() {
-        return Err(StartupError::Config(
-            "--chown needs --user (whom to give the paths to)".into(),
-        ));
+        return Err(config("--chown needs --user (whom to give the paths to)"));
     }
     if let Some(sig) = stopped() {
-        return Err(StartupError::Signal(sig));
+        return Err(stopped_by(sig));
     }
     if !plan.needs_runtime() {
         return Ok(());
@@ -138,7 +141,7 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
     // its warnings) only when something uses it.
     let needs_direct = plan.migrate.is_some() || plan.wait.iter().any(|w| w == "postgres");
     let direct = if needs_direct {
-        migrate::direct_url().map_err(StartupError::Config)?
+        migrate::direct_url().map_err(|e| e.into_kind(StartupKind::Config))?
     } else {
         None
     };
@@ -150,8 +153,9 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
                 direct_target("--wait postgres")?.1,
             )));
         } else {
-            targets
-                .push(Target::parse(w).map_err(|e| StartupError::Config(format!("--wait: {e}")))?);
+            targets.push(
+                Target::parse(w).map_err(|e| e.into_kind(StartupKind::Config).context("--wait"))?,
+            );
         }
     }
     let migration = match &plan.migrate {
@@ -162,11 +166,12 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| StartupError::Config(format!("cannot start: {e}")))?;
+        .map_err(|e| config(format!("cannot start: {e}")))?;
+    let running = ChildGroup::default();
     let phases = async {
         crate::wait::wait_all(&targets, &HttpOptions::default(), plan.wait_timeout)
             .await
-            .map_err(|e| StartupError::Wait(e.0))?;
+            .map_err(|e| e.into_kind(StartupKind::Wait).context("waiting failed"))?;
         if let Some(((raw, target), source)) = &migration {
             let opts = migrate::Options {
                 source: source.clone(),
@@ -174,10 +179,11 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
                 ddl_lock_timeout: plan.ddl_lock_timeout,
                 allow_pooler: plan.allow_pooler,
                 user: plan.user.clone(),
+                running: running.clone(),
             };
             migrate::run(target, raw, &opts)
                 .await
-                .map_err(|e| StartupError::Migrate(e.0))?;
+                .map_err(migrate_failed)?;
         }
         Ok(())
     };
@@ -188,27 +194,26 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
             r = &mut phases => return r,
             sig = signals.next() => sig,
         };
-        let pgid = migrate::COMMAND_PGID.load(Ordering::SeqCst);
-        if pgid <= 0 {
-            return Err(StartupError::Signal(sig));
+        if !running.is_running() {
+            return Err(stopped_by(sig));
         }
         // The migration command is running under our lock: it gets the signal, and
         // the lock is held until it has exited.
         info!(
             "received {} during --migrate-cmd: passing it on and waiting up to {} for the command (the migration lock stays held)",
-            crate::supervise::signal_name(sig),
+            signal_name(sig),
             crate::duration::format(plan.grace)
         );
-        kill_group(pgid, sig);
+        running.signal(sig);
         let deadline = tokio::time::sleep(plan.grace);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                _ = &mut phases => return Err(StartupError::Signal(sig)),
+                _ = &mut phases => return Err(stopped_by(sig)),
                 _ = &mut deadline => break,
                 again = signals.next() => {
-                    info!("received {}: passing it on to the migration command", crate::supervise::signal_name(again));
-                    kill_group(pgid, again);
+                    info!("received {}: passing it on to the migration command", signal_name(again));
+                    running.signal(again);
                 }
             }
         }
@@ -216,9 +221,9 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
             "the migration command did not exit within {}: killing it",
             crate::duration::format(plan.grace)
         );
-        kill_group(pgid, libc::SIGKILL);
+        running.signal(libc::SIGKILL);
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut phases).await;
-        Err(StartupError::Signal(sig))
+        Err(stopped_by(sig))
     });
     rt.shutdown_background();
     result
@@ -228,25 +233,22 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
 /// the format found); returns how many are pending. Takes no lock, changes nothing.
 pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
     let Some(Source::Folder { dir, format }) = &plan.migrate else {
-        return Err(StartupError::Config(
-            "--migrate-status needs --migrations DIR".into(),
-        ));
+        return Err(config("--migrate-status needs --migrations DIR"));
     };
-    let direct = migrate::direct_url().map_err(StartupError::Config)?;
+    let direct = migrate::direct_url().map_err(|e| e.into_kind(StartupKind::Config))?;
     let (_, target) = direct_target(direct.as_deref(), "--migrate-status")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| StartupError::Config(format!("cannot start: {e}")))?;
+        .map_err(|e| config(format!("cannot start: {e}")))?;
     let result = rt.block_on(async {
-        let format =
-            migrate::resolve_format(dir, *format).map_err(|e| StartupError::Migrate(e.0))?;
+        let format = migrate::resolve_format(dir, *format).map_err(migrate_failed)?;
         let mut client = migrate::connect_for_status(&target)
             .await
-            .map_err(|e| StartupError::Migrate(e.0))?;
+            .map_err(migrate_failed)?;
         let states = migrate::status(&mut client, dir, format)
             .await
-            .map_err(|e| StartupError::Migrate(e.0))?;
+            .map_err(migrate_failed)?;
         Ok::<_, StartupError>((format, states))
     });
     rt.shutdown_background();
@@ -272,27 +274,22 @@ pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
 /// The migration connection: the raw `DIRECT_URL` (or `DATABASE_URL`) and its target;
 /// `what` names the option that needs it in the error.
 fn direct_target(raw: Option<&str>, what: &str) -> Result<(String, PgTarget), StartupError> {
-    let raw = raw.ok_or_else(|| {
-        StartupError::Config(format!("{what} needs DIRECT_URL (or DATABASE_URL) set"))
+    let raw =
+        raw.ok_or_else(|| config(format!("{what} needs DIRECT_URL (or DATABASE_URL) set")))?;
+    let url = Url::parse(raw).map_err(|e| config(format!("DIRECT_URL: {e}")).with_source(e))?;
+    let t = PgTarget::from_url(&url).map_err(|e| {
+        e.into_kind(StartupKind::Config)
+            .context(format!("DIRECT_URL {url}"))
     })?;
-    let url = Url::parse(raw).map_err(|e| StartupError::Config(format!("DIRECT_URL: {e}")))?;
-    let t = PgTarget::from_url(&url)
-        .map_err(|e| StartupError::Config(format!("DIRECT_URL {url}: {e}")))?;
     Ok((raw.to_string(), t))
-}
-
-fn kill_group(pgid: i32, sig: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe { libc::kill(-pgid, sig) };
 }
 
 /// A signalfd for the signals that stop start-up (still blocked process-wide).
 fn stop_signalfd() -> nix::Result<SignalFd> {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGQUIT);
-    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+    SignalFd::with_flags(
+        &signals::set_of(&signals::STOP),
+        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+    )
 }
 
 /// The stop signalfd, read on the runtime.

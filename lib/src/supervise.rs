@@ -2,7 +2,7 @@
 //! the container down in order. The whole of the entrypoint's init logic is in this
 //! file, read top to bottom:
 //!
-//! 1. [`block_signals`] runs first in `main`: every asynchronous signal is blocked and
+//! 1. [`crate::signals::block_all`] runs first in `main`: every asynchronous signal is blocked and
 //!    later read from a signalfd. As PID 1 the kernel drops signals that have no
 //!    handler, but a *blocked* signal is queued, so nothing sent during start-up is lost.
 //! 2. [`run`] starts the command in its own process group. With a terminal on stdin
@@ -35,20 +35,19 @@
 //! makes the kernel SIGKILL every other process without its TERM handler running.
 
 use std::ffi::OsString;
-use std::io;
-use std::os::unix::process::CommandExt;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::libc;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
 
 use crate::privileges::Credentials;
+use crate::process::{self, prepare_child, spawn_error, SpawnError, SpawnKind};
+use crate::signals::{fault_pipe, fault_signals, read_fault_pipe, signal_name};
 
 /// What to run and how to supervise it.
 #[derive(Debug, Clone)]
@@ -69,276 +68,8 @@ pub struct Options {
     pub user: Option<Credentials>,
 }
 
-/// Signals that are raised by faults in this process and must keep their default
-/// action: blocking them would hang us instead of dumping.
-const SYNCHRONOUS: [Signal; 7] = [
-    Signal::SIGSEGV,
-    Signal::SIGBUS,
-    Signal::SIGFPE,
-    Signal::SIGILL,
-    Signal::SIGTRAP,
-    Signal::SIGSYS,
-    Signal::SIGABRT,
-];
-
-/// Blocks every asynchronous signal in this (single-threaded) process and returns the
-/// blocked set, to be read from a signalfd by [`run`]. Call it first thing in `main`.
-/// The fault signals stay unblocked, with a handler that tells a `kill` from another
-/// process (forwarded to the app, see [`fault_signals`]) from a real fault of ours
-/// (default action: the process dies as it should).
-pub fn block_signals() -> io::Result<SigSet> {
-    install_fault_handlers();
-    let mut set = SigSet::all();
-    for s in SYNCHRONOUS {
-        set.remove(s);
-    }
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&set), None).map_err(io::Error::from)?;
-    Ok(set)
-}
-
-/// The write end of the pipe that the fault-signal handler writes signal numbers to
-/// (-1 until [`install_fault_handlers`] made it); the read end is [`FAULT_PIPE_READ`].
-static FAULT_PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
-static FAULT_PIPE_READ: AtomicI32 = AtomicI32::new(-1);
-
-fn install_fault_handlers() {
-    let mut fds = [-1; 2];
-    // SAFETY: pipe2 writes two descriptors into the array it is given.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return;
-    }
-    FAULT_PIPE_READ.store(fds[0], Ordering::SeqCst);
-    FAULT_PIPE_WRITE.store(fds[1], Ordering::SeqCst);
-    for sig in SYNCHRONOUS {
-        // SAFETY: a zeroed sigaction is a valid value; the handler only calls
-        // async-signal-safe functions (getpid, write, signal, raise).
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_fault_signal as *const () as usize;
-            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig as i32, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
-/// The fault-signal handler. Sent by another process (`kill`, si_code <= 0, another
-/// pid): hand the number to the supervision loop through the pipe. Raised by a fault
-/// here, or by ourselves (abort): restore the default action and let it happen.
-extern "C" fn on_fault_signal(sig: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler; the calls
-    // below are async-signal-safe.
-    unsafe {
-        let from_other =
-            !info.is_null() && (*info).si_code <= 0 && (*info).si_pid() != libc::getpid();
-        let fd = FAULT_PIPE_WRITE.load(Ordering::Relaxed);
-        if from_other && fd >= 0 {
-            let b = sig as u8;
-            libc::write(fd, (&b as *const u8).cast(), 1);
-            return;
-        }
-        libc::signal(sig, libc::SIG_DFL);
-        libc::raise(sig);
-    }
-}
-
-/// Reads fault-signal numbers from the pipe into `buf`; how many (0 when none).
-// Inlined into the loop: the idle path stays in few code pages.
-#[inline(always)]
-fn read_fault_pipe(buf: &mut [u8]) -> usize {
-    let fd = FAULT_PIPE_READ.load(Ordering::SeqCst);
-    if fd < 0 {
-        return 0;
-    }
-    // SAFETY: reads into the caller's buffer, at most its length.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    n.max(0) as usize
-}
-
-/// Fault signals (ABRT, SEGV, ...) that other processes sent us since the last call.
-pub fn fault_signals() -> Vec<i32> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 64];
-    loop {
-        let n = read_fault_pipe(&mut buf);
-        out.extend(buf[..n].iter().map(|b| i32::from(*b)));
-        if n < buf.len() {
-            return out;
-        }
-    }
-}
-
-/// Parses a signal: `TERM`, `SIGTERM`, `15`, `RTMIN+3`; with `allow_zero`, `0` means none.
-pub fn parse_signal(s: &str, allow_zero: bool) -> Result<i32, String> {
-    let bad = || {
-        format!("unknown signal {s:?}: use a name such as TERM, QUIT, USR1, RTMIN+2, or a number")
-    };
-    let t = s.trim();
-    if let Ok(n) = t.parse::<i32>() {
-        return if (n == 0 && allow_zero) || (1..=libc::SIGRTMAX()).contains(&n) {
-            Ok(n)
-        } else {
-            Err(bad())
-        };
-    }
-    let upper = t.to_ascii_uppercase();
-    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-    if let Some(rest) = name.strip_prefix("RTMIN") {
-        let off: i32 = if rest.is_empty() {
-            0
-        } else {
-            rest.strip_prefix('+')
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(bad)?
-        };
-        let n = libc::SIGRTMIN() + off;
-        return if n <= libc::SIGRTMAX() {
-            Ok(n)
-        } else {
-            Err(bad())
-        };
-    }
-    if let Some(rest) = name.strip_prefix("RTMAX") {
-        let off: i32 = if rest.is_empty() {
-            0
-        } else {
-            rest.strip_prefix('-')
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(bad)?
-        };
-        let n = libc::SIGRTMAX() - off;
-        return if n >= libc::SIGRTMIN() {
-            Ok(n)
-        } else {
-            Err(bad())
-        };
-    }
-    format!("SIG{name}")
-        .parse::<Signal>()
-        .map(|s| s as i32)
-        .map_err(|_| bad())
-}
-
-/// The name of a signal number (`SIGTERM`, `SIGRTMIN+3`).
-pub fn signal_name(n: i32) -> String {
-    match Signal::try_from(n) {
-        Ok(s) => s.as_str().to_string(),
-        Err(_) if n >= libc::SIGRTMIN() => format!("SIGRTMIN+{}", n - libc::SIGRTMIN()),
-        Err(_) => format!("signal {n}"),
-    }
-}
-
-/// Parses `FROM:TO` pairs, e.g. `TERM:QUIT` with `parse_signal` or `143:0`.
-pub fn parse_pair<T>(
-    s: &str,
-    what: &str,
-    parse: impl Fn(&str) -> Result<T, String>,
-) -> Result<(T, T), String> {
-    let (a, b) = s
-        .split_once(':')
-        .ok_or_else(|| format!("invalid {what} {s:?}: use FROM:TO"))?;
-    Ok((parse(a)?, parse(b)?))
-}
-
-/// Parses an exit status 0..=255.
-pub fn parse_exit_code(s: &str) -> Result<i32, String> {
-    s.trim()
-        .parse::<i32>()
-        .ok()
-        .filter(|c| (0..=255).contains(c))
-        .ok_or_else(|| format!("invalid exit status {s:?}: use a number from 0 to 255"))
-}
-
-/// Why a command could not be started, as a shell would report it.
-#[derive(Debug)]
-pub struct SpawnError {
-    pub message: String,
-    /// 127 not found, 126 found but not executable.
-    pub code: i32,
-}
-
-fn spawn_error(program: &OsString, e: &io::Error, user: Option<&Credentials>) -> SpawnError {
-    let name = program.to_string_lossy();
-    if let (Some(c), Some(libc::EPERM)) = (user, e.raw_os_error()) {
-        return SpawnError {
-            message: format!(
-                "cannot run {name}: cannot switch to uid {} gid {}: operation not permitted (the entrypoint must run as root to change user)",
-                c.uid, c.gid
-            ),
-            code: 126,
-        };
-    }
-    match e.kind() {
-        io::ErrorKind::NotFound if name.contains('/') => SpawnError {
-            message: format!("cannot run {name}: no such file"),
-            code: 127,
-        },
-        io::ErrorKind::NotFound => SpawnError {
-            message: format!("cannot run {name}: command not found in PATH"),
-            code: 127,
-        },
-        io::ErrorKind::PermissionDenied => SpawnError {
-            message: format!(
-                "cannot run {name}: permission denied (is it executable, and not a directory?)"
-            ),
-            code: 126,
-        },
-
-        _ => SpawnError {
-            message: format!("cannot run {name}: {}", crate::error::io_reason(e)),
-            code: 126,
-        },
-    }
-}
-
-/// Sets up a child the way every process dockhand starts needs it: its own process
-/// group, no signal blocked and SIGPIPE at its default (this process blocks them all and
-/// Rust ignores SIGPIPE), the privileges of `user` (setgroups, setgid, setuid, `HOME`),
-/// and, with `tty`, the terminal's foreground.
-pub fn prepare_child(cmd: &mut std::process::Command, user: Option<&Credentials>, tty: bool) {
-    cmd.process_group(0);
-    if let Some(c) = user {
-        cmd.env("HOME", &c.home);
-    }
-    // Everything the child needs is built here, before fork: with other threads alive
-    // at fork (a runtime's), allocating in the child could wait forever on a lock that
-    // a thread held at the moment of the fork.
-    let ids: Option<(u32, u32, Vec<libc::gid_t>)> = user.map(|c| {
-        (
-            c.uid,
-            c.gid,
-            c.groups.iter().map(|g| *g as libc::gid_t).collect(),
-        )
-    });
-    // SAFETY: between fork and exec the closure only calls async-signal-safe
-    // functions (sigemptyset, sigprocmask, signal, tcsetpgrp, getpid, setgroups,
-    // setgid, setuid) and allocates nothing: `ids` was built before the fork, and
-    // the error it may return is an OS error code (no message is formatted).
-    unsafe {
-        cmd.pre_exec(move || {
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            if tty {
-                take_terminal();
-            }
-            if let Some((uid, gid, gids)) = &ids {
-                if libc::setgroups(gids.len(), gids.as_ptr()) != 0
-                    || libc::setgid(*gid) != 0
-                    || libc::setuid(*uid) != 0
-                {
-                    // EPERM: spawn_error tells it from exec's EACCES.
-                    return Err(io::Error::from_raw_os_error(libc::EPERM));
-                }
-            }
-            Ok(())
-        });
-    }
-}
-
 /// Supervises `opts.command` until everything has exited; returns the exit status to
-/// exit with. `signals` is what [`block_signals`] returned.
+/// exit with. `signals` is what [`crate::signals::block_all`] returned.
 pub fn run(opts: &Options, signals: &SigSet) -> Result<i32, SpawnError> {
     let pid1 = std::process::id() == 1;
     if !pid1 {
@@ -346,9 +77,9 @@ pub fn run(opts: &Options, signals: &SigSet) -> Result<i32, SpawnError> {
         let _ = nix::sys::prctl::set_child_subreaper(true);
     }
     let sfd = SignalFd::with_flags(signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| SpawnError {
-            message: format!("cannot read signals: {e}"),
-            code: 126,
+        .map_err(|e| {
+            SpawnError::new(SpawnKind::CannotRun, format!("cannot read signals: {e}"))
+                .with_source(e)
         })?;
     let tty = terminal_in_foreground();
 
@@ -557,11 +288,8 @@ impl Supervisor<'_> {
             )
             .unwrap_or(PollTimeout::MAX),
         };
-        let pipe = FAULT_PIPE_READ.load(Ordering::SeqCst);
         let signals = PollFd::new(std::os::fd::AsFd::as_fd(sfd), PollFlags::POLLIN);
-        if pipe >= 0 {
-            // SAFETY: the pipe's read end stays open for the life of the process.
-            let pipe = unsafe { std::os::fd::BorrowedFd::borrow_raw(pipe) };
+        if let Some(pipe) = fault_pipe() {
             let _ = poll(
                 &mut [signals, PollFd::new(pipe, PollFlags::POLLIN)],
                 timeout,
@@ -689,9 +417,8 @@ impl Supervisor<'_> {
         } else {
             self.main.as_raw()
         };
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        let rc = unsafe { libc::kill(target, sig) };
-        debug!(target, ok = rc == 0, "sent {}", signal_name(sig));
+        let ok = process::kill(target, sig);
+        debug!(target, ok, "sent {}", signal_name(sig));
     }
 
     fn kill_main(&self) -> bool {
@@ -700,8 +427,7 @@ impl Supervisor<'_> {
         } else {
             self.main.as_raw()
         };
-        // SAFETY: as above.
-        unsafe { libc::kill(target, libc::SIGKILL) == 0 }
+        process::kill(target, libc::SIGKILL)
     }
 
     /// Signals every process that is left other than the app: as PID 1 everything in
@@ -721,12 +447,11 @@ impl Supervisor<'_> {
             return 0;
         }
         if self.pid1 {
-            // SAFETY: as above. From PID 1, kill(-1) reaches every other process.
-            unsafe { libc::kill(-1, sig) };
+            // From PID 1, kill(-1) reaches every other process.
+            process::kill(-1, sig);
         } else {
             for p in &targets {
-                // SAFETY: as above.
-                unsafe { libc::kill(*p, sig) };
+                process::kill(*p, sig);
             }
         }
         targets.len()
@@ -795,16 +520,6 @@ fn terminal_in_foreground() -> bool {
         && nix::unistd::tcgetpgrp(&stdin).is_ok_and(|g| g == nix::unistd::getpgrp())
 }
 
-/// In the child, before exec: become the terminal's foreground process group.
-fn take_terminal() {
-    // SAFETY: async-signal-safe libc calls only.
-    unsafe {
-        let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
-        libc::tcsetpgrp(0, libc::getpid());
-        libc::signal(libc::SIGTTOU, old);
-    }
-}
-
 /// Live processes in our PID namespace other than us (zombies excluded), from /proc.
 fn other_processes() -> Vec<i32> {
     let me = std::process::id() as i32;
@@ -858,36 +573,32 @@ fn proc_table() -> Vec<ProcEntry> {
     .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signals_parse() {
-        assert_eq!(parse_signal("TERM", false), Ok(libc::SIGTERM));
-        assert_eq!(parse_signal("sigquit", false), Ok(libc::SIGQUIT));
-        assert_eq!(parse_signal("10", false), Ok(10));
-        assert_eq!(parse_signal("RTMIN+2", false), Ok(libc::SIGRTMIN() + 2));
-        assert_eq!(parse_signal("0", true), Ok(0));
-        for bad in ["0", "FOO", "99", "RTMIN+99", ""] {
-            assert!(parse_signal(bad, false).is_err(), "{bad}");
-        }
-        assert_eq!(signal_name(15), "SIGTERM");
-        assert_eq!(signal_name(libc::SIGRTMIN() + 3), "SIGRTMIN+3");
+/// As PID 1, runs this same program again, with the same arguments, as a supervised
+/// child (marked by the variable `worker`): the supervisor reaps every orphan in the
+/// container and forwards signals, the child does the work, and at shutdown the child
+/// gets `grace`. `None` when this process is not PID 1 or is that child already.
+///
+/// # Safety
+///
+/// Sets an environment variable: call it while this process has one thread, before
+/// anything else can read or write the environment.
+pub unsafe fn supervise_self(worker: &str, grace: Duration) -> Option<Result<i32, SpawnError>> {
+    if std::process::id() != 1 || std::env::var_os(worker).is_some() {
+        return None;
     }
-
-    #[test]
-    fn pairs() {
-        assert_eq!(
-            parse_pair("TERM:QUIT", "rewrite", |s| parse_signal(s, true)),
-            Ok((15, 3))
-        );
-        assert_eq!(parse_pair("143:0", "remap", parse_exit_code), Ok((143, 0)));
-        assert!(parse_pair("143", "remap", parse_exit_code)
-            .unwrap_err()
-            .contains("FROM:TO"));
-        assert!(parse_pair("143:300", "remap", parse_exit_code)
-            .unwrap_err()
-            .contains("0 to 255"));
-    }
+    let signals = crate::signals::block_all().ok()?;
+    // One thread, as the caller promises.
+    std::env::set_var(worker, "1");
+    let mut command = vec![OsString::from("/proc/self/exe")];
+    command.extend(std::env::args_os().skip(1));
+    let opts = Options {
+        command,
+        process_group: false,
+        rewrite: Vec::new(),
+        stop_delay: Duration::ZERO,
+        grace,
+        remap_exit: Vec::new(),
+        user: None,
+    };
+    Some(run(&opts, &signals))
 }

@@ -22,6 +22,8 @@ use rustls::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::net::{permanent, NetError};
+
 /// How much of the server's certificate to check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verify {
@@ -44,33 +46,42 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn load_pem(path: &Path, roots: &mut RootCertStore) -> Result<(), String> {
+fn load_pem(path: &Path, roots: &mut RootCertStore) -> Result<(), NetError> {
     // Bounded and never blocking: a FIFO or device named here is refused at once.
-    let bytes = crate::files::read_regular(path, 16 * 1024 * 1024)
-        .map_err(|e| format!("cannot read CA certificates from {}: {e}", path.display()))?;
+    let bytes = crate::files::read_regular(path, 16 * 1024 * 1024).map_err(|e| {
+        permanent(format!(
+            "cannot read CA certificates from {}: {e}",
+            path.display()
+        ))
+        .with_source(e)
+    })?;
     let certs = CertificateDer::pem_slice_iter(&bytes);
     let mut n = 0;
     for cert in certs {
-        let cert = cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+        let cert =
+            cert.map_err(|e| permanent(format!("bad certificate in {}: {e}", path.display())))?;
         if roots.add(cert).is_ok() {
             n += 1;
         }
     }
     if n == 0 {
-        return Err(format!("no usable CA certificate in {}", path.display()));
+        return Err(permanent(format!(
+            "no usable CA certificate in {}",
+            path.display()
+        )));
     }
     Ok(())
 }
 
 /// The trust roots, from `root_file` when given, else as the module doc says.
-pub fn roots(root_file: Option<&Path>) -> Result<RootCertStore, String> {
+pub fn roots(root_file: Option<&Path>) -> Result<RootCertStore, NetError> {
     let mut roots = RootCertStore::empty();
     if let Some(p) = root_file {
         load_pem(p, &mut roots)?;
         return Ok(roots);
     }
     if let Some(p) = std::env::var_os("SSL_CERT_FILE").filter(|p| !p.is_empty()) {
-        load_pem(Path::new(&p), &mut roots).map_err(|e| format!("SSL_CERT_FILE: {e}"))?;
+        load_pem(Path::new(&p), &mut roots).map_err(|e| e.context("SSL_CERT_FILE"))?;
         return Ok(roots);
     }
     for p in SYSTEM_BUNDLES {
@@ -86,11 +97,11 @@ pub fn roots(root_file: Option<&Path>) -> Result<RootCertStore, String> {
 pub fn client_config(
     verify: Verify,
     root_file: Option<&Path>,
-) -> Result<Arc<ClientConfig>, String> {
+) -> Result<Arc<ClientConfig>, NetError> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?;
+        .map_err(|e| permanent(format!("TLS setup: {e}")))?;
     let config = match verify {
         Verify::None => builder
             .dangerous()
@@ -100,7 +111,7 @@ pub fn client_config(
             let roots = Arc::new(roots(root_file)?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()
-                .map_err(|e| format!("TLS setup: {e}"))?;
+                .map_err(|e| permanent(format!("TLS setup: {e}")))?;
             if verify == Verify::Full {
                 builder.with_webpki_verifier(webpki).with_no_client_auth()
             } else {

@@ -3,7 +3,8 @@
 //! doubling to 1 s, ±25 %), all under one timeout. Transient failures (refused, name not
 //! resolvable yet, "the database system is starting up", too many connections) keep
 //! waiting; permanent ones (wrong password, missing database, TLS) stop at once with
-//! the server's message. Every 5 s a log line says what is still awaited and why.
+//! the server's message. Waiting ends with a [`NetError`]: permanent when a target
+//! failed for good, transient when time ran out. Every 5 s a log line says what is still awaited and why.
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -11,12 +12,8 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 use crate::duration;
+use crate::net::{self, NetError};
 use crate::probe::{self, HttpOptions, Target};
-
-crate::message_error!(
-    /// Why waiting ended without every target ready.
-    WaitError
-);
 
 const FIRST_RETRY: Duration = Duration::from_millis(25);
 const MAX_RETRY: Duration = Duration::from_secs(1);
@@ -57,7 +54,7 @@ pub async fn wait_all(
     targets: &[Target],
     http: &HttpOptions,
     timeout: Duration,
-) -> Result<(), WaitError> {
+) -> Result<(), NetError> {
     if targets.is_empty() {
         return Ok(());
     }
@@ -120,15 +117,15 @@ pub async fn wait_all(
         );
         return Ok(());
     }
-    Err(WaitError(if permanent {
-        format!("{} (waiting cannot fix this)", problems.join("; "))
+    Err(if permanent {
+        net::permanent(format!("{} (waiting cannot fix this)", problems.join("; ")))
     } else {
-        format!(
+        net::transient(format!(
             "gave up waiting after {}: {}",
             duration::format(timeout),
             problems.join("; ")
-        )
-    }))
+        ))
+    })
 }
 
 async fn wait_one(
@@ -148,8 +145,8 @@ async fn wait_one(
                 *state.borrow_mut() = State::Ready;
                 return;
             }
-            Err(f) if f.permanent => {
-                *state.borrow_mut() = State::Failed(f.reason);
+            Err(f) if f.is_permanent() => {
+                *state.borrow_mut() = State::Failed(f.message().to_string());
                 failed.notify_one();
                 return;
             }
@@ -158,24 +155,25 @@ async fn wait_one(
                 let mut st = state.borrow_mut();
                 let reason = match &*st {
                     State::Waiting(prev)
-                        if f.reason.starts_with("timed out")
+                        if f.message().starts_with("timed out")
                             && !prev.starts_with("timed out")
                             && prev != "not tried yet" =>
                     {
                         let cause = prev.split(" (last error: ").next().unwrap_or(prev);
-                        format!("{} (last error: {cause})", f.reason)
+                        format!("{} (last error: {cause})", f.message())
                     }
                     State::Waiting(prev)
-                        if f.reason.starts_with("timed out") && prev.contains(" (last error: ") =>
+                        if f.message().starts_with("timed out")
+                            && prev.contains(" (last error: ") =>
                     {
                         let cause = prev
                             .split(" (last error: ")
                             .nth(1)
                             .unwrap_or("")
                             .trim_end_matches(')');
-                        format!("{} (last error: {cause})", f.reason)
+                        format!("{} (last error: {cause})", f.message())
                     }
-                    _ => f.reason,
+                    _ => f.message().to_string(),
                 };
                 *st = State::Waiting(reason);
             }

@@ -6,7 +6,8 @@
 
 use proptest::prelude::*;
 
-use dockhand::url::{redact_text, Url};
+use dockhand::redact::text as redact_text;
+use dockhand::url::Url;
 
 /// Passwords as generators make them: base64-ish with the URL delimiters users
 /// forget to encode. The marker makes a leak easy to spot.
@@ -102,7 +103,7 @@ mod probe {
         fn header_errors_never_echo_the_value(token in "[A-Za-z0-9]{12,20}", sep in "( |\\t|  )") {
             let h = format!("Authorization{sep}Bearer {token}");
             if let Err(e) = parse_header(&h) {
-                prop_assert!(!e.contains(&token), "{e}");
+                prop_assert!(!e.message().contains(&token), "{e}");
             }
         }
 
@@ -127,7 +128,7 @@ mod probe {
             });
             match r {
                 Ok(resp) => prop_assert!(resp.body.map_or(0, |b| b.len()) <= reply.len()),
-                Err(e) => prop_assert!(e.len() < 300, "{e}"),
+                Err(e) => prop_assert!(e.message().len() < 300, "{e}"),
             }
         }
 
@@ -156,7 +157,7 @@ mod probe {
         fn redis_replies_never_panic(reply in proptest::collection::vec(any::<u8>(), 0..300), n in 1usize..3) {
             let r = dockhand::probe::redis_replies(&reply, n);
             if let Err(f) = r {
-                prop_assert!(f.reason.len() <= reply.len() * 3 + 100);
+                prop_assert!(f.message().len() <= reply.len() * 3 + 100);
             }
         }
     }
@@ -165,7 +166,9 @@ mod probe {
 #[cfg(feature = "pid1")]
 mod signals {
     use super::*;
-    use dockhand::supervise::{parse_exit_code, parse_pair, parse_signal};
+    use dockhand::config::parse_pair;
+    use dockhand::process::parse_exit_code;
+    use dockhand::signals::parse_signal;
 
     proptest! {
         #[test]
@@ -223,5 +226,5 @@ fn regression_a_binary_answer_gives_a_short_reason() {
             dockhand::http::exchange(&mut client, b"GET / HTTP/1.1\r\n\r\n", false, || {}).await
         })
         .unwrap_err();
-    assert!(e.len() < 120, "{e}");
+    assert!(e.message().len() < 120, "{e}");
 }

@@ -23,7 +23,7 @@ fn step(title: &str) {
 
 /// Runs the static healthcheck as a user would, echoing the command (password hidden).
 fn healthcheck(args: &[&str]) -> i32 {
-    let shown: Vec<String> = args.iter().map(|a| dockhand::url::redact_text(a)).collect();
+    let shown: Vec<String> = args.iter().map(|a| dockhand::redact::text(a)).collect();
     println!("$ healthcheck {}", shown.join(" "));
     let status = Command::new(static_bin("healthcheck"))
         .args(args)
@@ -47,7 +47,7 @@ fn main() {
     let http = format!("http://localhost:{}/api/health", app.port);
     let db = pg.url();
     println!("app:      {http}");
-    println!("postgres: {}", dockhand::url::redact_text(&db));
+    println!("postgres: {}", dockhand::redact::text(&db));
 
     step("Both up: healthy (silent unless -v)");
     let healthy = healthcheck(&["-v", "--expect-body", "\"ok\"", &http, &db]);
@@ -111,11 +111,11 @@ fn replicas_demo() -> bool {
     );
     println!(
         "DATABASE_URL={} (PgBouncer, for the app)",
-        dockhand::url::redact_text(&bouncer.url())
+        dockhand::redact::text(&bouncer.url())
     );
     println!(
         "DIRECT_URL={} (PostgreSQL, for migrations)",
-        dockhand::url::redact_text(&pg.url())
+        dockhand::redact::text(&pg.url())
     );
     println!("$ entrypoint --wait postgres --migrations ./migrations -- app   # twice, at once");
     let replicas: Vec<_> = (1..=2)
@@ -242,7 +242,7 @@ fn backup_demo() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     for (k, v) in &env {
-        println!("{k}={}", dockhand::url::redact_text(v));
+        println!("{k}={}", dockhand::redact::text(v));
     }
     let run = |args: &[&str]| {
         println!("$ backup {}", args.join(" "));

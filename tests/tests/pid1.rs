@@ -14,7 +14,7 @@ fn names(sigs: &[&str]) -> Vec<String> {
 }
 
 fn signum(name: &str) -> i32 {
-    dockhand::supervise::parse_signal(name, false).unwrap()
+    dockhand::signals::parse_signal(name, false).unwrap()
 }
 
 /// Waits until the app has recorded `n` signals.

@@ -46,3 +46,88 @@ fn every_config_snippet_in_the_readme_is_taken_from_a_tested_example() {
         }
     }
 }
+
+/// The reference tables, in README order: each is rendered from the table that also
+/// drives that binary's parser and `--help`.
+fn reference_tables() -> Vec<(&'static str, String)> {
+    use dockhand::cli::{backup, entrypoint, healthcheck, markdown};
+    vec![
+        ("healthcheck", markdown(healthcheck::TABLE, "")),
+        (
+            "entrypoint start-up",
+            markdown(entrypoint::TABLE, "start-up"),
+        ),
+        (
+            "entrypoint supervision",
+            markdown(entrypoint::TABLE, "supervision"),
+        ),
+        ("backup", markdown(backup::TABLE, "")),
+    ]
+}
+
+/// Run with `DOCKHAND_BLESS=1` to write the tables into README.md after changing a
+/// flag table.
+#[test]
+fn the_readme_reference_tables_are_the_flag_tables() {
+    let path = root().join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let tables = reference_tables();
+    if std::env::var_os("DOCKHAND_BLESS").is_some() {
+        let mut out = String::new();
+        let mut rest = readme.as_str();
+        for (_, table) in &tables {
+            let start = rest
+                .find("| flag | env var | default | meaning |")
+                .expect("fewer reference tables in README.md than binaries' sections");
+            let end = rest[start..]
+                .find("\n\n")
+                .map_or(rest.len(), |e| start + e + 1);
+            out.push_str(&rest[..start]);
+            out.push_str(table);
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+        std::fs::write(&path, out).unwrap();
+        return;
+    }
+    for (name, table) in &tables {
+        assert!(
+            readme.contains(table.as_str()),
+            "README.md's {name} table is not the one the parser uses; run this test with DOCKHAND_BLESS=1, or paste:\n{table}"
+        );
+    }
+    assert_eq!(
+        readme
+            .matches("| flag | env var | default | meaning |")
+            .count(),
+        tables.len(),
+        "a reference table in README.md that no flag table drives"
+    );
+}
+
+#[test]
+fn help_comes_from_the_same_tables() {
+    use dockhand::cli::{backup, entrypoint, healthcheck};
+    for (bin, help, table) in [
+        ("healthcheck", healthcheck::help(), healthcheck::TABLE),
+        ("entrypoint", entrypoint::help(), entrypoint::TABLE),
+        ("backup", backup::help(), backup::TABLE),
+    ] {
+        let cmd = dockhand_tests::run::command(&dockhand_tests::bins::bin(bin), &["--help"], &[]);
+        let out = dockhand_tests::run::run(cmd, std::time::Duration::from_secs(10));
+        assert_eq!(out.code, Some(0), "{bin} --help: {}", out.output());
+        assert_eq!(out.stdout, help, "{bin} --help");
+        for s in table {
+            if !s.long.is_empty() {
+                assert!(
+                    help.contains(&format!("--{}", s.long)),
+                    "{bin}: --{}",
+                    s.long
+                );
+            }
+            if !s.env.is_empty() {
+                assert!(help.contains(s.env), "{bin}: {}", s.env);
+            }
+        }
+    }
+}

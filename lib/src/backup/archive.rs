@@ -101,7 +101,7 @@ impl Tee {
         }
         if let Some(u) = &mut self.s3 {
             if let Err(e) = u.write(buf) {
-                self.errors.push(e.0);
+                self.errors.push(e.to_string());
                 if let Some(u) = self.s3.take() {
                     u.abort();
                 }
@@ -254,7 +254,7 @@ pub fn backup(
     if let Some(u) = tee.s3.take() {
         match u.commit() {
             Ok(()) => stored.push(d.s3.map(|s| s.location(&file)).unwrap_or_default()),
-            Err(e) => errors.push(e.0),
+            Err(e) => errors.push(e.to_string()),
         }
     }
     let sha256 = hex(&tee.hash.clone().finalize());
@@ -311,7 +311,7 @@ pub fn backup(
                 } else if let Some(dir) = &s.dir {
                     let _ = std::fs::remove_file(dir.join(&file));
                 }
-                errors.push(e.0);
+                errors.push(e.to_string());
             }
         }
     }
@@ -416,7 +416,7 @@ fn stream(
 /// level. Only a successful run waits for `finish`, and even that wait ends on cancel.
 struct Compressor {
     tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    done: std::sync::mpsc::Receiver<Result<(), String>>,
+    done: std::sync::mpsc::Receiver<Result<(), BackupError>>,
 }
 
 impl Compressor {
@@ -429,12 +429,13 @@ impl Compressor {
                 if chunk.is_empty() {
                     let r = chain
                         .finish()
-                        .map_err(|e| format!("writing the backup: {e}"));
+                        .map_err(|e| err(format!("writing the backup: {e}")).with_source(e));
                     let _ = done_tx.send(r);
                     return;
                 }
                 if let Err(e) = chain.write_all(&chunk) {
-                    let _ = done_tx.send(Err(format!("writing the backup: {e}")));
+                    let _ =
+                        done_tx.send(Err(err(format!("writing the backup: {e}")).with_source(e)));
                     return;
                 }
             }
@@ -444,7 +445,7 @@ impl Compressor {
 
     fn failure(&self) -> BackupError {
         match self.done.try_recv() {
-            Ok(Err(e)) => err(e),
+            Ok(Err(e)) => e,
             _ => err("writing the backup: the compressor stopped"),
         }
     }
@@ -475,7 +476,7 @@ impl Compressor {
         loop {
             cancel.check()?;
             match self.done.recv_timeout(std::time::Duration::from_millis(50)) {
-                Ok(r) => return r.map_err(err),
+                Ok(r) => return r,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(err("writing the backup: the compressor stopped"))

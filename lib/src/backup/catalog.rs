@@ -29,7 +29,7 @@ pub struct Backup {
 
 /// Where to read a backup from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum From {
+pub enum Side {
     Local,
     S3,
 }
@@ -221,16 +221,16 @@ pub struct Opened {
 }
 
 /// Opens a backup for reading: decrypted and decompressed on the fly, hashed as read.
-pub fn open(r: &Reading, m: &Manifest, from: From) -> Result<Opened, BackupError> {
+pub fn open(r: &Reading, m: &Manifest, from: Side) -> Result<Opened, BackupError> {
     let raw: Box<dyn Read + Send> = match from {
-        From::Local => {
+        Side::Local => {
             let dir = r
                 .dir
                 .ok_or_else(|| err("no backup folder: set BACKUP_DIR"))?;
             let path: PathBuf = dir.join(&m.file);
             Box::new(std::fs::File::open(&path).map_err(io_err(&path))?)
         }
-        From::S3 => {
+        Side::S3 => {
             let s3 = r.s3.ok_or_else(|| err("no bucket: set BACKUP_S3_BUCKET"))?;
             s3.open(r.rt, &m.file)?
         }
@@ -340,7 +340,7 @@ pub fn feed(
 pub fn verify(
     r: &Reading,
     b: &Backup,
-    from: From,
+    from: Side,
     pg_restore: &Path,
     cancel: &Cancel,
 ) -> Result<(), BackupError> {

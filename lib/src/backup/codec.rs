@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use super::manifest::Algorithm;
 use super::{err, BackupError};
+use crate::config::{invalid, ConfigError};
 
 /// How the dump is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,31 +83,30 @@ impl Stage for Age {
 }
 
 /// Parses an age recipient (`age1...`).
-pub fn parse_recipient(s: &str) -> Result<age::x25519::Recipient, String> {
+pub fn parse_recipient(s: &str) -> Result<age::x25519::Recipient, ConfigError> {
     age::x25519::Recipient::from_str(s.trim()).map_err(|e| {
-        format!(
+        invalid(format!(
             "{:?} is not an age public key ({e}): use the `age1...` line age-keygen prints",
             s.trim()
-        )
+        ))
     })
 }
 
 /// Parses identities (`AGE-SECRET-KEY-1...`) from text such as an age-keygen key file;
 /// comment lines are skipped.
-pub fn parse_identities(text: &str) -> Result<Vec<age::x25519::Identity>, String> {
+pub fn parse_identities(text: &str) -> Result<Vec<age::x25519::Identity>, ConfigError> {
     let ids = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
             age::x25519::Identity::from_str(l).map_err(|_| {
-                "BACKUP_AGE_IDENTITY does not hold an age secret key (AGE-SECRET-KEY-1...)"
-                    .to_string()
+                invalid("BACKUP_AGE_IDENTITY does not hold an age secret key (AGE-SECRET-KEY-1...)")
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
     if ids.is_empty() {
-        return Err("BACKUP_AGE_IDENTITY is empty".into());
+        return Err(invalid("BACKUP_AGE_IDENTITY is empty"));
     }
     Ok(ids)
 }
@@ -124,7 +124,7 @@ pub fn encoder(
             .iter()
             .map(|r| parse_recipient(r))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(err)?;
+            .map_err(super::usage)?;
         let enc = age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient))
             .map_err(|e| err(format!("age: {e}")))?;
         Box::new(Age(enc
@@ -245,10 +245,15 @@ mod tests {
                 assert_eq!(out, data);
                 if encrypted {
                     let other = age::x25519::Identity::generate();
-                    let e = decoder(c.algorithm(), true, &[other], Box::new(io::Cursor::new(stored)))
-                        .err()
-                        .unwrap();
-                    assert!(e.0.contains("cannot decrypt"), "{e}");
+                    let e = decoder(
+                        c.algorithm(),
+                        true,
+                        &[other],
+                        Box::new(io::Cursor::new(stored)),
+                    )
+                    .err()
+                    .unwrap();
+                    assert!(e.message().contains("cannot decrypt"), "{e}");
                 }
             }
         }

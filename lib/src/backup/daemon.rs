@@ -11,12 +11,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
-use nix::sys::signal::{SigSet, Signal};
 use tracing::{error, info, warn};
 
 use super::run::Runner;
 use super::schedule::{next_after, parse_schedule, parse_timezone};
-use super::Cancel;
+use super::{usage, BackupError, Cancel};
 
 /// The daemon's stop request, shared with the signal thread.
 #[derive(Default)]
@@ -68,22 +67,8 @@ pub enum OnSignal {
     CancelNow,
 }
 
-/// The signals the backup commands handle; blocked in `main` before any thread starts
-/// (every thread inherits the mask) and read by [`watch_signals`].
-pub fn signal_set() -> SigSet {
-    let mut s = SigSet::empty();
-    for sig in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGQUIT,
-        Signal::SIGHUP,
-    ] {
-        s.add(sig);
-    }
-    s
-}
-
-/// Starts the thread that waits for the signals of [`signal_set`]. Returns the
+/// Starts the thread that waits for the backup commands' signals
+/// ([`crate::signals::BACKUP`], blocked in `main` before any thread starts). Returns the
 /// number of the first signal received, once there is one, through the slot.
 pub fn watch_signals(
     mode: OnSignal,
@@ -93,7 +78,7 @@ pub fn watch_signals(
     let first: Arc<Mutex<Option<i32>>> = Arc::new(Mutex::new(None));
     let slot = first.clone();
     std::thread::spawn(move || {
-        let set = signal_set();
+        let set = crate::signals::set_of(&crate::signals::BACKUP);
         let mut count = 0;
         while let Ok(sig) = set.wait() {
             count += 1;
@@ -128,10 +113,10 @@ pub fn watch_signals(
 }
 
 /// Runs the daemon until stopped; returns the exit status (0).
-pub fn run(runner: &Runner, stop: &Stop) -> Result<i32, String> {
+pub fn run(runner: &Runner, stop: &Stop) -> Result<i32, BackupError> {
     let s = &runner.settings;
-    let schedule = parse_schedule(&s.schedule)?;
-    let tz = parse_timezone(&s.timezone)?;
+    let schedule = parse_schedule(&s.schedule).map_err(usage)?;
+    let tz = parse_timezone(&s.timezone).map_err(usage)?;
     info!(
         "backup daemon: schedule {:?} in {}, to {}",
         s.schedule,

@@ -36,13 +36,39 @@ pub mod status;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Mutex;
 
-crate::message_error!(
-    /// A failed backup operation; the message says what failed and never holds a password.
-    BackupError
-);
+use crate::config::ConfigError;
+use crate::error::{Error, Kind};
+
+/// How a backup operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupKind {
+    /// A run, list, verify, restore or prune failed (exit 1).
+    Failed,
+    /// Invalid settings or arguments (exit 2).
+    Usage,
+    /// Stopped by a signal or the stop grace (exit 1; the commands give 128+N).
+    Cancelled,
+}
+
+impl Kind for BackupKind {
+    fn exit_code(self) -> u8 {
+        match self {
+            BackupKind::Usage => 2,
+            BackupKind::Failed | BackupKind::Cancelled => 1,
+        }
+    }
+}
+
+/// A failed backup operation; the message says what failed and never holds a password.
+pub type BackupError = Error<BackupKind>;
 
 pub(crate) fn err(msg: impl Into<String>) -> BackupError {
-    BackupError(crate::url::redact_text(&msg.into()))
+    BackupError::new(BackupKind::Failed, crate::redact::text(&msg.into()))
+}
+
+/// Settings that cannot be used, as a backup error (exit 2).
+pub fn usage(e: ConfigError) -> BackupError {
+    e.into_kind(BackupKind::Usage)
 }
 
 /// The error for an I/O failure on `path`: `PATH: reason`.
@@ -53,6 +79,7 @@ pub(crate) fn io_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> Backu
             path.display(),
             crate::error::io_reason(&e)
         ))
+        .with_source(e)
     }
 }
 
@@ -85,7 +112,7 @@ impl Tool {
     ) -> Result<Tool, BackupError> {
         use std::io::Read;
         cmd.stderr(std::process::Stdio::piped());
-        crate::supervise::prepare_child(&mut cmd, None, false);
+        crate::process::prepare_child(&mut cmd, None, false);
         let program = cmd.get_program().to_string_lossy().into_owned();
         let mut child = cmd.spawn().map_err(|e| {
             err(format!(

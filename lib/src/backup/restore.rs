@@ -9,7 +9,7 @@
 use std::process::Stdio;
 use std::time::Instant;
 
-use super::catalog::{self, Backup, From, Reading};
+use super::catalog::{self, Backup, Reading, Side};
 use super::dump::{self, Tools};
 use super::manifest::{file_safe, stamp, Content};
 use super::{err, unix_now, BackupError, Cancel};
@@ -21,7 +21,7 @@ use crate::url::Url;
 pub struct Request {
     /// A backup name, or `latest`.
     pub name: String,
-    pub from: Option<From>,
+    pub from: Option<Side>,
     /// The target database (`--to`); default: a new database on the backup URL's server.
     pub to: Option<Url>,
     /// Drop the backup's objects in the target first (`--clean`).
@@ -36,8 +36,6 @@ pub struct Request {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub backup: String,
-    /// The target, redacted.
-    pub target: String,
     pub database: String,
     pub created: bool,
     pub tables: i64,
@@ -57,34 +55,34 @@ pub fn restore(
     req: &Request,
     backup_url: Option<&Url>,
     cancel: &Cancel,
-    confirm: &dyn Fn(&str) -> Result<bool, String>,
+    confirm: &dyn Fn(&str) -> Result<bool, BackupError>,
 ) -> Result<Report, BackupError> {
     let clock = Instant::now();
     let b = catalog::find(backups, &req.name)?;
     let m = &b.manifest;
     let from = match req.from {
-        Some(From::Local) if !b.local => {
+        Some(Side::Local) if !b.local => {
             return Err(err(format!(
                 "{}: there is no local copy (try --from s3)",
                 m.name
             )))
         }
-        Some(From::S3) if !b.remote => {
+        Some(Side::S3) if !b.remote => {
             return Err(err(format!(
                 "{}: there is no copy in S3 (try --from local)",
                 m.name
             )))
         }
         Some(f) => f,
-        None if b.local => From::Local,
-        None => From::S3,
+        None if b.local => Side::Local,
+        None => Side::S3,
     };
     let globals = m.kind == Content::Globals;
     let url = match (&req.to, backup_url) {
         (Some(u), _) => u.clone(),
         (None, Some(u)) => {
             let db = if globals {
-                PgTarget::from_url(u).map_err(err)?.dbname().to_string()
+                PgTarget::from_url(u).map_err(super::usage)?.dbname().to_string()
             } else {
                 format!(
                     "{}_restore_{}",
@@ -123,7 +121,7 @@ pub fn restore(
                 target
                     .connect()
                     .await
-                    .map_err(|e| err(format!("{}: {}", target.url, e.reason)))?
+                    .map_err(|e| err(format!("{}: {e}", target.url)).with_source(e))?
             };
             let n: i64 = c
                 .query_one(
@@ -147,7 +145,7 @@ pub fn restore(
                 "database {database:?} is not empty: restore into a new database (leave out --to), or pass --clean to drop the backup's objects in it first"
             )));
         }
-        if !req.yes && !confirm(&database).map_err(err)? {
+        if !req.yes && !confirm(&database)? {
             return Err(err(format!("not confirmed: {database:?} left as it was")));
         }
     }
@@ -238,7 +236,6 @@ pub fn restore(
     };
     Ok(Report {
         backup: m.name.clone(),
-        target: url.to_string(),
         database,
         created,
         tables,
@@ -257,7 +254,7 @@ async fn connect_first<'a>(
     for db in dbs {
         match target.with_dbname(db).connect().await {
             Ok(c) => return Ok((c, db)),
-            Err(e) => last = e.reason,
+            Err(e) => last = e.message().to_string(),
         }
     }
     Err(err(format!("{}: {last}", target.url)))
@@ -268,7 +265,7 @@ async fn count(target: &PgTarget) -> Result<(i64, i64), BackupError> {
     let c = target
         .connect()
         .await
-        .map_err(|e| err(format!("{}: {}", target.url, e.reason)))?;
+        .map_err(|e| err(format!("{}: {e}", target.url)).with_source(e))?;
     let q = |e: tokio_postgres::Error| err(format!("counting rows: {}", crate::pg::classify(&e)));
     let tables = c
         .query(

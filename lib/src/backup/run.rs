@@ -12,7 +12,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tracing::{info, warn};
 
 use super::archive::{self, Destinations, Dump, Outcome};
-use super::catalog::{self, Backup, From, Reading};
+use super::catalog::{self, Backup, Reading, Side};
 use super::manifest::{self, Manifest};
 use super::retention::{self, Decision, Item};
 use super::s3::S3;
@@ -125,7 +125,7 @@ impl Runner {
     /// disaster recovery from the folder never depends on S3, nor the reverse; without
     /// `--from`, both, where one unreachable side is a warning as long as the other
     /// answers.
-    pub fn backups_for_reading(&self, from: Option<From>) -> Result<Vec<Backup>, BackupError> {
+    pub fn backups_for_reading(&self, from: Option<Side>) -> Result<Vec<Backup>, BackupError> {
         let local = || match &self.settings.dir {
             Some(d) => catalog::list_local(d),
             None => Ok(Vec::new()),
@@ -135,8 +135,8 @@ impl Runner {
             None => Ok(Vec::new()),
         };
         match from {
-            Some(From::Local) => Ok(catalog::merge(local()?, Vec::new())),
-            Some(From::S3) => Ok(catalog::merge(Vec::new(), remote()?)),
+            Some(Side::Local) => Ok(catalog::merge(local()?, Vec::new())),
+            Some(Side::S3) => Ok(catalog::merge(Vec::new(), remote()?)),
             None => match (local(), remote()) {
                 (Ok(l), Ok(r)) => Ok(catalog::merge(l, r)),
                 (Ok(l), Err(e)) => {
@@ -150,6 +150,29 @@ impl Runner {
                 (Err(a), Err(b)) => Err(err(format!("{a}; {b}"))),
             },
         }
+    }
+
+    /// Verifies the backup `name` (or `latest`) from `from` (default: the local copy
+    /// if there is one): checksum, decryption with `identities`, and a full read by
+    /// the `pg_restore` of the version that wrote it. Returns its manifest.
+    pub fn verify(
+        &self,
+        name: &str,
+        from: Option<Side>,
+        identities: &[age::x25519::Identity],
+    ) -> Result<Manifest, BackupError> {
+        let backups = self.backups_for_reading(from)?;
+        let b = catalog::find(&backups, name)?;
+        let from = from.unwrap_or(if b.local { Side::Local } else { Side::S3 });
+        let tools = dump::find_tools(b.manifest.pg_dump_major())?;
+        catalog::verify(
+            &self.reading(identities),
+            b,
+            from,
+            &tools.pg_restore,
+            &self.cancel,
+        )?;
+        Ok(b.manifest.clone())
     }
 
     /// The backups in the folder and, when `remote` (or there is no folder), in S3.
@@ -233,7 +256,7 @@ impl Runner {
     fn run_inner(&self) -> RunResult {
         let mut r = RunResult::default();
         let fail = |r: &mut RunResult, e: String| {
-            r.failures.push(crate::url::redact_text(&e));
+            r.failures.push(crate::redact::text(&e));
         };
         let Some((target, pool)) = &self.pool else {
             fail(
@@ -248,7 +271,7 @@ impl Runner {
             let lock = target
                 .connect()
                 .await
-                .map_err(|e| err(format!("{url}: {}", e.reason)))?;
+                .map_err(|e| err(format!("{url}: {e}")).with_source(e))?;
             // Behind PgBouncer in transaction mode neither the lock nor pg_dump works.
             if let Some(pid) = crate::pg::shared_backend(target, &lock)
                 .await
@@ -294,14 +317,14 @@ impl Runner {
         let (lock, server, databases) = match prepared {
             Ok(p) => p,
             Err(e) => {
-                fail(&mut r, e.0);
+                fail(&mut r, e.to_string());
                 return r;
             }
         };
         let tools = match dump::find_tools(server.major) {
             Ok(t) => t,
             Err(e) => {
-                fail(&mut r, e.0);
+                fail(&mut r, e.to_string());
                 return r;
             }
         };
@@ -319,7 +342,7 @@ impl Runner {
         }
         for kind in kinds {
             if let Err(e) = self.cancel.check() {
-                fail(&mut r, e.0);
+                fail(&mut r, e.to_string());
                 break;
             }
             let what = match &kind {
@@ -356,7 +379,7 @@ impl Runner {
                     local: o.stored.iter().any(|s| !s.starts_with("s3://")),
                     remote: o.stored.iter().any(|s| s.starts_with("s3://")),
                 };
-                let from = if b.local { From::Local } else { From::S3 };
+                let from = if b.local { Side::Local } else { Side::S3 };
                 match catalog::verify(
                     &self.reading(&[]),
                     &b,

@@ -8,17 +8,18 @@
 //! 1 = Sunday, so the field is translated. As in the `cron` crate, a line restricting
 //! both day of month and day of week matches days that satisfy both.
 
+use crate::config::{invalid, ConfigError};
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 
 /// Parses a schedule (see the module docs).
-pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, String> {
+pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, ConfigError> {
     let e = expr.trim();
     let bad = |why: String| {
-        format!(
+        invalid(format!(
             "BACKUP_SCHEDULE={expr:?}: {why}; use 5 crontab fields (minute hour day month weekday, e.g. \"0 2 * * *\") or @hourly/@daily/@weekly/@monthly"
-        )
+        ))
     };
     let translated = if e.starts_with('@') {
         e.to_string()
@@ -29,7 +30,7 @@ pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, String> {
             6 | 7 => (fields[0].to_string(), &fields[1..]),
             n => return Err(bad(format!("{n} fields"))),
         };
-        let dow = weekday_field(rest[4]).map_err(bad)?;
+        let dow = weekday_field(rest[4]).map_err(|e| bad(e.to_string()))?;
         let mut out = vec![
             sec,
             rest[0].into(),
@@ -48,12 +49,12 @@ pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, String> {
 
 /// Translates a crontab weekday field (0-7, Sunday = 0 or 7, names, ranges, steps,
 /// lists) into the `cron` crate's numbering (1-7, Sunday = 1).
-fn weekday_field(field: &str) -> Result<String, String> {
+fn weekday_field(field: &str) -> Result<String, ConfigError> {
     if field == "*" || field == "?" {
         return Ok(field.to_string());
     }
     const NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
-    let day = |s: &str| -> Result<u32, String> {
+    let day = |s: &str| -> Result<u32, ConfigError> {
         let up = s.to_ascii_uppercase();
         if let Some(i) = NAMES.iter().position(|n| *n == up) {
             return Ok(i as u32);
@@ -61,7 +62,7 @@ fn weekday_field(field: &str) -> Result<String, String> {
         s.parse::<u32>()
             .ok()
             .filter(|n| *n <= 7)
-            .ok_or_else(|| format!("weekday {s:?} is not 0-7 or SUN-SAT"))
+            .ok_or_else(|| invalid(format!("weekday {s:?} is not 0-7 or SUN-SAT")))
     };
     let mut days = [false; 7];
     for part in field.split(',') {
@@ -71,7 +72,7 @@ fn weekday_field(field: &str) -> Result<String, String> {
                 s.parse::<u32>()
                     .ok()
                     .filter(|s| *s > 0)
-                    .ok_or_else(|| format!("step {s:?} is not a positive number"))?,
+                    .ok_or_else(|| invalid(format!("step {s:?} is not a positive number")))?,
             ),
             None => (part, 1),
         };
@@ -84,7 +85,7 @@ fn weekday_field(field: &str) -> Result<String, String> {
             },
         };
         if lo > hi {
-            return Err(format!("weekday range {range:?} runs backwards"));
+            return Err(invalid(format!("weekday range {range:?} runs backwards")));
         }
         let mut d = lo;
         while d <= hi {
@@ -102,10 +103,13 @@ fn weekday_field(field: &str) -> Result<String, String> {
 }
 
 /// Parses `TZ` (an IANA name such as `Europe/Berlin`; a leading `:` is allowed).
-pub fn parse_timezone(tz: &str) -> Result<chrono_tz::Tz, String> {
+pub fn parse_timezone(tz: &str) -> Result<chrono_tz::Tz, ConfigError> {
     let name = tz.trim().trim_start_matches(':');
-    chrono_tz::Tz::from_str(name)
-        .map_err(|_| format!("TZ={tz:?} is not a time zone name: use e.g. UTC or Europe/Berlin"))
+    chrono_tz::Tz::from_str(name).map_err(|_| {
+        invalid(format!(
+            "TZ={tz:?} is not a time zone name: use e.g. UTC or Europe/Berlin"
+        ))
+    })
 }
 
 /// The first scheduled time after `now`, as cron does around daylight saving:
@@ -254,12 +258,13 @@ mod tests {
         ] {
             let e = parse_schedule(bad).unwrap_err();
             assert!(
-                e.contains("BACKUP_SCHEDULE") && e.contains("0 2 * * *"),
+                e.message().contains("BACKUP_SCHEDULE") && e.message().contains("0 2 * * *"),
                 "{e}"
             );
         }
         assert!(parse_timezone("Mars/Olympus")
             .unwrap_err()
+            .message()
             .contains("Europe/Berlin"));
     }
 }

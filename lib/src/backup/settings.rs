@@ -2,6 +2,7 @@
 //! environment (any variable may be given as `NAME_FILE`) and checked before anything
 //! runs: a malformed value is an error that names the variable and says what to write.
 
+use crate::config::{invalid, ConfigError};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -56,14 +57,14 @@ pub struct Settings {
 }
 
 /// Reads a setting: the command-line override, else the environment variable.
-pub type Source<'a> = &'a dyn Fn(&str) -> Result<Option<String>, String>;
+pub type Source<'a> = &'a dyn Fn(&str) -> Result<Option<String>, ConfigError>;
 
 fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
     get: Source,
     name: &str,
     min: T,
     max: T,
-) -> Result<Option<T>, String> {
+) -> Result<Option<T>, ConfigError> {
     match get(name)? {
         None => Ok(None),
         Some(v) => v
@@ -72,14 +73,18 @@ fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
             .ok()
             .filter(|n| *n >= min && *n <= max)
             .map(Some)
-            .ok_or_else(|| format!("{name}={v:?}: use a whole number from {min} to {max}")),
+            .ok_or_else(|| {
+                invalid(format!(
+                    "{name}={v:?}: use a whole number from {min} to {max}"
+                ))
+            }),
     }
 }
 
-fn boolean(get: Source, name: &str, default: bool) -> Result<bool, String> {
+fn boolean(get: Source, name: &str, default: bool) -> Result<bool, ConfigError> {
     match get(name)? {
         None => Ok(default),
-        Some(v) => crate::config::parse_bool(name, &v).map_err(|e| e.0),
+        Some(v) => crate::config::parse_bool(name, &v),
     }
 }
 
@@ -100,8 +105,8 @@ pub fn parse_size(s: &str) -> Option<usize> {
 }
 
 /// The retention rules (`BACKUP_RETENTION_DAYS`, `BACKUP_KEEP_*`).
-fn policy(get: Source) -> Result<Policy, String> {
-    let n = |name: &str| -> Result<Option<u32>, String> {
+fn policy(get: Source) -> Result<Policy, ConfigError> {
+    let n = |name: &str| -> Result<Option<u32>, ConfigError> {
         match get(name)? {
             None => Ok(None),
             Some(v) => v
@@ -110,7 +115,7 @@ fn policy(get: Source) -> Result<Policy, String> {
                 .ok()
                 .filter(|n| *n >= 1)
                 .map(Some)
-                .ok_or_else(|| format!("{name}={v:?}: use a whole number of 1 or more (unset it to keep everything)")),
+                .ok_or_else(|| invalid(format!("{name}={v:?}: use a whole number of 1 or more (unset it to keep everything)"))),
         }
     };
     Ok(Policy {
@@ -124,19 +129,19 @@ fn policy(get: Source) -> Result<Policy, String> {
 
 impl Settings {
     /// Reads every setting through `get` (see [`Source`]).
-    pub fn load(get: Source) -> Result<Settings, String> {
+    pub fn load(get: Source) -> Result<Settings, ConfigError> {
         let url = match get("DIRECT_URL")? {
-            Some(u) => Some(Url::parse(&u).map_err(|e| format!("DIRECT_URL: {e}"))?),
+            Some(u) => Some(Url::parse(&u).map_err(|e| invalid(format!("DIRECT_URL: {e}")))?),
             None => match get("DATABASE_URL")? {
-                Some(u) => Some(Url::parse(&u).map_err(|e| format!("DATABASE_URL: {e}"))?),
+                Some(u) => Some(Url::parse(&u).map_err(|e| invalid(format!("DATABASE_URL: {e}")))?),
                 None => None,
             },
         };
         if let Some(u) = &url {
             if u.scheme != "postgres" && u.scheme != "postgresql" {
-                return Err(format!(
+                return Err(invalid(format!(
                     "DIRECT_URL {u}: expected postgres://user:password@host:5432/database"
-                ));
+                )));
             }
         }
         let databases = match get("BACKUP_DATABASES")? {
@@ -166,9 +171,9 @@ impl Settings {
                 level: number(get, "BACKUP_GZIP_LEVEL", 1, 9)?.unwrap_or(6),
             },
             Some(other) => {
-                return Err(format!(
+                return Err(invalid(format!(
                     "BACKUP_COMPRESSION={other:?}: use zstd (the default) or gzip"
-                ))
+                )))
             }
         };
         let recipients: Vec<String> = match get("BACKUP_AGE_RECIPIENT")? {
@@ -176,16 +181,17 @@ impl Settings {
             Some(v) => crate::config::split_list(&v).map(String::from).collect(),
         };
         for r in &recipients {
-            super::codec::parse_recipient(r).map_err(|e| format!("BACKUP_AGE_RECIPIENT: {e}"))?;
+            super::codec::parse_recipient(r)
+                .map_err(|e| invalid(format!("BACKUP_AGE_RECIPIENT: {e}")))?;
         }
         let s3 = match get("BACKUP_S3_BUCKET")? {
             None => None,
             Some(bucket) => {
                 let bucket = bucket.trim().to_string();
                 if bucket.contains('/') || bucket.contains(char::is_whitespace) {
-                    return Err(format!(
+                    return Err(invalid(format!(
                         "BACKUP_S3_BUCKET={bucket:?}: a bucket name only (put folders in BACKUP_S3_PREFIX)"
-                    ));
+                    )));
                 }
                 let mut prefix = get("BACKUP_S3_PREFIX")?
                     .unwrap_or_default()
@@ -197,11 +203,12 @@ impl Settings {
                 }
                 let endpoint = get("BACKUP_S3_ENDPOINT")?;
                 if let Some(e) = &endpoint {
-                    let u = Url::parse(e).map_err(|e| format!("BACKUP_S3_ENDPOINT: {e}"))?;
+                    let u =
+                        Url::parse(e).map_err(|e| invalid(format!("BACKUP_S3_ENDPOINT: {e}")))?;
                     if u.scheme != "http" && u.scheme != "https" {
-                        return Err(format!(
+                        return Err(invalid(format!(
                             "BACKUP_S3_ENDPOINT={u}: expected https://host[:port] (or http:// for a local server)"
-                        ));
+                        )));
                     }
                 }
                 let path_style = boolean(get, "BACKUP_S3_PATH_STYLE", endpoint.is_some())?;
@@ -209,14 +216,18 @@ impl Settings {
                     None => None,
                     Some("AES256") => Some("AES256".to_string()),
                     Some("aws:kms") => Some("aws:kms".to_string()),
-                    Some(o) => return Err(format!("BACKUP_S3_SSE={o:?}: use AES256 or aws:kms")),
+                    Some(o) => {
+                        return Err(invalid(format!(
+                            "BACKUP_S3_SSE={o:?}: use AES256 or aws:kms"
+                        )))
+                    }
                 };
                 let part_size = match get("BACKUP_S3_PART_SIZE")? {
                     None => 8 << 20,
                     Some(v) => parse_size(&v)
                         .filter(|n| (5 << 20..=5 << 30).contains(n))
                         .ok_or_else(|| {
-                            format!("BACKUP_S3_PART_SIZE={v:?}: use a size from 5MiB to 5GiB, e.g. 16MiB")
+                            invalid(format!("BACKUP_S3_PART_SIZE={v:?}: use a size from 5MiB to 5GiB, e.g. 16MiB"))
                         })?,
                 };
                 Some(S3Settings {
@@ -236,21 +247,24 @@ impl Settings {
             None => None,
             Some(v) => {
                 let v = v.trim().trim_end_matches('/').to_string();
-                let u = Url::parse(&v).map_err(|e| format!("BACKUP_PING_URL: {e}"))?;
+                let u = Url::parse(&v).map_err(|e| invalid(format!("BACKUP_PING_URL: {e}")))?;
                 if u.scheme != "http" && u.scheme != "https" {
-                    return Err(format!("BACKUP_PING_URL={u}: expected an http(s):// URL"));
+                    return Err(invalid(format!(
+                        "BACKUP_PING_URL={u}: expected an http(s):// URL"
+                    )));
                 }
                 Some(v)
             }
         };
         let stop_grace = match get("BACKUP_STOP_GRACE")? {
             None => Duration::from_secs(8),
-            Some(v) => crate::duration::parse(&v).map_err(|e| format!("BACKUP_STOP_GRACE: {e}"))?,
+            Some(v) => crate::duration::parse(&v)
+                .map_err(|e| invalid(format!("BACKUP_STOP_GRACE: {e}")))?,
         };
-        let duration = |name: &str, default: Duration| -> Result<Duration, String> {
+        let duration = |name: &str, default: Duration| -> Result<Duration, ConfigError> {
             match get(name)? {
                 None => Ok(default),
-                Some(v) => crate::duration::parse(&v).map_err(|e| format!("{name}: {e}")),
+                Some(v) => crate::duration::parse(&v).map_err(|e| invalid(format!("{name}: {e}"))),
             }
         };
         let wait_timeout = duration("BACKUP_WAIT_TIMEOUT", Duration::from_secs(60))?;
@@ -283,16 +297,18 @@ impl Settings {
     }
 
     /// The database URL, or the error saying how to set it.
-    pub fn database_url(&self) -> Result<&Url, String> {
+    pub fn database_url(&self) -> Result<&Url, ConfigError> {
         self.url
             .as_ref()
-            .ok_or_else(|| "no database: set DIRECT_URL (or DATABASE_URL)".to_string())
+            .ok_or_else(|| invalid("no database: set DIRECT_URL (or DATABASE_URL)"))
     }
 
     /// Checks that the backups have somewhere to go.
-    pub fn require_destination(&self) -> Result<(), String> {
+    pub fn require_destination(&self) -> Result<(), ConfigError> {
         if self.dir.is_none() && self.s3.is_none() {
-            return Err("no destination: set BACKUP_DIR (a folder) and/or BACKUP_S3_BUCKET".into());
+            return Err(invalid(
+                "no destination: set BACKUP_DIR (a folder) and/or BACKUP_S3_BUCKET",
+            ));
         }
         Ok(())
     }
@@ -303,7 +319,7 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn load(pairs: &[(&str, &str)]) -> Result<Settings, String> {
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let map: HashMap<String, String> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -319,15 +335,18 @@ mod tests {
         assert!(s.s3.is_none());
         let e = load(&[("BACKUP_ZSTD_LEVEL", "30")]).unwrap_err();
         assert!(
-            e.contains("BACKUP_ZSTD_LEVEL") && e.contains("1 to 19"),
+            e.message().contains("BACKUP_ZSTD_LEVEL") && e.message().contains("1 to 19"),
             "{e}"
         );
         let e = load(&[("BACKUP_COMPRESSION", "lz4")]).unwrap_err();
-        assert!(e.contains("zstd") && e.contains("gzip"), "{e}");
+        assert!(
+            e.message().contains("zstd") && e.message().contains("gzip"),
+            "{e}"
+        );
         let e = load(&[("BACKUP_S3_BUCKET", "b"), ("BACKUP_S3_PART_SIZE", "1MiB")]).unwrap_err();
-        assert!(e.contains("5MiB"), "{e}");
+        assert!(e.message().contains("5MiB"), "{e}");
         let e = load(&[("DIRECT_URL", "mysql://a:secret@h/db")]).unwrap_err();
-        assert!(!e.contains("secret"), "{e}");
+        assert!(!e.message().contains("secret"), "{e}");
         let s = load(&[
             ("BACKUP_S3_BUCKET", "b"),
             ("BACKUP_S3_PREFIX", "/x/y/"),

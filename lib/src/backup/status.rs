@@ -53,7 +53,7 @@ pub fn failure(path: &Path, reason: &str) -> Result<(), BackupError> {
     v["last_failure"] = serde_json::json!({
         "time": crate::log::rfc3339(now(), 0),
         "unix": now(),
-        "reason": crate::url::redact_text(reason),
+        "reason": crate::redact::text(reason),
     });
     let last_ok = v["last_success"]["unix"].as_i64().unwrap_or(0).max(0) as u64;
     save(path, &v)?;
@@ -72,7 +72,7 @@ pub fn ping(rt: &tokio::runtime::Handle, base: &str, suffix: &str) {
     let target = match crate::probe::Target::parse(&raw) {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!("ping {}: {e}", crate::url::redact_text(&raw));
+            tracing::warn!("ping {}: {e}", crate::redact::text(&raw));
             return;
         }
     };
@@ -84,7 +84,7 @@ pub fn ping(rt: &tokio::runtime::Handle, base: &str, suffix: &str) {
     let report = rt.block_on(crate::probe::probe(&target, &opts, deadline));
     match report.outcome {
         Ok(_) => tracing::debug!("pinged {}", report.target),
-        Err(f) => tracing::warn!("ping {}: {}", report.target, f.reason),
+        Err(f) => tracing::warn!("ping {}: {}", report.target, f.message()),
     }
 }
 

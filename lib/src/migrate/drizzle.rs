@@ -22,7 +22,7 @@ use std::path::Path;
 
 use tokio_postgres::{Client, GenericClient, Transaction};
 
-use super::{db_fail, err, ApplyError, MigrateError};
+use super::{db_fail, err, MigrateError};
 use crate::pg::classify;
 
 /// One migration of either layout.
@@ -251,7 +251,7 @@ pub fn pending_v1<'a>(entries: &'a [Entry], rows: &[Row]) -> Vec<&'a Entry> {
 
 /// Applies the pending migrations of a folder in one transaction, as drizzle-orm does
 /// (0.x or 1.0 by `v1`).
-pub async fn apply(client: &mut Client, dir: &Path, v1: bool) -> Result<Vec<String>, ApplyError> {
+pub async fn apply(client: &mut Client, dir: &Path, v1: bool) -> Result<Vec<String>, MigrateError> {
     let entries = if v1 { load_v1(dir)? } else { load(dir)? };
     let tx = client
         .transaction()
@@ -331,7 +331,7 @@ pub async fn apply(client: &mut Client, dir: &Path, v1: bool) -> Result<Vec<Stri
 /// Upgrades a 0.x history table to 1.0's shape (drizzle-orm 1.0 `up-migrations/pg`):
 /// `name` and `applied_at` columns, names back-filled for every row by its
 /// `created_at` truncated to the second, then by hash; a row matching no folder stops.
-async fn upgrade_table(tx: &Transaction<'_>, entries: &[Entry]) -> Result<(), ApplyError> {
+async fn upgrade_table(tx: &Transaction<'_>, entries: &[Entry]) -> Result<(), MigrateError> {
     let has_name = has_name_column(tx)
         .await
         .map_err(|e| db_fail(&e, "reading drizzle.__drizzle_migrations"))?;
@@ -360,11 +360,11 @@ async fn upgrade_table(tx: &Transaction<'_>, entries: &[Entry]) -> Result<(), Ap
         }
     }
     if !unmatched.is_empty() {
-        return Err(ApplyError::Failed(err(format!(
+        return Err(err(format!(
             "upgrading drizzle.__drizzle_migrations to drizzle 1.0: {} recorded migration(s) (ids {}) match no folder here; the folder is missing migrations the database has",
             unmatched.len(),
             unmatched.join(", ")
-        ))));
+        )));
     }
     tx.batch_execute(
         r#"ALTER TABLE "drizzle"."__drizzle_migrations" ADD COLUMN IF NOT EXISTS "name" text; ALTER TABLE "drizzle"."__drizzle_migrations" ADD COLUMN IF NOT EXISTS "applied_at" timestamp with time zone DEFAULT now()"#,
@@ -437,7 +437,10 @@ mod tests {
             },
         ];
         let e = pending_v0(&entries, &rows).unwrap_err();
-        assert!(e.0.contains("0002_late") && !e.0.contains("0001_b"), "{e}");
+        assert!(
+            e.message().contains("0002_late") && !e.message().contains("0001_b"),
+            "{e}"
+        );
         let fine = [
             entry("0000_a", 1000, "h0"),
             entry("0001_b", 3000, "h1"),

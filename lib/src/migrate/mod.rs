@@ -29,14 +29,16 @@
 //!   retry logs who blocked it. A command gets the same through libpq's `PGOPTIONS`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
+use crate::config::{invalid, ConfigError};
+use crate::error::{Error, Kind};
 use crate::pg::{classify, PgTarget};
 use crate::privileges::Credentials;
+use crate::process::ChildGroup;
 
 /// The advisory lock key: "dockhand" in ASCII.
 pub const LOCK_KEY: i64 = 0x646f_636b_6861_6e64;
@@ -64,16 +66,16 @@ impl Format {
 
     /// `--migrations-format`: `auto` (or nothing) detects; `drizzle` is either drizzle
     /// layout, told apart by the journal.
-    pub fn parse(s: &str) -> Result<Option<Format>, String> {
+    pub fn parse(s: &str) -> Result<Option<Format>, ConfigError> {
         match s.trim() {
             "" | "auto" => Ok(None),
             "refinery" => Ok(Some(Format::Refinery)),
             "drizzle" => Ok(Some(Format::Drizzle)),
             "drizzle-v1" | "drizzle1" => Ok(Some(Format::DrizzleV1)),
             "prisma" => Ok(Some(Format::Prisma)),
-            other => Err(format!(
+            other => Err(invalid(format!(
                 "--migrations-format {other:?}: use auto, refinery, drizzle or prisma"
-            )),
+            ))),
         }
     }
 }
@@ -101,39 +103,42 @@ pub struct Options {
     pub allow_pooler: bool,
     /// Credentials for `Source::Command`.
     pub user: Option<Credentials>,
+    /// Where a running `Source::Command` is recorded, so a stop signal reaches it.
+    pub running: ChildGroup,
 }
 
-crate::message_error!(
-    /// A failed migration phase; the message names what failed and the server's error.
-    MigrateError
-);
+/// How a migration phase failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrateKind {
+    /// A migration, the history table or the connection failed (exit 4).
+    Failed,
+    /// A statement gave up waiting for a lock held by live traffic (`--ddl-lock-timeout`):
+    /// the attempt was rolled back and is retried until `--lock-timeout`.
+    LockTimeout,
+}
+
+impl Kind for MigrateKind {
+    fn exit_code(self) -> u8 {
+        4
+    }
+}
+
+/// A failed migration phase; the message names what failed and the server's error.
+pub type MigrateError = Error<MigrateKind>;
 
 fn err(msg: impl Into<String>) -> MigrateError {
-    MigrateError(crate::url::redact_text(&msg.into()))
-}
-
-/// How one attempt at applying failed: waiting for a lock (retried), or for good.
-#[derive(Debug)]
-pub enum ApplyError {
-    LockTimeout(String),
-    Failed(MigrateError),
-}
-
-impl From<MigrateError> for ApplyError {
-    fn from(e: MigrateError) -> Self {
-        ApplyError::Failed(e)
-    }
+    MigrateError::new(MigrateKind::Failed, crate::redact::text(&msg.into()))
 }
 
 /// Sorts a server error: SQLSTATE 55P03 (`lock_not_available`, what `lock_timeout`
 /// raises) is a lock timeout, anything else a failure with `what` as the message.
-pub(crate) fn db_fail(e: &tokio_postgres::Error, what: &str) -> ApplyError {
+pub(crate) fn db_fail(e: &tokio_postgres::Error, what: &str) -> MigrateError {
     if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
-        ApplyError::LockTimeout(crate::url::redact_text(what))
+        MigrateError::new(MigrateKind::LockTimeout, crate::redact::text(what))
     } else if what.contains(": ") || what.contains("failed") {
-        ApplyError::Failed(err(what))
+        err(what)
     } else {
-        ApplyError::Failed(err(format!("{what}: {}", classify(e))))
+        err(format!("{what}: {}", classify(e)))
     }
 }
 
@@ -162,14 +167,11 @@ pub(crate) fn read_script(path: &Path, hint: &str) -> Result<(String, String), M
     Ok((text, checksum))
 }
 
-/// The process group of a running `--migrate-cmd`, so a stop signal can end it.
-pub static COMMAND_PGID: AtomicI32 = AtomicI32::new(0);
-
 /// The migration URL: `DIRECT_URL`, else `DATABASE_URL` with a warning. Warns when both
 /// are the same. `None` when neither is set.
-pub fn direct_url() -> Result<Option<String>, String> {
-    let direct = crate::config::var("DIRECT_URL").map_err(|e| e.to_string())?;
-    let database = crate::config::var("DATABASE_URL").map_err(|e| e.to_string())?;
+pub fn direct_url() -> Result<Option<String>, ConfigError> {
+    let direct = crate::config::var("DIRECT_URL")?;
+    let database = crate::config::var("DATABASE_URL")?;
     match (direct, database) {
         (Some(d), Some(db)) => {
             if d == db {
@@ -361,7 +363,7 @@ pub async fn connect_for_status(target: &PgTarget) -> Result<Client, MigrateErro
     target
         .connect()
         .await
-        .map_err(|e| err(format!("{}: {}", target.url, e.reason)))
+        .map_err(|e| err(format!("{}: {e}", target.url)).with_source(e))
 }
 
 /// Runs the migration phase.
@@ -370,7 +372,7 @@ pub async fn run(target: &PgTarget, direct_url: &str, opts: &Options) -> Result<
     let client = target
         .connect()
         .await
-        .map_err(|e| err(format!("{}: {}", target.url, e.reason)))?;
+        .map_err(|e| err(format!("{}: {e}", target.url)).with_source(e))?;
     if !opts.allow_pooler {
         refuse_pooler(target, &client).await?;
     }
@@ -530,8 +532,9 @@ async fn apply_with_retries(
         };
         match attempt_result {
             Ok(()) => return Ok(()),
-            Err(ApplyError::Failed(e)) => return Err(e),
-            Err(ApplyError::LockTimeout(what)) => {
+            Err(e) if e.kind() != MigrateKind::LockTimeout => return Err(e),
+            Err(e) => {
+                let what = e.message();
                 let who = blockers.borrow().clone();
                 let who = if who.is_empty() {
                     "a session that has finished since".to_string()
@@ -558,7 +561,7 @@ async fn apply_with_retries(
     }
 }
 
-async fn unreachable_pending() -> Result<(), ApplyError> {
+async fn unreachable_pending() -> Result<(), MigrateError> {
     std::future::pending().await
 }
 
@@ -613,7 +616,7 @@ async fn watch_blockers(watcher: Option<&Client>, pid: i32, out: &std::cell::Ref
             })
             .collect::<Vec<_>>()
             .join("; ");
-        *out.borrow_mut() = crate::url::redact_text(&text);
+        *out.borrow_mut() = crate::redact::text(&text);
     }
 }
 
@@ -641,10 +644,17 @@ async fn apply(
     direct_url: &str,
     opts: &Options,
     format: Option<Format>,
-) -> Result<(), ApplyError> {
+) -> Result<(), MigrateError> {
     let applied = match (&opts.source, format) {
         (Source::Command(argv), _) => {
-            run_command(argv, direct_url, opts.user.as_ref(), opts.ddl_lock_timeout).await?;
+            run_command(
+                argv,
+                direct_url,
+                opts.user.as_ref(),
+                opts.ddl_lock_timeout,
+                &opts.running,
+            )
+            .await?;
             return Ok(());
         }
         (Source::Folder { dir, .. }, Some(Format::Refinery)) => {
@@ -668,9 +678,7 @@ async fn apply(
             drizzle::apply(client, dir, true).await?
         }
         (Source::Folder { dir, .. }, Some(Format::Prisma)) => prisma::apply(client, dir).await?,
-        (Source::Folder { .. }, None) => {
-            return Err(ApplyError::Failed(err("internal error: no format")))
-        }
+        (Source::Folder { .. }, None) => return Err(err("internal error: no format")),
     };
     for m in applied {
         info!("applied migration {m}");
@@ -788,7 +796,7 @@ async fn refinery_applied(client: &mut Client) -> Result<Vec<refinery::Migration
         .map_err(|e| err(format!("reading refinery_schema_history: {e}")))
 }
 
-fn refinery_error(e: &refinery::Error, migrations: &[refinery::Migration]) -> ApplyError {
+fn refinery_error(e: &refinery::Error, migrations: &[refinery::Migration]) -> MigrateError {
     use refinery::error::Kind;
     match e.kind() {
         Kind::Connection(msg, source) => {
@@ -802,10 +810,10 @@ fn refinery_error(e: &refinery::Error, migrations: &[refinery::Migration]) -> Ap
                     pg,
                     &format!("migration {name} failed: {}", db_error_text(pg, sql, 0)),
                 ),
-                None => ApplyError::Failed(err(format!("{msg}: {source}"))),
+                None => err(format!("{msg}: {source}")),
             }
         }
-        other => ApplyError::Failed(err(format!("migrations: {other}"))),
+        other => err(format!("migrations: {other}")),
     }
 }
 
@@ -813,7 +821,7 @@ fn refinery_error(e: &refinery::Error, migrations: &[refinery::Migration]) -> Ap
 /// `line_offset` is added to the line (a statement inside a larger file).
 pub fn db_error_text(e: &tokio_postgres::Error, sql: Option<&str>, line_offset: usize) -> String {
     let Some(db) = e.as_db_error() else {
-        return classify(e).reason;
+        return classify(e).message().to_string();
     };
     let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
     if let Some(tokio_postgres::error::ErrorPosition::Original(pos)) = db.position() {
@@ -838,7 +846,7 @@ pub fn db_error_text(e: &tokio_postgres::Error, sql: Option<&str>, line_offset: 
 
 /// Splits a command line into words like a shell (quotes, backslashes), without any
 /// expansion: `pnpm db:migrate`, `sh -c 'npx prisma migrate deploy'`.
-pub fn split_command(s: &str) -> Result<Vec<String>, String> {
+pub fn split_command(s: &str) -> Result<Vec<String>, ConfigError> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -851,7 +859,7 @@ pub fn split_command(s: &str) -> Result<Vec<String>, String> {
                     match chars.next() {
                         Some('\'') => break,
                         Some(c) => cur.push(c),
-                        None => return Err(format!("unclosed ' in {s:?}")),
+                        None => return Err(invalid(format!("unclosed ' in {s:?}"))),
                     }
                 }
             }
@@ -866,10 +874,10 @@ pub fn split_command(s: &str) -> Result<Vec<String>, String> {
                                 cur.push('\\');
                                 cur.push(c);
                             }
-                            None => return Err(format!("unclosed \" in {s:?}")),
+                            None => return Err(invalid(format!("unclosed \" in {s:?}"))),
                         },
                         Some(c) => cur.push(c),
-                        None => return Err(format!("unclosed \" in {s:?}")),
+                        None => return Err(invalid(format!("unclosed \" in {s:?}"))),
                     }
                 }
             }
@@ -895,7 +903,7 @@ pub fn split_command(s: &str) -> Result<Vec<String>, String> {
         words.push(cur);
     }
     if words.is_empty() {
-        return Err("the migration command is empty".into());
+        return Err(invalid("the migration command is empty"));
     }
     Ok(words)
 }
@@ -905,6 +913,7 @@ async fn run_command(
     direct_url: &str,
     user: Option<&Credentials>,
     ddl_lock_timeout: Duration,
+    running: &ChildGroup,
 ) -> Result<(), MigrateError> {
     info!("running migration command: {}", argv.join(" "));
     let mut cmd = std::process::Command::new(&argv[0]);
@@ -924,7 +933,7 @@ async fn run_command(
         ));
         cmd.env("PGOPTIONS", options);
     }
-    crate::supervise::prepare_child(&mut cmd, user, false);
+    crate::process::prepare_child(&mut cmd, user, false);
     let mut child = cmd.spawn().map_err(|e| {
         err(format!(
             "--migrate-cmd: cannot run {}: {}",
@@ -932,12 +941,12 @@ async fn run_command(
             crate::error::io_reason(&e)
         ))
     })?;
-    COMMAND_PGID.store(child.id() as i32, Ordering::SeqCst);
+    running.set(child.id());
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .map_err(|e| err(format!("--migrate-cmd: {e}")))?
         .map_err(|e| err(format!("--migrate-cmd: {e}")))?;
-    COMMAND_PGID.store(0, Ordering::SeqCst);
+    running.clear();
     if status.success() {
         Ok(())
     } else {
@@ -950,7 +959,7 @@ async fn run_command(
             (_, Some(s)) => format!(
                 "migration command `{}` was killed by {}",
                 argv.join(" "),
-                crate::supervise::signal_name(s)
+                crate::signals::signal_name(s)
             ),
             _ => format!("migration command `{}` failed", argv.join(" ")),
         }))

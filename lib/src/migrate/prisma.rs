@@ -26,7 +26,7 @@ use std::path::Path;
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
-use super::{db_fail, err, ApplyError, MigrateError};
+use super::{db_fail, err, MigrateError, MigrateKind};
 use crate::pg::classify;
 
 /// Prisma Migrate's advisory lock key.
@@ -226,7 +226,7 @@ const CREATE_TABLE: &str = "CREATE TABLE _prisma_migrations (
 
 /// Creates `_prisma_migrations` as `migrate deploy` does, refusing a schema that
 /// already has tables (P3005).
-async fn initialize(client: &Client) -> Result<(), ApplyError> {
+async fn initialize(client: &Client) -> Result<(), MigrateError> {
     let exists: bool = client
         .query_one("SELECT to_regclass('_prisma_migrations') IS NOT NULL", &[])
         .await
@@ -246,10 +246,10 @@ async fn initialize(client: &Client) -> Result<(), ApplyError> {
         .map(|r| r.get(0))
         .collect();
     if !tables.is_empty() {
-        return Err(ApplyError::Failed(err(format!(
+        return Err(err(format!(
             "P3005: the database schema is not empty (tables {}) and has no _prisma_migrations: baseline it first (https://pris.ly/d/migrate-baseline): mark the migrations that already ran as applied with `npx prisma migrate resolve --applied <name>`",
             tables.join(", ")
-        ))));
+        )));
     }
     client
         .batch_execute(CREATE_TABLE)
@@ -259,7 +259,7 @@ async fn initialize(client: &Client) -> Result<(), ApplyError> {
 }
 
 /// Applies the pending migrations, one after another, as `migrate deploy` does.
-pub async fn apply(client: &Client, dir: &Path) -> Result<Vec<String>, ApplyError> {
+pub async fn apply(client: &Client, dir: &Path) -> Result<Vec<String>, MigrateError> {
     let migrations = load(dir)?;
     initialize(client).await?;
     let rows = rows(client).await?.unwrap_or_default();
@@ -303,13 +303,13 @@ pub async fn apply(client: &Client, dir: &Path) -> Result<Vec<String>, ApplyErro
                         super::db_error_text(&e, Some(&m.script), 0)
                     ),
                 );
-                if matches!(failure, ApplyError::LockTimeout(_)) {
+                if failure.kind() == MigrateKind::LockTimeout {
                     // Waiting for a lock is not a failed migration: forget the attempt.
                     let _ = client
                         .execute("DELETE FROM _prisma_migrations WHERE id = $1", &[&id])
                         .await;
                 } else {
-                    let logs = format!("{e}: {}", classify(&e).reason);
+                    let logs = format!("{e}: {}", classify(&e).message());
                     let _ = client
                         .execute(
                             "UPDATE _prisma_migrations SET logs = $1 WHERE id = $2",
@@ -352,7 +352,9 @@ mod tests {
         assert!(refuse_failed(&[row("a", true, false), row("b", false, true)]).is_ok());
         let e = refuse_failed(&[row("a", true, false), row("c", false, false)]).unwrap_err();
         assert!(
-            e.0.contains("P3009") && e.0.contains("`c`") && e.0.contains("--rolled-back"),
+            e.message().contains("P3009")
+                && e.message().contains("`c`")
+                && e.message().contains("--rolled-back"),
             "{e}"
         );
         let m = |n: &str| Migration {

@@ -1,0 +1,626 @@
+//! `backup`'s table, its commands, and what each command does (the binary's `exec`).
+
+use std::ffi::OsString;
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+
+use tracing::info;
+
+use super::{parse, Matches, Setting};
+use crate::backup::catalog::{self, Side};
+use crate::backup::daemon::{self, OnSignal, Stop};
+use crate::backup::restore::{self, Request};
+use crate::backup::run::Runner;
+use crate::backup::settings::Settings;
+use crate::backup::{codec, err, usage, BackupError, BackupKind, Cancel};
+use crate::config::{invalid, ConfigError};
+
+/// The commands, in the order help and errors list them.
+const COMMANDS: [&str; 6] = ["daemon", "now", "list", "verify", "restore", "prune"];
+/// How a run dumps and reports: `daemon` and `now`.
+const RUN: &[&str] = &["daemon", "now"];
+/// When the daemon runs: `daemon` only.
+const SCHEDULE: &[&str] = &["daemon"];
+/// What to keep: `daemon`, `now` and `prune`.
+const RETENTION: &[&str] = &["daemon", "now", "prune"];
+
+/// A setting that is also a flag: `BACKUP_S3_BUCKET` is `--s3-bucket`. Where backups
+/// are (no `commands`) is for every command.
+const fn setting(
+    long: &'static str,
+    value: &'static str,
+    env: &'static str,
+    doc: &'static str,
+) -> Setting {
+    Setting::value(long, value, doc).env(env)
+}
+
+/// Every flag and variable of `backup`. Secrets (database URLs, the age identity, AWS
+/// keys) are variables only: the command line is visible in `ps`.
+pub static TABLE: &[Setting] = &[
+    Setting::words(
+        "`daemon` (default), `now`, `list`, `verify`, `restore`, `prune`",
+        "the command",
+    ),
+    setting("dir", "DIR", "BACKUP_DIR", "the local backup folder"),
+    setting("s3-bucket", "NAME", "BACKUP_S3_BUCKET", "the bucket (a name, no slashes)"),
+    setting("s3-prefix", "PREFIX", "BACKUP_S3_PREFIX", "key prefix, e.g. `prod/app`"),
+    setting(
+        "s3-endpoint",
+        "URL",
+        "BACKUP_S3_ENDPOINT",
+        "a compatible server: `https://...` for MinIO, R2, Hetzner, B2",
+    )
+    .default_shown("AWS"),
+    setting("s3-path-style", "BOOL", "BACKUP_S3_PATH_STYLE", "path-style addressing")
+        .default_shown("on with an endpoint"),
+    setting("s3-region", "REGION", "BACKUP_S3_REGION", "the region (else `AWS_REGION`)")
+        .default_shown("`us-east-1` with an endpoint"),
+    setting(
+        "s3-storage-class",
+        "CLASS",
+        "BACKUP_S3_STORAGE_CLASS",
+        "e.g. `STANDARD_IA`, `GLACIER_IR`",
+    )
+    .commands(RUN),
+    setting(
+        "s3-sse",
+        "MODE",
+        "BACKUP_S3_SSE",
+        "server-side encryption: `AES256` or `aws:kms`",
+    )
+    .commands(RUN),
+    setting(
+        "s3-sse-kms-key-id",
+        "ID",
+        "BACKUP_S3_SSE_KMS_KEY_ID",
+        "the KMS key for `aws:kms`",
+    )
+    .commands(RUN),
+    setting(
+        "s3-part-size",
+        "SIZE",
+        "BACKUP_S3_PART_SIZE",
+        "multipart part size, 5MiB–5GiB (10,000 parts at most)",
+    )
+    .default("8MiB")
+    .commands(RUN),
+    Setting::var(
+        "AWS_ACCESS_KEY_ID",
+        "the standard AWS credential chain",
+    )
+    .env_shown("`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, ..."),
+    Setting::var("DIRECT_URL", "the database (PostgreSQL itself, not PgBouncer)")
+        .env_shown("`DIRECT_URL`, `DATABASE_URL`"),
+    setting("databases", "LIST", "BACKUP_DATABASES", "a list, or `all`")
+        .default_shown("the URL's")
+        .commands(RUN),
+    setting(
+        "globals",
+        "BOOL",
+        "BACKUP_GLOBALS",
+        "also roles and tablespaces (superuser)",
+    )
+    .default("false")
+    .commands(RUN),
+    setting("compression", "C", "BACKUP_COMPRESSION", "`zstd` or `gzip`")
+        .default("zstd")
+        .commands(RUN),
+    setting(
+        "zstd-level",
+        "N",
+        "BACKUP_ZSTD_LEVEL",
+        "zstd level, 1–19 (on dump data level 1 was faster than 3 and no larger: bench/RESULTS.md)",
+    )
+    .default("1")
+    .commands(RUN),
+    setting("zstd-threads", "N", "BACKUP_ZSTD_THREADS", "zstd workers (0: none)")
+        .default_shown("cores")
+        .commands(RUN),
+    setting("gzip-level", "N", "BACKUP_GZIP_LEVEL", "gzip level, 1–9")
+        .default("6")
+        .commands(RUN),
+    setting(
+        "age-recipient",
+        "KEY",
+        "BACKUP_AGE_RECIPIENT",
+        "age public key(s) `age1...`, comma-separated",
+    )
+    .commands(RUN),
+    Setting::var(
+        "BACKUP_AGE_IDENTITY",
+        "the age secret key, for `verify`/`restore` of encrypted backups only (usually `_FILE`)",
+    ),
+    setting(
+        "schedule",
+        "CRON",
+        "BACKUP_SCHEDULE",
+        "5 crontab fields (weekday 0/7 = Sunday), 6 with seconds first, or `@hourly`/`@daily`/`@weekly`/`@monthly`/`@yearly`; a line restricting both day of month and weekday matches days that satisfy both (classic cron: either)",
+    )
+    .default("@daily")
+    .commands(SCHEDULE),
+    setting("tz", "ZONE", "TZ", "the schedule's time zone (IANA name)")
+        .default("UTC")
+        .commands(SCHEDULE),
+    setting("on-start", "BOOL", "BACKUP_ON_START", "one run when the daemon starts")
+        .default("false")
+        .commands(SCHEDULE),
+    setting(
+        "stop-grace",
+        "DURATION",
+        "BACKUP_STOP_GRACE",
+        "how long a running backup may finish after SIGTERM",
+    )
+    .default("8s")
+    .commands(SCHEDULE),
+    setting(
+        "wait-timeout",
+        "DURATION",
+        "BACKUP_WAIT_TIMEOUT",
+        "the daemon: how long to wait for PostgreSQL before a run",
+    )
+    .default("60s")
+    .commands(SCHEDULE),
+    setting(
+        "retry-delay",
+        "DURATION",
+        "BACKUP_RETRY_DELAY",
+        "the daemon: first retry after a failed run (doubles up to 15m; `0`: no retries)",
+    )
+    .default("30s")
+    .commands(SCHEDULE),
+    setting(
+        "retention-days",
+        "N",
+        "BACKUP_RETENTION_DAYS",
+        "keep backups younger than N days",
+    )
+    .commands(RETENTION),
+    setting("keep-last", "N", "BACKUP_KEEP_LAST", "keep the newest N").commands(RETENTION),
+    setting(
+        "keep-daily",
+        "N",
+        "BACKUP_KEEP_DAILY",
+        "keep the newest of each of the last N days",
+    )
+    .commands(RETENTION),
+    setting(
+        "keep-weekly",
+        "N",
+        "BACKUP_KEEP_WEEKLY",
+        "keep the newest of each of the last N ISO weeks",
+    )
+    .commands(RETENTION),
+    setting(
+        "keep-monthly",
+        "N",
+        "BACKUP_KEEP_MONTHLY",
+        "keep the newest of each of the last N months",
+    )
+    .commands(RETENTION),
+    setting(
+        "verify",
+        "BOOL",
+        "BACKUP_VERIFY",
+        "verify each new backup (full read) right after the run",
+    )
+    .default("false")
+    .commands(RUN),
+    setting("status-file", "FILE", "BACKUP_STATUS_FILE", "the status JSON").commands(RUN),
+    setting(
+        "ping-url",
+        "URL",
+        "BACKUP_PING_URL",
+        "pinged at `/start`, on success, at `/fail`",
+    )
+    .commands(RUN),
+    setting(
+        "metrics-file",
+        "FILE",
+        "BACKUP_METRICS_FILE",
+        "Prometheus metrics, text format",
+    )
+    .commands(RUN),
+    Setting::var(
+        "BACKUP_PG_BIN",
+        "directory holding `pg_dump`, `pg_restore`, `pg_dumpall`, `psql`",
+    ),
+    Setting::switch("remote", "`list`: also the backups in S3").commands(&["list"]),
+    Setting::value("from", "local\\|s3", "`verify`, `restore`: which copy to read")
+        .default_shown("the local copy if any")
+        .commands(&["verify", "restore"]),
+    Setting::value("to", "URL", "`restore`: the target database")
+        .default_shown("a new database")
+        .commands(&["restore"]),
+    Setting::switch(
+        "clean",
+        "`restore`: drop the backup's objects in a non-empty target first",
+    )
+    .commands(&["restore"]),
+    Setting::switch("yes", "`restore`: confirm `--clean` without asking")
+        .short('y')
+        .commands(&["restore"]),
+    Setting::switch("no-owner", "`restore`: skip ownership and privileges")
+        .commands(&["restore"]),
+    Setting::switch("dry-run", "`prune`: print, delete nothing")
+        .short('n')
+        .commands(&["prune"]),
+    Setting::var(
+        "RUST_LOG",
+        "logging (stderr), `json` for one object per line",
+    )
+    .env_shown("`RUST_LOG`, `LOG_FORMAT`")
+    .default_shown("`info`, `text`"),
+    Setting::help(),
+];
+
+const INTRO: &str = "\
+backup: scheduled, streamed pg_dump backups to a folder and S3-compatible storage,
+compressed, optionally encrypted, checksummed, with retention, verify and restore.
+
+Usage: backup [daemon]                 run on BACKUP_SCHEDULE until stopped
+       backup now                      one run now; the exit status says if it succeeded
+       backup list [--remote]          the backups (folder; with --remote also S3)
+       backup verify NAME|latest       checksum and a full read by pg_restore
+       backup restore NAME|latest      into a new database <db>_restore_<time>
+              [--to URL] [--from local|s3] [--clean] [--yes] [--no-owner]
+       backup prune [--dry-run]        apply retention now, print what goes
+
+Options (flag, else environment variable; any variable may be given as NAME_FILE;
+each command takes only the flags that mean something to it):
+";
+
+const OUTRO: &str = "
+Exit status: 0 success, 1 the run/verify/restore failed, 2 invalid arguments or
+settings, 128+N stopped by signal N (now, verify, restore).
+";
+
+/// `--help`.
+pub fn help() -> String {
+    super::help(INTRO, TABLE, OUTRO)
+}
+
+/// A command with the flags of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Daemon,
+    Now,
+    List {
+        remote: bool,
+    },
+    Verify {
+        name: String,
+        from: Option<Side>,
+    },
+    Restore {
+        name: String,
+        from: Option<Side>,
+        to: Option<String>,
+        clean: bool,
+        yes: bool,
+        no_owner: bool,
+    },
+    Prune {
+        dry_run: bool,
+    },
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Parsed {
+    /// A command, and the flags given for the settings.
+    Run(Command, Matches),
+    Help,
+    Version,
+}
+
+/// Parses the arguments (without the program name): the command, its name argument,
+/// and its flags (a flag another command takes is refused, naming that command).
+pub fn command(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, ConfigError> {
+    let m = parse(TABLE, args, false)?;
+    if m.help {
+        return Ok(Parsed::Help);
+    }
+    if m.version {
+        return Ok(Parsed::Version);
+    }
+    let words = m
+        .words
+        .iter()
+        .map(|w| {
+            w.to_str()
+                .map(String::from)
+                .ok_or_else(|| invalid("arguments must be UTF-8"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let name = COMMANDS
+        .iter()
+        .find(|c| Some(**c) == words.first().map(String::as_str))
+        .copied();
+    let name = match (name, words.first()) {
+        (Some(n), _) => n,
+        (None, None) => "daemon",
+        (None, Some(other)) => {
+            return Err(invalid(format!(
+                "unknown command {other:?}: use daemon, now, list, verify, restore or prune"
+            )))
+        }
+    };
+    let needs_name = matches!(name, "verify" | "restore");
+    match (words.get(1), words.get(2)) {
+        (_, Some(extra)) => return Err(invalid(format!("unexpected argument {extra:?}"))),
+        (Some(extra), None) if !needs_name => {
+            return Err(invalid(format!("unexpected argument {extra:?}")))
+        }
+        (None, _) if needs_name => {
+            return Err(invalid(format!(
+                "backup {name} needs a backup name or `latest`"
+            )))
+        }
+        _ => {}
+    }
+    for s in m.given() {
+        if !s.commands.is_empty() && !s.commands.contains(&name) {
+            return Err(invalid(format!(
+                "backup {name} does not take --{} (it is for: {})",
+                s.long,
+                s.commands.join(", ")
+            )));
+        }
+    }
+    let from = match m.string("from")?.as_deref() {
+        None => None,
+        Some("local") => Some(Side::Local),
+        Some("s3") => Some(Side::S3),
+        Some(other) => return Err(invalid(format!("--from {other:?}: use local or s3"))),
+    };
+    let backup = words.get(1).cloned().unwrap_or_default();
+    let command = match name {
+        "daemon" => Command::Daemon,
+        "now" => Command::Now,
+        "list" => Command::List {
+            remote: m.switch("remote")?,
+        },
+        "verify" => Command::Verify { name: backup, from },
+        "restore" => Command::Restore {
+            name: backup,
+            from,
+            to: m.string("to")?,
+            clean: m.switch("clean")?,
+            yes: m.switch("yes")?,
+            no_owner: m.switch("no-owner")?,
+        },
+        _ => Command::Prune {
+            dry_run: m.switch("dry-run")?,
+        },
+    };
+    Ok(Parsed::Run(command, m))
+}
+
+/// Why a command ended without success: the message (empty when already reported)
+/// and the exit status.
+#[derive(Debug)]
+pub struct Failed {
+    pub message: String,
+    pub code: u8,
+}
+
+impl From<BackupError> for Failed {
+    fn from(e: BackupError) -> Self {
+        Failed {
+            code: e.exit_code(),
+            message: e.message().to_string(),
+        }
+    }
+}
+
+/// The exit status of a command stopped by a signal.
+fn stopped(first_signal: &Mutex<Option<i32>>) -> Option<u8> {
+    let sig = first_signal.lock().ok().and_then(|s| *s)?;
+    Some((128 + sig).clamp(0, 255) as u8)
+}
+
+/// The age identities of `BACKUP_AGE_IDENTITY`, for reading encrypted backups.
+fn identities() -> Result<Vec<age::x25519::Identity>, BackupError> {
+    match crate::config::var("BACKUP_AGE_IDENTITY").map_err(usage)? {
+        Some(text) => codec::parse_identities(&text).map_err(usage),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Asks at the terminal before a `--clean` restore; without a terminal, refuses.
+fn confirm(database: &str) -> Result<bool, BackupError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(err(format!(
+            "database {database:?} is not empty and --clean would drop the backup's objects in it: pass --yes to confirm (no terminal to ask at)"
+        )));
+    }
+    eprint!(
+        "Restoring with --clean drops the objects of the backup in database {database:?} and replaces them.\nType the database name to confirm: "
+    );
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| err(format!("reading the confirmation: {e}")))?;
+    Ok(line.trim() == database)
+}
+
+/// Runs `command` with the settings of `m` (flags, else the environment); returns
+/// the exit status.
+pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
+    let settings = Settings::load(&|name| m.by_env(name)).map_err(usage)?;
+    match command {
+        Command::Daemon | Command::Now | Command::Prune { .. } => {
+            settings.require_destination().map_err(usage)?;
+        }
+        Command::Restore { to: None, .. } => {
+            settings.database_url().map_err(|_| {
+                usage(invalid("no target: pass --to postgres://... or set DIRECT_URL (a new database is created on its server)"))
+            })?;
+        }
+        _ => {}
+    }
+    if matches!(command, Command::Daemon | Command::Now) {
+        settings.database_url().map_err(usage)?;
+    }
+    if matches!(
+        command,
+        Command::List { .. } | Command::Verify { .. } | Command::Restore { .. }
+    ) && settings.dir.is_none()
+        && settings.s3.is_none()
+    {
+        return Err(usage(invalid(
+            "no backups to read: set BACKUP_DIR and/or BACKUP_S3_BUCKET",
+        ))
+        .into());
+    }
+    let (stop, cancel) = (Arc::new(Stop::default()), Arc::new(Cancel::new()));
+    let mode = match command {
+        Command::Daemon => OnSignal::StopAfter(settings.stop_grace),
+        _ => OnSignal::CancelNow,
+    };
+    let first_signal = daemon::watch_signals(mode, stop.clone(), cancel.clone());
+    let runner = Runner::new(settings, cancel.clone())?;
+    let was_stopped = |message: &str| {
+        stopped(&first_signal).map(|code| Failed {
+            message: message.to_string(),
+            code,
+        })
+    };
+    match command {
+        Command::Daemon => Ok(daemon::run(&runner, &stop)?.clamp(0, 255) as u8),
+        Command::Now => {
+            let r = runner.run();
+            if let Some(f) = was_stopped(&r.failures.join("; ")) {
+                return Err(f);
+            }
+            if r.failures.is_empty() {
+                Ok(0)
+            } else {
+                Err(err(format!("backup failed: {}", r.failures.join("; "))).into())
+            }
+        }
+        Command::List { remote } => {
+            print!("{}", catalog::table(&runner.backups(*remote)?));
+            Ok(0)
+        }
+        Command::Prune { dry_run } => {
+            let decisions = runner.prune(*dry_run)?;
+            if runner.settings.retention.is_empty() {
+                info!("no retention rule is set (BACKUP_RETENTION_DAYS, BACKUP_KEEP_*): everything is kept");
+            }
+            for (d, b) in decisions {
+                let verb = match (d.keep, dry_run) {
+                    (true, _) => "keep",
+                    (false, true) => "would delete",
+                    (false, false) => "deleted",
+                };
+                println!("{verb:<13} {:<40} {}", b.manifest.name, d.why);
+            }
+            Ok(0)
+        }
+        Command::Verify { name, from } => {
+            let verified = runner.verify(name, *from, &identities()?);
+            if let Some(f) = was_stopped("verify stopped") {
+                return Err(f);
+            }
+            let m = verified.map_err(|e| e.context("verify failed"))?;
+            info!("{}: checksum and full read ok", m.file);
+            Ok(0)
+        }
+        Command::Restore {
+            name,
+            from,
+            to,
+            clean,
+            yes,
+            no_owner,
+        } => {
+            let ids = identities()?;
+            let to = match to {
+                Some(u) => Some(crate::url::Url::parse(u).map_err(|e| {
+                    BackupError::new(BackupKind::Usage, format!("--to: {e}")).with_source(e)
+                })?),
+                None => None,
+            };
+            let backups = runner.backups_for_reading(*from)?;
+            let req = Request {
+                name: name.clone(),
+                from: *from,
+                to,
+                clean: *clean,
+                yes: *yes,
+                no_owner: *no_owner,
+            };
+            let done = restore::restore(
+                &runner.reading(&ids),
+                &backups,
+                &req,
+                runner.settings.url.as_ref(),
+                &cancel,
+                &confirm,
+            );
+            if let Some(f) = was_stopped("restore stopped; the target was left as it was") {
+                return Err(f);
+            }
+            let r = done.map_err(|e| e.context("restore failed"))?;
+            info!(
+                "restored {} into {}database {:?}: tables {}, rows {}, in {:.1} s",
+                r.backup,
+                if r.created { "the new " } else { "" },
+                r.database,
+                r.tables,
+                r.rows,
+                r.seconds
+            );
+            println!("{}", r.database);
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tables_defaults_are_the_settings_defaults() {
+        let defaults = |name: &str| {
+            Ok(TABLE
+                .iter()
+                .find(|s| s.env == name && !s.default.is_empty())
+                .map(|s| s.default.to_string()))
+        };
+        let from_table = Settings::load(&defaults).unwrap();
+        let unset = Settings::load(&|_| Ok(None)).unwrap();
+        assert_eq!(format!("{from_table:?}"), format!("{unset:?}"));
+    }
+
+    #[test]
+    fn each_command_takes_only_its_own_flags() {
+        let parse = |a: &[&str]| command(a.iter().map(OsString::from));
+        assert!(matches!(
+            parse(&["restore", "latest", "--clean", "-y"]),
+            Ok(Parsed::Run(
+                Command::Restore {
+                    clean: true,
+                    yes: true,
+                    ..
+                },
+                _
+            ))
+        ));
+        let e = parse(&["now", "--tz", "UTC"]).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "backup now does not take --tz (it is for: daemon)"
+        );
+        let e = parse(&["list", "--dry-run"]).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "backup list does not take --dry-run (it is for: prune)"
+        );
+    }
+}

@@ -1,0 +1,306 @@
+//! `entrypoint`'s table and arguments: the start-up plan and the supervision options.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use super::{parse, Matches, Setting};
+use crate::config::{invalid, parse_pair, split_list, ConfigError};
+use crate::migrate::{split_command, Format, Source};
+use crate::startup::Plan;
+use crate::supervise::Options;
+
+const START: &str = "start-up";
+const SUPERVISE: &str = "supervision";
+
+/// Every flag and variable of `entrypoint`.
+pub static TABLE: &[Setting] = &[
+    Setting::var(
+        "ENTRYPOINT_FILE_VARS",
+        "which `NAME_FILE` variables are secrets: `auto` (files under `/run/secrets/` and dockhand's own variables), `all`, `none`, or `A,B`",
+    )
+    .default("auto")
+    .section(START),
+    Setting::list("require-env", "A,B", "variables that must be set and non-empty")
+        .env("ENTRYPOINT_REQUIRE_ENV")
+        .section(START),
+    Setting::list(
+        "wait",
+        "TARGET",
+        "`postgres` (= `DIRECT_URL`), `postgres://...`, `tcp://HOST:PORT`, `http(s)://...` (2xx); repeatable",
+    )
+    .env("ENTRYPOINT_WAIT")
+    .env_shown("`ENTRYPOINT_WAIT` (comma/space-separated)")
+    .section(START),
+    Setting::value("wait-timeout", "DURATION", "give up waiting (exit 3)")
+        .env("ENTRYPOINT_WAIT_TIMEOUT")
+        .default("60s")
+        .section(START),
+    Setting::value("migrations", "DIR", "migrations folder")
+        .env("ENTRYPOINT_MIGRATIONS")
+        .section(START),
+    Setting::value(
+        "migrations-format",
+        "F",
+        "`auto` (detect), `refinery`, `drizzle` (0.x or 1.0) or `prisma`",
+    )
+    .env("ENTRYPOINT_MIGRATIONS_FORMAT")
+    .default("auto")
+    .section(START),
+    Setting::value(
+        "migrate-cmd",
+        "CMD",
+        "the app's migration command, split into words like a shell (no expansion; use `sh -c '...'` for shell syntax)",
+    )
+    .env("ENTRYPOINT_MIGRATE_CMD")
+    .section(START),
+    Setting::value(
+        "lock-timeout",
+        "DURATION",
+        "give up waiting for another replica's migration, or retrying a migration blocked by live traffic (exit 4)",
+    )
+    .env("ENTRYPOINT_LOCK_TIMEOUT")
+    .default("5m")
+    .section(START),
+    Setting::value(
+        "ddl-lock-timeout",
+        "DURATION",
+        "`lock_timeout` of every migration statement (`0`: off); a blocked one is rolled back and retried",
+    )
+    .env("ENTRYPOINT_DDL_LOCK_TIMEOUT")
+    .default("5s")
+    .section(START),
+    Setting::switch(
+        "migrate-only",
+        "secrets, wait, migrate, then exit 0 (or 3/4) without an app: a Kubernetes Job or initContainer, CI",
+    )
+    .env("ENTRYPOINT_MIGRATE_ONLY")
+    .section(START),
+    Setting::switch(
+        "migrate-status",
+        "print the folder's applied and pending migrations; exit 0 when none is pending, 1 when some are; takes no lock, changes nothing",
+    )
+    .section(START),
+    Setting::switch("allow-pooler", "migrate even through a transaction pooler")
+        .env("ENTRYPOINT_ALLOW_POOLER")
+        .section(START),
+    Setting::value(
+        "user",
+        "USER[:GROUP]",
+        "name or UID, resolved from `/etc/passwd` and `/etc/group` (no NSS); the app and `--migrate-cmd` run with its uid, gid, groups and `HOME`",
+    )
+    .short('u')
+    .env("ENTRYPOINT_USER")
+    .section(START),
+    Setting::list(
+        "chown",
+        "PATH",
+        "give PATH (recursively, links not followed) to `--user` first",
+    )
+    .env("ENTRYPOINT_CHOWN")
+    .env_shown("`ENTRYPOINT_CHOWN` (comma-separated)")
+    .section(START),
+    Setting::var(
+        "DIRECT_URL",
+        "the migration connection, as above; `sslmode` honoured as in `healthcheck`",
+    )
+    .env_shown("`DIRECT_URL`, `DATABASE_URL`")
+    .section(START),
+    Setting::words(
+        "COMMAND [ARGS...]",
+        "the app; options end at the first word that is not an option, or at `--`",
+    )
+    .default_shown("(required)")
+    .section(SUPERVISE),
+    Setting::switch(
+        "process-group",
+        "forward signals to the app's process group (like `tini -g`, dumb-init's default)",
+    )
+    .short('g')
+    .env("ENTRYPOINT_PROCESS_GROUP")
+    .section(SUPERVISE),
+    Setting::list(
+        "rewrite",
+        "FROM:TO",
+        "send TO when FROM arrives, e.g. `TERM:QUIT` for nginx; `TO`=`0` drops FROM. Names (`TERM`, `SIGUSR1`, `RTMIN+3`) or numbers; repeatable",
+    )
+    .env("ENTRYPOINT_REWRITE")
+    .env_shown("`ENTRYPOINT_REWRITE` (comma-separated)")
+    .section(SUPERVISE),
+    Setting::value(
+        "stop-delay",
+        "DURATION",
+        "hold SIGTERM this long before passing it on, so a load balancer can drain first; other signals pass meanwhile; a second SIGTERM ends the delay",
+    )
+    .env("ENTRYPOINT_STOP_DELAY")
+    .default("0")
+    .section(SUPERVISE),
+    Setting::value(
+        "grace",
+        "DURATION",
+        "time for everything to exit once shutdown begins; then SIGKILL. Keep it below `docker stop -t` / `stop_grace_period`",
+    )
+    .env("ENTRYPOINT_GRACE")
+    .default("10s")
+    .section(SUPERVISE),
+    Setting::list(
+        "remap-exit",
+        "FROM:TO",
+        "exit TO when the app's status is FROM, e.g. `143:0` (like `tini -e 143`); repeatable",
+    )
+    .env("ENTRYPOINT_REMAP_EXIT")
+    .env_shown("`ENTRYPOINT_REMAP_EXIT` (comma-separated)")
+    .section(SUPERVISE),
+    Setting::var(
+        "RUST_LOG",
+        "`error`, `warn`, `info`, `debug` (every forwarded signal)",
+    )
+    .default("info")
+    .section(SUPERVISE),
+    Setting::var("LOG_FORMAT", "`text` or `json` lines on stderr")
+        .default("text")
+        .section(SUPERVISE),
+    Setting::help().section(SUPERVISE),
+];
+
+const INTRO: &str = "\
+entrypoint: PID 1 for containers: secrets, wait for services, migrate over a direct
+connection, drop privileges, then supervise the app (signals, zombies, ordered shutdown).
+
+Usage: entrypoint [OPTIONS] [--] COMMAND [ARGS...]
+       ENTRYPOINT [\"entrypoint\"] with the app as CMD
+Each start-up phase is off unless configured. Every NAME_FILE variable of a secret is
+read into NAME first. DIRECT_URL is the migration connection (DATABASE_URL, left to
+the app, is the fallback).
+";
+
+const OUTRO: &str = "
+Exit status: the app's (128+N when signal N killed it), after --remap-exit;
+2 invalid options or environment, 3 a service never became ready, 4 migrations failed,
+1 (--migrate-status) migrations are pending,
+5 --chown failed, 126 command not executable, 127 command not found,
+128+N when signal N stopped start-up (143 for SIGTERM).
+";
+
+/// `--help`.
+pub fn help() -> String {
+    super::help(INTRO, TABLE, OUTRO)
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    /// Start-up, then supervise the app.
+    Run(Box<(Plan, Options)>),
+    /// `--migrate-only`: start-up, then exit.
+    MigrateOnly(Box<Plan>),
+    /// `--migrate-status`.
+    Status(Box<Plan>),
+    Help,
+    Version,
+}
+
+/// Parses the arguments (without the program name) and the environment.
+pub fn command(args: impl IntoIterator<Item = OsString>) -> Result<Command, ConfigError> {
+    let m = parse(TABLE, args, true)?;
+    if m.help {
+        return Ok(Command::Help);
+    }
+    if m.version {
+        return Ok(Command::Version);
+    }
+    let migrate_only = m.switch("migrate-only")?;
+    let migrate_status = m.switch("migrate-status")?;
+    if m.words.is_empty() && !migrate_only && !migrate_status {
+        return Err(invalid("no command to run: give one after the options (entrypoint -- node server.js) or as the image's CMD"));
+    }
+    let (plan, opts) = plan_and_options(&m)?;
+    if !(migrate_status || migrate_only) {
+        return Ok(Command::Run(Box::new((plan, opts))));
+    }
+    if !matches!(plan.migrate, Some(Source::Folder { .. })) && migrate_status {
+        return Err(invalid(
+            "--migrate-status needs --migrations DIR (a command's state is its own)",
+        ));
+    }
+    if plan.migrate.is_none() {
+        return Err(invalid(
+            "--migrate-only needs --migrations DIR or --migrate-cmd CMD",
+        ));
+    }
+    if !opts.command.is_empty() {
+        return Err(invalid(format!(
+            "--migrate-{} runs no app: leave out the command",
+            if migrate_status { "status" } else { "only" }
+        )));
+    }
+    Ok(if migrate_status {
+        Command::Status(Box::new(plan))
+    } else {
+        Command::MigrateOnly(Box::new(plan))
+    })
+}
+
+fn plan_and_options(m: &Matches) -> Result<(Plan, Options), ConfigError> {
+    let rewrite = m
+        .list("rewrite")?
+        .iter()
+        .map(|r| parse_pair(r, "--rewrite", |s| crate::signals::parse_signal(s, true)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let remap_exit = m
+        .list("remap-exit")?
+        .iter()
+        .map(|r| parse_pair(r, "--remap-exit", crate::process::parse_exit_code))
+        .collect::<Result<Vec<_>, _>>()?;
+    let user = m
+        .string("user")?
+        .map(|u| crate::privileges::resolve(&u).map_err(|e| e.context("--user")))
+        .transpose()?;
+    let migrate = match (m.string("migrations")?, m.string("migrate-cmd")?) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "--migrations and --migrate-cmd are both set: choose one",
+            ))
+        }
+        (Some(dir), None) => Some(Source::Folder {
+            dir: PathBuf::from(dir),
+            format: Format::parse(m.string("migrations-format")?.as_deref().unwrap_or("auto"))?,
+        }),
+        (None, Some(cmd)) => Some(Source::Command(
+            split_command(&cmd).map_err(|e| e.context("--migrate-cmd"))?,
+        )),
+        (None, None) => None,
+    };
+    let grace = m.duration("grace")?;
+    let plan = Plan {
+        grace,
+        require_env: m
+            .list("require-env")?
+            .iter()
+            .flat_map(|l| split_list(l).map(String::from).collect::<Vec<_>>())
+            .collect(),
+        wait: match m.flags("wait") {
+            given if !given.is_empty() => given,
+            _ => m
+                .string("wait")?
+                .map(|w| crate::probe::split_targets(&w))
+                .unwrap_or_default(),
+        },
+        wait_timeout: m.duration("wait-timeout")?,
+        migrate,
+        lock_timeout: m.duration("lock-timeout")?,
+        ddl_lock_timeout: m.duration("ddl-lock-timeout")?,
+        allow_pooler: m.switch("allow-pooler")?,
+        user: user.clone(),
+        chown: m.list("chown")?.into_iter().map(PathBuf::from).collect(),
+    };
+    let opts = Options {
+        command: m.words.clone(),
+        process_group: m.switch("process-group")?,
+        rewrite,
+        stop_delay: m.duration("stop-delay")?,
+        grace,
+        remap_exit,
+        user,
+    };
+    Ok((plan, opts))
+}

@@ -1,0 +1,559 @@
+//! The command line, driven by one table per binary (as ripgrep's `defs.rs`): each
+//! [`Setting`] names its flag, its environment variable, its default and what it
+//! means, and that one row is what the parser accepts, what `--help` prints and what
+//! the README's reference table says (a test renders the table with [`markdown`] and
+//! finds it in README.md). A setting is read from its flag, else from its variable (or
+//! `NAME_FILE`, see [`crate::config::var`]), else from its default.
+//!
+//! The binaries' tables and the typed arguments they parse into live beside this
+//! module: [`healthcheck`], [`entrypoint`], [`backup`].
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use crate::config::{self, invalid, ConfigError};
+
+#[cfg(feature = "backup")]
+pub mod backup;
+#[cfg(feature = "startup")]
+pub mod entrypoint;
+#[cfg(feature = "probe")]
+pub mod healthcheck;
+
+/// What a row of a table takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arg {
+    /// `--flag`, on when given; the variable holds a boolean.
+    Switch,
+    /// `--flag VALUE`; the last one given counts.
+    Value(&'static str),
+    /// `--flag VALUE`, repeatable; the variable holds a list.
+    List(&'static str),
+    /// Words that are not options (targets, the command); read by the binary.
+    Words(&'static str),
+    /// An environment variable only, read where it is used.
+    Env,
+    /// `-h, --help` and `-V, --version`.
+    Help,
+}
+
+/// How a list variable is split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// On commas and white space.
+    Words,
+    /// One item per line (HTTP headers hold commas and spaces).
+    Lines,
+}
+
+/// One row of a binary's table.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// The long flag without `--`; empty for a variable only.
+    pub long: &'static str,
+    pub short: Option<char>,
+    pub arg: Arg,
+    /// The environment variable; empty for a flag only.
+    pub env: &'static str,
+    /// The README's env column when it says more than the name (`HEALTHCHECK_HEADERS`
+    /// (one per line)); empty: derived.
+    pub env_shown: &'static str,
+    /// The default, as the parser uses it (`5s`); empty: none.
+    pub default: &'static str,
+    /// The README's default column when it is not the default in backticks.
+    pub default_shown: &'static str,
+    /// What it means (Markdown; `--help` prints it without the backticks).
+    pub doc: &'static str,
+    /// Which part of the binary's documentation it belongs to.
+    pub section: &'static str,
+    /// The commands that take it (backup); empty: every one.
+    pub commands: &'static [&'static str],
+    pub split: Split,
+}
+
+impl Setting {
+    const fn new(long: &'static str, arg: Arg, doc: &'static str) -> Setting {
+        Setting {
+            long,
+            short: None,
+            arg,
+            env: "",
+            env_shown: "",
+            default: "",
+            default_shown: "",
+            doc,
+            section: "",
+            commands: &[],
+            split: Split::Words,
+        }
+    }
+
+    /// `--long`, a switch.
+    pub const fn switch(long: &'static str, doc: &'static str) -> Setting {
+        Setting::new(long, Arg::Switch, doc)
+    }
+
+    /// `--long VALUE`.
+    pub const fn value(long: &'static str, value: &'static str, doc: &'static str) -> Setting {
+        Setting::new(long, Arg::Value(value), doc)
+    }
+
+    /// `--long VALUE`, repeatable.
+    pub const fn list(long: &'static str, value: &'static str, doc: &'static str) -> Setting {
+        Setting::new(long, Arg::List(value), doc)
+    }
+
+    /// Positional words, documented.
+    pub const fn words(name: &'static str, doc: &'static str) -> Setting {
+        Setting::new("", Arg::Words(name), doc)
+    }
+
+    /// An environment variable only.
+    pub const fn var(env: &'static str, doc: &'static str) -> Setting {
+        Setting::new("", Arg::Env, doc).env(env)
+    }
+
+    /// `-h, --help` and `-V, --version`.
+    pub const fn help() -> Setting {
+        Setting::new("help", Arg::Help, "")
+    }
+
+    pub const fn short(mut self, c: char) -> Setting {
+        self.short = Some(c);
+        self
+    }
+
+    pub const fn env(mut self, env: &'static str) -> Setting {
+        self.env = env;
+        self
+    }
+
+    pub const fn env_shown(mut self, shown: &'static str) -> Setting {
+        self.env_shown = shown;
+        self
+    }
+
+    pub const fn default(mut self, default: &'static str) -> Setting {
+        self.default = default;
+        self
+    }
+
+    pub const fn default_shown(mut self, shown: &'static str) -> Setting {
+        self.default_shown = shown;
+        self
+    }
+
+    pub const fn section(mut self, section: &'static str) -> Setting {
+        self.section = section;
+        self
+    }
+
+    pub const fn commands(mut self, commands: &'static [&'static str]) -> Setting {
+        self.commands = commands;
+        self
+    }
+
+    pub const fn lines(mut self) -> Setting {
+        self.split = Split::Lines;
+        self
+    }
+
+    /// `--long` (or the variable, for a variable only): how errors name it.
+    pub fn name(&self) -> String {
+        if self.long.is_empty() {
+            self.env.to_string()
+        } else {
+            format!("--{}", self.long)
+        }
+    }
+
+    /// The flag column: `-t, --timeout DURATION`.
+    fn flag_text(&self) -> String {
+        let short = self.short.map(|c| format!("-{c}, ")).unwrap_or_default();
+        match self.arg {
+            Arg::Switch => format!("{short}--{}", self.long),
+            Arg::Value(v) | Arg::List(v) => format!("{short}--{} {v}", self.long),
+            Arg::Words(w) => w.to_string(),
+            Arg::Env => String::new(),
+            Arg::Help => "-h, --help`, `-V, --version".into(),
+        }
+    }
+
+    /// The env column, in Markdown.
+    fn env_markdown(&self) -> String {
+        if !self.env_shown.is_empty() {
+            return self.env_shown.to_string();
+        }
+        match (self.env, self.arg) {
+            ("", _) => String::new(),
+            (e, Arg::Switch) => format!("`{e}=true`"),
+            (e, _) => format!("`{e}`"),
+        }
+    }
+
+    /// The default column, in Markdown.
+    fn default_markdown(&self) -> String {
+        if !self.default_shown.is_empty() {
+            return self.default_shown.to_string();
+        }
+        match (self.default, self.arg) {
+            ("", Arg::Switch) if !self.env.is_empty() => "off".into(),
+            ("", _) => String::new(),
+            (d, _) => format!("`{d}`"),
+        }
+    }
+}
+
+/// The README reference table of `section` (every row when empty), in Markdown.
+pub fn markdown(table: &[Setting], section: &str) -> String {
+    let mut out = String::from("| flag | env var | default | meaning |\n|---|---|---|---|\n");
+    for s in table
+        .iter()
+        .filter(|s| section.is_empty() || s.section == section)
+    {
+        let flag = s.flag_text();
+        let flag = if flag.is_empty() || flag.starts_with('`') {
+            flag
+        } else {
+            format!("`{flag}`")
+        };
+        let mut row = String::from("|");
+        for cell in [
+            flag,
+            s.env_markdown(),
+            s.default_markdown(),
+            s.doc.to_string(),
+        ] {
+            if cell.is_empty() {
+                row.push_str(" |");
+            } else {
+                row.push_str(&format!(" {cell} |"));
+            }
+        }
+        out.push_str(&row);
+        out.push('\n');
+    }
+    out
+}
+
+/// `--help` text: `intro`, then every row with a flag or a variable, each followed by
+/// its variable and default, then `outro`.
+pub fn help(intro: &str, table: &[Setting], outro: &str) -> String {
+    const COLUMN: usize = 29;
+    const WIDTH: usize = 88;
+    let mut out = String::from(intro);
+    let mut section = "";
+    for s in table {
+        if s.section != section && !s.section.is_empty() {
+            section = s.section;
+            out.push_str(&format!("\n{}:\n", capitalised(section)));
+        }
+        let head = match (s.arg, s.short) {
+            (Arg::Env, _) => format!("  {}", plain(&s.env_markdown())),
+            (Arg::Switch | Arg::Value(_) | Arg::List(_), None) => {
+                format!("      {}", s.flag_text())
+            }
+            _ => format!("  {}", s.flag_text().replace('`', "")),
+        };
+        let mut notes = Vec::new();
+        if !s.env.is_empty() && !matches!(s.arg, Arg::Env) {
+            notes.push(plain(&s.env_markdown()));
+        }
+        let default = plain(&s.default_markdown());
+        match default.as_str() {
+            "" | "off" => {}
+            "(required)" => notes.push("required".into()),
+            d => notes.push(format!("default {d}")),
+        }
+        let mut doc = plain(s.doc);
+        if matches!(s.arg, Arg::Help) {
+            doc = "this help, the version".into();
+        }
+        if !s.commands.is_empty() && s.commands.len() < 6 {
+            doc = format!("{}: {doc}", s.commands.join(", "));
+        }
+        if !notes.is_empty() {
+            doc = format!("{doc} [{}]", notes.join(", "));
+        }
+        let mut line = head;
+        if line.len() + 1 >= COLUMN {
+            out.push_str(&line);
+            out.push('\n');
+            line = String::new();
+        }
+        for word in doc.split(' ') {
+            if line.len() < COLUMN {
+                line.push_str(&" ".repeat(COLUMN - line.len()));
+            } else if line.len() + 1 + word.len() > WIDTH {
+                out.push_str(line.trim_end());
+                out.push('\n');
+                line = " ".repeat(COLUMN);
+            } else {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.push_str(outro);
+    out
+}
+
+fn plain(markdown: &str) -> String {
+    markdown.replace('`', "").replace("\\|", "|")
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+/// What the command line said, read against one table.
+#[derive(Debug)]
+pub struct Matches {
+    table: &'static [Setting],
+    /// (row, value) for each flag given, in order; switches have no value.
+    given: Vec<(usize, Option<String>)>,
+    /// The words that are not options, in order (after `stop_at_word`, everything).
+    pub words: Vec<OsString>,
+    /// `-h`/`--help` was given.
+    pub help: bool,
+    /// `-V`/`--version` was given.
+    pub version: bool,
+}
+
+/// Parses `args` (without the program name) against `table`. With `stop_at_word`, the
+/// first word that is not an option and everything after it are [`Matches::words`]
+/// (the entrypoint's command); otherwise words and options may mix.
+pub fn parse(
+    table: &'static [Setting],
+    args: impl IntoIterator<Item = OsString>,
+    stop_at_word: bool,
+) -> Result<Matches, ConfigError> {
+    use lexopt::prelude::*;
+    let mut m = Matches {
+        table,
+        given: Vec::new(),
+        words: Vec::new(),
+        help: false,
+        version: false,
+    };
+    let mut parser = lexopt::Parser::from_args(args);
+    let bad = |e: lexopt::Error| invalid(e.to_string());
+    while let Some(arg) = parser.next().map_err(bad)? {
+        let row = match &arg {
+            Short('h') | Long("help") => {
+                m.help = true;
+                return Ok(m);
+            }
+            Short('V') | Long("version") => {
+                m.version = true;
+                return Ok(m);
+            }
+            Long(name) => table.iter().position(|s| {
+                s.long == *name && !matches!(s.arg, Arg::Env | Arg::Words(_) | Arg::Help)
+            }),
+            Short(c) => table.iter().position(|s| s.short == Some(*c)),
+            Value(_) => None,
+        };
+        match (row, arg) {
+            (Some(i), _) => {
+                let value = match table[i].arg {
+                    Arg::Switch => None,
+                    _ => Some(value(&mut parser, &table[i].name())?),
+                };
+                m.given.push((i, value));
+            }
+            (None, Value(word)) => {
+                m.words.push(word);
+                if stop_at_word {
+                    m.words.extend(parser.raw_args().map_err(bad)?);
+                    break;
+                }
+            }
+            (None, other) => return Err(invalid(other.unexpected().to_string())),
+        }
+    }
+    Ok(m)
+}
+
+/// The current option's value, as UTF-8.
+fn value(parser: &mut lexopt::Parser, flag: &str) -> Result<String, ConfigError> {
+    parser
+        .value()
+        .map_err(|_| invalid(format!("{flag} needs a value")))?
+        .into_string()
+        .map_err(|_| invalid(format!("{flag}: the value is not valid UTF-8")))
+}
+
+impl Matches {
+    fn row(&self, long: &str) -> &'static Setting {
+        self.table
+            .iter()
+            .find(|s| s.long == long || (s.long.is_empty() && s.env == long))
+            .unwrap_or_else(|| panic!("no setting {long:?} in the table"))
+    }
+
+    fn values<'a>(&'a self, long: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.given
+            .iter()
+            .filter(move |(i, _)| self.table[*i].long == long)
+            .filter_map(|(_, v)| v.as_deref())
+    }
+
+    /// The values given as flags, in order (no variable, no default).
+    pub fn flags(&self, long: &str) -> Vec<String> {
+        self.values(long).map(String::from).collect()
+    }
+
+    /// The settings given as flags, in order.
+    pub fn given(&self) -> impl Iterator<Item = &'static Setting> + '_ {
+        let table = self.table;
+        self.given.iter().map(move |(i, _)| &table[*i])
+    }
+
+    /// The flag's value, else its variable's, else `None` (defaults are not applied).
+    pub fn string(&self, long: &str) -> Result<Option<String>, ConfigError> {
+        if let Some(v) = self.values(long).last() {
+            return Ok(Some(v.to_string()));
+        }
+        match self.row(long).env {
+            "" => Ok(None),
+            env => config::var(env),
+        }
+    }
+
+    /// The value of the setting whose variable is `env`: its flag's when given, else
+    /// the variable's (the backup settings are read by variable name).
+    pub fn by_env(&self, env: &str) -> Result<Option<String>, ConfigError> {
+        match self
+            .table
+            .iter()
+            .find(|s| s.env == env && !s.long.is_empty())
+        {
+            Some(s) => self.string(s.long),
+            None => config::var(env),
+        }
+    }
+
+    /// On when the switch was given, else its variable as a boolean.
+    pub fn switch(&self, long: &str) -> Result<bool, ConfigError> {
+        if self.given().any(|s| s.long == long) {
+            return Ok(true);
+        }
+        let env = self.row(long).env;
+        match self.string(long)? {
+            Some(v) => config::parse_bool(env, &v),
+            None => Ok(false),
+        }
+    }
+
+    /// A duration from the flag, the variable or the default.
+    pub fn duration(&self, long: &str) -> Result<Duration, ConfigError> {
+        let row = self.row(long);
+        let v = match self.string(long)? {
+            Some(v) => v,
+            None => row.default.to_string(),
+        };
+        crate::duration::parse(&v)
+            .map_err(|e| invalid(format!("{} / {}: {e}", row.name(), row.env)).with_source(e))
+    }
+
+    /// The flags' values if any were given, else the variable split into a list.
+    pub fn list(&self, long: &str) -> Result<Vec<String>, ConfigError> {
+        let given: Vec<String> = self.values(long).map(String::from).collect();
+        if !given.is_empty() {
+            return Ok(given);
+        }
+        let row = self.row(long);
+        let Some(v) = (match row.env {
+            "" => None,
+            env => config::var(env)?,
+        }) else {
+            return Ok(Vec::new());
+        };
+        Ok(match row.split {
+            Split::Words => config::split_list(&v).map(String::from).collect(),
+            Split::Lines => v
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(String::from)
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static TABLE: &[Setting] = &[
+        Setting::value("timeout", "DURATION", "how long")
+            .short('t')
+            .env("DOCKHAND_TEST_CLI_TIMEOUT")
+            .default("5s"),
+        Setting::switch("verbose", "say more").short('v'),
+        Setting::list("header", "'N: V'", "a header").short('H'),
+        Setting::words("TARGET...", "targets"),
+    ];
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn flags_words_and_defaults() {
+        let m = parse(
+            TABLE,
+            args(&["-t", "2s", "x", "-v", "-H", "a: b", "y"]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(m.duration("timeout").unwrap(), Duration::from_secs(2));
+        assert!(m.switch("verbose").unwrap());
+        assert_eq!(m.list("header").unwrap(), ["a: b"]);
+        assert_eq!(m.words, args(&["x", "y"]));
+        let m = parse(TABLE, args(&["cmd", "-t", "1s"]), true).unwrap();
+        assert_eq!(m.words, args(&["cmd", "-t", "1s"]));
+        assert_eq!(m.duration("timeout").unwrap(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_flags_say_which() {
+        let e = parse(TABLE, args(&["--timeout"]), false).unwrap_err();
+        assert_eq!(e.message(), "--timeout needs a value");
+        let e = parse(TABLE, args(&["--bogus"]), false).unwrap_err();
+        assert!(e.message().contains("invalid option '--bogus'"), "{e}");
+        let e = parse(TABLE, args(&["-t", "soon"]), false)
+            .unwrap()
+            .duration("timeout")
+            .unwrap_err();
+        assert!(
+            e.message()
+                .starts_with("--timeout / DOCKHAND_TEST_CLI_TIMEOUT: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_table_renders_as_markdown_and_help() {
+        let md = markdown(TABLE, "");
+        assert!(
+            md.contains(
+                "| `-t, --timeout DURATION` | `DOCKHAND_TEST_CLI_TIMEOUT` | `5s` | how long |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| `-v, --verbose` | | | say more |"), "{md}");
+        let h = help("intro\n", TABLE, "outro\n");
+        assert!(
+            h.contains(
+                "  -t, --timeout DURATION     how long [DOCKHAND_TEST_CLI_TIMEOUT, default 5s]"
+            ),
+            "{h}"
+        );
+    }
+}

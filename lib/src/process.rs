@@ -1,0 +1,232 @@
+//! Processes dockhand starts and signals: one safe `kill`, how a child is prepared
+//! (process group, signal mask, user), what a failed start means (126/127, as a shell
+//! says it), exit statuses, the slot through which a running migration command can be
+//! signalled, and the panic hook every binary installs.
+//!
+//! Parts that need `nix` are built with the `pid1` feature; the panic hook is for all.
+
+/// Makes every panic print one line and exit with `code`, so a bug can never produce
+/// an exit status that means something else (Docker reserves 2 for health checks).
+pub fn install_panic_hook(program: &'static str, code: i32) {
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "{program}: internal error{at}: {}; please report this",
+            crate::redact::text(&msg)
+        );
+        std::process::exit(code);
+    }));
+}
+
+#[cfg(feature = "pid1")]
+pub use pid1::*;
+
+#[cfg(feature = "pid1")]
+mod pid1 {
+    use std::ffi::OsString;
+    use std::io;
+    use std::os::unix::process::CommandExt;
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::Arc;
+
+    use nix::libc;
+
+    use crate::config::{invalid, ConfigError};
+    use crate::error::{Error, Kind};
+    use crate::privileges::Credentials;
+
+    /// Sends `sig` to `pid` (a process group when negative, every process we may
+    /// signal when -1); true when it was delivered to at least one process.
+    pub fn kill(pid: i32, sig: i32) -> bool {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, sig) == 0 }
+    }
+
+    /// Replaces this process with a fresh copy of itself, run with `first` put before
+    /// its original arguments: the memory of what ran before is gone, the PID (1)
+    /// stays, and the blocked and pending signals carry over. Returns only when that
+    /// cannot be done (no /proc).
+    pub fn reexec_self(first: &str) -> nix::Error {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStringExt;
+        let mut argv: Vec<CString> = std::env::args_os()
+            .take(1)
+            .filter_map(|a| CString::new(a.into_vec()).ok())
+            .collect();
+        argv.extend(CString::new(first).ok());
+        argv.extend(
+            std::env::args_os()
+                .skip(1)
+                .filter_map(|a| CString::new(a.into_vec()).ok()),
+        );
+        match nix::unistd::execv(c"/proc/self/exe", &argv) {
+            Err(e) => e,
+            Ok(never) => match never {},
+        }
+    }
+
+    /// A running child whose process group can be signalled from elsewhere: start-up's
+    /// signal handling passes a stop signal on to a running `--migrate-cmd`.
+    #[derive(Debug, Clone, Default)]
+    pub struct ChildGroup(Arc<AtomicI32>);
+
+    impl ChildGroup {
+        /// Records the running child (its pid, which is its process group's id).
+        pub fn set(&self, pid: u32) {
+            self.0.store(pid as i32, Ordering::SeqCst);
+        }
+
+        /// The child has exited.
+        pub fn clear(&self) {
+            self.0.store(0, Ordering::SeqCst);
+        }
+
+        /// True while a child is recorded.
+        pub fn is_running(&self) -> bool {
+            self.0.load(Ordering::SeqCst) > 0
+        }
+
+        /// Sends `sig` to the child's process group; false when none is running.
+        pub fn signal(&self, sig: i32) -> bool {
+            let pgid = self.0.load(Ordering::SeqCst);
+            pgid > 0 && kill(-pgid, sig)
+        }
+    }
+
+    /// Why a command could not be started, as a shell would report it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum SpawnKind {
+        /// No such file, or not in `PATH` (127).
+        NotFound,
+        /// Found but not executable, or the user switch failed (126).
+        CannotRun,
+    }
+
+    impl Kind for SpawnKind {
+        fn exit_code(self) -> u8 {
+            match self {
+                SpawnKind::NotFound => 127,
+                SpawnKind::CannotRun => 126,
+            }
+        }
+    }
+
+    /// A command that could not be started.
+    pub type SpawnError = Error<SpawnKind>;
+
+    /// What a failed spawn of `program` means (run as `user`).
+    pub fn spawn_error(
+        program: &OsString,
+        e: &io::Error,
+        user: Option<&Credentials>,
+    ) -> SpawnError {
+        let name = program.to_string_lossy();
+        if let (Some(c), Some(libc::EPERM)) = (user, e.raw_os_error()) {
+            return SpawnError::new(
+                SpawnKind::CannotRun,
+                format!(
+                    "cannot run {name}: cannot switch to uid {} gid {}: operation not permitted (the entrypoint must run as root to change user)",
+                    c.uid, c.gid
+                ),
+            );
+        }
+        match e.kind() {
+            io::ErrorKind::NotFound if name.contains('/') => SpawnError::new(
+                SpawnKind::NotFound,
+                format!("cannot run {name}: no such file"),
+            ),
+            io::ErrorKind::NotFound => SpawnError::new(
+                SpawnKind::NotFound,
+                format!("cannot run {name}: command not found in PATH"),
+            ),
+            io::ErrorKind::PermissionDenied => SpawnError::new(
+                SpawnKind::CannotRun,
+                format!(
+                    "cannot run {name}: permission denied (is it executable, and not a directory?)"
+                ),
+            ),
+            _ => SpawnError::new(
+                SpawnKind::CannotRun,
+                format!("cannot run {name}: {}", crate::error::io_reason(e)),
+            ),
+        }
+    }
+
+    /// Sets up a child the way every process dockhand starts needs it: its own process
+    /// group, no signal blocked and SIGPIPE at its default (this process blocks them all and
+    /// Rust ignores SIGPIPE), the privileges of `user` (setgroups, setgid, setuid, `HOME`),
+    /// and, with `tty`, the terminal's foreground.
+    pub fn prepare_child(cmd: &mut std::process::Command, user: Option<&Credentials>, tty: bool) {
+        cmd.process_group(0);
+        if let Some(c) = user {
+            cmd.env("HOME", &c.home);
+        }
+        // Everything the child needs is built here, before fork: with other threads alive
+        // at fork (a runtime's), allocating in the child could wait forever on a lock that
+        // a thread held at the moment of the fork.
+        let ids: Option<(u32, u32, Vec<libc::gid_t>)> = user.map(|c| {
+            (
+                c.uid,
+                c.gid,
+                c.groups.iter().map(|g| *g as libc::gid_t).collect(),
+            )
+        });
+        // SAFETY: between fork and exec the closure only calls async-signal-safe
+        // functions (sigemptyset, sigprocmask, signal, tcsetpgrp, getpid, setgroups,
+        // setgid, setuid) and allocates nothing: `ids` was built before the fork, and
+        // the error it may return is an OS error code (no message is formatted).
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                if tty {
+                    take_terminal();
+                }
+                if let Some((uid, gid, gids)) = &ids {
+                    if libc::setgroups(gids.len(), gids.as_ptr()) != 0
+                        || libc::setgid(*gid) != 0
+                        || libc::setuid(*uid) != 0
+                    {
+                        // EPERM: spawn_error tells it from exec's EACCES.
+                        return Err(io::Error::from_raw_os_error(libc::EPERM));
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Parses an exit status 0..=255.
+    pub fn parse_exit_code(s: &str) -> Result<i32, ConfigError> {
+        s.trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|c| (0..=255).contains(c))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "invalid exit status {s:?}: use a number from 0 to 255"
+                ))
+            })
+    }
+
+    /// In the child, before exec: become the terminal's foreground process group.
+    fn take_terminal() {
+        // SAFETY: async-signal-safe libc calls only.
+        unsafe {
+            let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+            libc::tcsetpgrp(0, libc::getpid());
+            libc::signal(libc::SIGTTOU, old);
+        }
+    }
+}

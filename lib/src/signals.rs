@@ -1,0 +1,228 @@
+//! Signals, in one place: which signals each binary handles and how they are blocked,
+//! the fault-signal handler, and signal names both ways.
+//!
+//! dockhand reads signals from a signalfd (the entrypoint) or a dedicated thread (the
+//! backup commands), never from handlers: every handled signal is blocked before any
+//! thread exists, so every thread inherits the mask and nothing sent early is lost
+//! (as PID 1 the kernel drops a signal that has neither a handler nor a block). The
+//! fault signals are the exception: blocking them would hang a faulting process, so
+//! they keep a handler that tells a `kill` from another process (forwarded) from a
+//! real fault (default action).
+
+use std::io;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::libc;
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+
+use crate::config::{invalid, ConfigError};
+
+/// The signals that stop start-up, a one-off command, or the backup daemon.
+pub const STOP: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
+
+/// The backup commands' handled set: [`STOP`], and SIGHUP (a closed terminal stops a
+/// `backup now` as it would stop pg_dump).
+pub const BACKUP: [Signal; 4] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+];
+
+/// A set of the given signals.
+pub fn set_of(signals: &[Signal]) -> SigSet {
+    let mut s = SigSet::empty();
+    for sig in signals {
+        s.add(*sig);
+    }
+    s
+}
+
+/// Signals that are raised by faults in this process and must keep their default
+/// action: blocking them would hang us instead of dumping.
+const SYNCHRONOUS: [Signal; 7] = [
+    Signal::SIGSEGV,
+    Signal::SIGBUS,
+    Signal::SIGFPE,
+    Signal::SIGILL,
+    Signal::SIGTRAP,
+    Signal::SIGSYS,
+    Signal::SIGABRT,
+];
+
+/// Blocks every asynchronous signal in this (single-threaded) process and returns the
+/// blocked set, to be read from a signalfd by [`run`]. Call it first thing in `main`.
+/// The fault signals stay unblocked, with a handler that tells a `kill` from another
+/// process (forwarded to the app, see [`fault_signals`]) from a real fault of ours
+/// (default action: the process dies as it should).
+pub fn block_all() -> io::Result<SigSet> {
+    install_fault_handlers();
+    let mut set = SigSet::all();
+    for s in SYNCHRONOUS {
+        set.remove(s);
+    }
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&set), None).map_err(io::Error::from)?;
+    Ok(set)
+}
+
+/// The write end of the pipe that the fault-signal handler writes signal numbers to
+/// (-1 until [`install_fault_handlers`] made it); the read end is [`FAULT_PIPE_READ`].
+static FAULT_PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+static FAULT_PIPE_READ: AtomicI32 = AtomicI32::new(-1);
+
+fn install_fault_handlers() {
+    let mut fds = [-1; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return;
+    }
+    FAULT_PIPE_READ.store(fds[0], Ordering::SeqCst);
+    FAULT_PIPE_WRITE.store(fds[1], Ordering::SeqCst);
+    for sig in SYNCHRONOUS {
+        // SAFETY: a zeroed sigaction is a valid value; the handler only calls
+        // async-signal-safe functions (getpid, write, signal, raise).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_fault_signal as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig as i32, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// The fault-signal handler. Sent by another process (`kill`, si_code <= 0, another
+/// pid): hand the number to the supervision loop through the pipe. Raised by a fault
+/// here, or by ourselves (abort): restore the default action and let it happen.
+extern "C" fn on_fault_signal(sig: i32, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler; the calls
+    // below are async-signal-safe.
+    unsafe {
+        let from_other =
+            !info.is_null() && (*info).si_code <= 0 && (*info).si_pid() != libc::getpid();
+        let fd = FAULT_PIPE_WRITE.load(Ordering::Relaxed);
+        if from_other && fd >= 0 {
+            let b = sig as u8;
+            libc::write(fd, (&b as *const u8).cast(), 1);
+            return;
+        }
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// Reads fault-signal numbers from the pipe into `buf`; how many (0 when none).
+// Inlined into the loop: the idle path stays in few code pages.
+#[inline(always)]
+pub fn read_fault_pipe(buf: &mut [u8]) -> usize {
+    let fd = FAULT_PIPE_READ.load(Ordering::SeqCst);
+    if fd < 0 {
+        return 0;
+    }
+    // SAFETY: reads into the caller's buffer, at most its length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    n.max(0) as usize
+}
+
+/// The read end of the fault-signal pipe, to poll beside the signalfd (`None` before
+/// [`block_all`] made it).
+#[inline(always)]
+pub fn fault_pipe() -> Option<std::os::fd::BorrowedFd<'static>> {
+    let fd = FAULT_PIPE_READ.load(Ordering::SeqCst);
+    // SAFETY: once made, the pipe's read end stays open for the life of the process.
+    (fd >= 0).then(|| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+}
+
+/// Fault signals (ABRT, SEGV, ...) that other processes sent us since the last call.
+pub fn fault_signals() -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        let n = read_fault_pipe(&mut buf);
+        out.extend(buf[..n].iter().map(|b| i32::from(*b)));
+        if n < buf.len() {
+            return out;
+        }
+    }
+}
+
+/// Parses a signal: `TERM`, `SIGTERM`, `15`, `RTMIN+3`; with `allow_zero`, `0` means none.
+pub fn parse_signal(s: &str, allow_zero: bool) -> Result<i32, ConfigError> {
+    let bad = || {
+        invalid(format!(
+            "unknown signal {s:?}: use a name such as TERM, QUIT, USR1, RTMIN+2, or a number"
+        ))
+    };
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return if (n == 0 && allow_zero) || (1..=libc::SIGRTMAX()).contains(&n) {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if let Some(rest) = name.strip_prefix("RTMIN") {
+        let off: i32 = if rest.is_empty() {
+            0
+        } else {
+            rest.strip_prefix('+')
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(bad)?
+        };
+        let n = libc::SIGRTMIN() + off;
+        return if n <= libc::SIGRTMAX() {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
+    }
+    if let Some(rest) = name.strip_prefix("RTMAX") {
+        let off: i32 = if rest.is_empty() {
+            0
+        } else {
+            rest.strip_prefix('-')
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(bad)?
+        };
+        let n = libc::SIGRTMAX() - off;
+        return if n >= libc::SIGRTMIN() {
+            Ok(n)
+        } else {
+            Err(bad())
+        };
+    }
+    format!("SIG{name}")
+        .parse::<Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| bad())
+}
+
+/// The name of a signal number (`SIGTERM`, `SIGRTMIN+3`).
+pub fn signal_name(n: i32) -> String {
+    match Signal::try_from(n) {
+        Ok(s) => s.as_str().to_string(),
+        Err(_) if n >= libc::SIGRTMIN() => format!("SIGRTMIN+{}", n - libc::SIGRTMIN()),
+        Err(_) => format!("signal {n}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse() {
+        assert_eq!(parse_signal("TERM", false), Ok(libc::SIGTERM));
+        assert_eq!(parse_signal("sigquit", false), Ok(libc::SIGQUIT));
+        assert_eq!(parse_signal("10", false), Ok(10));
+        assert_eq!(parse_signal("RTMIN+2", false), Ok(libc::SIGRTMIN() + 2));
+        assert_eq!(parse_signal("0", true), Ok(0));
+        for bad in ["0", "FOO", "99", "RTMIN+99", ""] {
+            assert!(parse_signal(bad, false).is_err(), "{bad}");
+        }
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(libc::SIGRTMIN() + 3), "SIGRTMIN+3");
+    }
+}
