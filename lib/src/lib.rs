@@ -16,6 +16,7 @@ pub mod files;
 pub mod log;
 pub mod process;
 pub mod redact;
+pub mod time;
 pub mod url;
 
 #[cfg(feature = "probe")]

@@ -228,7 +228,8 @@ impl Supervisor<'_> {
     fn stop_the_rest(&self, code: i32, no_children: bool) {
         // With no child left, a subreaper has no descendant at all: skip the /proc
         // scan. As PID 1, `docker exec` strays are not children.
-        let n = if no_children && !self.pid1 {
+        // As PID 1, kill(-1, 0) says in one system call whether anything else lives.
+        let n = if no_children && (!self.pid1 || !process::kill(-1, 0)) {
             0
         } else {
             self.signal_rest(libc::SIGTERM)
@@ -460,7 +461,7 @@ impl Supervisor<'_> {
     /// As PID 1, processes that are not our children (entered with `docker exec`)
     /// may still run after our last child is reaped.
     fn strays_remain(&self) -> bool {
-        self.pid1 && !other_processes().is_empty()
+        self.pid1 && process::kill(-1, 0) && !other_processes().is_empty()
     }
 
     fn exit_code(&self, code: i32) -> i32 {

@@ -135,15 +135,6 @@ impl Url {
         self.hosts.first().and_then(|h| h.port)
     }
 
-    /// The last value of a query parameter.
-    pub fn query_param(&self, key: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
     /// Path and query as sent in an HTTP request line (`/` when empty).
     pub fn request_target(&self) -> String {
         let path = if self.path.is_empty() {
@@ -385,7 +376,6 @@ mod tests {
         assert_eq!(u.host(), "db");
         assert_eq!(u.port(), Some(5432));
         assert_eq!(u.decoded_path().unwrap(), "/my db");
-        assert_eq!(u.query_param("sslmode"), Some("require"));
         assert_eq!(
             u.to_string(),
             "postgres://app:***@db:5432/my%20db?sslmode=require"

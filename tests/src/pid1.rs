@@ -235,3 +235,217 @@ impl Drop for Namespace {
         }
     }
 }
+
+// Scenarios shared by tests/pid1.rs (dockhand) and tests/reference_inits.rs (tini,
+// dumb-init, no init): the same steps, observed the same way, for any init.
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// The catchable signals a forwarding test sends, one at a time.
+pub const CATCHABLE: [&str; 13] = [
+    "SIGHUP",
+    "SIGQUIT",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGALRM",
+    "SIGWINCH",
+    "SIGURG",
+    "SIGPWR",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGXCPU",
+    "SIGIO",
+    "SIGRTMIN+3",
+];
+
+pub fn names(sigs: &[&str]) -> Vec<String> {
+    sigs.iter().map(|s| s.to_string()).collect()
+}
+
+pub fn signum(name: &str) -> i32 {
+    dockhand::signals::parse_signal(name, false).unwrap()
+}
+
+/// Waits until the app has recorded `n` signals.
+pub fn await_records(ns: &Namespace, n: usize) -> Vec<String> {
+    crate::wait_until(Duration::from_secs(10), || ns.recorded().len() >= n);
+    ns.recorded()
+}
+
+/// Sends [`CATCHABLE`] one at a time (each must arrive before the next is sent), then
+/// SIGTERM: what the app recorded, and the exit status.
+pub fn forward_catchable(init: Init) -> (Vec<String>, Option<i32>) {
+    let mut ns = Namespace::start(init.clone(), &[]);
+    for (i, s) in CATCHABLE.iter().enumerate() {
+        ns.signal_raw(signum(s));
+        assert_eq!(
+            await_records(&ns, i + 1).len(),
+            i + 1,
+            "{}: {s} not forwarded",
+            init.name()
+        );
+    }
+    ns.signal(Signal::SIGTERM);
+    let code = ns.wait(LONG);
+    (ns.recorded(), code)
+}
+
+/// True when SIGUSR1 sent to PID 1 reaches the app's own child.
+pub fn grandchild_gets_usr1(init: Init) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let gc = dir.path().join("gc");
+    let mut ns = Namespace::start(init, &["--grandchild-record", gc.to_str().unwrap()]);
+    ns.signal(Signal::SIGUSR1);
+    await_records(&ns, 1);
+    let reached = crate::wait_until(Duration::from_millis(500), || !read_lines(&gc).is_empty());
+    ns.signal(Signal::SIGTERM);
+    assert!(ns.wait(LONG).is_some());
+    reached
+}
+
+/// How many of a thousand orphans the app leaves behind are still zombies.
+pub fn zombies_left(init: Init) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let z = dir.path().join("zombies");
+    let mut ns = Namespace::start(
+        init,
+        &["--orphans", "1000", "--zombies", z.to_str().unwrap()],
+    );
+    let zombies = read_lines(&z)[0].parse().unwrap();
+    ns.signal(Signal::SIGKILL);
+    ns.wait(LONG);
+    zombies
+}
+
+/// The app exits on SIGTERM at once and its child needs 0.5 s to clean up: the exit
+/// status, and what the child recorded (nothing when it was killed first).
+pub fn grandchild_term_handler(init: Init) -> (Option<i32>, Vec<String>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let gc = dir.path().join("gc");
+    let mut ns = Namespace::start(init, &["--grandchild", gc.to_str().unwrap()]);
+    ns.signal(Signal::SIGTERM);
+    let code = ns.wait(LONG);
+    (code, read_lines(&gc), ns.stderr())
+}
+
+/// Runs `init_argv COMMAND` as PID 1 of a new namespace: exit status and stderr.
+pub fn run_command(init_argv: &[&str], command: &str) -> (i32, String) {
+    let out = Command::new("unshare")
+        .env("ENTRYPOINT_FILE_VARS", "none")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .args(init_argv)
+        .arg(command)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// On a terminal: (the app's group is the foreground group, PID 1 is in it too).
+pub fn foreground_groups(init: Init) -> (bool, bool) {
+    let (mut ns, _tty) = start_on_a_tty(init, &[]);
+    let (pid1, app) = (ns.init_pid(), app_pid(&ns));
+    let (app_pgrp, tpgid) = (stat_field(app, 3), stat_field(app, 6));
+    let pid1_in_foreground = stat_field(pid1, 3) == tpgid;
+    ns.signal(Signal::SIGTERM);
+    ns.wait(LONG);
+    (app_pgrp == tpgid, pid1_in_foreground)
+}
+
+/// (init pid, the orphan's parent as it saw it, init's stderr, exit status).
+pub fn orphan_outside_a_namespace(init: &Init) -> (u32, i32, String, Option<i32>) {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let orphan = dir.path().join("orphan");
+    let stderr = dir.path().join("stderr");
+    let argv = init.argv();
+    let mut child = Command::new(&argv[0])
+        .env("ENTRYPOINT_FILE_VARS", "none")
+        .args(&argv[1..])
+        .arg("python3")
+        .arg(crate::pid1::sigapp())
+        .arg("--orphan")
+        .arg(&orphan)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    crate::wait_until(LONG, || !read_lines(&orphan).is_empty());
+    let parent: i32 = read_lines(&orphan)
+        .first()
+        .expect("the orphan never reported")
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let status = crate::wait_until(LONG, || matches!(child.try_wait(), Ok(Some(_))));
+    let code = if status {
+        child.wait().ok().and_then(|s| s.code())
+    } else {
+        None
+    };
+    let _ = child.kill();
+    (pid, parent, std::fs::read_to_string(&stderr).unwrap(), code)
+}
+
+/// The app's host pid: the only child of the namespace's PID 1.
+pub fn app_pid(ns: &Namespace) -> i32 {
+    let init = ns.init_pid();
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+    children.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Field `n` after the command name in /proc/PID/stat (3 = pgrp, 6 = tpgid).
+pub fn stat_field(pid: i32, n: usize) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
+    rest.split(' ')
+        .nth(n - 1)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(-1)
+}
+
+pub fn process_state(pid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rfind(')')
+        .and_then(|i| stat[i + 2..].chars().next())
+        .unwrap_or('?')
+}
+
+/// Starts INIT as PID 1 on a new pseudo-terminal, as `docker run -it` does.
+pub fn start_on_a_tty(init: Init, app_args: &[&str]) -> (Namespace, std::fs::File) {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let master: OwnedFd = pty.master;
+    let slave: OwnedFd = pty.slave;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc"])
+        .env("ENTRYPOINT_FILE_VARS", "none")
+        .args(init.argv())
+        .arg("python3")
+        .arg(crate::pid1::sigapp())
+        .arg("--record")
+        .arg(dir.path().join("record"))
+        .arg("--ready")
+        .arg(dir.path().join("ready"))
+        .args(app_args)
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap());
+    let slave_fd = slave.as_raw_fd();
+    // SAFETY: setsid and ioctl are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::libc::setsid();
+            nix::libc::ioctl(slave_fd, nix::libc::TIOCSCTTY as _, 0);
+            Ok(())
+        });
+    }
+    let ns = Namespace::adopt(dir, init, cmd.spawn().unwrap());
+    drop(slave);
+    (ns, std::fs::File::from(master))
+}

@@ -4,31 +4,15 @@
 //! (whose age `healthcheck` reads); pg_dump version checks; no password anywhere.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use dockhand_tests::bins::bin;
 use dockhand_tests::pg::{bin_dir, Postgres};
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
+use dockhand_tests::run::Run;
 
 fn backup(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let out = Command::new(bin("backup"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let cmd = dockhand_tests::run::command(&bin("backup"), args, env);
+    dockhand_tests::run::run(cmd, std::time::Duration::from_secs(600))
 }
 
 /// Every file in `dir`, with its content, as one string (for leak checks).

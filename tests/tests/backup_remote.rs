@@ -9,51 +9,27 @@ use std::time::Duration;
 
 use dockhand_tests::bins::bin;
 use dockhand_tests::pg::Postgres;
+use dockhand_tests::run::Run;
 use dockhand_tests::s3::S3;
 use dockhand_tests::wait_until;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 fn command(args: &[&str], env: &[(String, String)]) -> Command {
-    let mut c = Command::new(bin("backup"));
-    c.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null());
-    c
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    dockhand_tests::run::command(&bin("backup"), args, &env)
 }
 
 fn backup(args: &[&str], env: &[(String, String)]) -> Run {
-    let out = command(args, env).output().unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    dockhand_tests::run::run(command(args, env), Duration::from_secs(600))
 }
 
 fn spawn(args: &[&str], env: &[(String, String)]) -> Child {
-    command(args, env)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    command(args, env).spawn().unwrap()
 }
 
 fn finish(child: Child) -> Run {
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    dockhand_tests::run::finish(child, Duration::from_secs(600))
 }
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -11,47 +11,19 @@ use std::time::Duration;
 use dockhand_tests::bins::{bin, root};
 use dockhand_tests::pg::{bin_dir, Postgres};
 use dockhand_tests::pgbouncer::PgBouncer;
+use dockhand_tests::run::Run;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 const LONG: Duration = Duration::from_secs(60);
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 /// `entrypoint ARGS` with only PATH and `env` in its environment.
 fn entrypoint(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(bin("entrypoint"));
-    c.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
+    dockhand_tests::run::command(&bin("entrypoint"), args, env)
 }
 
 fn finish(child: Child) -> Run {
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(LONG) {
-        Ok(Ok(out)) => Run {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        },
-        _ => {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            panic!("entrypoint did not finish within {LONG:?}");
-        }
-    }
+    dockhand_tests::run::finish(child, LONG)
 }
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
@@ -59,12 +31,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
 }
 
 fn assert_no_secret(r: &Run, secret: &str) {
-    assert!(
-        !r.stdout.contains(secret) && !r.stderr.contains(secret),
-        "a password leaked: {}{}",
-        r.stdout,
-        r.stderr
-    );
+    r.assert_no_secret(secret);
 }
 
 fn migrations(files: &[(&str, &str)]) -> tempfile::TempDir {

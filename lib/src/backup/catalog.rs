@@ -133,7 +133,7 @@ pub fn table(backups: &[Backup]) -> String {
     );
     for b in backups {
         let m = &b.manifest;
-        let t = crate::log::rfc3339(m.started, 0);
+        let t = crate::time::rfc3339(m.started, 0);
         let place = match (b.local, b.remote) {
             (true, true) => "both",
             (true, false) => "local",
@@ -152,7 +152,7 @@ pub fn table(backups: &[Backup]) -> String {
             human_size(m.size),
             place,
             m.verified
-                .map_or("no".to_string(), |v| crate::log::rfc3339(v, 0)[..19]
+                .map_or("no".to_string(), |v| crate::time::rfc3339(v, 0)[..19]
                     .replace('T', " "))
         ));
     }

@@ -198,7 +198,7 @@ pub fn manifest_file(name: &str) -> String {
 
 /// `YYYYmmddTHHMMSSZ` for file names.
 pub fn stamp(secs: i64) -> String {
-    let t = crate::log::rfc3339(secs, 0);
+    let t = crate::time::rfc3339(secs, 0);
     t[..19].replace(['-', ':'], "") + "Z"
 }
 

@@ -88,12 +88,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Unix seconds now.
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+pub(crate) use crate::time::unix_now;
 
 /// A running `pg_dump`, `pg_restore` or `psql`: registered with a [`Cancel`], its
 /// stderr collected (the first 64 KiB) on a thread so it can never block on a full pipe.

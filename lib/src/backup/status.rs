@@ -34,7 +34,7 @@ pub fn success(path: &Path, made: &[Manifest]) -> Result<(), BackupError> {
     let mut v = read(path);
     let t = now();
     v["last_success"] = serde_json::json!({
-        "time": crate::log::rfc3339(t, 0),
+        "time": crate::time::rfc3339(t, 0),
         "unix": t,
         "backups": made.iter().map(|m| serde_json::json!({
             "name": m.name,
@@ -51,7 +51,7 @@ pub fn success(path: &Path, made: &[Manifest]) -> Result<(), BackupError> {
 pub fn failure(path: &Path, reason: &str) -> Result<(), BackupError> {
     let mut v = read(path);
     v["last_failure"] = serde_json::json!({
-        "time": crate::log::rfc3339(now(), 0),
+        "time": crate::time::rfc3339(now(), 0),
         "unix": now(),
         "reason": crate::redact::text(reason),
     });
