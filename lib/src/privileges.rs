@@ -20,8 +20,6 @@ pub struct Credentials {
     /// Supplementary groups (the primary group included).
     pub groups: Vec<u32>,
     pub home: String,
-    /// The name, when the user is in /etc/passwd.
-    pub name: Option<String>,
 }
 
 struct PasswdEntry {
@@ -146,7 +144,6 @@ pub fn resolve_in(
         gid,
         groups: supplementary,
         home: entry.map_or_else(|| "/".to_string(), |e| e.home.clone()),
-        name: entry.map(|e| e.name.clone()),
     })
 }
 
@@ -205,10 +202,7 @@ mod tests {
         let c = resolve_in("1000:staff", PASSWD, GROUP).unwrap();
         assert_eq!((c.uid, c.gid, c.groups.clone()), (1000, 50, vec![50]));
         let c = resolve_in("4242", PASSWD, GROUP).unwrap();
-        assert_eq!(
-            (c.uid, c.gid, c.home.as_str(), c.name.clone()),
-            (4242, 4242, "/", None)
-        );
+        assert_eq!((c.uid, c.gid, c.home.as_str()), (4242, 4242, "/"));
         let c = resolve_in("4242:7", PASSWD, GROUP).unwrap();
         assert_eq!((c.uid, c.gid), (4242, 7));
     }

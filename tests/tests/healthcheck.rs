@@ -10,18 +10,7 @@ use dockhand_tests::http::{Behaviour, HttpServer};
 use dockhand_tests::pg::Postgres;
 use dockhand_tests::pgbouncer::PgBouncer;
 use dockhand_tests::redis::Redis;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn all(&self) -> String {
-        format!("{}{}", self.stdout, self.stderr)
-    }
-}
+use dockhand_tests::run::Run;
 
 fn healthcheck_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(bin("healthcheck"));
@@ -35,16 +24,13 @@ fn healthcheck_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     ] {
         cmd.env_remove(var);
     }
-    cmd.envs(env.iter().copied());
-    let out = cmd.output().unwrap();
-    Run {
-        code: out
-            .status
-            .code()
-            .expect("healthcheck was killed by a signal"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    cmd.envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let r = dockhand_tests::run::run(cmd, std::time::Duration::from_secs(60));
+    assert!(r.code.is_some(), "healthcheck was killed by a signal");
+    r
 }
 
 fn healthcheck(args: &[&str]) -> Run {
@@ -52,13 +38,13 @@ fn healthcheck(args: &[&str]) -> Run {
 }
 
 fn assert_healthy(r: &Run) {
-    assert_eq!(r.code, 0, "expected healthy: {}", r.all());
+    assert_eq!(r.code, Some(0), "expected healthy: {}", r.output());
 }
 
 /// Unhealthy with exactly one line that equals `line` or, when `line` ends with `*`,
 /// starts with it.
 fn assert_unhealthy(r: &Run, line: &str) {
-    assert_eq!(r.code, 1, "expected unhealthy: {}", r.all());
+    assert_eq!(r.code, Some(1), "expected unhealthy: {}", r.output());
     let got = r.stdout.trim_end();
     assert_eq!(got.lines().count(), 1, "expected one line: {got:?}");
     match line.strip_suffix('*') {
@@ -89,7 +75,7 @@ fn http_2xx_is_healthy_and_silent() {
     let url = format!("http://127.0.0.1:{}/api/health", s.port);
     let r = healthcheck(&[&url]);
     assert_healthy(&r);
-    assert_eq!(r.all(), "", "silent on success");
+    assert_eq!(r.output(), "", "silent on success");
     let r = healthcheck(&["-v", &url]);
     assert_healthy(&r);
     assert!(
@@ -166,7 +152,7 @@ fn headers_and_basic_auth_are_sent_without_leaking_the_password() {
     let url = format!("http://probe:s3cret@127.0.0.1:{}/", s.port);
     let r = healthcheck(&["-v", "-H", "X-Probe: yes", &url]);
     assert_healthy(&r);
-    assert!(!r.all().contains("s3cret"), "{}", r.all());
+    assert!(!r.output().contains("s3cret"), "{}", r.output());
     assert!(r.stdout.contains("probe:***@"), "{}", r.stdout);
     let req = &s.requests()[0];
     assert!(req.contains("X-Probe: yes\r\n"), "{req}");
@@ -242,7 +228,7 @@ fn https_self_signed_needs_insecure_or_its_ca() {
     ));
     // Plain HTTP against the TLS port fails with a reason, not a hang.
     let r = healthcheck(&["--timeout", "3s", &format!("http://localhost:{}/", s.port)]);
-    assert_eq!(r.code, 1, "{}", r.all());
+    assert_eq!(r.code, Some(1), "{}", r.output());
 }
 
 // ---- TCP ------------------------------------------------------------------------
@@ -263,9 +249,9 @@ fn postgres_select_1_and_failures() {
     let r = healthcheck(&["-v", &pg.url()]);
     assert_healthy(&r);
     assert!(
-        !r.all().contains(&pg.password),
+        !r.output().contains(&pg.password),
         "password leaked: {}",
-        r.all()
+        r.output()
     );
 
     let wrong = pg.url_with("app", "not-the-password", "app");
@@ -275,7 +261,7 @@ fn postgres_select_1_and_failures() {
         &r,
         &format!("{shown}: password authentication failed for user \"app\""),
     );
-    assert!(!r.all().contains("not-the-password"));
+    assert!(!r.output().contains("not-the-password"));
 
     let missing = pg.url_with("app", &pg.password, "nodb");
     let r = healthcheck(&[&missing]);
@@ -285,7 +271,7 @@ fn postgres_select_1_and_failures() {
         "{}",
         r.stdout
     );
-    assert!(!r.all().contains(&pg.password));
+    assert!(!r.output().contains(&pg.password));
 
     // The password may also come from PGPASSWORD_FILE.
     let dir = tempfile::tempdir().unwrap();
@@ -377,7 +363,7 @@ fn redis_ping_and_auth() {
         "{}",
         r.stdout
     );
-    assert!(!r.all().contains("wrong-pw"));
+    assert!(!r.output().contains("wrong-pw"));
     let url = format!("redis://127.0.0.1:{}", closed_port());
     assert_unhealthy(&healthcheck(&[&url]), &format!("{url}: connection refused"));
 }
@@ -432,7 +418,7 @@ fn several_targets_all_must_pass_and_are_probed_concurrently() {
         &format!("http://127.0.0.1:{}/", h1.port),
         &format!("http://127.0.0.1:{}/", h2.port),
     ]);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, Some(1));
     assert_eq!(
         r.stdout.matches("(connected, no response)").count(),
         2,
@@ -451,7 +437,10 @@ fn targets_and_options_from_env_and_files() {
         "http://127.0.0.1:{}/ http://127.0.0.1:{}/",
         ok.port, bad.port
     );
-    assert_eq!(healthcheck_env(&[], &[("HEALTHCHECK_URL", &list)]).code, 1);
+    assert_eq!(
+        healthcheck_env(&[], &[("HEALTHCHECK_URL", &list)]).code,
+        Some(1)
+    );
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("url");
     std::fs::write(&f, format!("http://127.0.0.1:{}/\n", ok.port)).unwrap();
@@ -466,7 +455,7 @@ fn targets_and_options_from_env_and_files() {
             ("HEALTHCHECK_URL_FILE", f.to_str().unwrap()),
         ],
     );
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, Some(1));
     assert!(
         r.stderr
             .contains("both HEALTHCHECK_URL and HEALTHCHECK_URL_FILE are set"),
@@ -477,7 +466,7 @@ fn targets_and_options_from_env_and_files() {
         &[&format!("http://127.0.0.1:{}/", ok.port)],
         &[("HEALTHCHECK_EXPECT_BODY", "nope")],
     );
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, Some(1));
 }
 
 #[test]
@@ -526,16 +515,22 @@ fn bad_input_exits_1_with_a_clear_message_never_2() {
     ];
     for (args, env, want) in cases {
         let r = healthcheck_env(args, env);
-        assert_eq!(r.code, 1, "{args:?}: exit {}: {}", r.code, r.all());
+        assert_eq!(
+            r.code,
+            Some(1),
+            "{args:?}: exit {:?}: {}",
+            r.code,
+            r.output()
+        );
         assert!(
             r.stderr.contains(want),
             "{args:?}: {:?} does not mention {want:?}",
             r.stderr
         );
-        assert!(!r.all().contains("topsecret"), "{}", r.all());
+        assert!(!r.output().contains("topsecret"), "{}", r.output());
         assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
     }
     let r = healthcheck(&["--help"]);
-    assert_eq!(r.code, 0);
+    assert_eq!(r.code, Some(0));
     assert!(r.stdout.contains("HEALTHCHECK_TIMEOUT"));
 }

@@ -211,10 +211,7 @@ impl Cancel {
     fn kill_child(&self) {
         let pid = self.child.load(Ordering::SeqCst);
         if pid > 0 {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            crate::process::kill(pid, nix::libc::SIGTERM);
         }
     }
 }

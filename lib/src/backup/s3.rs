@@ -61,7 +61,6 @@ pub struct S3 {
 pub struct Object {
     /// The name after the prefix.
     pub file: String,
-    pub size: u64,
     /// Unix seconds of the last modification (0 when the server did not say).
     pub modified: i64,
 }
@@ -235,7 +234,6 @@ impl S3 {
                 if let Some(file) = o.key().and_then(|k| k.strip_prefix(&self.settings.prefix)) {
                     out.push(Object {
                         file: file.to_string(),
-                        size: o.size().unwrap_or(0).max(0) as u64,
                         modified: o.last_modified().map_or(0, |t| t.secs()),
                     });
                 }

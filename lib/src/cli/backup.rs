@@ -324,15 +324,7 @@ pub fn command(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, Confi
     if m.version {
         return Ok(Parsed::Version);
     }
-    let words = m
-        .words
-        .iter()
-        .map(|w| {
-            w.to_str()
-                .map(String::from)
-                .ok_or_else(|| invalid("arguments must be UTF-8"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let words = m.words_utf8("arguments must be UTF-8")?;
     let name = COMMANDS
         .iter()
         .find(|c| Some(**c) == words.first().map(String::as_str))

@@ -114,15 +114,7 @@ pub fn command(args: impl IntoIterator<Item = OsString>) -> Result<Command, Conf
     if m.version {
         return Ok(Command::Version);
     }
-    let mut targets = m
-        .words
-        .iter()
-        .map(|w| {
-            w.to_str()
-                .map(String::from)
-                .ok_or_else(|| invalid("a target is not valid UTF-8"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut targets = m.words_utf8("a target is not valid UTF-8")?;
     if targets.is_empty() {
         if let Some(list) = crate::config::var("HEALTHCHECK_URL")? {
             targets = probe::split_targets(&list);

@@ -404,6 +404,14 @@ impl Matches {
             .filter_map(|(_, v)| v.as_deref())
     }
 
+    /// The words, as UTF-8; `error` when one is not.
+    pub fn words_utf8(&self, error: &str) -> Result<Vec<String>, ConfigError> {
+        self.words
+            .iter()
+            .map(|w| w.to_str().map(String::from).ok_or_else(|| invalid(error)))
+            .collect()
+    }
+
     /// The values given as flags, in order (no variable, no default).
     pub fn flags(&self, long: &str) -> Vec<String> {
         self.values(long).map(String::from).collect()
