@@ -4,9 +4,20 @@
 //! - `backup`: scheduled, streamed `pg_dump` backups to a folder and S3.
 //! - `healthcheck`: the Docker HEALTHCHECK probe.
 //!
-//! The binaries are thin: they parse arguments and call these modules. Modules that
-//! need heavy dependencies sit behind cargo features so each binary links only what it
-//! uses (`probe`: tokio, tokio-postgres, rustls; `pid1`: nix).
+//! The binaries are thin: [`cli`] holds each one's table of flags and variables, parses
+//! against it and calls these modules. Dependencies run one way (a test checks it):
+//!
+//! - leaves: [`error`] (the one error shape), [`redact`], [`time`], [`duration`],
+//!   [`files`];
+//! - the base: [`config`] (settings from the environment and `NAME_FILE`), [`url`],
+//!   [`log`], [`process`], [`signals`], [`privileges`];
+//! - talking to services: [`net`], [`tls`], [`http`], [`pg`], then [`probe`] and
+//!   [`wait`] on top;
+//! - the tools: [`migrate`] and [`startup`], [`supervise`], [`backup`];
+//! - [`cli`], above all of them.
+//!
+//! Modules that need heavy dependencies sit behind cargo features so each binary links
+//! only what it uses (`probe`: tokio, tokio-postgres, rustls; `pid1`: nix).
 
 pub mod cli;
 pub mod config;

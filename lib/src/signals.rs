@@ -51,7 +51,7 @@ const SYNCHRONOUS: [Signal; 7] = [
 ];
 
 /// Blocks every asynchronous signal in this (single-threaded) process and returns the
-/// blocked set, to be read from a signalfd by [`run`]. Call it first thing in `main`.
+/// blocked set, to be read from a signalfd by [`crate::supervise::run`]. Call it first thing in `main`.
 /// The fault signals stay unblocked, with a handler that tells a `kill` from another
 /// process (forwarded to the app, see [`fault_signals`]) from a real fault of ours
 /// (default action: the process dies as it should).

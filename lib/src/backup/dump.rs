@@ -148,7 +148,7 @@ pub fn find_tools(server_major: u32) -> Result<Tools, BackupError> {
 /// path, and libpq's own settings that hold no secret (client certificates, service
 /// files, encodings). Everything else (`AWS_SECRET_ACCESS_KEY`, `DIRECT_URL`, any
 /// other secret) stays out of `/proc/PID/environ` of pg_dump, pg_restore and psql.
-const INHERITED: &[&str] = &[
+pub const INHERITED: &[&str] = &[
     "PATH",
     "HOME",
     "TMPDIR",
