@@ -251,9 +251,9 @@ pub fn help(intro: &str, table: &[Setting], outro: &str) -> String {
         let head = match (s.arg, s.short) {
             (Arg::Env, _) => format!("  {}", plain(&s.env_markdown())),
             (Arg::Switch | Arg::Value(_) | Arg::List(_), None) => {
-                format!("      {}", s.flag_text())
+                format!("      {}", plain(&s.flag_text()))
             }
-            _ => format!("  {}", s.flag_text().replace('`', "")),
+            _ => format!("  {}", plain(&s.flag_text())),
         };
         let mut notes = Vec::new();
         if !s.env.is_empty() && !matches!(s.arg, Arg::Env) {
@@ -269,7 +269,12 @@ pub fn help(intro: &str, table: &[Setting], outro: &str) -> String {
         if matches!(s.arg, Arg::Help) {
             doc = "this help, the version".into();
         }
-        if !s.commands.is_empty() && s.commands.len() < 6 {
+        // (a command's own flag says so in its doc already)
+        let said = s
+            .commands
+            .first()
+            .is_some_and(|c| s.doc.starts_with(&format!("`{c}`")));
+        if !s.commands.is_empty() && !said {
             doc = format!("{}: {doc}", s.commands.join(", "));
         }
         if !notes.is_empty() {
