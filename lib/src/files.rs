@@ -88,6 +88,16 @@ const O_NONBLOCK: i32 = 0o4000;
 /// Writes `data` to `path` atomically with mode 0600 (temporary name, fsync, rename,
 /// fsync of the folder).
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_atomic_dated(path, data, None)
+}
+
+/// [`write_atomic`], with the file's modification time set to `modified` before it
+/// appears under its name (a freshness check must never see it dated now first).
+pub fn write_atomic_dated(
+    path: &Path,
+    data: &[u8],
+    modified: Option<std::time::SystemTime>,
+) -> io::Result<()> {
     let tmp = partial_name(path);
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -97,6 +107,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(data)?;
+        if let Some(t) = modified {
+            f.set_modified(t)?;
+        }
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         sync_dir(path)

@@ -730,12 +730,15 @@ fn the_daemon_waits_for_a_late_database_and_retries_a_failed_run() {
     );
     assert_eq!(h.code, Some(1));
     assert!(h.stdout.contains("no successful run yet"), "{}", h.output());
-    // The database comes up; a retry (not next year's slot) succeeds.
+    // The database comes up; a retry (not next year's slot) succeeds. (The status is
+    // written when the whole run is done, after the backup file appears.)
     pg.start_server();
     assert!(
         wait_until(LONG, || files(dir.path())
             .iter()
-            .any(|f| f.ends_with(".dump.zst"))),
+            .any(|f| f.ends_with(".dump.zst"))
+            && std::fs::read_to_string(&status)
+                .is_ok_and(|s| s.contains("last_success"))),
         "no retry succeeded"
     );
     let h = run(

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use super::manifest::Manifest;
 use super::{io_err, unix_now as now, BackupError};
-use crate::files::write_atomic;
+use crate::files::{write_atomic, write_atomic_dated};
 
 fn read(path: &Path) -> serde_json::Value {
     std::fs::read_to_string(path)
@@ -19,12 +19,19 @@ fn read(path: &Path) -> serde_json::Value {
         .unwrap_or_else(|| serde_json::json!({}))
 }
 
-fn save(path: &Path, v: &serde_json::Value) -> Result<(), BackupError> {
-    write_atomic(
+/// Writes the status; `modified` dates the file (a failure keeps the last success's
+/// time), set before the file appears so no reader ever sees it dated now.
+fn save(
+    path: &Path,
+    v: &serde_json::Value,
+    modified: Option<SystemTime>,
+) -> Result<(), BackupError> {
+    write_atomic_dated(
         path,
         serde_json::to_string_pretty(v)
             .unwrap_or_default()
             .as_bytes(),
+        modified,
     )
     .map_err(io_err(path))
 }
@@ -43,7 +50,7 @@ pub fn success(path: &Path, made: &[Manifest]) -> Result<(), BackupError> {
             "sha256": m.sha256,
         })).collect::<Vec<_>>(),
     });
-    save(path, &v)
+    save(path, &v, None)
 }
 
 /// Records a failure, keeping the file's modification time at the last success (or
@@ -56,13 +63,11 @@ pub fn failure(path: &Path, reason: &str) -> Result<(), BackupError> {
         "reason": crate::redact::text(reason),
     });
     let last_ok = v["last_success"]["unix"].as_i64().unwrap_or(0).max(0) as u64;
-    save(path, &v)?;
-    let f = std::fs::File::options()
-        .write(true)
-        .open(path)
-        .map_err(io_err(path))?;
-    f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(last_ok))
-        .map_err(io_err(path))
+    save(
+        path,
+        &v,
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(last_ok)),
+    )
 }
 
 /// Pings `base` + `suffix` (`/start`, `""` for success, `/fail`), healthchecks.io
