@@ -589,13 +589,17 @@ fn proc_table() -> Vec<ProcEntry> {
 /// As PID 1, runs this same program again, with the same arguments, as a supervised
 /// child (marked by the variable `worker`): the supervisor reaps every orphan in the
 /// container and forwards signals, the child does the work, and at shutdown the child
-/// gets `grace`. `None` when this process is not PID 1 or is that child already.
+/// gets `grace()` (read only when this process supervises). `None` when this
+/// process is not PID 1 or is that child already.
 ///
 /// # Safety
 ///
 /// Sets an environment variable: call it while this process has one thread, before
 /// anything else can read or write the environment.
-pub unsafe fn supervise_self(worker: &str, grace: Duration) -> Option<Result<i32, SpawnError>> {
+pub unsafe fn supervise_self(
+    worker: &str,
+    grace: impl FnOnce() -> Duration,
+) -> Option<Result<i32, SpawnError>> {
     if std::process::id() != 1 || std::env::var_os(worker).is_some() {
         return None;
     }
@@ -609,7 +613,7 @@ pub unsafe fn supervise_self(worker: &str, grace: Duration) -> Option<Result<i32
         process_group: false,
         rewrite: Vec::new(),
         stop_delay: Duration::ZERO,
-        grace,
+        grace: grace(),
         remap_exit: Vec::new(),
         user: None,
     };

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use dockhand::cli::backup::{self, Parsed};
+use dockhand::cli::{backup, Parsed};
 use dockhand::{process, signals, supervise};
 
 fn fail(msg: &str, code: u8) -> ExitCode {
@@ -20,15 +20,16 @@ fn main() -> ExitCode {
     dockhand::pg::set_application_name("dockhand-backup");
     // As PID 1: this same command runs as a supervised child, given the stop grace and
     // a little more to finish.
-    let grace = dockhand::config::var("BACKUP_STOP_GRACE")
-        .ok()
-        .flatten()
-        .and_then(|g| dockhand::duration::parse(&g).ok())
-        .unwrap_or(Duration::from_secs(8));
+    let grace = || {
+        let grace = dockhand::config::var("BACKUP_STOP_GRACE")
+            .ok()
+            .flatten()
+            .and_then(|g| dockhand::duration::parse(&g).ok())
+            .unwrap_or(Duration::from_secs(8));
+        grace + Duration::from_secs(5)
+    };
     // SAFETY: first thing in main: this process has one thread.
-    match unsafe {
-        supervise::supervise_self("DOCKHAND_BACKUP_WORKER", grace + Duration::from_secs(5))
-    } {
+    match unsafe { supervise::supervise_self("DOCKHAND_BACKUP_WORKER", grace) } {
         Some(Ok(code)) => return ExitCode::from(code.clamp(0, 255) as u8),
         Some(Err(e)) => return fail(e.message(), e.exit_code()),
         None => {}
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
         return fail(e.message(), e.exit_code());
     }
     match backup::command(std::env::args_os().skip(1)) {
-        Ok(Parsed::Run(command, m)) => match backup::exec(&command, &m) {
+        Ok(Parsed::Run((command, m))) => match backup::exec(&command, &m) {
             Ok(code) => ExitCode::from(code),
             Err(f) => fail(&f.message, f.code),
         },

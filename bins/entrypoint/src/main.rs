@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use dockhand::cli::entrypoint::{self, Command};
+use dockhand::cli::Parsed;
 use dockhand::{process, signals, startup, supervise};
 
 /// Internal: the first argument after a re-exec, meaning "start-up is done".
@@ -40,24 +41,24 @@ fn main() -> ExitCode {
     }
     dockhand::pg::set_application_name("dockhand-entrypoint");
     let (plan, opts) = match entrypoint::command(args) {
-        Ok(Command::Run(p)) => *p,
-        Ok(Command::MigrateOnly(plan)) => {
+        Ok(Parsed::Run(Command::Run(p))) => *p,
+        Ok(Parsed::Run(Command::MigrateOnly(plan))) => {
             return match startup::run(&plan) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e.message(), e.exit_code()),
             }
         }
-        Ok(Command::Status(plan)) => {
+        Ok(Parsed::Run(Command::Status(plan))) => {
             return match startup::migrate_status(&plan) {
                 Ok(pending) => ExitCode::from(u8::from(pending > 0)),
                 Err(e) => fail(e.message(), e.exit_code()),
             }
         }
-        Ok(Command::Help) => {
+        Ok(Parsed::Help) => {
             print!("{}", entrypoint::help());
             return ExitCode::SUCCESS;
         }
-        Ok(Command::Version) => {
+        Ok(Parsed::Version) => {
             println!("entrypoint {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }

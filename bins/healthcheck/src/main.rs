@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use dockhand::cli::healthcheck::{self, Command};
+use dockhand::cli::{healthcheck, Parsed};
 use dockhand::probe;
 
 /// Docker keeps 4096 bytes of a probe's output: keep each line short.
@@ -59,9 +59,9 @@ fn main() -> ExitCode {
     dockhand::process::install_panic_hook("healthcheck", 1);
     dockhand::pg::set_application_name("dockhand-healthcheck");
     let args = match healthcheck::command(std::env::args_os().skip(1)) {
-        Ok(Command::Probe(a)) => a,
-        Ok(Command::Help) => return ExitCode::from(u8::from(!print(&healthcheck::help()))),
-        Ok(Command::Version) => {
+        Ok(Parsed::Run(a)) => a,
+        Ok(Parsed::Help) => return ExitCode::from(u8::from(!print(&healthcheck::help()))),
+        Ok(Parsed::Version) => {
             let version = concat!("healthcheck ", env!("CARGO_PKG_VERSION"), "\n");
             return ExitCode::from(u8::from(!print(version)));
         }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::info;
 
-use super::{parse, Matches, Setting};
+use super::{parse_with, Matches, Parsed, Setting};
 use crate::backup::catalog::{self, Side};
 use crate::backup::daemon::{self, OnSignal, Stop};
 use crate::backup::restore::{self, Request};
@@ -305,25 +305,16 @@ pub enum Command {
     },
 }
 
-/// What the command line asks for.
-#[derive(Debug)]
-pub enum Parsed {
-    /// A command, and the flags given for the settings.
-    Run(Command, Matches),
-    Help,
-    Version,
-}
-
 /// Parses the arguments (without the program name): the command, its name argument,
 /// and its flags (a flag another command takes is refused, naming that command).
-pub fn command(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, ConfigError> {
-    let m = parse(TABLE, args, false)?;
-    if m.help {
-        return Ok(Parsed::Help);
-    }
-    if m.version {
-        return Ok(Parsed::Version);
-    }
+/// With the command come the matches: the settings are read from them by [`exec`].
+pub fn command(
+    args: impl IntoIterator<Item = OsString>,
+) -> Result<Parsed<(Command, Matches)>, ConfigError> {
+    parse_with(TABLE, args, false, command_from)
+}
+
+fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
     let words = m.words_utf8("arguments must be UTF-8")?;
     let name = COMMANDS
         .iter()
@@ -386,7 +377,7 @@ pub fn command(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, Confi
             dry_run: m.switch("dry-run")?,
         },
     };
-    Ok(Parsed::Run(command, m))
+    Ok((command, m))
 }
 
 /// Why a command ended without success: the message (empty when already reported)
@@ -595,14 +586,14 @@ mod tests {
         let parse = |a: &[&str]| command(a.iter().map(OsString::from));
         assert!(matches!(
             parse(&["restore", "latest", "--clean", "-y"]),
-            Ok(Parsed::Run(
+            Ok(Parsed::Run((
                 Command::Restore {
                     clean: true,
                     yes: true,
                     ..
                 },
                 _
-            ))
+            )))
         ));
         let e = parse(&["now", "--tz", "UTC"]).unwrap_err();
         assert_eq!(

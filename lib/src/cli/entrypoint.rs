@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use super::{parse, Matches, Setting};
+use super::{parse_with, Matches, Parsed, Setting};
 use crate::config::{invalid, parse_pair, split_list, ConfigError};
 use crate::migrate::{split_command, Format, Source};
 use crate::startup::Plan;
@@ -195,25 +195,20 @@ pub enum Command {
     MigrateOnly(Box<Plan>),
     /// `--migrate-status`.
     Status(Box<Plan>),
-    Help,
-    Version,
 }
 
 /// Parses the arguments (without the program name) and the environment.
-pub fn command(args: impl IntoIterator<Item = OsString>) -> Result<Command, ConfigError> {
-    let m = parse(TABLE, args, true)?;
-    if m.help {
-        return Ok(Command::Help);
-    }
-    if m.version {
-        return Ok(Command::Version);
-    }
+pub fn command(args: impl IntoIterator<Item = OsString>) -> Result<Parsed<Command>, ConfigError> {
+    parse_with(TABLE, args, true, |m| command_from(&m))
+}
+
+fn command_from(m: &Matches) -> Result<Command, ConfigError> {
     let migrate_only = m.switch("migrate-only")?;
     let migrate_status = m.switch("migrate-status")?;
     if m.words.is_empty() && !migrate_only && !migrate_status {
         return Err(invalid("no command to run: give one after the options (entrypoint -- node server.js) or as the image's CMD"));
     }
-    let (plan, opts) = plan_and_options(&m)?;
+    let (plan, opts) = plan_and_options(m)?;
     if !(migrate_status || migrate_only) {
         return Ok(Command::Run(Box::new((plan, opts))));
     }

@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use super::{parse, Setting};
+use super::{parse_with, Matches, Parsed, Setting};
 use crate::config::{invalid, ConfigError};
 use crate::probe::{self, HttpOptions, StatusSet, Target};
 
@@ -98,22 +98,12 @@ pub struct Args {
     pub verbose: bool,
 }
 
-/// What the command line asks for.
-pub enum Command {
-    Probe(Box<Args>),
-    Help,
-    Version,
+/// Parses the arguments (without the program name) and the environment.
+pub fn command(args: impl IntoIterator<Item = OsString>) -> Result<Parsed<Box<Args>>, ConfigError> {
+    parse_with(TABLE, args, false, |m| args_from(&m).map(Box::new))
 }
 
-/// Parses the arguments (without the program name) and the environment.
-pub fn command(args: impl IntoIterator<Item = OsString>) -> Result<Command, ConfigError> {
-    let m = parse(TABLE, args, false)?;
-    if m.help {
-        return Ok(Command::Help);
-    }
-    if m.version {
-        return Ok(Command::Version);
-    }
+fn args_from(m: &Matches) -> Result<Args, ConfigError> {
     let mut targets = m.words_utf8("a target is not valid UTF-8")?;
     if targets.is_empty() {
         if let Some(list) = crate::config::var("HEALTHCHECK_URL")? {
@@ -147,10 +137,10 @@ pub fn command(args: impl IntoIterator<Item = OsString>) -> Result<Command, Conf
         .iter()
         .map(|t| Target::parse(t))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Command::Probe(Box::new(Args {
+    Ok(Args {
         targets,
         timeout,
         http,
         verbose,
-    })))
+    })
 }

@@ -316,6 +316,32 @@ fn capitalised(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// What a command line asks for: the binary's own work, or its help or version.
+#[derive(Debug)]
+pub enum Parsed<T> {
+    Run(T),
+    Help,
+    Version,
+}
+
+/// Parses `args` against `table` (see [`parse`]) and, unless `-h` or `-V` was given,
+/// reads what the binary needs from the matches with `read`.
+pub fn parse_with<T>(
+    table: &'static [Setting],
+    args: impl IntoIterator<Item = OsString>,
+    stop_at_word: bool,
+    read: impl FnOnce(Matches) -> Result<T, ConfigError>,
+) -> Result<Parsed<T>, ConfigError> {
+    let m = parse(table, args, stop_at_word)?;
+    if m.help {
+        return Ok(Parsed::Help);
+    }
+    if m.version {
+        return Ok(Parsed::Version);
+    }
+    read(m).map(Parsed::Run)
+}
+
 /// What the command line said, read against one table.
 #[derive(Debug)]
 pub struct Matches {
