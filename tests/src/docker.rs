@@ -57,6 +57,15 @@ pub fn docker_text(args: &[&str]) -> String {
         .to_string()
 }
 
+/// The `dockhand` image built as users build it: `docker build` from the repository's
+/// root (its Dockerfile), under a unique tag that is removed with the guard.
+pub fn dockhand_image() -> Guard {
+    let image = Guard::new("dockhand");
+    let root = crate::bins::root();
+    docker(&["build", "-q", "-t", &image.image, root.to_str().unwrap()]);
+    image
+}
+
 /// Names a test image and its containers, and removes them all when dropped.
 pub struct Guard {
     pub image: String,

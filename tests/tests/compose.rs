@@ -5,12 +5,12 @@
 //! serves as the unprivileged `node` user, turns healthy, and `docker-compose stop`
 //! ends it with exit 0, well within the stop timeout. No password in any log.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dockhand_tests::bins::root;
-use dockhand_tests::docker::{docker, docker_text, unavailable, Guard};
+use dockhand_tests::docker::{docker_text, dockhand_image, unavailable};
 
 fn images() -> Vec<(String, String)> {
     let out = Command::new(root().join("scripts/test-images/build"))
@@ -69,14 +69,31 @@ impl Drop for Project {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// A copy of the example stack `example` in `work`, with what the user does before
+/// `up` other than secrets: `npm ci` in its app (here: the drizzle fixture's
+/// node_modules, pg and drizzle-orm).
+fn stack(example: &str, work: &Path) -> PathBuf {
+    let dir = work.join("stack");
     assert!(Command::new("cp")
         .arg("-a")
-        .arg(from)
-        .arg(to)
+        .arg(root().join(example))
+        .arg(&dir)
         .status()
         .unwrap()
         .success());
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/drizzle-app/node_modules.tar.zst");
+    assert!(Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -dc '{}' | tar -C '{}' -xf -",
+            fixture.display(),
+            dir.join("app").display()
+        ))
+        .status()
+        .unwrap()
+        .success());
+    dir
 }
 
 #[test]
@@ -85,33 +102,12 @@ fn the_minimal_stack_runs_as_written() {
         println!("SKIPPED: no Docker engine: {why}");
         return;
     }
-    let dockhand = Guard::new("dockhand");
-    docker(&[
-        "build",
-        "-q",
-        "-t",
-        &dockhand.image,
-        root().to_str().unwrap(),
-    ]);
+    let dockhand = dockhand_image();
     let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("stack");
-    copy_dir(&root().join("examples/compose-minimal"), &dir);
-    // what the user does before `up`: the password file, and `npm ci` (here: the
-    // drizzle fixture's node_modules, pg and drizzle-orm)
+    let dir = stack("examples/compose-minimal", work.path());
+    // and the password file
     let password = format!("Pw/{}?#@:%", dockhand_tests::token(16));
     std::fs::write(dir.join("db_password.txt"), &password).unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/drizzle-app/node_modules.tar.zst");
-    let unpacked = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "zstd -dc '{}' | tar -C '{}' -xf -",
-            fixture.display(),
-            dir.join("app").display()
-        ))
-        .status()
-        .unwrap();
-    assert!(unpacked.success());
     let mut env = images();
     env.push(("DOCKHAND_IMAGE".into(), dockhand.image.clone()));
     let p = Project {
@@ -212,17 +208,9 @@ fn the_full_stack_runs_as_written() {
         println!("SKIPPED: no Docker engine: {why}");
         return;
     }
-    let dockhand = Guard::new("dockhand");
-    docker(&[
-        "build",
-        "-q",
-        "-t",
-        &dockhand.image,
-        root().to_str().unwrap(),
-    ]);
+    let dockhand = dockhand_image();
     let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("stack");
-    copy_dir(&root().join("examples/compose"), &dir);
+    let dir = stack("examples/compose", work.path());
     let secrets = dir.join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
     let password = format!("Db/{}?#@:%", dockhand_tests::token(16));
@@ -247,18 +235,6 @@ fn the_full_stack_runs_as_written() {
         .lines()
         .find_map(|l| l.strip_prefix("# public key: ").map(String::from))
         .unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/drizzle-app/node_modules.tar.zst");
-    assert!(Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "zstd -dc '{}' | tar -C '{}' -xf -",
-            fixture.display(),
-            dir.join("app").display()
-        ))
-        .status()
-        .unwrap()
-        .success());
     let s3 = host_s3();
     // the bucket (moto reads the key id, not the signature)
     let bucket = format!("backups-{}", dockhand_tests::token(8));

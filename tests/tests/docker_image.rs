@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use dockhand_tests::bins::root;
-use dockhand_tests::docker::{docker, docker_text, unavailable, Guard};
+use dockhand_tests::docker::{docker, docker_text, dockhand_image, unavailable, Guard};
 
 #[test]
 fn the_root_dockerfile_builds_the_image_users_copy_from() {
@@ -14,8 +14,7 @@ fn the_root_dockerfile_builds_the_image_users_copy_from() {
         println!("SKIPPED: no Docker engine: {why}");
         return;
     }
-    let base = Guard::new("dockhand");
-    docker(&["build", "-q", "-t", &base.image, root().to_str().unwrap()]);
+    let base = dockhand_image();
     // exactly the three binaries, at the root
     let mut app = Guard::new("dockhand-app");
     for b in ["entrypoint", "backup", "healthcheck"] {
