@@ -28,6 +28,7 @@ pub mod proc;
 pub mod redis;
 pub mod run;
 pub mod s3;
+pub mod skip;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
