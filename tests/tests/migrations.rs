@@ -617,6 +617,37 @@ fn an_edited_prisma_migration_is_warned_about_at_every_start() {
 }
 
 #[test]
+fn drizzle_edits_and_deletions_of_applied_migrations_are_warned_about_at_every_start() {
+    let pg = Postgres::start();
+    let (_t, dir) = copy_fixture("tests/fixtures/drizzle-v1/drizzle");
+    let d = dir.to_str().unwrap();
+    let r = entrypoint(
+        &["--migrations", d, "--", "true"],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    let f = dir.join("20261123185447_notifications/migration.sql");
+    let text = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(&f, format!("{text}\n-- edited\n")).unwrap();
+    std::fs::remove_dir_all(dir.join("20261123185448_backfill")).unwrap();
+    let r = entrypoint(
+        &["--migrations", d, "--", "echo", "started"],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert_eq!(r.stdout, "started\n");
+    assert!(
+        r.stderr
+            .contains("20261123185447_notifications was changed after it was applied")
+            && r.stderr.contains("no migration file here stands for")
+            && r.stderr.contains("20261123185448_backfill")
+            && r.stderr.contains("nothing to apply"),
+        "{}",
+        r.output()
+    );
+}
+
+#[test]
 fn a_drizzle_1_0_folder_of_symlinked_migration_folders_is_detected() {
     let pg = Postgres::start();
     let src = root().join("tests/fixtures/drizzle-v1/drizzle");

@@ -290,11 +290,13 @@ pub fn pending_v1<'a>(entries: &'a [Entry], rows: &[Row]) -> Result<Vec<&'a Entr
 
 /// Warns, naming the file, about each applied migration whose file has changed since
 /// (its hash differs from the recorded one, other than in line endings): the change is
-/// not applied, by drizzle-orm either.
+/// not applied, by drizzle-orm either. Warns too about recorded migrations that no
+/// file stands for any more (deleted, or an older deploy): drizzle-orm goes on
+/// regardless, and so do we.
 pub fn warn_changed(entries: &[Entry], rows: &[Row], v1: bool) {
     let (matched, _) = match_unnamed(rows, entries);
-    for e in entries {
-        let row = if v1 {
+    let row_of = |e: &Entry| {
+        if v1 {
             rows.iter()
                 .find(|r| r.name.as_deref() == Some(e.name.as_str()))
                 .or_else(|| {
@@ -304,9 +306,13 @@ pub fn warn_changed(entries: &[Entry], rows: &[Row], v1: bool) {
                         .and_then(|(id, _)| rows.iter().find(|r| r.id == *id))
                 })
         } else {
-            rows.iter().find(|r| r.created_at == Some(e.millis))
-        };
-        if let Some(r) = row {
+            recorded_v0(e, rows)
+        }
+    };
+    let mut accounted = HashSet::new();
+    for e in entries {
+        if let Some(r) = row_of(e) {
+            accounted.insert(r.id);
             if !super::prisma::checksum_matches(&e.sql, &r.hash) {
                 tracing::warn!(
                     "drizzle migration {} was changed after it was applied (its sha256 differs from the one recorded in drizzle.__drizzle_migrations); the change is not applied: put it in a new migration",
@@ -314,6 +320,22 @@ pub fn warn_changed(entries: &[Entry], rows: &[Row], v1: bool) {
                 );
             }
         }
+    }
+    let gone: Vec<String> = rows
+        .iter()
+        .filter(|r| !accounted.contains(&r.id))
+        .map(|r| match (&r.name, r.created_at) {
+            (Some(n), _) => n.clone(),
+            (None, Some(at)) => format!("id {} (created_at {at})", r.id),
+            (None, None) => format!("id {}", r.id),
+        })
+        .collect();
+    if !gone.is_empty() {
+        tracing::warn!(
+            "drizzle.__drizzle_migrations records {} that no migration file here stands for (deleted, or this is older code than the database's): {}",
+            if gone.len() == 1 { "a migration" } else { "migrations" },
+            gone.join(", ")
+        );
     }
 }
 
