@@ -3,7 +3,9 @@
 //! the baseline refusal, Prisma's own lock), drizzle 1.0 folders (rows as drizzle-orm
 //! 1.0 records them, the in-place upgrade of a 0.x table, out-of-order folders), the
 //! 0.x out-of-order refusal, format detection, a migration blocked by live traffic
-//! (lock_timeout, retries, the blocker named), and the one-shot and status modes.
+//! (lock_timeout, retries, the blocker named), the one-shot and status modes, the
+//! checks of applied migrations at every start (refinery's refusals, the warnings), and
+//! five replicas of each format at once through PgBouncer 1.18 in transaction mode.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use dockhand_tests::bins::{bin, root};
 use dockhand_tests::pg::{bin_dir, Postgres};
+use dockhand_tests::pgbouncer::PgBouncer;
 use dockhand_tests::run::{command, finish, run, Run};
 
 const LONG: Duration = Duration::from_secs(90);
@@ -445,6 +448,230 @@ mod serde_like {
     }
 }
 
+#[test]
+fn migrate_status_sees_a_0_x_history_through_1_0_folders_as_a_run_does() {
+    let pg = Postgres::start();
+    let v0 =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/drizzle-app/drizzle");
+    let r = entrypoint(
+        &["--migrations", v0.to_str().unwrap(), "--", "true"],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    // the same migrations laid out as drizzle 1.0 folders (drizzle-kit up)
+    let v1 = root().join("tests/fixtures/drizzle-v1/drizzle");
+    let v1 = v1.to_str().unwrap();
+    let r = entrypoint(
+        &["--migrate-status", "--migrations", v1],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(
+        r.stdout.contains("3 applied, 0 pending")
+            && r.stdout.contains("applied  20261123185446_bootstrap"),
+        "{}",
+        r.output()
+    );
+    // status changed nothing: the table is still 0.x's
+    assert_eq!(
+        pg.psql_db("app", "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'drizzle' AND column_name = 'name'"),
+        "0"
+    );
+    // a history row that no folder matches: status says what a run would
+    pg.psql_db(
+        "app",
+        "INSERT INTO drizzle.__drizzle_migrations (hash, created_at) VALUES ('feed', 1795460099123)",
+    );
+    let r = entrypoint(
+        &["--migrate-status", "--migrations", v1],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    assert_ne!(r.code, Some(0), "{}", r.output());
+    assert!(r.stderr.contains("match no folder"), "{}", r.output());
+    pg.psql_db(
+        "app",
+        "DELETE FROM drizzle.__drizzle_migrations WHERE hash = 'feed'",
+    );
+    // and a start agrees: it applies nothing (it upgrades the table, as drizzle-orm 1.0)
+    let r = entrypoint(
+        &["--migrations", v1, "--", "true"],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(!r.stderr.contains("applied migration"), "{}", r.output());
+    assert_eq!(
+        pg.psql_db("app", "SELECT count(*) FROM drizzle.__drizzle_migrations"),
+        "3"
+    );
+}
+
+#[test]
+fn refinery_refuses_an_edited_or_deleted_applied_migration_at_every_start() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    std::fs::write(
+        dir.path().join("V1__users.sql"),
+        "CREATE TABLE users (id int);",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("V2__posts.sql"),
+        "CREATE TABLE posts (id int);",
+    )
+    .unwrap();
+    let start = |expect: i32| {
+        let r = entrypoint(
+            &["--migrations", d, "--", "echo", "started"],
+            &[("DIRECT_URL", &url)],
+        );
+        assert_eq!(r.code, Some(expect), "{}", r.output());
+        r
+    };
+    start(0);
+    // nothing pending, an applied file edited (a comment): refinery aborts, so do we
+    std::fs::write(
+        dir.path().join("V1__users.sql"),
+        "CREATE TABLE users (id int); -- reviewed",
+    )
+    .unwrap();
+    let r = start(4);
+    assert!(
+        r.stderr.contains("V1__users") && r.stderr.contains("different"),
+        "{}",
+        r.output()
+    );
+    assert!(!r.stdout.contains("started"));
+    let r = entrypoint(
+        &["--migrate-status", "--migrations", d],
+        &[("DIRECT_URL", &url)],
+    );
+    assert_ne!(r.code, Some(0), "{}", r.output());
+    assert!(r.stderr.contains("V1__users"), "{}", r.output());
+    // restored: starts again; then an applied file deleted
+    std::fs::write(
+        dir.path().join("V1__users.sql"),
+        "CREATE TABLE users (id int);",
+    )
+    .unwrap();
+    start(0);
+    std::fs::remove_file(dir.path().join("V2__posts.sql")).unwrap();
+    let r = start(4);
+    assert!(
+        r.stderr.contains("V2__posts") && r.stderr.contains("missing from the filesystem"),
+        "{}",
+        r.output()
+    );
+    // a versioned file below the newest applied one that never ran
+    std::fs::write(
+        dir.path().join("V2__posts.sql"),
+        "CREATE TABLE posts (id int);",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("V0__early.sql"),
+        "CREATE TABLE early (id int);",
+    )
+    .unwrap();
+    let r = start(4);
+    assert!(
+        r.stderr.contains("V0__early") && r.stderr.contains("below the newest applied version 2"),
+        "{}",
+        r.output()
+    );
+    assert_eq!(
+        pg.psql_db("app", "SELECT to_regclass('early') IS NULL"),
+        "t"
+    );
+}
+
+#[test]
+fn an_edited_prisma_migration_is_warned_about_at_every_start() {
+    let pg = Postgres::start();
+    let (_t, dir) = copy_fixture("tests/fixtures/prisma-app/migrations");
+    let d = dir.to_str().unwrap();
+    let url = pg.url();
+    let r = entrypoint(&["--migrations", d, "--", "true"], &[("DIRECT_URL", &url)]);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    let f = dir.join("20260102090000_posts/migration.sql");
+    let mut text = std::fs::read_to_string(&f).unwrap();
+    text.push_str("-- edited after deploy\n");
+    std::fs::write(&f, text).unwrap();
+    // nothing pending: the warning still comes, once
+    let r = entrypoint(
+        &["--migrations", d, "--", "echo", "started"],
+        &[("DIRECT_URL", &url)],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert_eq!(r.stdout, "started\n");
+    assert_eq!(
+        r.stderr
+            .matches("20260102090000_posts was changed after it was applied")
+            .count(),
+        1,
+        "{}",
+        r.output()
+    );
+    assert!(r.stderr.contains("nothing to apply"), "{}", r.output());
+}
+
+#[test]
+fn drizzle_edits_and_deletions_of_applied_migrations_are_warned_about_at_every_start() {
+    let pg = Postgres::start();
+    let (_t, dir) = copy_fixture("tests/fixtures/drizzle-v1/drizzle");
+    let d = dir.to_str().unwrap();
+    let r = entrypoint(
+        &["--migrations", d, "--", "true"],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    let f = dir.join("20261123185447_notifications/migration.sql");
+    let text = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(&f, format!("{text}\n-- edited\n")).unwrap();
+    std::fs::remove_dir_all(dir.join("20261123185448_backfill")).unwrap();
+    let r = entrypoint(
+        &["--migrations", d, "--", "echo", "started"],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert_eq!(r.stdout, "started\n");
+    assert!(
+        r.stderr
+            .contains("20261123185447_notifications was changed after it was applied")
+            && r.stderr.contains("no migration file here stands for")
+            && r.stderr.contains("20261123185448_backfill")
+            && r.stderr.contains("nothing to apply"),
+        "{}",
+        r.output()
+    );
+}
+
+#[test]
+fn a_drizzle_1_0_folder_of_symlinked_migration_folders_is_detected() {
+    let pg = Postgres::start();
+    let src = root().join("tests/fixtures/drizzle-v1/drizzle");
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::os::unix::fs::symlink(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    let r = entrypoint(
+        &["--migrations", dir.path().to_str().unwrap(), "--", "true"],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(
+        r.stderr.contains("is a drizzle 1.0 folder"),
+        "{}",
+        r.output()
+    );
+    assert_eq!(
+        pg.psql_db("app", "SELECT count(*) FROM drizzle.__drizzle_migrations"),
+        "3"
+    );
+}
+
 // ---- detection ------------------------------------------------------------------------------
 
 #[test]
@@ -693,4 +920,126 @@ fn migrate_only_and_migrate_status_for_jobs_and_ci() {
     assert_eq!(r.code, Some(2), "{}", r.output());
     let r = entrypoint(&["--migrate-status"], &[("DIRECT_URL", &url)]);
     assert_eq!(r.code, Some(2), "{}", r.output());
+}
+
+// ---- through PgBouncer ----------------------------------------------------------------------------
+
+/// Five replicas at once with `--allow-pooler`, through PgBouncer 1.18 in transaction
+/// mode (no protocol-level prepared statements before 1.21), in every format, each in a
+/// database of its own; hostile migration names go in as values. Each replica starts its
+/// app; every migration is recorded once.
+#[test]
+fn five_replicas_through_pgbouncer_migrate_once_in_every_format() {
+    let pg = Postgres::start();
+    let bouncer = PgBouncer::start(&pg);
+    let hostile = "o'brien\\\"; DROP TABLE users; --";
+    let mut cases: Vec<(&str, tempfile::TempDir, PathBuf, &str, &str)> = Vec::new();
+    // refinery
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path().join("m");
+    std::fs::create_dir_all(&r).unwrap();
+    for (f, sql) in [
+        ("V1__users.sql", "CREATE TABLE users (id int);"),
+        ("V2__posts.sql", "CREATE TABLE posts (id int);"),
+        ("V3__seed.sql", "INSERT INTO users VALUES (1);"),
+    ] {
+        std::fs::write(r.join(f), sql).unwrap();
+    }
+    cases.push((
+        "refinery",
+        t,
+        r,
+        "SELECT count(*) || ' ' || (SELECT count(*) FROM users) FROM refinery_schema_history",
+        "3 1",
+    ));
+    // drizzle 0.x (the fixture drizzle-kit wrote)
+    let (t, d0) = copy_fixture("../shared/fixtures/drizzle-app/drizzle");
+    cases.push((
+        "drizzle0",
+        t,
+        d0,
+        "SELECT count(*) FROM drizzle.__drizzle_migrations",
+        "3",
+    ));
+    // drizzle 1.0, with a hostile folder name
+    let (t, d1) = copy_fixture("tests/fixtures/drizzle-v1/drizzle");
+    let name = format!("20261201000000_{hostile}");
+    std::fs::create_dir_all(d1.join(&name)).unwrap();
+    std::fs::write(
+        d1.join(&name).join("migration.sql"),
+        "CREATE TABLE hostile (id int);",
+    )
+    .unwrap();
+    cases.push((
+        "drizzle1",
+        t,
+        d1,
+        "SELECT count(*) || ' ' || count(*) FILTER (WHERE name = '20261201000000_o''brien\\\"; DROP TABLE users; --') FROM drizzle.__drizzle_migrations",
+        "4 1",
+    ));
+    // Prisma, with a hostile folder name
+    let (t, p) = copy_fixture("tests/fixtures/prisma-app/migrations");
+    let name = format!("20260104090000_{hostile}");
+    std::fs::create_dir_all(p.join(&name)).unwrap();
+    std::fs::write(
+        p.join(&name).join("migration.sql"),
+        "CREATE TABLE hostile (id int);\n",
+    )
+    .unwrap();
+    cases.push((
+        "prisma",
+        t,
+        p,
+        "SELECT count(*) || ' ' || count(*) FILTER (WHERE migration_name = '20260104090000_o''brien\\\"; DROP TABLE users; --' AND finished_at IS NOT NULL) FROM _prisma_migrations",
+        "4 1",
+    ));
+    for (db, _t, dir, check, expected) in &cases {
+        pg.psql(&format!("CREATE DATABASE {db} OWNER app"));
+        let url = format!("{}/{db}", bouncer.url().strip_suffix("/app").unwrap());
+        let d = dir.to_str().unwrap();
+        let replicas: Vec<Child> = (0..5)
+            .map(|_| {
+                spawn(
+                    &["--allow-pooler", "--migrations", d, "--", "echo", "started"],
+                    &[("DIRECT_URL", &url)],
+                )
+            })
+            .collect();
+        for c in replicas {
+            let r = finish(c, LONG);
+            assert_eq!(r.code, Some(0), "{db}: {}", r.output());
+            assert_eq!(r.stdout, "started\n", "{db}");
+            r.assert_no_secret(&pg.password);
+        }
+        assert_eq!(&pg.psql_db(db, check), expected, "{db}");
+        // no setting of ours stayed on a pooled server connection the app gets next:
+        // five clients at once hold all five, each says its lock_timeout
+        let probes: Vec<Child> = (0..5)
+            .map(|_| {
+                Command::new(bin_dir().join("psql"))
+                    .args(["-X", "-q", "-A", "-t", "-d", &url, "-c"])
+                    .arg("BEGIN; SHOW lock_timeout; SELECT pg_sleep(1); COMMIT;")
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for p in probes {
+            let out = p.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{db}: {text}");
+            assert_eq!(text.lines().next(), Some("0"), "{db}: {text}");
+        }
+        // a re-run through the pooler finds nothing to do
+        let r = entrypoint(
+            &["--allow-pooler", "--migrations", d, "--", "true"],
+            &[("DIRECT_URL", &url)],
+        );
+        assert_eq!(r.code, Some(0), "{db}: {}", r.output());
+        assert!(
+            r.stderr.contains("nothing to apply"),
+            "{db}: {}",
+            r.output()
+        );
+    }
 }

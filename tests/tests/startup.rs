@@ -520,6 +520,90 @@ fn drizzle_folders_interoperate_with_drizzle_orm_both_ways() {
     assert_eq!(drizzle_rows(&pg2), expected.trim());
 }
 
+#[test]
+fn a_drizzle_0_x_file_edited_after_it_was_applied_is_a_warning_and_drizzle_orm_agrees() {
+    // drizzle-orm applies the folder; then one applied file gets a comment appended and
+    // another git's CRLF line endings: their hashes change, their journal "when" does not.
+    let app = drizzle_fixture();
+    let expected =
+        std::fs::read_to_string(app.path().join("expected-drizzle-migrations.txt")).unwrap();
+    let folder = app.path().join("drizzle");
+    let pg = Postgres::start();
+    drizzle_migrate(app.path(), &pg.url());
+    assert_eq!(drizzle_rows(&pg), expected.trim());
+    // the fixture's files are read-only
+    assert!(Command::new("chmod")
+        .arg("-R")
+        .arg("u+w")
+        .arg(&folder)
+        .status()
+        .unwrap()
+        .success());
+    let edit = |f: &str, change: &dyn Fn(String) -> String| {
+        let p = folder.join(f);
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, change(text)).unwrap();
+    };
+    edit("0001_notifications.sql", &|t| {
+        format!("{t}\n-- reviewed: keep notifications forever\n")
+    });
+    edit("0000_bootstrap.sql", &|t| t.replace('\n', "\r\n"));
+    let args = [
+        "--migrations",
+        folder.to_str().unwrap(),
+        "--",
+        "echo",
+        "started",
+    ];
+    let r = run(&args, &[("DIRECT_URL", &pg.url())]);
+    // drizzle-orm would start (it runs only what is newer than the newest row): so do we,
+    // naming the edited file; CRLF alone is no edit
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout, "started\n");
+    assert!(
+        r.stderr
+            .contains("0001_notifications was changed after it was applied"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("0000_bootstrap"), "{}", r.stderr);
+    assert!(!r.stderr.contains("skip"), "{}", r.stderr);
+    drizzle_migrate(app.path(), &pg.url());
+    assert_eq!(drizzle_rows(&pg), expected.trim(), "drizzle ran something");
+
+    // a new migration arrives: both apply it and only it, once
+    let journal = folder.join("meta/_journal.json");
+    edit("meta/_journal.json", &|t| {
+        let end = t.rfind(']').unwrap();
+        format!(
+            "{},\n    {{\n      \"idx\": 3,\n      \"version\": \"7\",\n      \"when\": 1795460099000,\n      \"tag\": \"0003_audit\",\n      \"breakpoints\": true\n    }}\n  {}",
+            t[..end].trim_end(),
+            &t[end..]
+        )
+    });
+    assert!(journal.exists());
+    std::fs::write(
+        folder.join("0003_audit.sql"),
+        "CREATE TABLE audit (id int);",
+    )
+    .unwrap();
+    let r = run(&args, &[("DIRECT_URL", &pg.url())]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("applied migration 0003_audit"),
+        "{}",
+        r.stderr
+    );
+    drizzle_migrate(app.path(), &pg.url());
+    assert_eq!(
+        pg.psql_db(
+            "app",
+            "SELECT count(*) || ' ' || max(created_at) FROM drizzle.__drizzle_migrations"
+        ),
+        "4 1795460099000"
+    );
+}
+
 // ---- secrets, required variables, privileges, bad input ----------------------------
 
 #[test]

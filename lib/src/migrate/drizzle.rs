@@ -5,21 +5,28 @@
 //!   its journal `when` is newer than the newest `created_at` in
 //!   `drizzle.__drizzle_migrations`; rows are (sha256 of the file, `when`). drizzle-orm
 //!   silently skips a migration whose `when` is not later than the newest applied one
-//!   (branches merged out of order: features ship without their tables); dockhand
-//!   refuses to start instead and names it.
+//!   and that was never recorded (branches merged out of order: features ship without
+//!   their tables); dockhand refuses to start instead and names it. A migration counts
+//!   as recorded when a row has its `when` as `created_at` (or its hash): a file edited
+//!   after it was applied (a comment, git's CRLF) keeps its `when` but not its hash, and
+//!   drizzle-orm rightly leaves it alone, so dockhand only warns.
 //! - **1.0** (`<YYYYMMDDHHMMSS>_<name>/migration.sql`, no journal): a migration is
 //!   pending when its folder name is not recorded; rows are (sha256, the folder time in
 //!   UTC milliseconds, the folder name) in a table that also has `applied_at`. A 0.x
 //!   table is upgraded in place first (columns added, names back-filled by matching
 //!   `created_at` to the second, then by hash), as drizzle-orm 1.0's `up-migrations`
-//!   does; a row that matches no folder stops the upgrade.
+//!   does; a row that matches no folder stops the upgrade. Until then (status, or a
+//!   start with nothing pending) the same matching is done in memory.
 //!
 //! Either way each file is split on `--> statement-breakpoint` and all pending
-//! migrations run in one transaction.
+//! migrations run in one transaction. Every statement goes out as a simple query or an
+//! unnamed prepared statement (`query_typed`), never a named one, so that the history
+//! reads and writes also work through PgBouncer in transaction mode (`--allow-pooler`).
 
 use std::collections::HashSet;
 use std::path::Path;
 
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
 use super::{db_fail, err, MigrateError};
@@ -180,14 +187,7 @@ pub async fn rows(client: &Client) -> Result<Vec<Row>, MigrateError> {
 
 /// The rows through any client or transaction (a 0.x table has no `name`).
 async fn rows_of<C: GenericClient>(c: &C) -> Result<Vec<Row>, tokio_postgres::Error> {
-    let exists: bool = c
-        .query_one(
-            "SELECT to_regclass('drizzle.__drizzle_migrations') IS NOT NULL",
-            &[],
-        )
-        .await?
-        .get(0);
-    if !exists {
+    if !table_exists(c).await? {
         return Ok(Vec::new());
     }
     let sql = if has_name_column(c).await? {
@@ -195,7 +195,7 @@ async fn rows_of<C: GenericClient>(c: &C) -> Result<Vec<Row>, tokio_postgres::Er
     } else {
         "SELECT id, hash, created_at, NULL::text FROM drizzle.__drizzle_migrations ORDER BY id"
     };
-    Ok(c.query(sql, &[])
+    Ok(c.query_typed(sql, &[])
         .await?
         .iter()
         .map(|r| Row {
@@ -207,8 +207,29 @@ async fn rows_of<C: GenericClient>(c: &C) -> Result<Vec<Row>, tokio_postgres::Er
         .collect())
 }
 
+/// 1.0: true when the history table is 0.x's (no `name` column), to be upgraded under
+/// the lock even when nothing is pending.
+pub async fn needs_upgrade(client: &Client) -> Result<bool, MigrateError> {
+    let read = async {
+        Ok::<_, tokio_postgres::Error>(
+            table_exists(client).await? && !has_name_column(client).await?,
+        )
+    };
+    read.await
+        .map_err(|e| err(format!("reading {TABLE}: {}", classify(&e))))
+}
+
+async fn table_exists<C: GenericClient>(c: &C) -> Result<bool, tokio_postgres::Error> {
+    Ok(c.query_typed_one(
+        "SELECT to_regclass('drizzle.__drizzle_migrations') IS NOT NULL",
+        &[],
+    )
+    .await?
+    .get(0))
+}
+
 async fn has_name_column<C: GenericClient>(c: &C) -> Result<bool, tokio_postgres::Error> {
-    Ok(c.query_one(
+    Ok(c.query_typed_one(
         "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'drizzle' AND table_name = '__drizzle_migrations' AND column_name = 'name')",
         &[],
     )
@@ -216,19 +237,19 @@ async fn has_name_column<C: GenericClient>(c: &C) -> Result<bool, tokio_postgres
     .get(0))
 }
 
-/// 0.x: the pending entries; `Err` naming any entry drizzle-orm would skip silently
-/// (its `when` is not later than the newest applied, and its hash is not recorded).
+/// 0.x: the pending entries; `Err` naming any entry drizzle-orm would skip silently:
+/// its `when` is not later than the newest applied, and it is not recorded (no row has
+/// its `when`, none its hash).
 pub fn pending_v0<'a>(entries: &'a [Entry], rows: &[Row]) -> Result<Vec<&'a Entry>, MigrateError> {
     let last = rows.iter().filter_map(|r| r.created_at).max();
-    let hashes: HashSet<&str> = rows.iter().map(|r| r.hash.as_str()).collect();
     let skipped: Vec<&str> = entries
         .iter()
-        .filter(|e| last.is_some_and(|l| e.millis <= l) && !hashes.contains(e.hash.as_str()))
+        .filter(|e| last.is_some_and(|l| e.millis <= l) && recorded_v0(e, rows).is_none())
         .map(|e| e.name.as_str())
         .collect();
     if !skipped.is_empty() {
         return Err(err(format!(
-            "drizzle would skip {} without a word: {} (its journal \"when\" is not later than the newest applied migration, {}; a branch merged out of order?). Give it a later \"when\" in meta/_journal.json (regenerate it with drizzle-kit), or apply its SQL by hand and record it",
+            "drizzle would skip {} without a word: {} (its journal \"when\" is not later than the newest applied migration, {}, and no row of drizzle.__drizzle_migrations records it; a branch merged out of order?). Give it a later \"when\" in meta/_journal.json (regenerate it with drizzle-kit), or apply its SQL by hand and record it",
             if skipped.len() == 1 { "this migration" } else { "these migrations" },
             skipped.join(", "),
             last.unwrap_or_default()
@@ -240,34 +261,108 @@ pub fn pending_v0<'a>(entries: &'a [Entry], rows: &[Row]) -> Result<Vec<&'a Entr
         .collect())
 }
 
-/// 1.0: the entries whose folder name is not recorded.
-pub fn pending_v1<'a>(entries: &'a [Entry], rows: &[Row]) -> Vec<&'a Entry> {
-    let names: HashSet<&str> = rows.iter().filter_map(|r| r.name.as_deref()).collect();
-    entries
+/// 0.x: the row that records `e`: the one whose `created_at` is its journal `when`
+/// (what drizzle-orm wrote for it, whatever the file holds now), else one with its hash.
+fn recorded_v0<'r>(e: &Entry, rows: &'r [Row]) -> Option<&'r Row> {
+    rows.iter()
+        .find(|r| r.created_at == Some(e.millis))
+        .or_else(|| rows.iter().find(|r| r.hash == e.hash))
+}
+
+/// 1.0: the entries whose folder name is not recorded. Rows without a name (a 0.x
+/// table not yet upgraded) are matched to folders as the upgrade would match them; a
+/// row that matches no folder is an error, as it is for the upgrade.
+pub fn pending_v1<'a>(entries: &'a [Entry], rows: &[Row]) -> Result<Vec<&'a Entry>, MigrateError> {
+    let (matched, unmatched) = match_unnamed(rows, entries);
+    if !unmatched.is_empty() {
+        return Err(unmatched_rows(&unmatched));
+    }
+    let names: HashSet<&str> = rows
+        .iter()
+        .filter_map(|r| r.name.as_deref())
+        .chain(matched.iter().map(|(_, n)| n.as_str()))
+        .collect();
+    Ok(entries
         .iter()
         .filter(|e| !names.contains(e.name.as_str()))
-        .collect()
+        .collect())
+}
+
+/// Warns, naming the file, about each applied migration whose file has changed since
+/// (its hash differs from the recorded one, other than in line endings): the change is
+/// not applied, by drizzle-orm either. Warns too about recorded migrations that no
+/// file stands for any more (deleted, or an older deploy): drizzle-orm goes on
+/// regardless, and so do we.
+pub fn warn_changed(entries: &[Entry], rows: &[Row], v1: bool) {
+    let (matched, _) = match_unnamed(rows, entries);
+    let row_of = |e: &Entry| {
+        if v1 {
+            rows.iter()
+                .find(|r| r.name.as_deref() == Some(e.name.as_str()))
+                .or_else(|| {
+                    matched
+                        .iter()
+                        .find(|(_, n)| *n == e.name)
+                        .and_then(|(id, _)| rows.iter().find(|r| r.id == *id))
+                })
+        } else {
+            recorded_v0(e, rows)
+        }
+    };
+    let mut accounted = HashSet::new();
+    for e in entries {
+        if let Some(r) = row_of(e) {
+            accounted.insert(r.id);
+            if !super::prisma::checksum_matches(&e.sql, &r.hash) {
+                tracing::warn!(
+                    "drizzle migration {} was changed after it was applied (its sha256 differs from the one recorded in drizzle.__drizzle_migrations); the change is not applied: put it in a new migration",
+                    e.name
+                );
+            }
+        }
+    }
+    let gone: Vec<String> = rows
+        .iter()
+        .filter(|r| !accounted.contains(&r.id))
+        .map(|r| match (&r.name, r.created_at) {
+            (Some(n), _) => n.clone(),
+            (None, Some(at)) => format!("id {} (created_at {at})", r.id),
+            (None, None) => format!("id {}", r.id),
+        })
+        .collect();
+    if !gone.is_empty() {
+        tracing::warn!(
+            "drizzle.__drizzle_migrations records {} that no migration file here stands for (deleted, or this is older code than the database's): {}",
+            if gone.len() == 1 { "a migration" } else { "migrations" },
+            gone.join(", ")
+        );
+    }
 }
 
 /// Applies the pending migrations of a folder in one transaction, as drizzle-orm does
-/// (0.x or 1.0 by `v1`).
-pub async fn apply(client: &mut Client, dir: &Path, v1: bool) -> Result<Vec<String>, MigrateError> {
+/// (0.x or 1.0 by `v1`); `first` (`SET LOCAL ...`) starts the transaction when given.
+pub async fn apply(
+    client: &mut Client,
+    dir: &Path,
+    v1: bool,
+    first: Option<&str>,
+) -> Result<Vec<String>, MigrateError> {
     let entries = if v1 { load_v1(dir)? } else { load(dir)? };
     let tx = client
         .transaction()
         .await
         .map_err(|e| db_fail(&e, "starting the migration transaction"))?;
+    if let Some(first) = first {
+        tx.batch_execute(first)
+            .await
+            .map_err(|e| db_fail(&e, "setting lock_timeout"))?;
+    }
     tx.batch_execute(r#"CREATE SCHEMA IF NOT EXISTS "drizzle""#)
         .await
         .map_err(|e| db_fail(&e, "creating the drizzle schema"))?;
-    let exists: bool = tx
-        .query_one(
-            "SELECT to_regclass('drizzle.__drizzle_migrations') IS NOT NULL",
-            &[],
-        )
+    let exists = table_exists(&tx)
         .await
-        .map_err(|e| db_fail(&e, "reading drizzle.__drizzle_migrations"))?
-        .get(0);
+        .map_err(|e| db_fail(&e, "reading drizzle.__drizzle_migrations"))?;
     if !exists {
         let ddl = if v1 {
             r#"CREATE TABLE IF NOT EXISTS "drizzle"."__drizzle_migrations" (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at bigint, name text, applied_at timestamp with time zone DEFAULT now())"#
@@ -284,7 +379,7 @@ pub async fn apply(client: &mut Client, dir: &Path, v1: bool) -> Result<Vec<Stri
         .await
         .map_err(|e| db_fail(&e, "reading drizzle.__drizzle_migrations"))?;
     let pending: Vec<&Entry> = if v1 {
-        pending_v1(&entries, &rows)
+        pending_v1(&entries, &rows)?
     } else {
         pending_v0(&entries, &rows)?
     };
@@ -307,15 +402,19 @@ pub async fn apply(client: &mut Client, dir: &Path, v1: bool) -> Result<Vec<Stri
             line += stmt.matches('\n').count();
         }
         let recorded = if v1 {
-            tx.execute(
+            tx.query_typed(
                 r#"INSERT INTO "drizzle"."__drizzle_migrations" ("hash", "created_at", "name") VALUES ($1, $2, $3)"#,
-                &[&entry.hash, &entry.millis, &entry.name],
+                &[
+                    (&entry.hash, Type::TEXT),
+                    (&entry.millis, Type::INT8),
+                    (&entry.name, Type::TEXT),
+                ],
             )
             .await
         } else {
-            tx.execute(
+            tx.query_typed(
                 r#"INSERT INTO "drizzle"."__drizzle_migrations" ("hash", "created_at") VALUES ($1, $2)"#,
-                &[&entry.hash, &entry.millis],
+                &[(&entry.hash, Type::TEXT), (&entry.millis, Type::INT8)],
             )
             .await
         };
@@ -341,9 +440,34 @@ async fn upgrade_table(tx: &Transaction<'_>, entries: &[Entry]) -> Result<(), Mi
     let rows = rows_of(tx)
         .await
         .map_err(|e| db_fail(&e, "reading drizzle.__drizzle_migrations"))?;
+    let (matched, unmatched) = match_unnamed(&rows, entries);
+    if !unmatched.is_empty() {
+        return Err(unmatched_rows(&unmatched));
+    }
+    tx.batch_execute(
+        r#"ALTER TABLE "drizzle"."__drizzle_migrations" ADD COLUMN IF NOT EXISTS "name" text; ALTER TABLE "drizzle"."__drizzle_migrations" ADD COLUMN IF NOT EXISTS "applied_at" timestamp with time zone DEFAULT now()"#,
+    )
+    .await
+    .map_err(|e| db_fail(&e, "upgrading drizzle.__drizzle_migrations"))?;
+    for (id, name) in matched {
+        tx.query_typed(
+            r#"UPDATE "drizzle"."__drizzle_migrations" SET "name" = $1, "applied_at" = NULL WHERE "id" = $2"#,
+            &[(&name, Type::TEXT), (&id, Type::INT4)],
+        )
+        .await
+        .map_err(|e| db_fail(&e, "upgrading drizzle.__drizzle_migrations"))?;
+    }
+    tracing::info!("upgraded drizzle.__drizzle_migrations to drizzle 1.0's layout");
+    Ok(())
+}
+
+/// The folder each row without a name stands for, as drizzle-orm 1.0's upgrade finds it:
+/// by `created_at` truncated to the second, then by hash; and the ids of the rows that
+/// match no folder.
+fn match_unnamed(rows: &[Row], entries: &[Entry]) -> (Vec<(i32, String)>, Vec<i32>) {
     let mut matched = Vec::new();
     let mut unmatched = Vec::new();
-    for row in &rows {
+    for row in rows.iter().filter(|r| r.name.is_none()) {
         let second = row.created_at.map(|c| c / 1000 * 1000);
         let by_time: Vec<&Entry> = entries
             .iter()
@@ -356,31 +480,18 @@ async fn upgrade_table(tx: &Transaction<'_>, entries: &[Entry]) -> Result<(), Mi
         };
         match found {
             Some(e) => matched.push((row.id, e.name.clone())),
-            None => unmatched.push(row.id.to_string()),
+            None => unmatched.push(row.id),
         }
     }
-    if !unmatched.is_empty() {
-        return Err(err(format!(
-            "upgrading drizzle.__drizzle_migrations to drizzle 1.0: {} recorded migration(s) (ids {}) match no folder here; the folder is missing migrations the database has",
-            unmatched.len(),
-            unmatched.join(", ")
-        )));
-    }
-    tx.batch_execute(
-        r#"ALTER TABLE "drizzle"."__drizzle_migrations" ADD COLUMN IF NOT EXISTS "name" text; ALTER TABLE "drizzle"."__drizzle_migrations" ADD COLUMN IF NOT EXISTS "applied_at" timestamp with time zone DEFAULT now()"#,
-    )
-    .await
-    .map_err(|e| db_fail(&e, "upgrading drizzle.__drizzle_migrations"))?;
-    for (id, name) in matched {
-        tx.execute(
-            r#"UPDATE "drizzle"."__drizzle_migrations" SET "name" = $1, "applied_at" = NULL WHERE "id" = $2"#,
-            &[&name, &id],
-        )
-        .await
-        .map_err(|e| db_fail(&e, "upgrading drizzle.__drizzle_migrations"))?;
-    }
-    tracing::info!("upgraded drizzle.__drizzle_migrations to drizzle 1.0's layout");
-    Ok(())
+    (matched, unmatched)
+}
+
+fn unmatched_rows(ids: &[i32]) -> MigrateError {
+    err(format!(
+        "upgrading drizzle.__drizzle_migrations to drizzle 1.0: {} recorded migration(s) (ids {}) match no folder here; the folder is missing migrations the database has",
+        ids.len(),
+        ids.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
+    ))
 }
 
 #[cfg(test)]
@@ -452,6 +563,54 @@ mod tests {
     }
 
     #[test]
+    fn an_edited_0x_file_is_recorded_by_its_when_not_skipped() {
+        let row = |id, hash: &str, at| Row {
+            id,
+            hash: hash.into(),
+            created_at: Some(at),
+            name: None,
+        };
+        let rows = [row(1, "h0", 1000), row(2, "h1", 3000)];
+        // 0000_a edited (new hash, same when): applied, not "skipped"; nothing pending
+        let entries = [entry("0000_a", 1000, "edited"), entry("0001_b", 3000, "h1")];
+        assert!(pending_v0(&entries, &rows).unwrap().is_empty());
+        // a file recorded only by its hash (its when rewritten): applied as before
+        let entries = [entry("0000_a", 999, "h0"), entry("0001_b", 3000, "h1")];
+        assert!(pending_v0(&entries, &rows).unwrap().is_empty());
+        // recorded by neither: the out-of-order case
+        let entries = [entry("0000_a", 1000, "h0"), entry("0000_x", 2000, "hx")];
+        assert!(pending_v0(&entries, &rows).is_err());
+    }
+
+    #[test]
+    fn v1_status_over_a_0x_table_matches_rows_as_the_upgrade_does() {
+        let entries = [
+            entry("20260101000000_a", 1_000_000, "h0"),
+            entry("20260102000000_b", 2_000_000, "h1"),
+        ];
+        // 0.x rows: created_at in milliseconds (matched to the second), no names
+        let rows = [Row {
+            id: 1,
+            hash: "other".into(),
+            created_at: Some(1_000_342),
+            name: None,
+        }];
+        let p = pending_v1(&entries, &rows).unwrap();
+        assert_eq!(
+            p.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+            ["20260102000000_b"]
+        );
+        let stray = [Row {
+            id: 7,
+            hash: "nope".into(),
+            created_at: Some(5),
+            name: None,
+        }];
+        let e = pending_v1(&entries, &stray).unwrap_err();
+        assert!(e.message().contains("ids 7"), "{e}");
+    }
+
+    #[test]
     fn v1_pending_is_by_name_so_out_of_order_folders_apply() {
         let entries = [
             entry("20260101000000_a", 1, "h0"),
@@ -472,7 +631,7 @@ mod tests {
                 name: Some("20260103000000_c".into()),
             },
         ];
-        let p = pending_v1(&entries, &rows);
+        let p = pending_v1(&entries, &rows).unwrap();
         assert_eq!(
             p.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
             ["20260102000000_b"]

@@ -27,10 +27,23 @@
 //!   the table behind it for as long as the dump lasts. The migration is rolled back and
 //!   retried with capped, jittered backoff until `--lock-timeout` runs out, and each
 //!   retry logs who blocked it. A command gets the same through libpq's `PGOPTIONS`.
+//! - Every check runs at every start, not only when something is pending: refinery's
+//!   refusal of an applied migration that was edited or deleted, and the warnings
+//!   about edited drizzle and Prisma files (see [`status`]).
+//! - Protocol: no named prepared statement is ever used (tokio-postgres's `query` and
+//!   `execute` make one per statement): values travel as parameters of the unnamed
+//!   statement (`query_typed`), scripts as simple queries, so that `--allow-pooler`
+//!   works through PgBouncer in transaction mode before 1.21, where a named statement
+//!   lands on a server connection another client already used ("prepared statement
+//!   \"s0\" already exists"). With `--allow-pooler` the lock is a transaction-level
+//!   advisory lock held by an open transaction on a connection of its own: a pooler
+//!   keeps a transaction on one server connection, where a session lock would stay
+//!   behind on whatever server connection took it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
@@ -215,7 +228,8 @@ pub fn detect(dir: &Path) -> Result<Format, MigrateError> {
     let mut other_sql = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        // Follows symlinks (a folder of linked migration folders), as loading does.
+        let is_dir = e.path().is_dir();
         if is_dir && e.path().join("migration.sql").is_file() {
             stamped_folders.push(name);
         } else if !is_dir
@@ -301,6 +315,9 @@ pub struct Status {
 }
 
 /// The applied and pending migrations of a folder. Takes no lock, changes nothing.
+/// Runs each format's checks of what was applied, so they hold at every start (a run
+/// with nothing pending stops after this): refinery's refusal of an applied migration
+/// whose file was edited or deleted, the warnings about edited drizzle and Prisma files.
 pub async fn status(
     client: &mut Client,
     dir: &Path,
@@ -310,6 +327,7 @@ pub async fn status(
         Format::Refinery => {
             let migrations = load_refinery(dir)?;
             let applied = refinery_applied(client).await?;
+            refinery_verify(&applied, &migrations)?;
             migrations
                 .iter()
                 .map(|m| Status {
@@ -327,10 +345,11 @@ pub async fn status(
             };
             let rows = drizzle::rows(client).await?;
             let pending: Vec<&drizzle::Entry> = if v1 {
-                drizzle::pending_v1(&entries, &rows)
+                drizzle::pending_v1(&entries, &rows)?
             } else {
                 drizzle::pending_v0(&entries, &rows)?
             };
+            drizzle::warn_changed(&entries, &rows, v1);
             entries
                 .iter()
                 .map(|e| Status {
@@ -342,6 +361,7 @@ pub async fn status(
         Format::Prisma => {
             let migrations = prisma::load(dir)?;
             let rows = prisma::rows(client).await?.unwrap_or_default();
+            prisma::warn_changed(&migrations, &rows);
             // Only finished rows count here: an unfinished one is another replica's
             // migration in progress (or, seen under the lock, a failed one: apply
             // refuses it then, with P3009). Counting it as applied would let this
@@ -391,7 +411,12 @@ pub async fn run(target: &PgTarget, direct_url: &str, opts: &Options) -> Result<
         ),
         _ => None,
     };
-    if pending == Some(0) {
+    // drizzle 1.0 over a 0.x table: its upgrade is a write, made under the lock
+    let upgrade = match (&opts.source, format) {
+        (Source::Folder { .. }, Some(Format::DrizzleV1)) => drizzle::needs_upgrade(&client).await?,
+        _ => false,
+    };
+    if pending == Some(0) && !upgrade {
         info!(
             "migrations: nothing to apply ({})",
             crate::duration::format(started.elapsed())
@@ -402,14 +427,32 @@ pub async fn run(target: &PgTarget, direct_url: &str, opts: &Options) -> Result<
     if format == Some(Format::Prisma) {
         keys.push(prisma::PRISMA_LOCK_KEY);
     }
-    for key in &keys {
-        lock(&client, *key, opts.lock_timeout).await?;
-    }
+    // Through a pooler the lock is held by an open transaction of its own connection
+    // (see the module doc); directly, by this session.
+    let lock_client = if opts.allow_pooler {
+        Some(
+            target
+                .connect()
+                .await
+                .map_err(|e| err(format!("{}: {e}", target.url)).with_source(e))?,
+        )
+    } else {
+        None
+    };
+    let holder = lock_client.as_ref().unwrap_or(&client);
+    lock(holder, &keys, opts.lock_timeout, lock_client.is_some()).await?;
     let result = apply_with_retries(&mut client, target, direct_url, opts, format, started).await;
-    for key in keys.iter().rev() {
-        let _ = client
-            .execute("SELECT pg_advisory_unlock($1)", &[key])
-            .await;
+    match &lock_client {
+        Some(c) => {
+            let _ = c.batch_execute("COMMIT").await;
+        }
+        None => {
+            for key in keys.iter().rev() {
+                let _ = client
+                    .query_typed("SELECT pg_advisory_unlock($1)", &[(key, Type::INT8)])
+                    .await;
+            }
+        }
     }
     result?;
     info!(
@@ -419,33 +462,58 @@ pub async fn run(target: &PgTarget, direct_url: &str, opts: &Options) -> Result<
     Ok(())
 }
 
-async fn lock(client: &Client, key: i64, timeout: Duration) -> Result<(), MigrateError> {
+/// Takes the advisory locks `keys` in order, polling until `timeout`. `in_transaction`:
+/// as transaction-level locks in a transaction left open on `client` (each attempt that
+/// fails rolls back, so a waiting replica does not keep a pooled server connection).
+async fn lock(
+    client: &Client,
+    keys: &[i64],
+    timeout: Duration,
+    in_transaction: bool,
+) -> Result<(), MigrateError> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(50);
     let mut next_log = started;
+    let mut held = 0;
     loop {
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-            .await
-            .map_err(|e| err(format!("taking the migration lock: {}", classify(&e))))?
-            .get(0);
+        let attempt = if in_transaction {
+            try_lock_in_transaction(client, keys).await
+        } else {
+            try_lock(client, keys[held]).await
+        };
+        let got =
+            attempt.map_err(|e| err(format!("taking the migration lock: {}", classify(&e))))?;
         if got {
-            return Ok(());
+            held = if in_transaction { keys.len() } else { held + 1 };
+            if held == keys.len() {
+                return Ok(());
+            }
+            continue;
         }
-        if started.elapsed() >= timeout {
-            return Err(err(format!(
-                "another replica held the migration lock for longer than --lock-timeout {}{}",
-                crate::duration::format(timeout),
-                lock_holder(client, key).await
-            )));
-        }
-        if Instant::now() >= next_log {
-            let who = if key == LOCK_KEY {
+        let timed_out = started.elapsed() >= timeout;
+        if timed_out || Instant::now() >= next_log {
+            // whose lock we wait for: the first key someone else holds
+            let mut key = keys[held];
+            let mut who = String::new();
+            for k in &keys[held..] {
+                who = lock_holder(client, *k).await;
+                if !who.is_empty() {
+                    key = *k;
+                    break;
+                }
+            }
+            if timed_out {
+                return Err(err(format!(
+                    "another replica held the migration lock for longer than --lock-timeout {}{who}",
+                    crate::duration::format(timeout),
+                )));
+            }
+            let whom = if key == LOCK_KEY {
                 "another replica to finish migrating"
             } else {
                 "another `prisma migrate` to finish (Prisma's lock)"
             };
-            info!("waiting for {who}{}", lock_holder(client, key).await);
+            info!("waiting for {whom}{who}");
             next_log = Instant::now() + Duration::from_secs(5);
         }
         tokio::time::sleep(delay).await;
@@ -453,18 +521,44 @@ async fn lock(client: &Client, key: i64, timeout: Duration) -> Result<(), Migrat
     }
 }
 
+async fn try_lock(client: &Client, key: i64) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_typed_one("SELECT pg_try_advisory_lock($1)", &[(&key, Type::INT8)])
+        .await?
+        .get(0))
+}
+
+/// Every key or none, in a transaction left open when they are all taken.
+async fn try_lock_in_transaction(
+    client: &Client,
+    keys: &[i64],
+) -> Result<bool, tokio_postgres::Error> {
+    client.batch_execute("BEGIN").await?;
+    let got: bool = client
+        .query_typed_one(
+            "SELECT bool_and(pg_try_advisory_xact_lock(k)) FROM unnest($1::int8[]) AS k",
+            &[(&keys.to_vec(), Type::INT8_ARRAY)],
+        )
+        .await?
+        .get(0);
+    if !got {
+        client.batch_execute("ROLLBACK").await?;
+    }
+    Ok(got)
+}
+
 /// Who holds an advisory lock: pid, application, address, connected since.
 async fn lock_holder(client: &Client, key: i64) -> String {
     let row = client
-        .query_opt(
+        .query_typed(
             "SELECT l.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local'), coalesce(to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), '?') \
              FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
              WHERE l.locktype = 'advisory' AND l.granted AND l.classid = ($1::bigint >> 32)::oid AND l.objid = ($1::bigint & 4294967295)::oid LIMIT 1",
-            &[&key],
+            &[(&key, Type::INT8)],
         )
         .await
         .ok()
-        .flatten();
+        .and_then(|rows| rows.into_iter().next());
     match row {
         Some(r) => {
             let app: String = r.get(1);
@@ -496,7 +590,13 @@ async fn apply_with_retries(
     started: Instant,
 ) -> Result<(), MigrateError> {
     let ddl = opts.ddl_lock_timeout;
-    if !ddl.is_zero() && format.is_some() {
+    if opts.allow_pooler && !ddl.is_zero() && format == Some(Format::Prisma) {
+        warn!("--allow-pooler: --ddl-lock-timeout is not applied to Prisma migrations (they run outside a transaction, and a SET through a transaction pooler would stay on a pooled connection the app uses next)");
+    }
+    // Through a pooler a session SET would land on whichever server connection runs it
+    // and stay there for the app's queries: refinery and drizzle set it per transaction
+    // instead (see `local_lock_timeout`).
+    if !ddl.is_zero() && format.is_some() && !opts.allow_pooler {
         client
             .batch_execute(&format!("SET lock_timeout = '{}ms'", ddl.as_millis()))
             .await
@@ -510,7 +610,7 @@ async fn apply_with_retries(
     };
     let our_pid: i32 = match &watcher {
         Some(_) => client
-            .query_one("SELECT pg_backend_pid()", &[])
+            .query_typed_one("SELECT pg_backend_pid()", &[])
             .await
             .map(|r| r.get(0))
             .unwrap_or(0),
@@ -583,11 +683,11 @@ async fn watch_blockers(watcher: Option<&Client>, pid: i32, out: &std::cell::Ref
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let Ok(rows) = c
-            .query(
+            .query_typed(
                 "SELECT pid, coalesce(application_name, ''), coalesce(host(client_addr), 'local'), coalesce(state, ''), \
                  coalesce(extract(epoch FROM now() - xact_start)::bigint, 0), left(coalesce(query, ''), 120) \
                  FROM pg_stat_activity WHERE pid = ANY(pg_blocking_pids($1))",
-                &[&pid],
+                &[(&pid, Type::INT4)],
             )
             .await
         else {
@@ -638,6 +738,14 @@ fn mask_literals(q: &str) -> String {
     out
 }
 
+/// With `--allow-pooler`, the `SET LOCAL lock_timeout` that starts each migration
+/// transaction (`--ddl-lock-timeout`), in place of the session's setting.
+fn local_lock_timeout(opts: &Options) -> Option<String> {
+    let ddl = opts.ddl_lock_timeout;
+    (opts.allow_pooler && !ddl.is_zero())
+        .then(|| format!("SET LOCAL lock_timeout = '{}ms'", ddl.as_millis()))
+}
+
 /// One attempt at applying.
 async fn apply(
     client: &mut Client,
@@ -662,7 +770,10 @@ async fn apply(
             let report = refinery::Runner::new(&migrations)
                 .set_abort_divergent(true)
                 .set_abort_missing(true)
-                .run_async(client)
+                .run_async(&mut Unnamed {
+                    client,
+                    first: local_lock_timeout(opts),
+                })
                 .await
                 .map_err(|e| refinery_error(&e, &migrations))?;
             report
@@ -672,10 +783,10 @@ async fn apply(
                 .collect()
         }
         (Source::Folder { dir, .. }, Some(Format::Drizzle)) => {
-            drizzle::apply(client, dir, false).await?
+            drizzle::apply(client, dir, false, local_lock_timeout(opts).as_deref()).await?
         }
         (Source::Folder { dir, .. }, Some(Format::DrizzleV1)) => {
-            drizzle::apply(client, dir, true).await?
+            drizzle::apply(client, dir, true, local_lock_timeout(opts).as_deref()).await?
         }
         (Source::Folder { dir, .. }, Some(Format::Prisma)) => prisma::apply(client, dir).await?,
         (Source::Folder { .. }, None) => return Err(err("internal error: no format")),
@@ -780,7 +891,7 @@ fn refinery_name_problem(name: &str) -> Option<&'static str> {
 
 async fn refinery_applied(client: &mut Client) -> Result<Vec<refinery::Migration>, MigrateError> {
     let exists: bool = client
-        .query_one(
+        .query_typed_one(
             "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
             &[],
         )
@@ -791,10 +902,118 @@ async fn refinery_applied(client: &mut Client) -> Result<Vec<refinery::Migration
         return Ok(Vec::new());
     }
     refinery::Runner::new(&[])
-        .get_applied_migrations_async(client)
+        .get_applied_migrations_async(&mut Unnamed {
+            client,
+            first: None,
+        })
         .await
         .map_err(|e| err(format!("reading refinery_schema_history: {e}")))
 }
+
+/// refinery's own checks of the history against the files (`abort_divergent` and
+/// `abort_missing`, both on, as refinery's runner has them), which refinery makes at
+/// every run: an applied migration whose file is gone or differs (its name or its
+/// checksum of name, version and SQL: an edit, a comment, git's CRLF), and a versioned
+/// file below the newest applied version that was never applied.
+fn refinery_verify(
+    applied: &[refinery::Migration],
+    files: &[refinery::Migration],
+) -> Result<(), MigrateError> {
+    for app in applied {
+        match files.iter().find(|m| m.version() == app.version()) {
+            None => {
+                return Err(err(format!(
+                    "refinery: applied migration {app} is missing from the filesystem (refinery refuses to go on): restore its file, or deploy the code that has it"
+                )))
+            }
+            Some(file) if file != app => {
+                return Err(err(format!(
+                    "refinery: applied migration {app} is different than the file {file} (edited after it was applied? a changed comment or line endings count; refinery refuses to go on): restore the file as it was applied, and put the change in a new migration"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(current) = applied.iter().map(|a| a.version()).max() {
+        let missed: Vec<String> = files
+            .iter()
+            .filter(|m| {
+                m.prefix().to_string() == "V"
+                    && m.version() <= current
+                    && !applied.iter().any(|a| a.version() == m.version())
+            })
+            .map(|m| m.to_string())
+            .collect();
+        if !missed.is_empty() {
+            return Err(err(format!(
+                "refinery: {} not applied but below the newest applied version {current} (refinery refuses to go on): give it a version above {current}, or as U<n>__<name>.sql an unversioned migration",
+                missed.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A client that refinery drives through its own runner, reading the history with the
+/// unnamed statement instead of refinery's `query` (a named prepared statement): see
+/// the module doc. Each migration runs in its own transaction, as refinery's
+/// tokio-postgres driver does, starting with `first` when given (`SET LOCAL ...`).
+struct Unnamed<'a> {
+    client: &'a mut Client,
+    first: Option<String>,
+}
+
+impl refinery_core::traits::r#async::AsyncTransaction for Unnamed<'_> {
+    type Error = tokio_postgres::Error;
+
+    async fn execute<'a, T: Iterator<Item = &'a str> + Send + 'a>(
+        &'a mut self,
+        queries: T,
+    ) -> Result<usize, Self::Error> {
+        let tx = self.client.transaction().await?;
+        if let Some(first) = &self.first {
+            tx.batch_execute(first).await?;
+        }
+        let mut count = 0;
+        for query in queries {
+            tx.batch_execute(query).await?;
+            count += 1;
+        }
+        tx.commit().await?;
+        Ok(count)
+    }
+}
+
+impl refinery_core::traits::r#async::AsyncQuery<Vec<refinery::Migration>> for Unnamed<'_> {
+    async fn query<'a>(
+        &'a mut self,
+        query: &'a str,
+    ) -> Result<Vec<refinery::Migration>, Self::Error> {
+        let tx = self.client.transaction().await?;
+        let rows = tx.query_typed(query, &[]).await?;
+        tx.commit().await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            // refinery writes both as text: RFC 3339 and a u64 (a bad one is not its row)
+            let applied_on: String = row.get(2);
+            let checksum: String = row.get(3);
+            let applied_on = time::OffsetDateTime::parse(
+                &applied_on,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            out.push(refinery::Migration::applied(
+                row.get(0),
+                row.get(1),
+                applied_on,
+                checksum.parse().unwrap_or_default(),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+impl refinery::AsyncMigrate for Unnamed<'_> {}
 
 fn refinery_error(e: &refinery::Error, migrations: &[refinery::Migration]) -> MigrateError {
     use refinery::error::Kind;

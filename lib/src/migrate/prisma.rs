@@ -23,6 +23,7 @@
 
 use std::path::Path;
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
@@ -103,7 +104,7 @@ pub struct Row {
 /// The recorded rows; `None` when `_prisma_migrations` does not exist.
 pub async fn rows(client: &Client) -> Result<Option<Vec<Row>>, MigrateError> {
     let exists: bool = client
-        .query_one("SELECT to_regclass('_prisma_migrations') IS NOT NULL", &[])
+        .query_typed_one("SELECT to_regclass('_prisma_migrations') IS NOT NULL", &[])
         .await
         .map_err(|e| err(format!("reading _prisma_migrations: {}", classify(&e))))?
         .get(0);
@@ -111,7 +112,7 @@ pub async fn rows(client: &Client) -> Result<Option<Vec<Row>>, MigrateError> {
         return Ok(None);
     }
     let rows = client
-        .query(
+        .query_typed(
             "SELECT migration_name, checksum, finished_at IS NOT NULL, rolled_back_at IS NOT NULL, logs, started_at::text FROM _prisma_migrations ORDER BY started_at, migration_name",
             &[],
         )
@@ -183,7 +184,7 @@ pub fn refuse_failed(rows: &[Row]) -> Result<(), MigrateError> {
 }
 
 /// Warns about applied migrations whose file changed since (Prisma does not check).
-fn warn_changed(migrations: &[Migration], rows: &[Row]) {
+pub(crate) fn warn_changed(migrations: &[Migration], rows: &[Row]) {
     for m in migrations {
         let recorded = rows
             .iter()
@@ -201,7 +202,7 @@ fn warn_changed(migrations: &[Migration], rows: &[Row]) {
 
 /// Prisma's `script_matches_checksum`: the file as it is, or with its line endings
 /// converted either way.
-fn checksum_matches(script: &str, checksum: &str) -> bool {
+pub(crate) fn checksum_matches(script: &str, checksum: &str) -> bool {
     let variants = [
         script.to_string(),
         script.replace("\r\n", "\n"),
@@ -228,7 +229,7 @@ const CREATE_TABLE: &str = "CREATE TABLE _prisma_migrations (
 /// already has tables (P3005).
 async fn initialize(client: &Client) -> Result<(), MigrateError> {
     let exists: bool = client
-        .query_one("SELECT to_regclass('_prisma_migrations') IS NOT NULL", &[])
+        .query_typed_one("SELECT to_regclass('_prisma_migrations') IS NOT NULL", &[])
         .await
         .map_err(|e| db_fail(&e, "reading _prisma_migrations"))?
         .get(0);
@@ -236,7 +237,7 @@ async fn initialize(client: &Client) -> Result<(), MigrateError> {
         return Ok(());
     }
     let tables: Vec<String> = client
-        .query(
+        .query_typed(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname = current_schema() ORDER BY 1 LIMIT 5",
             &[],
         )
@@ -264,13 +265,12 @@ pub async fn apply(client: &Client, dir: &Path) -> Result<Vec<String>, MigrateEr
     initialize(client).await?;
     let rows = rows(client).await?.unwrap_or_default();
     refuse_failed(&rows)?;
-    warn_changed(&migrations, &rows);
     let mut applied = Vec::new();
     for m in pending(&migrations, &rows) {
         let id: String = client
-            .query_one(
+            .query_typed_one(
                 "INSERT INTO _prisma_migrations (id, checksum, started_at, migration_name) VALUES (gen_random_uuid()::text, $1, now(), $2) RETURNING id",
-                &[&m.checksum, &m.name],
+                &[(&m.checksum, Type::VARCHAR), (&m.name, Type::VARCHAR)],
             )
             .await
             .map_err(|e| db_fail(&e, "recording the migration's start"))?
@@ -279,16 +279,16 @@ pub async fn apply(client: &Client, dir: &Path) -> Result<Vec<String>, MigrateEr
         match client.batch_execute(&m.script).await {
             Ok(()) => {
                 client
-                    .execute(
+                    .query_typed(
                         "UPDATE _prisma_migrations SET applied_steps_count = applied_steps_count + 1 WHERE id = $1",
-                        &[&id],
+                        &[(&id, Type::VARCHAR)],
                     )
                     .await
                     .map_err(|e| db_fail(&e, "recording the migration"))?;
                 client
-                    .execute(
+                    .query_typed(
                         "UPDATE _prisma_migrations SET finished_at = now() WHERE id = $1",
-                        &[&id],
+                        &[(&id, Type::VARCHAR)],
                     )
                     .await
                     .map_err(|e| db_fail(&e, "recording the migration"))?;
@@ -306,14 +306,17 @@ pub async fn apply(client: &Client, dir: &Path) -> Result<Vec<String>, MigrateEr
                 if failure.kind() == MigrateKind::LockTimeout {
                     // Waiting for a lock is not a failed migration: forget the attempt.
                     let _ = client
-                        .execute("DELETE FROM _prisma_migrations WHERE id = $1", &[&id])
+                        .query_typed(
+                            "DELETE FROM _prisma_migrations WHERE id = $1",
+                            &[(&id, Type::VARCHAR)],
+                        )
                         .await;
                 } else {
                     let logs = format!("{e}: {}", classify(&e).message());
                     let _ = client
-                        .execute(
+                        .query_typed(
                             "UPDATE _prisma_migrations SET logs = $1 WHERE id = $2",
-                            &[&logs, &id],
+                            &[(&logs, Type::TEXT), (&id, Type::VARCHAR)],
                         )
                         .await;
                 }
