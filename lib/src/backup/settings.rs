@@ -51,6 +51,9 @@ pub struct Settings {
     pub stop_grace: Duration,
     /// How long the daemon waits for PostgreSQL before a run (`BACKUP_WAIT_TIMEOUT`).
     pub wait_timeout: Duration,
+    /// How long pg_dump waits for a table lock before the run fails
+    /// (`BACKUP_LOCK_WAIT_TIMEOUT`, pg_dump's `--lock-wait-timeout`; zero: no limit).
+    pub lock_wait_timeout: Duration,
     /// The first retry after a failed run (`BACKUP_RETRY_DELAY`; doubles up to 15 min,
     /// never past the next scheduled time; zero turns retries off).
     pub retry_delay: Duration,
@@ -347,6 +350,11 @@ impl Settings {
         };
         let wait_timeout = duration("BACKUP_WAIT_TIMEOUT", Duration::from_secs(60))?;
         let retry_delay = duration("BACKUP_RETRY_DELAY", Duration::from_secs(30))?;
+        // 5 minutes: an ordinary migration's ALTER finishes well within it, while a
+        // transaction left open holding ACCESS EXCLUSIVE fails the run (which is
+        // retried and reported with the blocker's name) instead of stalling it silently
+        // until the next night.
+        let lock_wait_timeout = duration("BACKUP_LOCK_WAIT_TIMEOUT", Duration::from_secs(300))?;
         let schedule = get("BACKUP_SCHEDULE")?.unwrap_or_else(|| "@daily".into());
         let timezone = get("TZ")?.unwrap_or_else(|| "UTC".into());
         // Checked here so `backup now` also reports a broken schedule.
@@ -377,6 +385,7 @@ impl Settings {
             on_start: boolean(get, "BACKUP_ON_START", false)?,
             stop_grace,
             wait_timeout,
+            lock_wait_timeout,
             retry_delay,
         })
     }

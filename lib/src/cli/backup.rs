@@ -199,6 +199,14 @@ pub static TABLE: &[Setting] = &[
     )
     .commands(RETENTION),
     setting(
+        "lock-wait-timeout",
+        "DURATION",
+        "BACKUP_LOCK_WAIT_TIMEOUT",
+        "how long pg_dump waits for a table lock (behind a migration's `ALTER TABLE`, an open transaction) before the run fails, naming the blocker; long enough for an ordinary migration, short enough that a stuck transaction is reported (and the run retried) the same night; `0`: no limit",
+    )
+    .default("5m")
+    .commands(RUN),
+    setting(
         "verify",
         "BOOL",
         "BACKUP_VERIFY",
