@@ -379,3 +379,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PgTlsStream<S> {
         Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::digest::{digest, Algorithm, SHA256, SHA384, SHA512};
+
+    /// A certificate's outline: SEQUENCE { tbs, SEQUENCE { OID }, BIT STRING }, with a
+    /// tbs long enough to need a long-form length.
+    fn cert(oid: &[u8]) -> Vec<u8> {
+        let mut tbs = vec![0x30, 0x81, 200];
+        tbs.extend([0u8; 200]);
+        let mut alg = vec![0x30, oid.len() as u8 + 2, 0x06, oid.len() as u8];
+        alg.extend(oid);
+        let mut body = tbs;
+        body.extend(alg);
+        body.extend([0x03, 0x02, 0x00, 0xff]);
+        let mut out = vec![0x30, 0x82, (body.len() >> 8) as u8, body.len() as u8];
+        out.extend(body);
+        out
+    }
+
+    #[test]
+    fn the_end_point_hash_follows_the_signature_algorithm() {
+        const RSA: [u8; 8] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+        const EC: [u8; 6] = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+        let with = |prefix: &[u8], tail: &[u8]| [prefix, tail].concat();
+        let cases: [(Vec<u8>, Option<&Algorithm>); 9] = [
+            (with(&RSA, &[4]), Some(&SHA256)), // MD5: SHA-256, as PostgreSQL
+            (with(&RSA, &[5]), Some(&SHA256)), // SHA-1: SHA-256
+            (with(&RSA, &[11]), Some(&SHA256)),
+            (with(&RSA, &[12]), Some(&SHA384)),
+            (with(&RSA, &[13]), Some(&SHA512)),
+            (with(&EC, &[3, 2]), Some(&SHA256)),
+            (with(&EC, &[3, 4]), Some(&SHA512)),
+            (with(&RSA, &[10]), None),      // RSASSA-PSS: no single hash
+            (vec![0x2b, 0x65, 0x70], None), // Ed25519
+        ];
+        for (oid, algorithm) in cases {
+            let c = cert(&oid);
+            let want = algorithm.map(|a| digest(a, &c).as_ref().to_vec());
+            assert_eq!(server_end_point(&c), want, "{oid:02x?}");
+        }
+        // truncated or not a certificate: no binding data, never a panic
+        let c = cert(&with(&RSA, &[11]));
+        for n in [0, 1, 3, 10, c.len() - 1] {
+            assert_eq!(server_end_point(&c[..n]), None);
+        }
+    }
+}
