@@ -98,6 +98,23 @@ pub fn write_atomic_dated(
     data: &[u8],
     modified: Option<std::time::SystemTime>,
 ) -> io::Result<()> {
+    write_atomic_with(path, data, modified, 0o600)
+}
+
+/// [`write_atomic`], but readable by everyone (0644 whatever the umask), for a file
+/// that holds no secret and is read by another user (the backup metrics, read by
+/// node_exporter).
+pub fn write_atomic_public(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, data, None, 0o644)
+}
+
+fn write_atomic_with(
+    path: &Path,
+    data: &[u8],
+    modified: Option<std::time::SystemTime>,
+    mode: u32,
+) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let tmp = partial_name(path);
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -106,6 +123,9 @@ pub fn write_atomic_dated(
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
+        if mode != 0o600 {
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
         f.write_all(data)?;
         if let Some(t) = modified {
             f.set_modified(t)?;

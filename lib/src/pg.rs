@@ -114,7 +114,20 @@ impl PgTarget {
                         }
                     });
                 }
-                "channel_binding" | "gssencmode" | "sslcompression" | "keepalives" => {}
+                "channel_binding" => {
+                    use tokio_postgres::config::ChannelBinding;
+                    config.channel_binding(match v.as_str() {
+                        "disable" => ChannelBinding::Disable,
+                        "prefer" => ChannelBinding::Prefer,
+                        "require" => ChannelBinding::Require,
+                        _ => {
+                            return Err(invalid(format!(
+                                "channel_binding={v:?}: use disable, prefer or require"
+                            )))
+                        }
+                    });
+                }
+                "gssencmode" | "sslcompression" | "keepalives" => {}
                 other => {
                     return Err(invalid(format!(
                         "unknown parameter {other:?} in the PostgreSQL URL"
@@ -166,6 +179,15 @@ impl PgTarget {
         }
         if tcp_hosts.is_empty() && config.get_hosts().is_empty() {
             return Err(invalid("the PostgreSQL URL names no host"));
+        }
+        // Channel binding is a property of TLS: where TLS is never used it cannot
+        // happen, so say so now rather than fail every connection.
+        if config.get_channel_binding() == tokio_postgres::config::ChannelBinding::Require
+            && config.get_ssl_mode() == SslMode::Disable
+        {
+            return Err(invalid(
+                "channel_binding=require needs TLS, which sslmode=disable (or a Unix socket) never uses: use sslmode=require or verify-full over TCP, or drop channel_binding",
+            ));
         }
         Ok(PgTarget {
             url: url.clone(),
@@ -276,6 +298,9 @@ impl PgTarget {
         }
         if let Some(t) = query("target_session_attrs") {
             env.push(("PGTARGETSESSIONATTRS", t));
+        }
+        if let Some(c) = query("channel_binding") {
+            env.push(("PGCHANNELBINDING", c));
         }
         env
     }
@@ -399,6 +424,12 @@ pub fn classify(e: &tokio_postgres::Error) -> NetError {
     // Walk the source chain for I/O and TLS causes.
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
+        // tokio-postgres's "authentication error" shows its cause only as a source.
+        if s.to_string().contains("did not use channel binding") {
+            return permanent(
+                "channel_binding=require, but the server did not use channel binding: it needs TLS (sslmode=require or stricter, and ssl=on on the server, not through a pooler that ends TLS) and SCRAM-SHA-256 password authentication",
+            );
+        }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
                 return permanent(tls::reason(io));
@@ -450,6 +481,25 @@ mod tests {
             .unwrap_err()
             .message()
             .contains("bogus"));
+        assert!(target("postgres://h/db?channel_binding=sometimes")
+            .unwrap_err()
+            .message()
+            .contains("disable, prefer or require"));
+        for no_tls in [
+            "postgres://h/db?channel_binding=require&sslmode=disable",
+            "postgres://u@/db?host=/run/postgresql&channel_binding=require",
+        ] {
+            let e = target(no_tls).unwrap_err();
+            assert!(e.message().contains("needs TLS"), "{e}");
+        }
+        let t = target("postgres://h/db?channel_binding=require&sslmode=verify-full").unwrap();
+        assert_eq!(
+            t.config().get_channel_binding(),
+            tokio_postgres::config::ChannelBinding::Require
+        );
+        assert!(t
+            .libpq_env("x")
+            .contains(&("PGCHANNELBINDING", "require".into())));
         assert!(target("postgres:///db")
             .unwrap_err()
             .message()

@@ -277,14 +277,81 @@ where
     }
 }
 
-/// A TLS stream to PostgreSQL. No channel binding: SCRAM-SHA-256 without `-PLUS`,
-/// which every server accepts unless the client demands binding.
+/// A TLS stream to PostgreSQL. It gives tokio-postgres the `tls-server-end-point`
+/// channel binding data (RFC 5929), so SCRAM-SHA-256-PLUS is used when the server
+/// offers it, and `channel_binding=require` can be honoured as libpq does.
 pub struct PgTlsStream<S>(tokio_rustls::client::TlsStream<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for PgTlsStream<S> {
     fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
-        tokio_postgres::tls::ChannelBinding::none()
+        let (_, conn) = self.0.get_ref();
+        match conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| server_end_point(c))
+        {
+            Some(hash) => tokio_postgres::tls::ChannelBinding::tls_server_end_point(hash),
+            None => tokio_postgres::tls::ChannelBinding::none(),
+        }
     }
+}
+
+/// `tls-server-end-point` (RFC 5929 section 4.1): the hash of the server's certificate,
+/// with the hash of its signature algorithm, SHA-256 for MD5 and SHA-1 (as
+/// PostgreSQL computes it). `None` for an algorithm without one hash (Ed25519,
+/// RSASSA-PSS), which the server cannot bind either.
+pub fn server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
+    use ring::digest::{digest, SHA256, SHA384, SHA512};
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }
+    let (body, _) = der(cert, 0x30)?;
+    let (_, after_tbs) = der(body, 0x30)?;
+    let (algorithm, _) = der(after_tbs, 0x30)?;
+    let (oid, _) = der(algorithm, 0x06)?;
+    // 1.2.840.113549.1.1.n (RSA with MD5 4, SHA-1 5, SHA-256 11, SHA-384 12, SHA-512 13)
+    // and 1.2.840.10045.4.1 / 4.3.n (ECDSA with SHA-1, SHA-256 2, SHA-384 3, SHA-512 4).
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+    let algorithm = match oid {
+        [rsa @ .., n] if rsa == RSA => match n {
+            4 | 5 | 11 => &SHA256,
+            12 => &SHA384,
+            13 => &SHA512,
+            _ => return None,
+        },
+        [ec @ .., 1] if ec == ECDSA => &SHA256,
+        [ec @ .., 3, n] if ec == ECDSA => match n {
+            2 => &SHA256,
+            3 => &SHA384,
+            4 => &SHA512,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(digest(algorithm, cert).as_ref().to_vec())
+}
+
+/// One DER element of type `tag` at the start of `input`: its contents and the rest
+/// after it.
+fn der(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&t, rest) = input.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |a, b| a << 8 | *b as usize);
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((&rest[..len], &rest[len..]))
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for PgTlsStream<S> {
@@ -310,5 +377,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PgTlsStream<S> {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::digest::{digest, Algorithm, SHA256, SHA384, SHA512};
+
+    /// A certificate's outline: SEQUENCE { tbs, SEQUENCE { OID }, BIT STRING }, with a
+    /// tbs long enough to need a long-form length.
+    fn cert(oid: &[u8]) -> Vec<u8> {
+        let mut tbs = vec![0x30, 0x81, 200];
+        tbs.extend([0u8; 200]);
+        let mut alg = vec![0x30, oid.len() as u8 + 2, 0x06, oid.len() as u8];
+        alg.extend(oid);
+        let mut body = tbs;
+        body.extend(alg);
+        body.extend([0x03, 0x02, 0x00, 0xff]);
+        let mut out = vec![0x30, 0x82, (body.len() >> 8) as u8, body.len() as u8];
+        out.extend(body);
+        out
+    }
+
+    #[test]
+    fn the_end_point_hash_follows_the_signature_algorithm() {
+        const RSA: [u8; 8] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+        const EC: [u8; 6] = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+        let with = |prefix: &[u8], tail: &[u8]| [prefix, tail].concat();
+        let cases: [(Vec<u8>, Option<&Algorithm>); 9] = [
+            (with(&RSA, &[4]), Some(&SHA256)), // MD5: SHA-256, as PostgreSQL
+            (with(&RSA, &[5]), Some(&SHA256)), // SHA-1: SHA-256
+            (with(&RSA, &[11]), Some(&SHA256)),
+            (with(&RSA, &[12]), Some(&SHA384)),
+            (with(&RSA, &[13]), Some(&SHA512)),
+            (with(&EC, &[3, 2]), Some(&SHA256)),
+            (with(&EC, &[3, 4]), Some(&SHA512)),
+            (with(&RSA, &[10]), None),      // RSASSA-PSS: no single hash
+            (vec![0x2b, 0x65, 0x70], None), // Ed25519
+        ];
+        for (oid, algorithm) in cases {
+            let c = cert(&oid);
+            let want = algorithm.map(|a| digest(a, &c).as_ref().to_vec());
+            assert_eq!(server_end_point(&c), want, "{oid:02x?}");
+        }
+        // truncated or not a certificate: no binding data, never a panic
+        let c = cert(&with(&RSA, &[11]));
+        for n in [0, 1, 3, 10, c.len() - 1] {
+            assert_eq!(server_end_point(&c[..n]), None);
+        }
     }
 }

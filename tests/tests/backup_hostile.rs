@@ -868,3 +868,335 @@ fn the_daemons_new_settings_reject_bad_values() {
         assert_eq!(r.code, Some(2), "{flag}: {}", r.output());
     }
 }
+
+// ---- issue 17, item 6: settings that do nothing, schedules that never run, ... -------
+
+#[test]
+fn settings_that_do_nothing_or_never_run_are_refused_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let url = "postgres://app:SECRETPW@127.0.0.1:1/shop";
+    for (args, env, says) in [
+        // never fires: the daemon would idle for good
+        (
+            &["daemon"][..],
+            &[("BACKUP_SCHEDULE", "0 0 30 2 *")][..],
+            "never runs",
+        ),
+        (
+            &["now"][..],
+            &[("BACKUP_SCHEDULE", "0 0 31 4 *")][..],
+            "never runs",
+        ),
+        (
+            &["daemon"][..],
+            &[("BACKUP_SCHEDULE", "61 * * * *")][..],
+            "use 0-59",
+        ),
+        (&["now", "--gzip-level", "9"][..], &[][..], "--gzip-level"),
+        (
+            &["now"][..],
+            &[("BACKUP_GZIP_LEVEL", "9")][..],
+            "BACKUP_COMPRESSION=gzip",
+        ),
+        (
+            &["now", "--compression", "gzip", "--zstd-level", "3"][..],
+            &[][..],
+            "--zstd-level",
+        ),
+        (
+            &["now", "--s3-part-size", "16MiB"][..],
+            &[][..],
+            "--s3-part-size",
+        ),
+        (
+            &["now"][..],
+            &[("BACKUP_S3_PREFIX", "prod/app")][..],
+            "BACKUP_S3_BUCKET",
+        ),
+        (
+            &["now"][..],
+            &[("BACKUP_AGE_RECIPIENT", ",")][..],
+            "BACKUP_AGE_RECIPIENT",
+        ),
+        (&["now"][..], &[("BACKUP_AGE_RECIPIENT", " , ")][..], "age1"),
+    ] {
+        let mut a = args.to_vec();
+        a.extend(["--dir", d]);
+        let mut e = env.to_vec();
+        e.push(("DIRECT_URL", url));
+        let r = backup(&a, &e);
+        assert_eq!(r.code, Some(2), "{args:?} {env:?}: {}", r.output());
+        assert!(r.stderr.contains(says), "{args:?} {env:?}: {}", r.output());
+        assert!(!r.stderr.contains("less than"), "{}", r.output());
+        r.assert_no_secret("SECRETPW");
+    }
+    // a white-space BACKUP_DIR would create a folder named " "
+    let cwd = tempfile::tempdir().unwrap();
+    for blank in [" ", "\t"] {
+        let mut c = command(
+            &bin("backup"),
+            &["now"],
+            &[("DIRECT_URL", url), ("BACKUP_DIR", blank)],
+        );
+        c.current_dir(cwd.path());
+        let r = run(c, LONG);
+        assert_eq!(r.code, Some(2), "{}", r.output());
+        assert!(r.stderr.contains("BACKUP_DIR"), "{}", r.output());
+        assert_eq!(files(cwd.path()), Vec::<String>::new());
+    }
+    // invalid URLs and parameters are invalid input (2), not a failed run (1)
+    let r = backup(
+        &[
+            "restore",
+            "latest",
+            "--dir",
+            d,
+            "--to",
+            "mysql://u:SECRETPW@h/db",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.output());
+    assert!(r.stderr.contains("PostgreSQL URL"), "{}", r.output());
+    r.assert_no_secret("SECRETPW");
+    let bogus = "postgres://app:SECRETPW@127.0.0.1:1/shop?sslmode=bogus";
+    let r = backup(&["restore", "latest", "--dir", d, "--to", bogus], &[]);
+    assert_eq!(r.code, Some(2), "{}", r.output());
+    assert!(r.stderr.contains("sslmode"), "{}", r.output());
+    for command in ["now", "daemon", "list"] {
+        let r = backup(&[command, "--dir", d], &[("DIRECT_URL", bogus)]);
+        assert_eq!(r.code, Some(2), "{command}: {}", r.output());
+        assert!(r.stderr.contains("sslmode=\"bogus\""), "{}", r.output());
+        r.assert_no_secret("SECRETPW");
+    }
+}
+
+#[test]
+fn missing_aws_credentials_are_blamed_on_the_credentials() {
+    let s3 = S3::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = s3.bucket();
+    let r = backup(
+        &["list", "--remote"],
+        &[
+            ("BACKUP_DIR", dir.path().to_str().unwrap()),
+            ("BACKUP_S3_BUCKET", bucket.as_str()),
+            ("BACKUP_S3_ENDPOINT", &s3.endpoint()),
+            ("HOME", dir.path().to_str().unwrap()),
+        ],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    assert!(
+        r.stderr.contains("no AWS credentials") && r.stderr.contains("AWS_ACCESS_KEY_ID"),
+        "{}",
+        r.output()
+    );
+    assert!(!r.stderr.contains("BACKUP_S3_ENDPOINT"), "{}", r.output());
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.output());
+}
+
+#[test]
+fn the_metrics_file_is_readable_by_others_and_sighup_stops_the_daemon_as_documented() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = Postgres::start();
+    seed(&pg, "shop", "orders", 10);
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("metrics.prom");
+    let status = dir.path().join("status.json");
+    let url = format!("postgres://app:{}@127.0.0.1:{}/shop", pg.password, pg.port);
+    let env = [
+        ("DIRECT_URL", url.as_str()),
+        ("BACKUP_DIR", dir.path().to_str().unwrap()),
+        ("BACKUP_METRICS_FILE", metrics.to_str().unwrap()),
+        ("BACKUP_STATUS_FILE", status.to_str().unwrap()),
+        ("BACKUP_ON_START", "true"),
+        ("BACKUP_SCHEDULE", "@yearly"),
+    ];
+    let child = spawn(&["daemon"], &env);
+    assert!(wait_until(LONG, || metrics.exists() && status.exists()));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // node_exporter runs as another user; the status file may hold an error's text
+    assert_eq!(mode(&metrics), 0o644);
+    assert_eq!(mode(&status), 0o600);
+    signal(&child, Signal::SIGHUP);
+    let r = finish(child, LONG);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(r.stderr.contains("SIGHUP: stopping"), "{}", r.output());
+    let readme = std::fs::read_to_string(dockhand_tests::bins::root().join("README.md")).unwrap();
+    assert!(
+        readme.contains("SIGHUP stops the daemon as SIGTERM does") && readme.contains("0644"),
+        "README says what SIGHUP does to the daemon and the metrics file's mode"
+    );
+}
+
+#[test]
+fn pg_dump_gives_up_behind_an_access_exclusive_lock_and_names_the_blocker() {
+    use std::io::Write;
+    let pg = Postgres::start();
+    seed(&pg, "shop", "orders", 10);
+    // a migration left in an open transaction, holding ACCESS EXCLUSIVE
+    let mut holder = std::process::Command::new(bin_dir().join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            "postgres",
+            "-d",
+            "shop",
+        ])
+        .arg("-h")
+        .arg(pg.dir.path())
+        .args(["-p", &pg.port.to_string()])
+        .env("PGAPPNAME", "stuck-migration")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = holder.stdin.take().unwrap();
+    stdin
+        .write_all(b"BEGIN; ALTER TABLE orders ADD COLUMN secret_col text DEFAULT 'hunter2';\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    assert!(wait_until(LONG, || {
+        pg
+        .psql("SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted AND relation IS NOT NULL AND pid <> pg_backend_pid()")
+        != "0"
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("postgres://app:{}@127.0.0.1:{}/shop", pg.password, pg.port);
+    let now = || {
+        backup(
+            &["now", "--lock-wait-timeout", "1s"],
+            &[
+                ("DIRECT_URL", url.as_str()),
+                ("BACKUP_DIR", dir.path().to_str().unwrap()),
+            ],
+        )
+    };
+    // The backup role sees another role's session's name only, and is told how to see more.
+    let r = now();
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    assert!(
+        r.stderr.contains("--lock-wait-timeout 1s")
+            && r.stderr.contains("\"stuck-migration\"")
+            && r.stderr.contains("pg_read_all_stats")
+            && r.stderr.contains("holding ACCESS EXCLUSIVE on orders"),
+        "{}",
+        r.output()
+    );
+    r.assert_no_secret("hunter2");
+    pg.psql("GRANT pg_read_all_stats TO app");
+    let r = now();
+    drop(stdin);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    assert!(
+        r.stderr
+            .contains("\"stuck-migration\" from local, idle in transaction, in a transaction for ")
+            && r.stderr.contains("holding ACCESS EXCLUSIVE on orders"),
+        "{}",
+        r.output()
+    );
+    r.assert_no_secret("hunter2");
+    assert!(
+        files(dir.path()).iter().all(|f| !f.contains("shop")),
+        "{:?}",
+        files(dir.path())
+    );
+    // the help says what the setting is for
+    let help = backup(&["--help"], &[]);
+    assert!(
+        help.stdout.contains("BACKUP_LOCK_WAIT_TIMEOUT, default 5m"),
+        "{}",
+        help.stdout
+    );
+}
+
+#[test]
+fn channel_binding_require_is_enforced_by_every_binary() {
+    let tls = Postgres::start_tls();
+    let plain = Postgres::start();
+    seed(&tls, "shop", "orders", 10);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let healthcheck = |url: &str| run(command(&bin("healthcheck"), &[url], &[]), LONG);
+    let entrypoint = |url: &str| {
+        run(
+            command(
+                &bin("entrypoint"),
+                &["--wait", "postgres", "--wait-timeout", "1h", "--", "true"],
+                &[("DIRECT_URL", url)],
+            ),
+            LONG,
+        )
+    };
+    let backup_now = |url: &str| backup(&["now"], &[("DIRECT_URL", url), ("BACKUP_DIR", d)]);
+    // over TLS: SCRAM-SHA-256-PLUS, bound to the server's certificate (the server
+    // checks the binding), for tokio-postgres and for pg_dump (PGCHANNELBINDING)
+    let good = format!(
+        "postgres://app:{}@127.0.0.1:{}/shop?sslmode=require&channel_binding=require",
+        tls.password, tls.port
+    );
+    let r = healthcheck(&good);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    let r = entrypoint(&good);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    let tools = recording_tools(dir.path());
+    let r = backup(
+        &["now"],
+        &[
+            ("DIRECT_URL", good.as_str()),
+            ("BACKUP_DIR", d),
+            ("BACKUP_PG_BIN", tools.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    // (the first pg_dump call only asks its version)
+    let dump_env = files(dir.path())
+        .into_iter()
+        .filter(|f| f.starts_with("env.pg_dump."))
+        .map(|f| std::fs::read_to_string(dir.path().join(f)).unwrap())
+        .find(|env| env.contains("PGDATABASE=shop"))
+        .unwrap();
+    assert!(dump_env.contains("PGCHANNELBINDING=require"), "{dump_env}");
+    // over plain TCP: refused at once, never silently unbound
+    let bad = format!("{}?channel_binding=require", plain.url());
+    let r = healthcheck(&bad);
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    assert!(
+        r.stdout.contains("did not use channel binding"),
+        "{}",
+        r.output()
+    );
+    let r = entrypoint(&bad);
+    assert_eq!(r.code, Some(3), "{}", r.output());
+    assert!(
+        r.stderr.contains("did not use channel binding"),
+        "{}",
+        r.output()
+    );
+    let r = backup_now(&bad);
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    assert!(
+        r.stderr.contains("did not use channel binding"),
+        "{}",
+        r.output()
+    );
+    // where TLS is never used, or the value is unknown: invalid configuration
+    for bad in [
+        format!("{}?channel_binding=require&sslmode=disable", plain.url()),
+        format!("{}?channel_binding=always", plain.url()),
+    ] {
+        for r in [entrypoint(&bad), backup_now(&bad)] {
+            assert_eq!(r.code, Some(2), "{}", r.output());
+            assert!(r.stderr.contains("channel_binding"), "{}", r.output());
+        }
+        let r = healthcheck(&bad);
+        assert_ne!(r.code, Some(0), "{}", r.output());
+        assert!(r.output().contains("channel_binding"), "{}", r.output());
+    }
+}

@@ -344,6 +344,7 @@ fn stream(
         Dump::Database(db) => {
             let mut c = dump::libpq_command(&tools.pg_dump, Some(&target.with_dbname(db)));
             c.args(["--format=custom", "--compress=0", "--no-password"]);
+            c.args(dump::lock_wait_args(d.settings.lock_wait_timeout));
             c
         }
         Dump::Globals => {
@@ -388,6 +389,19 @@ fn stream(
             .filter(|l| !l.trim().is_empty())
             .collect::<Vec<_>>()
             .join("; ");
+        let reason = match kind {
+            Dump::Database(db) => match d
+                .rt
+                .block_on(dump::lock_blockers(&target.with_dbname(db), &reason))
+            {
+                Some(who) => format!(
+                    "{reason}: no table lock within --lock-wait-timeout {}; blocked by {who}",
+                    crate::duration::format(d.settings.lock_wait_timeout)
+                ),
+                None => reason,
+            },
+            Dump::Globals => reason,
+        };
         return Err(err(format!(
             "{} failed ({status}): {}",
             Path::new(&program)

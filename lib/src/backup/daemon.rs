@@ -2,10 +2,13 @@
 //! (see [`super::schedule`]). Runs never overlap: the next time is computed after a
 //! run ends, and a run that overruns skips the times it missed.
 //!
-//! Stopping: the first SIGTERM/SIGINT stops the schedule; a running backup gets
-//! `BACKUP_STOP_GRACE` to finish, then is cancelled (pg_dump killed, partial file
-//! removed, multipart upload aborted); a second signal cancels at once. The daemon
-//! then exits 0.
+//! A schedule that never runs is refused before the daemon starts (settings check it).
+//!
+//! Stopping: the first SIGTERM/SIGINT/SIGQUIT, or SIGHUP (no reload: the settings come
+//! from the environment, which only a restart changes), stops the schedule; a running
+//! backup gets `BACKUP_STOP_GRACE` to finish, then is cancelled (pg_dump killed,
+//! partial file removed, multipart upload aborted); a second signal cancels at once.
+//! The daemon then exits 0.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};

@@ -209,6 +209,82 @@ pub fn libpq_command(program: &Path, target: Option<&PgTarget>) -> Command {
     cmd
 }
 
+/// pg_dump's `--lock-wait-timeout` for `timeout` (none for zero: no limit). pg_dump
+/// takes ACCESS SHARE on every table it dumps at its start; without a limit it waits
+/// behind an ACCESS EXCLUSIVE lock (a migration's ALTER in an open transaction) for as
+/// long as that is held.
+pub fn lock_wait_args(timeout: std::time::Duration) -> Vec<String> {
+    if timeout.is_zero() {
+        return Vec::new();
+    }
+    vec![format!(
+        "--lock-wait-timeout={}ms",
+        timeout.as_millis().max(1)
+    )]
+}
+
+/// When pg_dump's `messages` say it gave up waiting for a table lock, the sessions
+/// that hold or wait for ACCESS EXCLUSIVE on a table of `target`'s database, each as
+/// pid, application, address, state and how long its transaction has been open (no
+/// query text: it may hold secrets). `None` when the failure was something else or
+/// the blockers cannot be read.
+pub async fn lock_blockers(target: &PgTarget, messages: &str) -> Option<String> {
+    // pg_dump sets statement_timeout for its LOCK TABLE statements only.
+    if !messages.contains("statement timeout") || !messages.contains("LOCK TABLE") {
+        return None;
+    }
+    let client = target.connect().await.ok()?;
+    let rows = client
+        .query(
+            // state is NULL for another role's session unless we may read all
+            // stats; its address and transaction start are hidden then too.
+            "SELECT a.pid, coalesce(a.application_name, ''), a.state, \
+                    CASE WHEN a.state IS NOT NULL THEN coalesce(host(a.client_addr), 'local') END, \
+                    extract(epoch FROM now() - a.xact_start)::bigint, \
+                    l.relation::regclass::text, l.granted \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid JOIN pg_class c ON c.oid = l.relation \
+             WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock' AND c.relpersistence <> 't' \
+               AND c.relkind IN ('r', 'p', 'm', 'f') \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND a.pid <> pg_backend_pid() \
+             ORDER BY l.granted DESC, a.pid",
+            &[],
+        )
+        .await
+        .ok()?;
+    if rows.is_empty() {
+        return Some("a session that has finished since".into());
+    }
+    let who = rows
+        .iter()
+        .map(|r| {
+            let app: String = r.get(1);
+            let mut text = format!("backend {}", r.get::<_, i32>(0));
+            if !app.is_empty() {
+                text.push_str(&format!(" {app:?}"));
+            }
+            match (r.get::<_, Option<String>>(2), r.get::<_, Option<String>>(3)) {
+                (Some(state), Some(from)) => text.push_str(&format!(" from {from}, {state}")),
+                _ => text.push_str(
+                    " (another role's session: grant pg_read_all_stats to the backup's role to see its address and state)",
+                ),
+            }
+            if let Some(age) = r.get::<_, Option<i64>>(4) {
+                text.push_str(&format!(", in a transaction for {age}s"));
+            }
+            let how = if r.get::<_, bool>(6) {
+                "holding"
+            } else {
+                "waiting for"
+            };
+            text.push_str(&format!(", {how} ACCESS EXCLUSIVE on {}", r.get::<_, String>(5)));
+            text
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Some(crate::redact::text(&who))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

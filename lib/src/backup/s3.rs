@@ -103,6 +103,12 @@ where
         return format!("{status}{code}{message}{hint}");
     }
     let cause = cause_of(e);
+    if mentions_credentials(e) {
+        // Identity resolution fails before any connection: not the endpoint's fault.
+        // (Its innermost cause is the chain's last provider, instance metadata, whose
+        // "IMDS is disabled" says nothing useful.)
+        return "no AWS credentials (none in the environment, a profile, web identity, ECS or instance metadata): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or their _FILE), or AWS_PROFILE".into();
+    }
     match e {
         SdkError::TimeoutError(_) => "timed out: check BACKUP_S3_ENDPOINT and the network".into(),
         SdkError::DispatchFailure(d) if d.is_timeout() => {
@@ -120,6 +126,19 @@ where
             None => cause,
         },
     }
+}
+
+/// Whether the SDK failed to load credentials (its `CredentialsError` says
+/// "credential" in every variant; the crate that defines it is not a dependency).
+fn mentions_credentials(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if s.to_string().to_ascii_lowercase().contains("credential") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The innermost cause of an error, as a short lower-case reason.

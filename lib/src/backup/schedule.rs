@@ -30,6 +30,16 @@ pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, ConfigError> {
             6 | 7 => (fields[0].to_string(), &fields[1..]),
             n => return Err(bad(format!("{n} fields"))),
         };
+        // Ranges checked here: the `cron` crate's message says "must be less than 59"
+        // for a minute of 60 or more, when 59 itself is allowed.
+        let names = ["minute", "hour", "day of month", "month"];
+        let ranges = [(0, 59), (0, 23), (1, 31), (1, 12)];
+        if fields.len() > 5 {
+            field_in_range(fields[0], "second", (0, 59)).map_err(&bad)?;
+        }
+        for ((field, name), range) in rest.iter().zip(names).zip(ranges) {
+            field_in_range(field, name, range).map_err(&bad)?;
+        }
         let dow = weekday_field(rest[4]).map_err(|e| bad(e.to_string()))?;
         let mut out = vec![
             sec,
@@ -44,7 +54,32 @@ pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, ConfigError> {
         }
         out.join(" ")
     };
-    cron::Schedule::from_str(&translated).map_err(|e| bad(e.to_string()))
+    let schedule = cron::Schedule::from_str(&translated).map_err(|e| bad(e.to_string()))?;
+    // A line that never matches (`0 0 30 2 *`, a past year) would leave the daemon
+    // idle for good. Wall-clock times are searched (UTC stands in for any zone: every
+    // zone has every date), to the `cron` crate's last year, 2100.
+    if schedule.after(&Utc::now()).next().is_none() {
+        return Err(invalid(format!(
+            "BACKUP_SCHEDULE={expr:?} never runs (no date matches it, e.g. February 30th, or its years are past): fix the day, month or year fields, e.g. \"0 2 * * *\""
+        )));
+    }
+    Ok(schedule)
+}
+
+/// Checks the numbers of a crontab field (lists, ranges and `/step`s of numbers or
+/// names) against `lo..=hi`; names and `*` are left to the `cron` crate.
+fn field_in_range(field: &str, name: &str, (lo, hi): (u32, u32)) -> Result<(), String> {
+    for part in field.split(',') {
+        let range = part.split_once('/').map_or(part, |(r, _)| r);
+        for n in range.split('-') {
+            if let Ok(v) = n.parse::<u32>() {
+                if v < lo || v > hi {
+                    return Err(format!("{name} {v} is out of range: use {lo}-{hi}"));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Translates a crontab weekday field (0-7, Sunday = 0 or 7, names, ranges, steps,
@@ -247,6 +282,29 @@ mod tests {
     }
 
     #[test]
+    fn schedules_that_never_run_are_refused() {
+        for never in [
+            "0 0 30 2 *",
+            "0 0 31 4 *",
+            "0 0 31 2,4,6,9,11 *",
+            "0 0 0 1 1 * 2001",
+        ] {
+            let e = parse_schedule(never).unwrap_err();
+            assert!(
+                e.message().contains("never runs") && e.message().contains("BACKUP_SCHEDULE"),
+                "{never}: {e}"
+            );
+        }
+        // Rare is not never: February 29th comes every four years, Friday the 13th
+        // (both fields must match) a few times a year.
+        for rare in ["0 0 29 2 *", "0 0 13 * 5", "@yearly"] {
+            let s = parse_schedule(rare).unwrap();
+            let tz = parse_timezone("Europe/Berlin").unwrap();
+            assert!(next_after(&s, tz, Utc::now()).is_some(), "{rare}");
+        }
+    }
+
+    #[test]
     fn bad_schedules_say_what_to_write() {
         for bad in [
             "",
@@ -262,6 +320,24 @@ mod tests {
                 "{e}"
             );
         }
+        let e = parse_schedule("61 * * * *").unwrap_err();
+        assert!(
+            e.message().contains("minute 61 is out of range: use 0-59"),
+            "{e}"
+        );
+        assert!(!e.message().contains("less than"), "{e}");
+        for (bad, says) in [
+            ("0 24 * * *", "hour 24 is out of range: use 0-23"),
+            ("0 0 0 * *", "day of month 0 is out of range: use 1-31"),
+            ("0 0 1 13 *", "month 13 is out of range: use 1-12"),
+            ("0 0 1 1-13 *", "month 13 is out of range: use 1-12"),
+            ("60 0 0 1 1 *", "second 60 is out of range: use 0-59"),
+        ] {
+            let e = parse_schedule(bad).unwrap_err();
+            assert!(e.message().contains(says), "{bad}: {e}");
+        }
+        assert!(parse_schedule("59 23 31 12 *").is_ok());
+        assert!(parse_schedule("*/15 0-23 1-31 1-12 0-7").is_ok());
         assert!(parse_timezone("Mars/Olympus")
             .unwrap_err()
             .message()

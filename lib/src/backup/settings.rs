@@ -51,9 +51,33 @@ pub struct Settings {
     pub stop_grace: Duration,
     /// How long the daemon waits for PostgreSQL before a run (`BACKUP_WAIT_TIMEOUT`).
     pub wait_timeout: Duration,
+    /// How long pg_dump waits for a table lock before the run fails
+    /// (`BACKUP_LOCK_WAIT_TIMEOUT`, pg_dump's `--lock-wait-timeout`; zero: no limit).
+    pub lock_wait_timeout: Duration,
     /// The first retry after a failed run (`BACKUP_RETRY_DELAY`; doubles up to 15 min,
     /// never past the next scheduled time; zero turns retries off).
     pub retry_delay: Duration,
+}
+
+/// The S3 settings other than the bucket: without a bucket they do nothing.
+const S3_SETTINGS: [(&str, &str); 8] = [
+    ("BACKUP_S3_PREFIX", "--s3-prefix"),
+    ("BACKUP_S3_ENDPOINT", "--s3-endpoint"),
+    ("BACKUP_S3_PATH_STYLE", "--s3-path-style"),
+    ("BACKUP_S3_REGION", "--s3-region"),
+    ("BACKUP_S3_STORAGE_CLASS", "--s3-storage-class"),
+    ("BACKUP_S3_SSE", "--s3-sse"),
+    ("BACKUP_S3_SSE_KMS_KEY_ID", "--s3-sse-kms-key-id"),
+    ("BACKUP_S3_PART_SIZE", "--s3-part-size"),
+];
+
+/// The error for a setting given explicitly that does nothing in the configuration
+/// given (a default is never refused): silently ignoring it would let a user believe
+/// it applies.
+fn does_nothing(flag: &str, name: &str, because: &str, or: &str) -> ConfigError {
+    invalid(format!(
+        "{flag} / {name} is set but does nothing: {because}; unset it, {or}"
+    ))
 }
 
 /// Reads a setting: the command-line override, else the environment variable.
@@ -143,6 +167,10 @@ impl Settings {
                     "DIRECT_URL {u}: expected postgres://user:password@host:5432/database"
                 )));
             }
+            // Its parameters (`sslmode`, `channel_binding`, ...) are checked now, so a
+            // bad one is invalid configuration (exit 2), not a failed run.
+            crate::pg::PgTarget::from_url(u)
+                .map_err(|e| invalid(format!("DIRECT_URL {u}: {}", e.message())))?;
         }
         let databases = match get("BACKUP_DATABASES")? {
             None => Databases::FromUrl,
@@ -158,6 +186,14 @@ impl Settings {
         };
         let compression = match get("BACKUP_COMPRESSION")?.as_deref().map(str::trim) {
             None | Some("zstd") => {
+                if get("BACKUP_GZIP_LEVEL")?.is_some() {
+                    return Err(does_nothing(
+                        "--gzip-level",
+                        "BACKUP_GZIP_LEVEL",
+                        "the compression is zstd",
+                        "or set BACKUP_COMPRESSION=gzip",
+                    ));
+                }
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
                 Compression::Zstd {
                     // Level 1: measured on dump data (bench/backup.sh), multi-threaded
@@ -167,9 +203,24 @@ impl Settings {
                     threads: number(get, "BACKUP_ZSTD_THREADS", 0, 256)?.unwrap_or(cores),
                 }
             }
-            Some("gzip") => Compression::Gzip {
-                level: number(get, "BACKUP_GZIP_LEVEL", 1, 9)?.unwrap_or(6),
-            },
+            Some("gzip") => {
+                for (name, flag) in [
+                    ("BACKUP_ZSTD_LEVEL", "--zstd-level"),
+                    ("BACKUP_ZSTD_THREADS", "--zstd-threads"),
+                ] {
+                    if get(name)?.is_some() {
+                        return Err(does_nothing(
+                            flag,
+                            name,
+                            "BACKUP_COMPRESSION is gzip",
+                            "or set BACKUP_COMPRESSION=zstd",
+                        ));
+                    }
+                }
+                Compression::Gzip {
+                    level: number(get, "BACKUP_GZIP_LEVEL", 1, 9)?.unwrap_or(6),
+                }
+            }
             Some(other) => {
                 return Err(invalid(format!(
                     "BACKUP_COMPRESSION={other:?}: use zstd (the default) or gzip"
@@ -178,14 +229,36 @@ impl Settings {
         };
         let recipients: Vec<String> = match get("BACKUP_AGE_RECIPIENT")? {
             None => Vec::new(),
-            Some(v) => crate::config::split_list(&v).map(String::from).collect(),
+            Some(v) => {
+                let list: Vec<String> = crate::config::split_list(&v).map(String::from).collect();
+                // Set but empty (`,`, a blank line) would write unencrypted backups
+                // while the configuration says they are encrypted.
+                if list.is_empty() {
+                    return Err(invalid(format!(
+                        "BACKUP_AGE_RECIPIENT={v:?} holds no recipient: give the age public key(s), age1..., comma-separated (or unset it for unencrypted backups)"
+                    )));
+                }
+                list
+            }
         };
         for r in &recipients {
             super::codec::parse_recipient(r)
                 .map_err(|e| invalid(format!("BACKUP_AGE_RECIPIENT: {e}")))?;
         }
         let s3 = match get("BACKUP_S3_BUCKET")? {
-            None => None,
+            None => {
+                for (name, flag) in S3_SETTINGS {
+                    if get(name)?.is_some() {
+                        return Err(does_nothing(
+                            flag,
+                            name,
+                            "no bucket is set",
+                            "or set BACKUP_S3_BUCKET (--s3-bucket)",
+                        ));
+                    }
+                }
+                None
+            }
             Some(bucket) => {
                 let bucket = bucket.trim().to_string();
                 if bucket.contains('/') || bucket.contains(char::is_whitespace) {
@@ -222,6 +295,14 @@ impl Settings {
                         )))
                     }
                 };
+                if sse.as_deref() != Some("aws:kms") && get("BACKUP_S3_SSE_KMS_KEY_ID")?.is_some() {
+                    return Err(does_nothing(
+                        "--s3-sse-kms-key-id",
+                        "BACKUP_S3_SSE_KMS_KEY_ID",
+                        "BACKUP_S3_SSE is not aws:kms",
+                        "or set BACKUP_S3_SSE=aws:kms",
+                    ));
+                }
                 let part_size = match get("BACKUP_S3_PART_SIZE")? {
                     None => 8 << 20,
                     Some(v) => parse_size(&v)
@@ -269,6 +350,11 @@ impl Settings {
         };
         let wait_timeout = duration("BACKUP_WAIT_TIMEOUT", Duration::from_secs(60))?;
         let retry_delay = duration("BACKUP_RETRY_DELAY", Duration::from_secs(30))?;
+        // 5 minutes: an ordinary migration's ALTER finishes well within it, while a
+        // transaction left open holding ACCESS EXCLUSIVE fails the run (which is
+        // retried and reported with the blocker's name) instead of stalling it silently
+        // until the next night.
+        let lock_wait_timeout = duration("BACKUP_LOCK_WAIT_TIMEOUT", Duration::from_secs(300))?;
         let schedule = get("BACKUP_SCHEDULE")?.unwrap_or_else(|| "@daily".into());
         let timezone = get("TZ")?.unwrap_or_else(|| "UTC".into());
         // Checked here so `backup now` also reports a broken schedule.
@@ -278,7 +364,14 @@ impl Settings {
             url,
             databases,
             globals: boolean(get, "BACKUP_GLOBALS", false)?,
-            dir: get("BACKUP_DIR")?.map(PathBuf::from),
+            dir: match get("BACKUP_DIR")? {
+                Some(d) if d.trim().is_empty() => {
+                    return Err(invalid(format!(
+                        "BACKUP_DIR={d:?} is only white space: give the backup folder, e.g. /backups (or unset it to keep backups in S3 only)"
+                    )))
+                }
+                d => d.map(PathBuf::from),
+            },
             s3,
             compression,
             recipients,
@@ -292,6 +385,7 @@ impl Settings {
             on_start: boolean(get, "BACKUP_ON_START", false)?,
             stop_grace,
             wait_timeout,
+            lock_wait_timeout,
             retry_delay,
         })
     }
@@ -357,6 +451,74 @@ mod tests {
         assert_eq!(s3.prefix, "x/y/");
         assert!(s3.path_style);
         assert_eq!(parse_size("16MiB"), Some(16 << 20));
+    }
+
+    #[test]
+    fn settings_that_do_nothing_here_are_refused() {
+        for (pairs, names, says) in [
+            (
+                &[("BACKUP_GZIP_LEVEL", "9")][..],
+                "BACKUP_GZIP_LEVEL",
+                "BACKUP_COMPRESSION=gzip",
+            ),
+            (
+                &[("BACKUP_COMPRESSION", "zstd"), ("BACKUP_GZIP_LEVEL", "6")][..],
+                "--gzip-level",
+                "compression is zstd",
+            ),
+            (
+                &[("BACKUP_COMPRESSION", "gzip"), ("BACKUP_ZSTD_LEVEL", "3")][..],
+                "BACKUP_ZSTD_LEVEL",
+                "BACKUP_COMPRESSION=zstd",
+            ),
+            (
+                &[("BACKUP_COMPRESSION", "gzip"), ("BACKUP_ZSTD_THREADS", "2")][..],
+                "BACKUP_ZSTD_THREADS",
+                "gzip",
+            ),
+            (
+                &[("BACKUP_S3_PART_SIZE", "16MiB")][..],
+                "--s3-part-size",
+                "BACKUP_S3_BUCKET",
+            ),
+            (
+                &[("BACKUP_S3_PREFIX", "prod")][..],
+                "BACKUP_S3_PREFIX",
+                "no bucket",
+            ),
+            (
+                &[("BACKUP_S3_BUCKET", "b"), ("BACKUP_S3_SSE_KMS_KEY_ID", "k")][..],
+                "BACKUP_S3_SSE_KMS_KEY_ID",
+                "aws:kms",
+            ),
+            (
+                &[("BACKUP_AGE_RECIPIENT", ",")][..],
+                "BACKUP_AGE_RECIPIENT",
+                "age1",
+            ),
+            (
+                &[("BACKUP_AGE_RECIPIENT", " , \n")][..],
+                "BACKUP_AGE_RECIPIENT",
+                "holds no recipient",
+            ),
+            (&[("BACKUP_DIR", " ")][..], "BACKUP_DIR", "/backups"),
+            (&[("BACKUP_DIR", "\t\n")][..], "BACKUP_DIR", "white space"),
+            (
+                &[("DIRECT_URL", "postgres://u:SECRET@h/db?sslmode=bogus")][..],
+                "sslmode",
+                "verify-full",
+            ),
+        ] {
+            let e = load(pairs).unwrap_err();
+            let m = e.message();
+            assert!(m.contains(names) && m.contains(says), "{pairs:?}: {m}");
+            assert!(!m.contains("SECRET"), "{m}");
+        }
+        // the defaults themselves are never refused, and a setting that applies is kept
+        let s = load(&[("BACKUP_COMPRESSION", "gzip"), ("BACKUP_GZIP_LEVEL", "9")]).unwrap();
+        assert!(matches!(s.compression, Compression::Gzip { level: 9 }));
+        let s = load(&[("BACKUP_S3_BUCKET", "b"), ("BACKUP_S3_PART_SIZE", "16MiB")]).unwrap();
+        assert_eq!(s.s3.unwrap().part_size, 16 << 20);
         assert_eq!(parse_size("16 parsecs"), None);
     }
 }

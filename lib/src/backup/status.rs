@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use super::manifest::Manifest;
 use super::{io_err, unix_now as now, BackupError};
-use crate::files::{write_atomic, write_atomic_dated};
+use crate::files::{write_atomic_dated, write_atomic_public};
 
 fn read(path: &Path) -> serde_json::Value {
     std::fs::read_to_string(path)
@@ -103,7 +103,7 @@ pub struct RunMetrics {
 
 /// Writes Prometheus metrics in the text format, for node_exporter's textfile
 /// collector (or any file-reading scraper): last success and failure times, the last
-/// run's duration and size, and run counters (kept in the file itself).
+/// run's duration and size, and run counters (kept in the file itself). Mode 0644.
 pub fn metrics(path: &Path, run: &RunMetrics) -> Result<(), BackupError> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let value = |name: &str| -> f64 {
@@ -143,5 +143,7 @@ pub fn metrics(path: &Path, run: &RunMetrics) -> Result<(), BackupError> {
          dockhand_backup_runs_total{{result=\"failure\"}} {failed}\n",
         run.seconds, run.bytes
     );
-    write_atomic(path, text.as_bytes()).map_err(io_err(path))
+    // 0644: node_exporter usually runs as another user, and the file holds counts and
+    // times only. (The status file, which may hold an error's text, stays 0600.)
+    write_atomic_public(path, text.as_bytes()).map_err(io_err(path))
 }

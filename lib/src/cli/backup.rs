@@ -199,6 +199,14 @@ pub static TABLE: &[Setting] = &[
     )
     .commands(RETENTION),
     setting(
+        "lock-wait-timeout",
+        "DURATION",
+        "BACKUP_LOCK_WAIT_TIMEOUT",
+        "how long pg_dump waits for a table lock (behind a migration's `ALTER TABLE`, an open transaction) before the run fails, naming the blocker; long enough for an ordinary migration, short enough that a stuck transaction is reported (and the run retried) the same night; `0`: no limit",
+    )
+    .default("5m")
+    .commands(RUN),
+    setting(
         "verify",
         "BOOL",
         "BACKUP_VERIFY",
@@ -430,6 +438,21 @@ fn confirm(database: &str) -> Result<bool, BackupError> {
     Ok(line.trim() == database)
 }
 
+/// `restore --to`: a PostgreSQL URL whose parameters are valid, else invalid usage
+/// (exit 2), before any backup is read.
+fn target_url(u: &str) -> Result<crate::url::Url, BackupError> {
+    let url = crate::url::Url::parse(u)
+        .map_err(|e| BackupError::new(BackupKind::Usage, format!("--to: {e}")).with_source(e))?;
+    if url.scheme != "postgres" && url.scheme != "postgresql" {
+        return Err(usage(invalid(format!(
+            "--to {url}: expected a PostgreSQL URL, postgres://user:password@host:5432/database"
+        ))));
+    }
+    crate::pg::PgTarget::from_url(&url)
+        .map_err(|e| usage(invalid(format!("--to {url}: {}", e.message()))))?;
+    Ok(url)
+}
+
 /// Runs `command` with the settings of `m` (flags, else the environment); returns
 /// the exit status.
 pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
@@ -437,6 +460,9 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
     match command {
         Command::Daemon | Command::Now | Command::Prune { .. } => {
             settings.require_destination().map_err(usage)?;
+        }
+        Command::Restore { to: Some(u), .. } => {
+            target_url(u)?;
         }
         Command::Restore { to: None, .. } => {
             settings.database_url().map_err(|_| {
@@ -523,9 +549,7 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
         } => {
             let ids = identities()?;
             let to = match to {
-                Some(u) => Some(crate::url::Url::parse(u).map_err(|e| {
-                    BackupError::new(BackupKind::Usage, format!("--to: {e}")).with_source(e)
-                })?),
+                Some(u) => Some(target_url(u)?),
                 None => None,
             };
             let backups = runner.backups_for_reading(*from)?;
@@ -570,15 +594,34 @@ mod tests {
 
     #[test]
     fn the_tables_defaults_are_the_settings_defaults() {
-        let defaults = |name: &str| {
-            Ok(TABLE
-                .iter()
-                .find(|s| s.env == name && !s.default.is_empty())
-                .map(|s| s.default.to_string()))
-        };
-        let from_table = Settings::load(&defaults).unwrap();
-        let unset = Settings::load(&|_| Ok(None)).unwrap();
-        assert_eq!(format!("{from_table:?}"), format!("{unset:?}"));
+        // Given explicitly, a setting that does nothing in the configuration is
+        // refused, so each default is checked where it applies: under zstd without a
+        // bucket, and under gzip with one.
+        for (given, skip) in [
+            (&[][..], &["BACKUP_GZIP_LEVEL", "BACKUP_S3_PART_SIZE"][..]),
+            (
+                &[("BACKUP_COMPRESSION", "gzip"), ("BACKUP_S3_BUCKET", "b")][..],
+                &["BACKUP_ZSTD_LEVEL", "BACKUP_ZSTD_THREADS"][..],
+            ),
+        ] {
+            let given = |name: &str| {
+                given
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            };
+            let defaults = |name: &str| {
+                Ok(given(name).or_else(|| {
+                    TABLE
+                        .iter()
+                        .find(|s| s.env == name && !s.default.is_empty() && !skip.contains(&name))
+                        .map(|s| s.default.to_string())
+                }))
+            };
+            let from_table = Settings::load(&defaults).unwrap();
+            let unset = Settings::load(&|name| Ok(given(name))).unwrap();
+            assert_eq!(format!("{from_table:?}"), format!("{unset:?}"));
+        }
     }
 
     #[test]
