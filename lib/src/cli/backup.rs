@@ -549,6 +549,19 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
                 return Err(f);
             }
             let r = done.map_err(|e| e.context("restore failed"))?;
+            let globals = r.globals_lines();
+            if r.globals {
+                info!(
+                    "restored the globals {} into the cluster of database {:?}: {}",
+                    r.backup,
+                    r.database,
+                    globals.join("; ")
+                );
+                for line in globals {
+                    println!("{line}");
+                }
+                return Ok(0);
+            }
             info!(
                 "restored {} into {}database {:?}: tables {}, rows {}, in {:.1} s",
                 r.backup,
