@@ -13,8 +13,12 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
 
 use tokio_postgres::error::SqlState;
 
@@ -39,6 +43,10 @@ pub struct Request {
     pub yes: bool,
     /// Skip ownership and privileges (restoring as another role).
     pub no_owner: bool,
+    /// Parallel `pg_restore` jobs (`--jobs`); 0 or 1 streams the backup.
+    pub jobs: usize,
+    /// Where `--jobs` writes the decoded backup (`BACKUP_TMP_DIR`); default the system's.
+    pub tmp_dir: Option<PathBuf>,
 }
 
 /// What a restore did.
@@ -153,14 +161,30 @@ pub fn restore(
             return Err(e);
         }
     };
+    // Parallel only into a database this restore created: `pg_restore -j` cannot run
+    // in one transaction, and a failure there is undone by dropping the database. An
+    // existing target is restored by one job in one transaction, as it must be.
+    if req.jobs > 1 && !created {
+        info!(
+            "restoring into the existing database {database:?} with one job, in one transaction (--jobs applies to a database the restore creates)"
+        );
+    }
     let result = (|| {
-        let opened = catalog::open(r, m, from)?;
+        let parallel = if req.jobs > 1 && created {
+            let dir = req.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
+            decode_to_file(r, m, from, &dir, cancel)?
+        } else {
+            None
+        };
         // The connection settings travel in the environment; pg_restore insists on a
         // --dbname, given as a quoted conninfo (a bare name holding '=' would be read
         // as a connection string).
         let mut cmd = dump::libpq_command(&tools.pg_restore, Some(&target));
-        cmd.args(["--no-password", "--exit-on-error", "--single-transaction"])
+        cmd.args(["--no-password", "--exit-on-error"])
             .arg(format!("--dbname={}", dump::conninfo_dbname(&database)));
+        if parallel.is_none() {
+            cmd.arg("--single-transaction");
+        }
         if req.clean {
             cmd.args(["--clean", "--if-exists"]);
         }
@@ -168,7 +192,22 @@ pub fn restore(
             cmd.args(["--no-owner", "--no-privileges"]);
         }
         cmd.stdout(Stdio::null());
-        let (status, messages) = catalog::feed(cmd, opened, m, cancel)?;
+        let _watch = watch_tables(r, &target);
+        let (status, messages) = match &parallel {
+            Some(file) => {
+                cmd.arg(format!("--jobs={}", req.jobs))
+                    .arg(&file.path)
+                    .stdin(Stdio::null());
+                info!("{}: pg_restore with {} jobs", m.file, req.jobs);
+                Tool::spawn(cmd, cancel)?.finish(cancel)?
+            }
+            None => {
+                let mut opened = catalog::open(r, m, from)?;
+                opened.reader = Box::new(Progress::new(opened.reader, m, "restored"));
+                catalog::feed(cmd, opened, m, cancel)?
+            }
+        };
+        drop(parallel);
         if !status.success() {
             return Err(err(format!(
                 "pg_restore failed ({status}): {}",
@@ -199,6 +238,249 @@ pub fn restore(
         tablespaces_updated: Vec::new(),
         notes: Vec::new(),
     })
+}
+
+/// The decoded backup of a parallel restore, removed when dropped (on every path:
+/// success, failure, a stop by signal, which cancels and returns through here).
+struct TempDump {
+    path: PathBuf,
+}
+
+impl Drop for TempDump {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Bytes free for an unprivileged writer under `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
+}
+
+/// Decodes (downloads, decrypts, decompresses) the backup into a new file in `dir`
+/// (mode 0600) and checks the stored bytes' size and SHA-256 and the decoded size
+/// against the manifest. `None` when `dir` lacks the room: the caller streams instead.
+fn decode_to_file(
+    r: &Reading,
+    m: &Manifest,
+    from: Side,
+    dir: &Path,
+    cancel: &Cancel,
+) -> Result<Option<TempDump>, BackupError> {
+    use super::catalog::human_size;
+    let need = m.dump_bytes;
+    // room for the file and a margin, so the restore does not fill the disk
+    let margin = (need / 20).max(64 << 20);
+    match free_bytes(dir) {
+        Some(free) if free >= need + margin => {}
+        free => {
+            warn!(
+                "{}: {} free, the decoded backup needs {} (and {} to spare): restoring with one job, streamed (set BACKUP_TMP_DIR to a folder with room)",
+                dir.display(),
+                free.map_or("unknown".into(), human_size),
+                human_size(need),
+                human_size(margin)
+            );
+            return Ok(None);
+        }
+    }
+    let mut rand = [0u8; 8];
+    getrandom_fill(&mut rand);
+    let path = dir.join(format!(
+        ".dockhand-restore-{}-{}.dump",
+        m.name,
+        super::hex(&rand)
+    ));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(super::io_err(&path))?;
+    let guard = TempDump { path };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut opened = catalog::open(r, m, from)?;
+    let mut reader = Progress::new(
+        std::mem::replace(&mut opened.reader, Box::new(std::io::empty())),
+        m,
+        "decoded",
+    );
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut written = 0u64;
+    loop {
+        cancel.check()?;
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                opened.reader = Box::new(reader);
+                opened.check(m)?;
+                return Err(err(format!("{}: cannot read the backup: {e}", m.file)));
+            }
+        };
+        out.write_all(&buf[..n]).map_err(|e| {
+            err(format!(
+                "{}: writing the decoded backup ({} needed): {}",
+                guard.path.display(),
+                human_size(need),
+                crate::error::io_reason(&e)
+            ))
+        })?;
+        written += n as u64;
+    }
+    out.flush().map_err(super::io_err(&guard.path))?;
+    drop(out);
+    opened.reader = Box::new(reader);
+    opened.check(m)?;
+    if written != need {
+        return Err(err(format!(
+            "{}: decoded to {written} bytes, the manifest says pg_dump wrote {need}: the backup is damaged",
+            m.file
+        )));
+    }
+    Ok(Some(guard))
+}
+
+/// Random bytes for a temporary file's name (its uniqueness, not secrecy: the file is
+/// created with O_EXCL).
+fn getrandom_fill(buf: &mut [u8]) {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut x = (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32) | 1;
+    for b in buf {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+}
+
+/// How often a restore logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Logs, every few seconds, how much of the decoded backup has been read (of the
+/// total the manifest gives) and the rate, so a long restore is not silent.
+struct Progress {
+    inner: Box<dyn Read + Send>,
+    file: String,
+    verb: &'static str,
+    total: u64,
+    done: u64,
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(inner: Box<dyn Read + Send>, m: &Manifest, verb: &'static str) -> Progress {
+        let now = Instant::now();
+        Progress {
+            inner,
+            file: m.file.clone(),
+            verb,
+            total: m.dump_bytes,
+            done: 0,
+            started: now,
+            last: now,
+        }
+    }
+}
+
+impl Read for Progress {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        if self.last.elapsed() >= PROGRESS_EVERY {
+            use super::catalog::human_size;
+            self.last = Instant::now();
+            let secs = self.started.elapsed().as_secs_f64().max(0.001);
+            let pct = if self.total > 0 {
+                format!(" ({:.0}%)", self.done as f64 * 100.0 / self.total as f64)
+            } else {
+                String::new()
+            };
+            info!(
+                "{}: {} {} of {}{pct}, {}/s",
+                self.file,
+                self.verb,
+                human_size(self.done),
+                human_size(self.total),
+                human_size((self.done as f64 / secs) as u64)
+            );
+        }
+        Ok(n)
+    }
+}
+
+/// How often the table watcher looks at `pg_stat_progress_copy`.
+const COPY_POLL: Duration = Duration::from_millis(500);
+
+/// Stops the table watcher when dropped.
+struct Watch(tokio::task::JoinHandle<()>);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Logs, every few seconds while `pg_restore` runs, the table it is copying and its
+/// rows so far, and how many tables it copied before, as a second connection sees
+/// them in `pg_stat_progress_copy` (PostgreSQL 14+; silent on older servers). Inside
+/// the restore's open transaction the tables are not visible by name: then the
+/// count and rows are all there is.
+fn watch_tables(r: &Reading, target: &PgTarget) -> Watch {
+    let target = target.clone();
+    Watch(r.rt.spawn(async move {
+        let Ok(c) = target.connect().await else {
+            return;
+        };
+        let mut seen: HashSet<u32> = HashSet::new();
+        let mut last = Instant::now();
+        loop {
+            tokio::time::sleep(COPY_POLL).await;
+            let Ok(rows) = c
+                .query(
+                    "SELECT p.relid::oid::int8, coalesce(c.relname::text, ''), p.tuples_processed \
+                     FROM pg_stat_progress_copy p LEFT JOIN pg_class c ON c.oid = p.relid \
+                     WHERE p.datname = current_database()",
+                    &[],
+                )
+                .await
+            else {
+                return;
+            };
+            let now: Vec<(u32, String, i64)> = rows
+                .iter()
+                .map(|r| (r.get::<_, i64>(0) as u32, r.get(1), r.get(2)))
+                .collect();
+            seen.extend(now.iter().map(|t| t.0));
+            if last.elapsed() >= PROGRESS_EVERY {
+                last = Instant::now();
+                let copying: Vec<String> = now
+                    .iter()
+                    .map(|(_, name, rows)| {
+                        if name.is_empty() {
+                            format!("a table ({rows} rows so far)")
+                        } else {
+                            format!("{name:?} ({rows} rows so far)")
+                        }
+                    })
+                    .collect();
+                let done = seen.len() - now.len();
+                if copying.is_empty() {
+                    info!("pg_restore: {done} tables copied");
+                } else {
+                    info!(
+                        "pg_restore: {done} tables copied, copying {}",
+                        copying.join(", ")
+                    );
+                }
+            }
+        }
+    }))
 }
 
 /// Drops a database this restore created (a failed or stopped restore leaves nothing).
