@@ -203,7 +203,7 @@ pub fn restore(
             }
             None => {
                 let mut opened = catalog::open(r, m, from)?;
-                opened.reader = Box::new(Progress::new(opened.reader, m, "restored"));
+                opened.reader = Box::new(Progress::new(opened.reader, m, "read"));
                 catalog::feed(cmd, opened, m, cancel)?
             }
         };

@@ -276,7 +276,7 @@ Usage: backup [daemon]                 run on BACKUP_SCHEDULE until stopped
        backup list [--remote]          the backups (folder; with --remote also S3)
        backup verify NAME|latest       checksum and a full read by pg_restore
        backup restore NAME|latest      into a new database <db>_restore_<time>
-              [--to URL] [--from local|s3] [--clean] [--yes] [--no-owner]
+              [--to URL] [--from local|s3] [--clean] [--yes] [--no-owner] [--jobs N]
        backup prune [--dry-run]        apply retention now, print what goes
 
 Options (flag, else environment variable; any variable may be given as NAME_FILE;
