@@ -3,7 +3,9 @@
 //! children's environment, damaged backups that must never be committed, stray
 //! manifests, S3 unreachable, stalling or failing, names that collide, leftovers of
 //! killed runs, a cancelled high-level zstd run, a cold start, the status before the
-//! first success, and flags given to the wrong command. Each test failed before its fix.
+//! first success, flags given to the wrong command, restore targets that could be the
+//! source (long names, concurrent restores, a `--to` naming no database) and globals
+//! restored into a cluster that has roles. Each test failed before its fix.
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -1199,4 +1201,259 @@ fn channel_binding_require_is_enforced_by_every_binary() {
         assert_ne!(r.code, Some(0), "{}", r.output());
         assert!(r.output().contains("channel_binding"), "{}", r.output());
     }
+}
+
+// ---- issue 17: a restore never writes into its source; globals restore ---------------
+
+/// `s` percent-encoded for a URL path.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn sql_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A database named `name` (any characters) with `rows` rows in table `t`.
+fn seed_named(pg: &Postgres, name: &str, rows: u32) {
+    pg.psql(&format!("CREATE DATABASE {} OWNER app", sql_ident(name)));
+    pg.psql_db(
+        name,
+        &format!(
+            "SET ROLE app; CREATE TABLE t (id int PRIMARY KEY, v text);
+             INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, {rows}) i;"
+        ),
+    );
+}
+
+#[test]
+fn a_default_restore_never_writes_into_its_source_whatever_the_name_length() {
+    let pg = Postgres::start();
+    pg.psql("ALTER ROLE app CREATEDB");
+    // 63 bytes (PostgreSQL's limit): `<name>_restore_<time>` was cut back to <name>,
+    // the source, which `--clean --yes` then overwrote
+    let full = format!("Ünï \"q\"; {}", "d".repeat(63 - "Ünï \"q\"; ".len()));
+    assert_eq!(full.len(), 63);
+    // 50 bytes: cut inside the time, so every restore got the same name; 62 bytes of
+    // two-byte characters: a cut must not split one
+    let middle = "m".repeat(50);
+    let wide = "é".repeat(31);
+    let plain = "d".repeat(63);
+    for name in [&plain, &full, &middle, &wide] {
+        seed_named(&pg, name, 1000);
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let url = format!(
+            "postgres://app:{}@127.0.0.1:{}/{}",
+            pg.password,
+            pg.port,
+            url_encode(name)
+        );
+        let env = [("DIRECT_URL", url.as_str()), ("BACKUP_DIR", d)];
+        let r = backup(&["now"], &env);
+        assert_eq!(r.code, Some(0), "{name}: {}", r.output());
+        // rows written after the backup must survive every restore
+        pg.psql_db(
+            name,
+            "INSERT INTO t SELECT i, 'after' FROM generate_series(1001, 1100) i",
+        );
+        let source = rows(&pg, name, "t");
+        let mut made = Vec::new();
+        for args in [
+            &["restore", "latest"][..],
+            &["restore", "latest", "--clean", "--yes"][..],
+            &["restore", "latest"][..],
+        ] {
+            let r = backup(args, &env);
+            assert_eq!(r.code, Some(0), "{name} {args:?}: {}", r.output());
+            let restored = r.stdout.trim().to_string();
+            assert!(restored.len() <= 63, "{restored}");
+            assert_ne!(&restored, name, "{args:?}: restored into the source");
+            assert!(restored.contains("_restore_"), "{restored}");
+            assert_eq!(
+                pg.psql_db(&restored, "SELECT count(*) FROM t"),
+                "1000",
+                "{restored}"
+            );
+            assert!(!made.contains(&restored), "{restored} reused: {made:?}");
+            made.push(restored);
+        }
+        assert_eq!(rows(&pg, name, "t"), source, "{name}: the source changed");
+        assert!(databases(&pg).contains(name));
+    }
+    // a --to that names no database connects to the user's; never when that is the source
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t AS SELECT 1 AS id");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let env = [("DIRECT_URL", pg.url()), ("BACKUP_DIR", d.to_string())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(backup(&["now"], &env).code, Some(0));
+    pg.psql_db("app", "INSERT INTO t VALUES (2)");
+    let bare = format!("postgres://app:{}@127.0.0.1:{}", pg.password, pg.port);
+    let r = backup(
+        &["restore", "latest", "--to", &bare, "--clean", "--yes"],
+        &env,
+    );
+    assert_eq!(r.code, Some(2), "{}", r.output());
+    assert!(r.stderr.contains("name it in --to"), "{}", r.output());
+    assert_eq!(pg.psql_db("app", "SELECT count(*) FROM t"), "2");
+}
+
+#[test]
+fn concurrent_default_restores_of_one_backup_get_their_own_databases() {
+    let pg = Postgres::start();
+    pg.psql("ALTER ROLE app CREATEDB");
+    seed(&pg, "shop", "orders", 20000);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let url = format!("postgres://app:{}@127.0.0.1:{}/shop", pg.password, pg.port);
+    let env = [("DIRECT_URL", url.as_str()), ("BACKUP_DIR", d)];
+    let r = backup(&["now"], &env);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    let before = databases(&pg);
+    let children: Vec<Child> = (0..3)
+        .map(|_| spawn(&["restore", "latest"], &env))
+        .collect();
+    let mut made: Vec<String> = Vec::new();
+    for c in children {
+        let r = finish(c, LONG);
+        assert_eq!(r.code, Some(0), "{}", r.output());
+        made.push(r.stdout.trim().to_string());
+    }
+    let mut distinct = made.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{made:?}");
+    for db in &made {
+        assert!(!before.contains(db), "{db} existed before");
+        assert_eq!(rows(&pg, db, "orders"), rows(&pg, "shop", "orders"), "{db}");
+    }
+}
+
+/// One role's attributes, settings and memberships, comparable across clusters.
+fn role_state(pg: &Postgres, role: &str) -> String {
+    pg.psql(&format!(
+        "SELECT r.rolcanlogin || ' ' || r.rolconnlimit || ' ' || coalesce(array_to_string(r.rolconfig, ','), '-')
+                || ' ' || coalesce((SELECT string_agg(g.rolname, ',' ORDER BY g.rolname) FROM pg_auth_members m
+                                     JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid), '-')
+                || ' ' || coalesce(a.rolpassword, '-')
+         FROM pg_roles r JOIN pg_authid a ON a.oid = r.oid WHERE r.rolname = '{}'",
+        role.replace('\'', "''")
+    ))
+}
+
+#[test]
+fn a_globals_backup_restores_into_its_own_cluster_and_into_a_fresh_one() {
+    let pg = Postgres::start();
+    pg.psql("ALTER ROLE app SUPERUSER");
+    let weird = "we\"ird; rôle";
+    let ts_dir = tempfile::tempdir().unwrap();
+    dockhand_tests::proc::chown_to_service(ts_dir.path());
+    pg.psql(&format!(
+        "CREATE ROLE reporting NOLOGIN CONNECTION LIMIT 3;
+         CREATE ROLE {w} LOGIN PASSWORD 'pw;x''y';
+         GRANT reporting TO {w};
+         ALTER ROLE reporting SET work_mem = '8MB';
+         COMMENT ON ROLE reporting IS 'read; only';",
+        w = sql_ident(weird)
+    ));
+    pg.psql(&format!(
+        "CREATE TABLESPACE ts OWNER reporting LOCATION '{}'",
+        ts_dir.path().display()
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let env = [
+        ("DIRECT_URL", pg.url()),
+        ("BACKUP_DIR", d.to_string()),
+        ("BACKUP_GLOBALS", "true".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = backup(&["now"], &env);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    let globals = names(&backup(&["list"], &env))
+        .into_iter()
+        .find(|n| n.starts_with("_globals-"))
+        .unwrap();
+    let want_reporting = role_state(&pg, "reporting");
+    let want_weird = role_state(&pg, weird);
+
+    // into its own cluster, after changes: attributes, settings, memberships return;
+    // nothing is dropped
+    pg.psql(&format!(
+        "ALTER ROLE reporting LOGIN CONNECTION LIMIT 5; ALTER ROLE reporting RESET work_mem;
+         REVOKE reporting FROM {w}; CREATE ROLE extra;
+         ALTER TABLESPACE ts OWNER TO app;",
+        w = sql_ident(weird)
+    ));
+    let r = backup(&["restore", &globals], &env);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    for line in [
+        "updated role \"reporting\"",
+        "updated role \"app\"",
+        "updated role \"postgres\"",
+        "updated tablespace \"ts\"",
+    ] {
+        assert!(r.stdout.contains(line), "{line}: {}", r.output());
+    }
+    assert!(!r.stdout.contains("created role"), "{}", r.output());
+    assert_eq!(role_state(&pg, "reporting"), want_reporting);
+    assert_eq!(role_state(&pg, weird), want_weird);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'extra'"),
+        "1"
+    );
+    assert_eq!(
+        pg.psql("SELECT pg_get_userbyid(spcowner) FROM pg_tablespace WHERE spcname = 'ts'"),
+        "reporting"
+    );
+
+    // into a fresh cluster (its own postgres and app, another password): the missing
+    // roles and the tablespace are created, the others updated; the role the restore
+    // connects as keeps its password
+    pg.psql("DROP TABLESPACE ts"); // frees the directory for the fresh cluster
+    let fresh = Postgres::start();
+    fresh.psql("ALTER ROLE app SUPERUSER");
+    let app_password = fresh.psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'");
+    let r = backup(&["restore", &globals, "--to", &fresh.url()], &env);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    for line in [
+        "created role \"reporting\"".to_string(),
+        format!("created role {weird:?}"),
+        "updated role \"app\"".to_string(),
+        "updated role \"postgres\"".to_string(),
+        "created tablespace \"ts\"".to_string(),
+        "kept the password of role \"app\"".to_string(),
+    ] {
+        assert!(r.stdout.contains(&line), "{line}: {}", r.output());
+    }
+    assert_eq!(role_state(&fresh, "reporting"), want_reporting);
+    assert_eq!(role_state(&fresh, weird), want_weird);
+    assert_eq!(
+        fresh.psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'"),
+        app_password
+    );
+    assert_eq!(
+        fresh.psql("SELECT pg_get_userbyid(spcowner) FROM pg_tablespace WHERE spcname = 'ts'"),
+        "reporting"
+    );
+
+    // a tablespace that cannot be created (its directory is in use): nothing changes
+    let third = Postgres::start();
+    third.psql("ALTER ROLE app SUPERUSER");
+    let r = backup(&["restore", &globals, "--to", &third.url()], &env);
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    assert!(r.stderr.contains("tablespace \"ts\""), "{}", r.output());
+    assert_eq!(
+        third.psql("SELECT count(*) FROM pg_roles WHERE rolname = 'reporting'"),
+        "0"
+    );
 }

@@ -778,3 +778,119 @@ fn list_remote_reads_every_page_of_a_large_prefix() {
         listed.stdout
     );
 }
+
+fn databases(pg: &Postgres) -> Vec<String> {
+    pg.psql("SELECT datname FROM pg_database ORDER BY 1")
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn dir_entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn restore_jobs_restores_the_same_rows_and_never_leaves_its_temporary_file() {
+    let pg = Postgres::start();
+    seed(&pg, 40);
+    let s3 = S3::shared();
+    let bucket = s3.bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let (public, key) = age_keys(dir.path());
+    let want = fingerprint(&pg, "app");
+    // a plain backup in the folder, and an encrypted one in the folder and in S3
+    let plain = dir.path().join("plain");
+    let mut p = pg_env(&pg);
+    p.extend(env(&[
+        ("BACKUP_DIR", plain.to_str().unwrap()),
+        ("BACKUP_TMP_DIR", tmp.to_str().unwrap()),
+    ]));
+    assert_eq!(backup(&["now"], &p).code, Some(0));
+    let mut e = pg_env(&pg);
+    e.extend(s3_env(s3, &bucket, "jobs"));
+    e.extend(env(&[
+        ("BACKUP_DIR", dir.path().join("enc").to_str().unwrap()),
+        ("BACKUP_AGE_RECIPIENT", &public),
+        ("BACKUP_AGE_IDENTITY_FILE", key.to_str().unwrap()),
+        ("BACKUP_TMP_DIR", tmp.to_str().unwrap()),
+    ]));
+    assert_eq!(backup(&["now"], &e).code, Some(0));
+
+    for (env, args) in [
+        (&p, &["restore", "latest", "--jobs", "1"][..]),
+        (&p, &["restore", "latest", "--jobs", "3"][..]),
+        (
+            &e,
+            &["restore", "latest", "--jobs", "3", "--from", "local"][..],
+        ),
+        (
+            &e,
+            &["restore", "latest", "--jobs", "2", "--from", "s3"][..],
+        ),
+    ] {
+        let r = backup(args, env);
+        assert_eq!(r.code, Some(0), "{args:?}: {}", r.output());
+        let parallel = !args.contains(&"1");
+        assert_eq!(
+            r.stderr.contains("pg_restore with"),
+            parallel,
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert_eq!(fingerprint(&pg, r.stdout.trim()), want, "{args:?}");
+        assert!(
+            dir_entries(&tmp).is_empty(),
+            "{args:?}: {:?}",
+            dir_entries(&tmp)
+        );
+    }
+
+    // no room (here: no such folder): streamed with one job, and said so
+    let mut no_room = p.clone();
+    no_room.push(("BACKUP_TMP_DIR".into(), "/nonexistent/dockhand".into()));
+    let r = backup(&["restore", "latest", "--jobs", "2"], &no_room);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(r.stderr.contains("restoring with one job"), "{}", r.stderr);
+    assert_eq!(fingerprint(&pg, r.stdout.trim()), want);
+
+    // SIGTERM while the decoded file exists: no file, no database left
+    let before = databases(&pg);
+    let child = spawn(&["restore", "latest", "--jobs", "2"], &p);
+    assert!(
+        wait_until(Duration::from_secs(120), || !dir_entries(&tmp).is_empty()),
+        "no temporary file appeared"
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let r = finish(child);
+    assert_eq!(r.code, Some(143), "{}", r.output());
+    assert!(dir_entries(&tmp).is_empty(), "{:?}", dir_entries(&tmp));
+    assert_eq!(databases(&pg), before);
+
+    // a damaged backup: refused before pg_restore, no file, no database
+    let file = std::fs::read_dir(&plain)
+        .unwrap()
+        .flatten()
+        .find(|f| f.file_name().to_string_lossy().ends_with(".dump.zst"))
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    let r = backup(&["restore", "latest", "--jobs", "2"], &p);
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    assert!(
+        r.stderr.contains("checksum mismatch") || r.stderr.contains("cannot read"),
+        "{}",
+        r.stderr
+    );
+    assert!(dir_entries(&tmp).is_empty(), "{:?}", dir_entries(&tmp));
+    assert_eq!(databases(&pg), before);
+}

@@ -255,7 +255,7 @@ pub fn open(r: &Reading, m: &Manifest, from: Side) -> Result<Opened, BackupError
 
 impl Opened {
     /// Checks the stored bytes against the manifest, after reading to the end.
-    fn check(mut self, m: &Manifest) -> Result<(), BackupError> {
+    pub(crate) fn check(mut self, m: &Manifest) -> Result<(), BackupError> {
         // Whatever the consumer left unread still counts, and so does whatever the
         // decoder left after the end of its stream.
         let drained = io::copy(&mut self.reader, &mut io::sink())

@@ -227,7 +227,9 @@ pub fn unique_stamp() -> String {
 }
 
 /// True when `file` is a data file name dockhand writes for names starting with
-/// `prefix` (`app-`, `_globals-`): `PREFIX<stamp>.(dump|sql).(zst|gz)[.age]`.
+/// `prefix` (`app-`, `_globals-`): `PREFIX<stamp>.(dump|sql).(zst|gz)[.age]`, the stamp
+/// exactly as [`unique_stamp`] (or, for older backups, [`stamp`]) writes it, so the
+/// prefix `app-` never claims the backups of a database named `app-2026`.
 pub fn is_own_data_file(file: &str, prefix: &str) -> bool {
     let Some(rest) = file.strip_prefix(prefix) else {
         return false;
@@ -239,15 +241,31 @@ pub fn is_own_data_file(file: &str, prefix: &str) -> bool {
     else {
         return false;
     };
-    // the stamp: digits, T, '.', Z, '-' and hex digits only
-    stem.len() >= 16
-        && stem.as_bytes()[0].is_ascii_digit()
-        && stem
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() || b"TZ.-".contains(&b))
+    is_stamp(stem)
 }
 
-/// A database name made safe for a file name: anything but `A-Za-z0-9._-` becomes `_`.
+/// `YYYYmmddTHHMMSSZ` or `YYYYmmddTHHMMSS.mmmZ-xxxx`.
+fn is_stamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    let head = b.len() >= 16 && digits(0..8) && b[8] == b'T' && digits(9..15);
+    head && match b.len() {
+        16 => b[15] == b'Z',
+        25 => {
+            b[15] == b'.'
+                && digits(16..19)
+                && &b[19..21] == b"Z-"
+                && b[21..].iter().all(|c| c.is_ascii_hexdigit())
+        }
+        _ => false,
+    }
+}
+
+/// A database name made safe for a file and object name: anything but `A-Za-z0-9._-`
+/// becomes `_`. When that changed the name (or it is longer than 63 bytes, which only
+/// a mistyped setting can be), it is cut and `~` and a hash of the whole name are
+/// added (see [`super::names`]), so two databases never share a file name prefix
+/// (`café` and `caf_`, `.x` and `x`) and a name always fits a file system's limit.
 pub fn file_safe(s: &str) -> String {
     let out: String = s
         .chars()
@@ -259,5 +277,53 @@ pub fn file_safe(s: &str) -> String {
             }
         })
         .collect();
-    out.trim_start_matches('.').to_string()
+    let out = out.trim_start_matches('.');
+    if out == s && s.len() <= super::names::MAX_IDENTIFIER_BYTES {
+        return out.to_string();
+    }
+    let cut = super::names::cut(out, super::names::MAX_IDENTIFIER_BYTES - 9);
+    format!("{cut}~{}", super::names::short_hash(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_of_distinct_databases_are_distinct_and_short() {
+        assert_eq!(file_safe("app"), "app");
+        assert_eq!(file_safe("my-app_2.x"), "my-app_2.x");
+        let names = ["café", "caf_", "cafè", ".x", "x", "a b", "a/b", "a_b", ""];
+        let safe: std::collections::HashSet<String> = names.iter().map(|n| file_safe(n)).collect();
+        assert_eq!(safe.len(), names.len(), "{safe:?}");
+        for n in [&"d".repeat(200), &"日".repeat(21), "x".repeat(63).as_str()] {
+            let f = file_safe(n);
+            assert!(f.len() <= 63 && !f.is_empty(), "{f}");
+            assert!(f
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-~".contains(&b)));
+        }
+    }
+
+    #[test]
+    fn own_data_files_match_the_stamp_exactly() {
+        let now = unique_stamp();
+        assert!(is_own_data_file(&format!("app-{now}.dump.zst"), "app-"));
+        assert!(is_own_data_file(&format!("app-{now}.dump.gz.age"), "app-"));
+        assert!(is_own_data_file("app-20240101T000000Z.dump.zst", "app-"));
+        assert!(is_own_data_file(
+            &format!("_globals-{now}.sql.zst"),
+            "_globals-"
+        ));
+        // another database's backup whose name starts like this one's prefix
+        assert!(!is_own_data_file(
+            &format!("app-2026-{now}.dump.zst"),
+            "app-"
+        ));
+        assert!(!is_own_data_file("app-2024.dump.zst", "app-"));
+        assert!(!is_own_data_file(
+            &format!("app-{now}.dump.zst.bak"),
+            "app-"
+        ));
+    }
 }

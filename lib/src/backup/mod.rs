@@ -13,7 +13,9 @@
 //!   verification (checksum, then a full read by `pg_restore`);
 //! - [`retention`]: which backups a policy keeps, and pruning;
 //! - [`restore`]: a backup streamed back into a new (or, when confirmed, an existing)
-//!   database;
+//!   database; [`globals`]: a globals backup restored into a cluster that has roles;
+//! - [`names`]: the names dockhand makes from database names, within PostgreSQL's
+//!   63 bytes and distinct;
 //! - [`run`]: one run (lock, dumps, verify, retention, status) and prune;
 //! - [`daemon`]: the cron schedule, one run at a time, and a graceful stop;
 //! - [`status`]: the status file whose modification time is the last success, ping URLs
@@ -24,7 +26,9 @@ pub mod catalog;
 pub mod codec;
 pub mod daemon;
 pub mod dump;
+pub mod globals;
 pub mod manifest;
+pub mod names;
 pub mod restore;
 pub mod retention;
 pub mod run;

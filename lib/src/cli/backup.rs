@@ -250,6 +250,19 @@ pub static TABLE: &[Setting] = &[
         .commands(&["restore"]),
     Setting::switch("no-owner", "`restore`: skip ownership and privileges")
         .commands(&["restore"]),
+    setting(
+        "jobs",
+        "N",
+        "BACKUP_RESTORE_JOBS",
+        "`restore`: parallel `pg_restore` jobs into a database it creates (the backup is decoded into a file in `BACKUP_TMP_DIR` first); 1 streams it",
+    )
+    .default_shown("the CPUs, at most 8")
+    .commands(&["restore"]),
+    Setting::var(
+        "BACKUP_TMP_DIR",
+        "`restore --jobs`: where the decoded backup is written (mode 0600, removed after)",
+    )
+    .default_shown("`TMPDIR`, else `/tmp`"),
     Setting::switch("dry-run", "`prune`: print, delete nothing")
         .short('n')
         .commands(&["prune"]),
@@ -271,7 +284,7 @@ Usage: backup [daemon]                 run on BACKUP_SCHEDULE until stopped
        backup list [--remote]          the backups (folder; with --remote also S3)
        backup verify NAME|latest       checksum and a full read by pg_restore
        backup restore NAME|latest      into a new database <db>_restore_<time>
-              [--to URL] [--from local|s3] [--clean] [--yes] [--no-owner]
+              [--to URL] [--from local|s3] [--clean] [--yes] [--no-owner] [--jobs N]
        backup prune [--dry-run]        apply retention now, print what goes
 
 Options (flag, else environment variable; any variable may be given as NAME_FILE;
@@ -307,6 +320,7 @@ pub enum Command {
         clean: bool,
         yes: bool,
         no_owner: bool,
+        jobs: usize,
     },
     Prune {
         dry_run: bool,
@@ -380,12 +394,32 @@ fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
             clean: m.switch("clean")?,
             yes: m.switch("yes")?,
             no_owner: m.switch("no-owner")?,
+            jobs: restore_jobs(m.string("jobs")?)?,
         },
         _ => Command::Prune {
             dry_run: m.switch("dry-run")?,
         },
     };
     Ok((command, m))
+}
+
+/// `--jobs`/`BACKUP_RESTORE_JOBS`: 1 to 64; by default the CPUs available, at most 8.
+fn restore_jobs(v: Option<String>) -> Result<usize, ConfigError> {
+    match v {
+        None => Ok(std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8)),
+        Some(s) => s
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "--jobs/BACKUP_RESTORE_JOBS {s:?}: a number of parallel pg_restore jobs from 1 to 64"
+                ))
+            }),
+    }
 }
 
 /// Why a command ended without success: the message (empty when already reported)
@@ -546,6 +580,7 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
             clean,
             yes,
             no_owner,
+            jobs,
         } => {
             let ids = identities()?;
             let to = match to {
@@ -560,6 +595,10 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
                 clean: *clean,
                 yes: *yes,
                 no_owner: *no_owner,
+                jobs: *jobs,
+                tmp_dir: crate::config::var("BACKUP_TMP_DIR")
+                    .map_err(usage)?
+                    .map(std::path::PathBuf::from),
             };
             let done = restore::restore(
                 &runner.reading(&ids),
@@ -573,6 +612,19 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
                 return Err(f);
             }
             let r = done.map_err(|e| e.context("restore failed"))?;
+            let globals = r.globals_lines();
+            if r.globals {
+                info!(
+                    "restored the globals {} into the cluster of database {:?}: {}",
+                    r.backup,
+                    r.database,
+                    globals.join("; ")
+                );
+                for line in globals {
+                    println!("{line}");
+                }
+                return Ok(0);
+            }
             info!(
                 "restored {} into {}database {:?}: tables {}, rows {}, in {:.1} s",
                 r.backup,
