@@ -239,12 +239,30 @@ pub fn is_own_data_file(file: &str, prefix: &str) -> bool {
     else {
         return false;
     };
-    // the stamp: digits, T, '.', Z, '-' and hex digits only
-    stem.len() >= 16
-        && stem.as_bytes()[0].is_ascii_digit()
-        && stem
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() || b"TZ.-".contains(&b))
+    is_stamp(stem)
+}
+
+/// `YYYYmmddTHHMMSSZ` or `YYYYmmddTHHMMSS.mmmZ-xxxx`, exactly: a looser test would take
+/// `app-1-<stamp>` (database `app-1`) for a file of database `app`.
+fn is_stamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    if !(digits(0..8) && b.get(8) == Some(&b'T') && digits(9..15)) {
+        return false;
+    }
+    let rest = &b[15..];
+    let rest = match rest {
+        [b'.', m @ ..] if m.len() >= 3 && m[..3].iter().all(u8::is_ascii_digit) => &m[3..],
+        _ => rest,
+    };
+    match rest {
+        [b'Z'] => true,
+        [b'Z', b'-', x @ ..] => {
+            x.len() == 4 && x.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        }
+        _ => false,
+    }
 }
 
 /// A database name made safe for a file name: anything but `A-Za-z0-9._-` becomes `_`.
