@@ -1,7 +1,7 @@
-//! One backup run, as the daemon and `backup now` do it: take the run lock, read the
-//! server's version, pick pg_dump, dump every database (and the globals) to every
-//! destination, verify when asked, apply retention, then record the outcome (status
-//! file, metrics, pings). Also `prune`, and the [`Runner`] that holds what runs share:
+//! One backup run, as the daemon and `backup now` do it: read the server's version,
+//! pick pg_dump, dump every database (and the globals) to every destination, each dump
+//! under its own locks ([`DumpLock`]), verify when asked, apply retention, then record
+//! the outcome (status file, metrics, pings). Also `prune`, and the [`Runner`] that holds what runs share:
 //! the tokio runtime, the S3 client and the deadpool-postgres pool of metadata
 //! connections, which replaces connections broken by a database restart between runs.
 

@@ -2,7 +2,7 @@
 //! part from the backup stream (memory stays at a few parts whatever the database
 //! size) that is completed only when told to and aborted otherwise, so a failed or
 //! stopped run leaves no incomplete upload behind; paginated listing; a streaming
-//! download for restore and verify; deletion.
+//! download for restore and verify, resumed where it was cut off; deletion.
 //!
 //! Credentials come from the standard AWS chain (environment, profile, web identity,
 //! ECS, instance metadata). A custom endpoint (`BACKUP_S3_ENDPOINT`: MinIO, R2,
@@ -363,11 +363,13 @@ impl S3 {
     pub fn upload(&self, rt: &Handle, file: &str, cancel: Arc<Cancel>) -> Upload {
         let (tx, rx) = mpsc::channel::<Part>(IN_FLIGHT);
         let (decide, decision) = oneshot::channel::<bool>();
+        let (give_back, spare) = std::sync::mpsc::channel();
         let task = rt.spawn(upload_task(
             self.clone(),
             file.to_string(),
             rx,
             decision,
+            give_back,
             cancel.clone(),
         ));
         Upload {
@@ -376,6 +378,7 @@ impl S3 {
             decide: Some(decide),
             task: Some(task),
             buf: Vec::new(),
+            spare,
             part_size: self.settings.part_size,
             rt: rt.clone(),
             failed: None,
@@ -548,6 +551,9 @@ pub struct Upload {
     decide: Option<oneshot::Sender<bool>>,
     task: Option<tokio::task::JoinHandle<Result<(), BackupError>>>,
     buf: Vec<u8>,
+    /// Part buffers the uploader is done with: a run allocates a few, not one per part
+    /// (a fresh part is megabytes of new pages to fault in, then unmapped again).
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
     part_size: usize,
     rt: Handle,
     failed: Option<BackupError>,
@@ -562,6 +568,8 @@ impl Upload {
         }
         while !data.is_empty() {
             if self.buf.capacity() == 0 {
+                self.buf = self.spare.try_recv().unwrap_or_default();
+                self.buf.clear();
                 self.buf.reserve_exact(self.part_size);
             }
             let n = (self.part_size - self.buf.len()).min(data.len());
@@ -681,6 +689,7 @@ async fn upload_task(
     file: String,
     mut rx: mpsc::Receiver<Part>,
     decision: oneshot::Receiver<bool>,
+    give_back: std::sync::mpsc::Sender<Vec<u8>>,
     cancel: Arc<Cancel>,
 ) -> Result<(), BackupError> {
     let s = &s3.settings;
@@ -724,14 +733,16 @@ async fn upload_task(
                         parts.push(joined(Some(done))?);
                     }
                     number += 1;
-                    let (client, bucket, key, id, loc) = (
+                    let (client, bucket, key, id, loc, give_back) = (
                         s3.client.clone(),
                         s.bucket.clone(),
                         key.clone(),
                         upload_id.clone(),
                         location.clone(),
+                        give_back.clone(),
                     );
                     running.spawn(async move {
+                        let kept = part.clone();
                         let out = client
                             .upload_part()
                             .bucket(bucket)
@@ -742,6 +753,11 @@ async fn upload_task(
                             .send()
                             .await
                             .map_err(|e| err(format!("{loc}: part {number}: {}", reason(&e))))?;
+                        // The request is gone: the buffer is ours alone again. Handed
+                        // back before the slot, so the writer finds it when it next waits.
+                        if let Ok(buf) = kept.try_into_mut() {
+                            let _ = give_back.send(Vec::from(buf));
+                        }
                         drop(slot);
                         Ok(CompletedPart::builder()
                             .part_number(number)
