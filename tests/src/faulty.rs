@@ -1,11 +1,13 @@
 //! A misbehaving S3 in front of the real one: a proxy that passes requests to the
-//! test S3 server (moto) and, by rule, stalls some (accepts and never answers) or
-//! answers some with an error. For the faults a real bucket has on its worst day:
-//! a stalled UploadPart, a failing manifest PUT, a server that answers nothing.
+//! test S3 server (moto) and, by rule, stalls some (accepts and never answers),
+//! answers some with an error, cuts some answers short or rewrites them. For the
+//! faults a real bucket has on its worst day: a stalled UploadPart, a failing manifest
+//! PUT, a server that answers nothing, a download cut half-way; and for leftovers that
+//! are old without waiting for them to age.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +20,12 @@ pub enum Fault {
     FailManifestPut,
     /// Nothing is ever answered.
     StallAll,
+    /// The first `times` GETs of a data object (not a listing or a manifest) are
+    /// answered with their full `Content-Length` and only `after` bytes of the body,
+    /// then the connection is closed.
+    CutGets { times: usize, after: usize },
+    /// Listings say every upload and object is a year older than it is.
+    Backdate,
 }
 
 pub struct FaultyS3 {
@@ -31,6 +39,7 @@ impl FaultyS3 {
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let cuts = Arc::new(AtomicUsize::new(0));
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stop2.load(Ordering::SeqCst) {
@@ -38,7 +47,8 @@ impl FaultyS3 {
                 }
                 let Ok(conn) = conn else { continue };
                 let stop3 = stop2.clone();
-                std::thread::spawn(move || serve(conn, upstream, fault, stop3));
+                let cuts = cuts.clone();
+                std::thread::spawn(move || serve(conn, upstream, fault, stop3, &cuts));
             }
         });
         FaultyS3 { port, stop }
@@ -65,7 +75,13 @@ fn hold(stop: &AtomicBool) {
 /// One client connection: its request is passed on over a fresh upstream connection
 /// (`Connection: close`), the answer passed back, and the connection closed (clients
 /// open a new one for the next request).
-fn serve(mut client: TcpStream, upstream: u16, fault: Fault, stop: Arc<AtomicBool>) {
+fn serve(
+    mut client: TcpStream,
+    upstream: u16,
+    fault: Fault,
+    stop: Arc<AtomicBool>,
+    cuts: &AtomicUsize,
+) {
     let _ = client.set_read_timeout(Some(Duration::from_secs(120)));
     {
         let mut head = Vec::new();
@@ -95,7 +111,7 @@ fn serve(mut client: TcpStream, upstream: u16, fault: Fault, stop: Arc<AtomicBoo
             Fault::StallUploadPart => {
                 request_line.starts_with("PUT ") && request_line.contains("partNumber=")
             }
-            Fault::FailManifestPut => false,
+            _ => false,
         };
         if stall {
             hold(&stop);
@@ -131,6 +147,42 @@ fn serve(mut client: TcpStream, upstream: u16, fault: Fault, stop: Arc<AtomicBoo
         }
         let mut answer = Vec::new();
         let _ = up.read_to_end(&mut answer);
+        match fault {
+            Fault::CutGets { times, after }
+                if request_line.starts_with("GET ")
+                    && !request_line.contains(".manifest.json")
+                    && !request_line.contains("list-type")
+                    && !request_line.contains("uploads")
+                    && cuts.fetch_add(1, Ordering::SeqCst) < times =>
+            {
+                let body = answer
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(answer.len(), |i| i + 4);
+                answer.truncate((body + after).min(answer.len()));
+            }
+            Fault::Backdate => backdate(&mut answer),
+            _ => {}
+        }
         let _ = client.write_all(&answer);
+    }
+}
+
+/// Turns `<Initiated>2026-` and `<LastModified>2026-` into the year before (same
+/// length: the Content-Length stays right).
+fn backdate(answer: &mut [u8]) {
+    for tag in [&b"<Initiated>"[..], b"<LastModified>"] {
+        let mut i = 0;
+        while let Some(at) = answer[i..].windows(tag.len()).position(|w| w == tag) {
+            let y = i + at + tag.len();
+            if let Some(year) = answer
+                .get(y..y + 4)
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| d.parse::<u32>().ok())
+            {
+                answer[y..y + 4].copy_from_slice(format!("{:04}", year - 1).as_bytes());
+            }
+            i = y;
+        }
     }
 }

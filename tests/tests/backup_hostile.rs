@@ -641,27 +641,67 @@ fn the_next_run_cleans_up_what_a_killed_run_left_and_nothing_else() {
         let (st, body) = s3.request("POST", &format!("/{bucket}/{key}?uploads"), b"");
         assert_eq!(st, 200, "{body}");
     }
+    // This database's upload started a year ago, whose last part came just now.
+    let old = "p/app-20251201T000000.000Z-abcd.dump.zst";
+    let (st, body) = s3.request("POST", &format!("/{bucket}/{old}?uploads"), b"");
+    assert_eq!(st, 200, "{body}");
+    let id = body
+        .split("<UploadId>")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap();
+    let (st, body) = s3.request(
+        "PUT",
+        &format!("/{bucket}/{old}?partNumber=1&uploadId={id}"),
+        &[7u8; 1000],
+    );
+    assert_eq!(st, 200, "{body}");
     let child = spawn(&["now"], &env);
     assert!(
-        wait_until(LONG, || s3_uploads(s3, &bucket).len() == 3),
+        wait_until(LONG, || s3_uploads(s3, &bucket).len() == 4),
         "no upload started"
     );
     signal(&child, Signal::SIGKILL);
     let _ = finish(child, LONG);
-    let left = s3_uploads(s3, &bucket);
-    assert_eq!(left.len(), 3, "{left:?}");
+    let killed: Vec<String> = s3_uploads(s3, &bucket)
+        .into_iter()
+        .filter(|k| k.starts_with("p/app-2026"))
+        .collect();
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    // Nothing in S3 says whether a run is alive (a run of the same database on another
+    // server may be uploading): young uploads are left alone, by their start (the
+    // time in the name, as the server may not tell) and by their newest part.
+    let r = backup(&["now"], &env);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(!r.stderr.contains("aborted"), "{}", r.output());
+    assert_eq!(s3_uploads(s3, &bucket).len(), 4);
+    // Once older than any run lasts, it is aborted (the proxy ages the dates the
+    // server gives); still never another's, nor one whose name is young.
+    let aged = FaultyS3::start(s3.port, Fault::Backdate);
+    let aged_endpoint = aged.endpoint();
+    let mut env = env;
+    env[3] = ("BACKUP_S3_ENDPOINT", aged_endpoint.as_str());
     let r = backup(&["now"], &env);
     assert_eq!(r.code, Some(0), "{}", r.output());
     assert!(
-        r.stderr.contains("aborted the incomplete upload"),
+        r.stderr
+            .contains("aborted the incomplete upload of app-20251201T000000.000Z-abcd.dump.zst"),
         "{}",
         r.output()
+    );
+    assert_eq!(
+        names(&backup(&["list"], &env)).len(),
+        2,
+        "a complete backup was taken for a leftover"
     );
     let mut left = s3_uploads(s3, &bucket);
     left.sort();
     assert_eq!(
         left,
         [
+            killed[0].as_str(),
             "p/foreign.bin",
             "p/other-20260101T000000.000Z-abcd.dump.zst"
         ]
@@ -694,6 +734,290 @@ fn a_failed_manifest_put_leaves_no_data_object() {
         r.output()
     );
     assert_eq!(s3_keys(s3, &bucket), Vec::<String>::new());
+}
+
+// ---- 17.3: two runs of one database never break each other ------------------------
+
+/// A session that holds `table` in `db` exclusively, so a pg_dump of `db` waits (with
+/// its destinations open) until this is dropped.
+struct TableHeld(Child);
+
+impl TableHeld {
+    fn new(pg: &Postgres, db: &str, table: &str) -> TableHeld {
+        let mut child = std::process::Command::new(bin_dir().join("psql"))
+            .args(["-X", "-q", "-U", "postgres", "-h"])
+            .arg(pg.dir.path())
+            .args(["-p", &pg.port.to_string(), "-d", db])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let stdin = child.stdin.as_mut().unwrap();
+        writeln!(stdin, "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;").unwrap();
+        stdin.flush().unwrap();
+        assert!(
+            wait_until(LONG, || {
+                pg.psql_db(
+                db,
+                &format!("SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass AND mode = 'AccessExclusiveLock' AND granted")
+            ) == "1"
+            }),
+            "the table lock was not taken"
+        );
+        TableHeld(child)
+    }
+}
+
+impl Drop for TableHeld {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits up to `limit` for `child` to exit by itself (it is collected later).
+fn exits_within(child: &mut Child, limit: Duration) -> bool {
+    wait_until(limit, || matches!(child.try_wait(), Ok(Some(_))))
+}
+
+fn partials(dir: &Path) -> usize {
+    files(dir)
+        .iter()
+        .filter(|f| f.ends_with(".partial"))
+        .count()
+}
+
+/// The environment of a run of `url` into the folder and the bucket.
+fn both(url: &str, dir: &Path, s3: &S3, bucket: &str, endpoint: &str) -> Vec<(String, String)> {
+    [
+        ("DIRECT_URL", url),
+        ("BACKUP_DIR", dir.to_str().unwrap()),
+        ("BACKUP_S3_BUCKET", bucket),
+        ("BACKUP_S3_ENDPOINT", endpoint),
+        ("AWS_ACCESS_KEY_ID", s3.access_key),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_key),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+#[test]
+fn a_run_through_another_database_never_touches_a_live_runs_files() {
+    // The scenario: one run connects to `postgres` with BACKUP_DATABASES=app,
+    // another connects to `app`. The second used to take the first's live .partial
+    // and upload for an interrupted run's, delete and abort them, and the first failed.
+    let pg = Postgres::start();
+    bulk(&pg, 2);
+    let s3 = S3::shared();
+    let bucket = s3.bucket();
+    let endpoint = s3.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let through_postgres = pg.url_with("app", &pg.password, "postgres");
+    let mut first_env = both(&through_postgres, dir.path(), s3, &bucket, &endpoint);
+    first_env.push(("BACKUP_DATABASES".into(), "app".into()));
+    let second_env = both(&pg.url(), dir.path(), s3, &bucket, &endpoint);
+
+    let held = TableHeld::new(&pg, "app", "bulk");
+    let first = spawn(&["now"], &refs(&first_env));
+    assert!(
+        wait_until(LONG, || partials(dir.path()) == 1
+            && s3_uploads(s3, &bucket).len() == 1),
+        "the first run did not start writing: {:?}",
+        files(dir.path())
+    );
+    let mut second = spawn(&["now"], &refs(&second_env));
+    // Refused at once (before the fix it went on, and waited for the table too).
+    exits_within(&mut second, Duration::from_secs(30));
+    drop(held);
+    let second = finish(second, LONG);
+    let first = finish(first, LONG);
+    assert_eq!(first.code, Some(0), "{}", first.output());
+    assert_eq!(second.code, Some(1), "{}", second.output());
+    assert!(
+        second
+            .stderr
+            .contains("another backup of this database is running (held by PostgreSQL session")
+            && second.stderr.contains("dockhand-backup"),
+        "{}",
+        second.output()
+    );
+    assert!(
+        !second.stderr.contains("interrupted run"),
+        "{}",
+        second.output()
+    );
+    // The first's backup is whole, in both places.
+    let list = backup(&["list", "--remote"], &refs(&second_env));
+    let made = names(&list);
+    assert_eq!(made.len(), 1, "{}", list.stdout);
+    assert!(list.stdout.contains("both"), "{}", list.stdout);
+    for from in ["local", "s3"] {
+        let r = backup(&["verify", &made[0], "--from", from], &refs(&second_env));
+        assert_eq!(r.code, Some(0), "{from}: {}", r.output());
+    }
+    assert_eq!(partials(dir.path()), 0, "{:?}", files(dir.path()));
+    assert!(s3_uploads(s3, &bucket).is_empty());
+}
+
+#[test]
+fn a_run_of_the_same_database_on_another_server_never_touches_a_live_runs_files() {
+    // Two servers (a primary and a standby, each with its sidecar) with one database
+    // name, sharing the folder and the bucket: no advisory lock spans them, so the
+    // folder's lock file and the age of S3 leftovers must.
+    let one = Postgres::start();
+    bulk(&one, 2);
+    let two = Postgres::start();
+    bulk(&two, 1);
+    let s3 = S3::shared();
+    let endpoint = s3.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Folder and bucket: the second is refused, naming the run that writes.
+    let bucket = s3.bucket();
+    let held = TableHeld::new(&one, "app", "bulk");
+    let first = spawn(
+        &["now"],
+        &refs(&both(&one.url(), dir.path(), s3, &bucket, &endpoint)),
+    );
+    let first_pid = first.id();
+    assert!(
+        wait_until(LONG, || partials(dir.path()) == 1
+            && s3_uploads(s3, &bucket).len() == 1),
+        "the first run did not start writing"
+    );
+    let second_env = both(&two.url(), dir.path(), s3, &bucket, &endpoint);
+    let mut second = spawn(&["now"], &refs(&second_env));
+    exits_within(&mut second, Duration::from_secs(30));
+    drop(held);
+    let second = finish(second, LONG);
+    let first = finish(first, LONG);
+    assert_eq!(first.code, Some(0), "{}", first.output());
+    assert_eq!(second.code, Some(1), "{}", second.output());
+    assert!(
+        second
+            .stderr
+            .contains("another backup is writing these files in")
+            && second.stderr.contains(".app.lock")
+            && second.stderr.contains(&format!("pid {first_pid} on ")),
+        "{}",
+        second.output()
+    );
+    let made = names(&backup(&["list", "--remote"], &refs(&second_env)));
+    assert_eq!(made.len(), 1, "{made:?}");
+    for from in ["local", "s3"] {
+        let r = backup(&["verify", &made[0], "--from", from], &refs(&second_env));
+        assert_eq!(r.code, Some(0), "{from}: {}", r.output());
+    }
+    assert!(
+        files(dir.path()).iter().all(|f| !f.ends_with(".lock")),
+        "a lock file was left: {:?}",
+        files(dir.path())
+    );
+
+    // Only the bucket: both runs succeed, and the first's upload is never aborted.
+    let bucket = s3.bucket();
+    let only_s3 = |url: &str| {
+        let mut e = both(url, dir.path(), s3, &bucket, &endpoint);
+        e.retain(|(k, _)| k != "BACKUP_DIR");
+        e
+    };
+    let held = TableHeld::new(&one, "app", "bulk");
+    let first = spawn(&["now"], &refs(&only_s3(&one.url())));
+    assert!(
+        wait_until(LONG, || s3_uploads(s3, &bucket).len() == 1),
+        "the first run did not start uploading"
+    );
+    let second = backup(&["now"], &refs(&only_s3(&two.url())));
+    drop(held);
+    let first = finish(first, LONG);
+    assert_eq!(second.code, Some(0), "{}", second.output());
+    assert!(!second.stderr.contains("aborted"), "{}", second.output());
+    assert_eq!(first.code, Some(0), "{}", first.output());
+    let made = names(&backup(&["list"], &refs(&only_s3(&one.url()))));
+    assert_eq!(made.len(), 2, "{made:?}");
+    for name in &made {
+        let r = backup(&["verify", name], &refs(&only_s3(&one.url())));
+        assert_eq!(r.code, Some(0), "{name}: {}", r.output());
+    }
+}
+
+// ---- 17.5: a download cut short is resumed, and never called damage ----------------
+
+#[test]
+fn a_download_cut_short_is_resumed_and_never_reported_as_damage() {
+    let pg = Postgres::start();
+    bulk(&pg, 4);
+    let s3 = S3::shared();
+    let bucket = s3.bucket();
+    let url = pg.url();
+    let env = |endpoint: &str| -> Vec<(String, String)> {
+        let mut e = both(&url, Path::new("/nonexistent"), s3, &bucket, endpoint);
+        e.retain(|(k, _)| k != "BACKUP_DIR");
+        e
+    };
+    let r = backup(&["now"], &refs(&env(&s3.endpoint())));
+    assert_eq!(r.code, Some(0), "{}", r.output());
+
+    // Cut once half-way (full Content-Length, then the connection closes): resumed.
+    let proxy = FaultyS3::start(
+        s3.port,
+        Fault::CutGets {
+            times: 1,
+            after: 200_000,
+        },
+    );
+    let r = backup(&["verify", "latest"], &refs(&env(&proxy.endpoint())));
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(r.stderr.contains("resuming"), "{}", r.output());
+
+    // Cut every time: the run fails naming the network, and never says "damaged".
+    let proxy = FaultyS3::start(
+        s3.port,
+        Fault::CutGets {
+            times: usize::MAX,
+            after: 0,
+        },
+    );
+    let r = backup(&["verify", "latest"], &refs(&env(&proxy.endpoint())));
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    assert!(
+        r.stderr.contains("the download was cut off") && r.stderr.contains("not a damaged backup"),
+        "{}",
+        r.output()
+    );
+    assert!(!r.stderr.contains("is damaged"), "{}", r.output());
+    assert!(!r.stderr.contains("checksum mismatch"), "{}", r.output());
+
+    // A truly damaged object (same size, other bytes) still says so.
+    let keys = s3_keys(s3, &bucket);
+    let data = keys.iter().find(|k| k.ends_with(".dump.zst")).unwrap();
+    let (status, manifest) = s3.request(
+        "GET",
+        &format!("/{bucket}/{}", data.replace(".dump.zst", ".manifest.json")),
+        b"",
+    );
+    assert_eq!(status, 200, "{manifest}");
+    let size: usize = manifest
+        .split("\"size\":")
+        .nth(1)
+        .and_then(|s| s.trim().split([',', '}']).next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap();
+    let (status, body) = s3.request("PUT", &format!("/{bucket}/{data}"), &vec![0x5a; size]);
+    assert_eq!(status, 200, "{body}");
+    let r = backup(&["verify", "latest"], &refs(&env(&s3.endpoint())));
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    assert!(
+        r.stderr.contains("checksum mismatch") && r.stderr.contains("the backup is damaged"),
+        "{}",
+        r.output()
+    );
 }
 
 // ---- 10, 12: a cold start, retries, and an honest status ----------------------------

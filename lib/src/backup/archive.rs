@@ -357,14 +357,14 @@ fn stream(
     let mut tool = Tool::spawn(cmd, d.cancel)?;
     let program = tool.program.clone();
     let mut stdout = tool.child.stdout.take().expect("piped");
-    let mut buf = vec![0u8; 256 * 1024];
     let mut dump_bytes = 0u64;
     let copy: Result<(), BackupError> = loop {
+        let mut buf = compressor.buffer();
         match stdout.read(&mut buf) {
             Ok(0) => break Ok(()),
             Ok(n) => {
                 dump_bytes += n as u64;
-                if let Err(e) = compressor.write(&buf[..n], d.cancel) {
+                if let Err(e) = compressor.send(buf, n, d.cancel) {
                     break Err(e);
                 }
             }
@@ -423,38 +423,54 @@ fn stream(
     Ok(dump_bytes)
 }
 
+/// What pg_dump's output is read in: a chunk of this size at a time.
+const CHUNK: usize = 256 * 1024;
+
 /// The compression (and encryption) chain on a thread of its own, fed through a short
-/// queue. The stream never waits on a compression job it does not need: when the run
+/// queue of chunks it hands back once written, so the dump is read straight into a
+/// few buffers used over and over (no copy, and no fresh pages for every chunk). The stream never waits on a compression job it does not need: when the run
 /// is cancelled or fails, the thread is abandoned (it drops its unfinished chain and
 /// ends by itself), so a stop is never held up by a multi-threaded zstd job at a high
 /// level. Only a successful run waits for `finish`, and even that wait ends on cancel.
 struct Compressor {
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    tx: Option<std::sync::mpsc::SyncSender<(Vec<u8>, usize)>>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
     done: std::sync::mpsc::Receiver<Result<(), BackupError>>,
 }
 
 impl Compressor {
     fn start(mut chain: Box<dyn codec::Stage>) -> Compressor {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(4);
+        let (give_back, spare) = std::sync::mpsc::channel();
         let (done_tx, done) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             // An empty chunk means "finish"; a closed queue means "abandon".
-            while let Ok(chunk) = rx.recv() {
-                if chunk.is_empty() {
+            while let Ok((chunk, n)) = rx.recv() {
+                if n == 0 {
                     let r = chain
                         .finish()
                         .map_err(|e| err(format!("writing the backup: {e}")).with_source(e));
                     let _ = done_tx.send(r);
                     return;
                 }
-                if let Err(e) = chain.write_all(&chunk) {
+                if let Err(e) = chain.write_all(&chunk[..n]) {
                     let _ =
                         done_tx.send(Err(err(format!("writing the backup: {e}")).with_source(e)));
                     return;
                 }
+                let _ = give_back.send(chunk);
             }
         });
-        Compressor { tx: Some(tx), done }
+        Compressor {
+            tx: Some(tx),
+            spare,
+            done,
+        }
+    }
+
+    /// A buffer of [`CHUNK`] bytes to read the next chunk into.
+    fn buffer(&self) -> Vec<u8> {
+        self.spare.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK])
     }
 
     fn failure(&self) -> BackupError {
@@ -464,13 +480,14 @@ impl Compressor {
         }
     }
 
-    fn write(&mut self, data: &[u8], cancel: &Cancel) -> Result<(), BackupError> {
+    /// Queues the first `n` bytes of `chunk` (`n` = 0: finish).
+    fn send(&mut self, chunk: Vec<u8>, n: usize, cancel: &Cancel) -> Result<(), BackupError> {
         cancel.check()?;
         let tx = self
             .tx
             .as_ref()
             .ok_or_else(|| err("internal error: finished"))?;
-        let mut chunk = data.to_vec();
+        let mut chunk = (chunk, n);
         loop {
             match tx.try_send(chunk) {
                 Ok(()) => return Ok(()),
@@ -485,7 +502,7 @@ impl Compressor {
     }
 
     fn finish(mut self, cancel: &Cancel) -> Result<(), BackupError> {
-        self.write(&[], cancel)?;
+        self.send(Vec::new(), 0, cancel)?;
         self.tx = None;
         loop {
             cancel.check()?;

@@ -179,6 +179,9 @@ pub fn human_size(n: u64) -> String {
 pub struct Digest256 {
     hash: Sha256,
     bytes: u64,
+    /// Why reading the stored bytes failed (the network, the disk): what was read is
+    /// then no evidence about the backup, and never reported as damage.
+    failed: Option<String>,
 }
 
 /// The stored bytes as read, hashed; shared between the decoder and the final check,
@@ -192,11 +195,21 @@ struct HashingReader {
 
 impl Read for HashingReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self
+        let read = self
             .inner
             .lock()
             .map_err(|_| io::Error::other("reader poisoned"))?
-            .read(buf)?;
+            .read(buf);
+        let n = match read {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                if let Ok(mut d) = self.digest.lock() {
+                    d.failed.get_or_insert_with(|| e.to_string());
+                }
+                return Err(e);
+            }
+        };
         if let Ok(mut d) = self.digest.lock() {
             d.hash.update(&buf[..n]);
             d.bytes += n as u64;
@@ -232,7 +245,7 @@ pub fn open(r: &Reading, m: &Manifest, from: Side) -> Result<Opened, BackupError
         }
         Side::S3 => {
             let s3 = r.s3.ok_or_else(|| err("no bucket: set BACKUP_S3_BUCKET"))?;
-            s3.open(r.rt, &m.file)?
+            s3.open(r.rt, &m.file, m.size)?
         }
     };
     let digest = Arc::new(Mutex::new(Digest256::default()));
@@ -264,6 +277,9 @@ impl Opened {
             .digest
             .lock()
             .map_err(|_| err("internal error: digest poisoned"))?;
+        if let Some(e) = &d.failed {
+            return Err(err(format!("{}: cannot read the backup: {e}", m.file)));
+        }
         let sum = hex(&d.hash.clone().finalize());
         if d.bytes != m.size || sum != m.sha256 {
             return Err(err(format!(

@@ -1,7 +1,7 @@
-//! One backup run, as the daemon and `backup now` do it: take the run lock, read the
-//! server's version, pick pg_dump, dump every database (and the globals) to every
-//! destination, verify when asked, apply retention, then record the outcome (status
-//! file, metrics, pings). Also `prune`, and the [`Runner`] that holds what runs share:
+//! One backup run, as the daemon and `backup now` do it: read the server's version,
+//! pick pg_dump, dump every database (and the globals) to every destination, each dump
+//! under its own locks ([`DumpLock`]), verify when asked, apply retention, then record
+//! the outcome (status file, metrics, pings). Also `prune`, and the [`Runner`] that holds what runs share:
 //! the tokio runtime, the S3 client and the deadpool-postgres pool of metadata
 //! connections, which replaces connections broken by a database restart between runs.
 
@@ -21,9 +21,56 @@ use super::status::{self, RunMetrics};
 use super::{dump, err, BackupError, Cancel};
 use crate::pg::PgTarget;
 
-/// Session advisory lock held for a whole run: two runs against the same database
-/// (the daemon and a `backup now`, or two sidecars) never overlap.
+/// Session advisory lock a dump holds in the database it dumps (whatever database the
+/// URL names): two runs of one database on one server (the daemon and a `backup now`,
+/// two sidecars, one connected to `postgres` with `BACKUP_DATABASES=app` and one to
+/// `app`) never overlap.
 pub const RUN_LOCK: i64 = 0x646b_6261_636b_7570; // "dkbackup"
+
+/// How old an incomplete upload (by its start and its newest part), or a data object
+/// without a manifest, must be before a run takes it for an interrupted run's
+/// leftover: longer than any run lasts. Nothing in S3 says whether the run that made
+/// it is alive (a run of the same database on another server, sharing the prefix,
+/// holds no lock this one can see), so age is the only proof; a dead run's upload
+/// costs a day of storage, a live one aborted would cost its backup.
+const STALE_AFTER: i64 = 24 * 3600;
+
+/// What one dump holds while it runs. Both are released when dropped (the session
+/// closed, the file closed) and by the kernel when the process dies, so a crash never
+/// leaves a stale lock behind:
+/// - [`RUN_LOCK`] in the database dumped: no other run on this server dumps it;
+/// - `flock(2)` on `.NAME.lock` in the folder: no other run, from any server, writes
+///   this database's files there, so `.NAME-*.partial` files are provably dead.
+///
+/// Each dump takes its locks just before it starts and lets go just after, and only
+/// ever tries them (never waits), so runs dumping overlapping sets of databases in any
+/// order can never deadlock: the later one skips what the other is dumping.
+struct DumpLock {
+    _session: Option<tokio_postgres::Client>,
+    folder: Option<FolderLock>,
+}
+
+/// A held `.NAME.lock`: removed, while still locked, when let go, so the folder keeps
+/// only backups. A run that opened the file just before it was removed finds its lock
+/// on a file no longer in the folder, and opens the path again.
+struct FolderLock {
+    path: std::path::PathBuf,
+    _file: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl Drop for FolderLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The session holding [`RUN_LOCK`] in the current database, as messages name it.
+const HOLDER: &str = "SELECT a.pid, a.application_name, host(a.client_addr), extract(epoch FROM a.backend_start)::bigint
+    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.classid::bigint = ($1::bigint >> 32) AND l.objid::bigint = ($1::bigint & 4294967295)
+    LIMIT 1";
 
 /// Connects pool members through [`PgTarget::connect_raw`] (our resolver and TLS).
 struct Connector {
@@ -266,14 +313,13 @@ impl Runner {
             return r;
         };
         let url = &target.url;
-        // The lock lives on its own connection, released when it is dropped.
         let prepared = self.rt.block_on(async {
-            let lock = target
+            let session = target
                 .connect()
                 .await
                 .map_err(|e| err(format!("{url}: {e}")).with_source(e))?;
-            // Behind PgBouncer in transaction mode neither the lock nor pg_dump works.
-            if let Some(pid) = crate::pg::shared_backend(target, &lock)
+            // Behind PgBouncer in transaction mode neither the locks nor pg_dump work.
+            if let Some(pid) = crate::pg::shared_backend(target, &session)
                 .await
                 .map_err(|e| err(format!("{url}: {e}")))?
             {
@@ -281,16 +327,7 @@ impl Runner {
                     "{url} goes through a transaction pooler (PgBouncer?): two connections shared backend {pid}, and pg_dump needs a session of its own. Set DIRECT_URL to PostgreSQL itself"
                 )));
             }
-            let got: bool = lock
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&RUN_LOCK])
-                .await
-                .map_err(|e| err(format!("{url}: {}", crate::pg::classify(&e))))?
-                .get(0);
-            if !got {
-                return Err(err(
-                    "another backup of this database is running (its advisory lock is held): this run is skipped",
-                ));
-            }
+            drop(session);
             let client = pool.get().await.map_err(|e| match e {
                 deadpool_postgres::PoolError::Backend(e) => {
                     err(format!("{url}: {}", crate::pg::classify(&e)))
@@ -312,9 +349,9 @@ impl Runner {
                     .map(|row| row.get(0))
                     .collect(),
             };
-            Ok::<_, BackupError>((lock, server, databases))
+            Ok::<_, BackupError>((server, databases))
         });
-        let (lock, server, databases) = match prepared {
+        let (server, databases) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 fail(&mut r, e.to_string());
@@ -328,7 +365,6 @@ impl Runner {
                 return r;
             }
         };
-        self.remove_stale_partials(&databases);
         self.clean_up_remote(&databases);
         let d = Destinations {
             settings: &self.settings,
@@ -349,7 +385,19 @@ impl Runner {
                 Dump::Database(db) => format!("database {db:?}"),
                 Dump::Globals => "the globals".to_string(),
             };
-            match archive::backup(&d, target, &kind, &tools, &server.version) {
+            let lock = match self.lock(target, &kind) {
+                Ok(l) => l,
+                Err(e) => {
+                    fail(&mut r, format!("{what}: {e}"));
+                    continue;
+                }
+            };
+            if lock.folder.is_some() {
+                self.remove_stale_partials(&kind);
+            }
+            let made = archive::backup(&d, target, &kind, &tools, &server.version);
+            drop(lock);
+            match made {
                 Ok(o) => {
                     info!(
                         "backup {} of {what}: {} dumped, {} stored in {}",
@@ -397,39 +445,62 @@ impl Runner {
                 fail(&mut r, format!("retention: {e}"));
             }
         }
-        drop(lock);
         r
     }
 
-    /// Removes `.NAME.partial` files a killed run left for these databases.
-    fn remove_stale_partials(&self, databases: &[String]) {
+    /// Takes the locks one dump holds (see [`DumpLock`]); when another run holds one,
+    /// says which run that is. A folder that cannot hold a lock file is left to the
+    /// dump, which reports the folder's own error and still makes the S3 copy.
+    fn lock(&self, target: &PgTarget, kind: &Dump) -> Result<DumpLock, BackupError> {
+        let safe = match kind {
+            Dump::Database(db) => manifest::file_safe(db),
+            // The globals are read, never locked, in PostgreSQL: only their files need it.
+            Dump::Globals => "_globals".to_string(),
+        };
+        let session = match kind {
+            Dump::Database(db) => Some(self.rt.block_on(lock_database(target, db))?),
+            Dump::Globals => None,
+        };
+        let folder = match &self.settings.dir {
+            Some(dir) => lock_folder(dir, &safe)?,
+            None => None,
+        };
+        Ok(DumpLock {
+            _session: session,
+            folder,
+        })
+    }
+
+    /// Removes the `.NAME.partial` files of `kind` a killed run left; called with the
+    /// folder lock of `kind` held, so none of them is being written.
+    fn remove_stale_partials(&self, kind: &Dump) {
         let Some(dir) = &self.settings.dir else {
             return;
         };
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
-        let prefixes: Vec<String> = databases
-            .iter()
-            .map(|d| format!(".{}-", manifest::file_safe(d)))
-            .chain(std::iter::once("._globals-".to_string()))
-            .collect();
+        let prefix = match kind {
+            Dump::Database(db) => format!("{}-", manifest::file_safe(db)),
+            Dump::Globals => "_globals-".to_string(),
+        };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".partial")
-                && prefixes.iter().any(|p| name.starts_with(p))
-                && std::fs::remove_file(e.path()).is_ok()
-            {
+            let ours = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(".partial"))
+                .is_some_and(|f| manifest::is_own_data_file(f, &prefix));
+            if ours && std::fs::remove_file(e.path()).is_ok() {
                 warn!("removed {name}, left by an interrupted run");
             }
         }
     }
 
     /// Removes from S3 what a killed run of these databases left under the prefix, and
-    /// nothing else: incomplete multipart uploads of its own file names (the run lock is
-    /// held, so no other run of these databases is uploading), and its own data objects
-    /// that have no manifest and are older than an hour. Foreign objects, other
-    /// databases' files and complete backups are never touched. Failures only warn.
+    /// nothing else: incomplete multipart uploads of their own file names, and their own
+    /// data objects that have no manifest, both only once older than [`STALE_AFTER`]
+    /// (a run of the same database elsewhere may be writing them). Foreign objects,
+    /// other databases' files and complete backups are never touched. Failures only warn.
     fn clean_up_remote(&self, databases: &[String]) {
         let Some(s3) = &self.s3 else {
             return;
@@ -439,7 +510,12 @@ impl Runner {
             .map(|d| format!("{}-", manifest::file_safe(d)))
             .chain(std::iter::once("_globals-".to_string()))
             .collect();
-        let ours = |f: &str| prefixes.iter().any(|p| manifest::is_own_data_file(f, p));
+        let ours = |f: &str| {
+            prefixes
+                .iter()
+                .find(|p| manifest::is_own_data_file(f, p))
+                .and_then(|p| stamp_secs(&f[p.len()..]))
+        };
         let now = super::unix_now();
         let cancel = self.cancel.clone();
         let cleaned = self.rt.block_on(async {
@@ -453,39 +529,47 @@ impl Runner {
         }
     }
 
+    /// `ours` gives the time in the name of an own file (when its run started).
     async fn clean_up(
         &self,
         s3: &S3,
-        ours: &dyn Fn(&str) -> bool,
+        ours: &dyn Fn(&str) -> Option<i64>,
         now: i64,
     ) -> Result<(), BackupError> {
-        const SAFE_AGE: i64 = 3600;
-        {
-            for (file, id, _) in s3.incomplete_uploads().await? {
-                if ours(&file) {
-                    s3.abort_upload(&file, &id).await?;
-                    warn!("aborted the incomplete upload of {file}, left by an interrupted run");
-                }
+        // The last sign of life: the start in the name (our own clock: some servers
+        // give every upload a made-up start), the server's dates, the newest part.
+        let stale = |times: &[i64]| now - times.iter().copied().max().unwrap_or(now) > STALE_AFTER;
+        for (file, id, started) in s3.incomplete_uploads().await? {
+            let Some(named) = ours(&file) else {
+                continue;
+            };
+            if stale(&[named, started])
+                && stale(&[named, started, s3.last_part(&file, &id).await?.unwrap_or(0)])
+            {
+                s3.abort_upload(&file, &id).await?;
+                warn!("aborted the incomplete upload of {file}, left by an interrupted run");
             }
-            let objects = s3.list().await?;
-            let manifests: std::collections::HashSet<&str> = objects
+        }
+        let objects = s3.list().await?;
+        let manifests: std::collections::HashSet<&str> = objects
+            .iter()
+            .filter_map(|o| o.file.strip_suffix(".manifest.json"))
+            .collect();
+        for o in &objects {
+            let Some(named) = ours(&o.file) else {
+                continue;
+            };
+            let orphan = !manifests
                 .iter()
-                .filter_map(|o| o.file.strip_suffix(".manifest.json"))
-                .collect();
-            for o in &objects {
-                let orphan = ours(&o.file)
-                    && !manifests
-                        .iter()
-                        .any(|m| o.file.starts_with(&format!("{m}.")))
-                    && o.modified > 0
-                    && now - o.modified > SAFE_AGE;
-                if orphan {
-                    s3.delete(&o.file).await?;
-                    warn!(
-                        "deleted {}: data without a manifest, left by an interrupted run",
-                        o.file
-                    );
-                }
+                .any(|m| o.file.starts_with(&format!("{m}.")))
+                && o.modified > 0
+                && stale(&[named, o.modified]);
+            if orphan {
+                s3.delete(&o.file).await?;
+                warn!(
+                    "deleted {}: data without a manifest, left by an interrupted run",
+                    o.file
+                );
             }
         }
         Ok(())
@@ -541,5 +625,173 @@ impl Runner {
             }
         }
         Ok(())
+    }
+}
+
+/// Unix seconds of the stamp a data file's name starts with (`YYYYmmddTHHMMSS...`).
+fn stamp_secs(stamp: &str) -> Option<i64> {
+    let n = |r: std::ops::Range<usize>| stamp.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(4..6)?, n(6..8)?);
+    let (hh, mm, ss) = (n(9..11)?, n(11..13)?, n(13..15)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// Takes [`RUN_LOCK`] in `db` on a session of its own, or says which session holds it.
+async fn lock_database(target: &PgTarget, db: &str) -> Result<tokio_postgres::Client, BackupError> {
+    let t = target.with_dbname(db);
+    let url = &t.url;
+    let session = t
+        .connect()
+        .await
+        .map_err(|e| err(format!("{url}: {e}")).with_source(e))?;
+    let got: bool = session
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&RUN_LOCK])
+        .await
+        .map_err(|e| err(format!("{url}: {}", crate::pg::classify(&e))))?
+        .get(0);
+    if got {
+        return Ok(session);
+    }
+    let holder = match session.query_opt(HOLDER, &[&RUN_LOCK]).await {
+        Ok(Some(row)) => {
+            let pid: i32 = row.get(0);
+            let app: Option<String> = row.get(1);
+            let from: Option<String> = row.get(2);
+            let since: Option<i64> = row.get(3);
+            let mut s = format!("held by PostgreSQL session {pid}");
+            if let Some(app) = app.filter(|a| !a.is_empty()) {
+                s.push_str(&format!(" ({app:?})"));
+            }
+            if let Some(from) = from {
+                s.push_str(&format!(" from {from}"));
+            }
+            if let Some(since) = since {
+                s.push_str(&format!(
+                    ", connected since {}",
+                    crate::time::rfc3339(since, 0)
+                ));
+            }
+            s
+        }
+        _ => "its advisory lock is held".to_string(),
+    };
+    Err(err(format!(
+        "another backup of this database is running ({holder}): this one is skipped"
+    )))
+}
+
+/// Takes `flock(2)` on `DIR/.SAFE.lock` and writes who holds it there, or says which
+/// run holds it. `None` when the folder cannot hold the file (the dump reports why).
+fn lock_folder(dir: &std::path::Path, safe: &str) -> Result<Option<FolderLock>, BackupError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let path = dir.join(format!(".{safe}.lock"));
+    // Another run may remove the file between our open and our lock: then again.
+    for _ in 0..10 {
+        let opened = std::fs::create_dir_all(dir).and_then(|()| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+        });
+        let Ok(file) = opened else {
+            return Ok(None);
+        };
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(mut file) => {
+                let current = match (std::fs::metadata(&path), file.metadata()) {
+                    (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                    _ => false,
+                };
+                if !current {
+                    continue;
+                }
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                let who = format!(
+                    "pid {} on {}, since {}\n",
+                    std::process::id(),
+                    host.trim(),
+                    crate::time::rfc3339_now()
+                );
+                // Only for the message of a run that finds it held: a full disk must
+                // not stop the backup.
+                let _ = file
+                    .set_len(0)
+                    .and_then(|()| file.rewind())
+                    .and_then(|()| file.write_all(who.as_bytes()));
+                return Ok(Some(FolderLock { path, _file: file }));
+            }
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut who = String::new();
+                let _ = (&mut file).take(200).read_to_string(&mut who);
+                let who = who.trim();
+                let who = if who.is_empty() {
+                    String::new()
+                } else {
+                    format!("{who}; ")
+                };
+                return Err(err(format!(
+                    "another backup is writing these files in {} ({who}it holds {}): this one is skipped",
+                    dir.display(),
+                    path.display()
+                )));
+            }
+            Err(_) => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::manifest::is_own_data_file;
+
+    #[test]
+    fn a_stamp_is_read_back_as_the_time_it_was_made_at() {
+        for secs in [0, 951_782_400, 1_767_225_599, 1_798_761_600, 4_107_542_399] {
+            let stamp = super::manifest::stamp(secs);
+            assert_eq!(super::stamp_secs(&stamp), Some(secs), "{stamp}");
+        }
+        assert_eq!(super::stamp_secs("20261307T000000Z"), None);
+        assert_eq!(super::stamp_secs("2026"), None);
+    }
+
+    #[test]
+    fn a_database_owns_only_its_own_file_names() {
+        let stamp = "20260101T000000.000Z-abcd";
+        assert!(is_own_data_file(&format!("app-{stamp}.dump.zst"), "app-"));
+        assert!(is_own_data_file("app-20260101T000000Z.dump.gz.age", "app-"));
+        assert!(is_own_data_file(
+            &format!("_globals-{stamp}.sql.zst"),
+            "_globals-"
+        ));
+        // database `app-1`'s files are not `app`'s
+        assert!(!is_own_data_file(
+            &format!("app-1-{stamp}.dump.zst"),
+            "app-"
+        ));
+        assert!(!is_own_data_file("app-20260101-1.dump.zst", "app-"));
+        assert!(!is_own_data_file(&format!("app-{stamp}X.dump.zst"), "app-"));
+        assert!(!is_own_data_file(
+            &format!("app-{stamp}.dump.zst.tmp"),
+            "app-"
+        ));
+        assert!(!is_own_data_file(
+            "app-20260101T000000.000Z-ABCD.dump.zst",
+            "app-"
+        ));
     }
 }

@@ -2,7 +2,7 @@
 //! part from the backup stream (memory stays at a few parts whatever the database
 //! size) that is completed only when told to and aborted otherwise, so a failed or
 //! stopped run leaves no incomplete upload behind; paginated listing; a streaming
-//! download for restore and verify; deletion.
+//! download for restore and verify, resumed where it was cut off; deletion.
 //!
 //! Credentials come from the standard AWS chain (environment, profile, web identity,
 //! ECS, instance metadata). A custom endpoint (`BACKUP_S3_ENDPOINT`: MinIO, R2,
@@ -12,7 +12,6 @@
 //! `/etc/ssl/certs`).
 
 use std::io::{self, Read};
-use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
@@ -330,6 +329,35 @@ impl S3 {
             .collect())
     }
 
+    /// When the newest part of an incomplete upload arrived (unix seconds), or `None`
+    /// when it has no part (or the server does not say).
+    pub async fn last_part(&self, file: &str, upload_id: &str) -> Result<Option<i64>, BackupError> {
+        let mut newest: Option<i64> = None;
+        let mut pages = self
+            .client
+            .list_parts()
+            .bucket(&self.settings.bucket)
+            .key(self.key(file))
+            .upload_id(upload_id)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                err(format!(
+                    "listing the parts of {}: {}",
+                    self.location(file),
+                    reason(&e)
+                ))
+            })?;
+            for p in page.parts() {
+                if let Some(t) = p.last_modified() {
+                    newest = newest.max(Some(t.secs()));
+                }
+            }
+        }
+        Ok(newest)
+    }
+
     /// Aborts an upload an earlier, killed run left behind.
     pub async fn abort_upload(&self, file: &str, upload_id: &str) -> Result<(), BackupError> {
         self.client
@@ -354,11 +382,13 @@ impl S3 {
     pub fn upload(&self, rt: &Handle, file: &str, cancel: Arc<Cancel>) -> Upload {
         let (tx, rx) = mpsc::channel::<Part>(IN_FLIGHT);
         let (decide, decision) = oneshot::channel::<bool>();
+        let (give_back, spare) = std::sync::mpsc::channel();
         let task = rt.spawn(upload_task(
             self.clone(),
             file.to_string(),
             rx,
             decision,
+            give_back,
             cancel.clone(),
         ));
         Upload {
@@ -367,6 +397,7 @@ impl S3 {
             decide: Some(decide),
             task: Some(task),
             buf: Vec::new(),
+            spare,
             part_size: self.settings.part_size,
             rt: rt.clone(),
             failed: None,
@@ -374,32 +405,101 @@ impl S3 {
         }
     }
 
-    /// Streams `file` for reading from a thread outside the runtime.
-    pub fn open(&self, rt: &Handle, file: &str) -> Result<Box<dyn Read + Send>, BackupError> {
+    /// Streams `file` for reading from a thread outside the runtime. A download cut
+    /// short (an error, or the end before the object's `Content-Length`; `expected`,
+    /// the manifest's size, when the server gives none) is resumed from the byte
+    /// reached with a ranged GET of the same object (`If-Match` its ETag), up to
+    /// [`READ_ATTEMPTS`] times in a row without progress; then the read fails naming
+    /// the network error. A cut is never passed on as the end of the data, so it can
+    /// never be taken for a damaged backup.
+    pub fn open(
+        &self,
+        rt: &Handle,
+        file: &str,
+        expected: u64,
+    ) -> Result<Box<dyn Read + Send>, BackupError> {
         let location = self.location(file);
-        let out = rt
-            .block_on(
-                self.client
-                    .get_object()
-                    .bucket(&self.settings.bucket)
-                    .key(self.key(file))
-                    .send(),
-            )
+        let first = rt
+            .block_on(self.get_from(file, 0, None))
             .map_err(|e| err(format!("{location}: {}", reason(&e))))?;
-        let (tx, rx) = std_mpsc::sync_channel::<io::Result<Bytes>>(4);
-        let mut body = out.body;
+        let total = first
+            .content_length()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(expected);
+        let etag = first.e_tag().map(String::from);
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+        let s3 = self.clone();
+        let file = file.to_string();
         rt.spawn(async move {
+            let mut body = first.body;
+            let mut offset = 0u64;
+            // Bytes a server that ignored the Range sends again: dropped.
+            let mut skip = 0u64;
+            let mut cuts = 0u32;
             loop {
-                match body.try_next().await {
-                    Ok(Some(b)) => {
-                        if tx.send(Ok(b)).is_err() {
+                let why = match body.try_next().await {
+                    Ok(Some(mut b)) => {
+                        if skip > 0 {
+                            let n = skip.min(b.len() as u64);
+                            let _ = b.split_to(n as usize);
+                            skip -= n;
+                        }
+                        if b.is_empty() {
+                            continue;
+                        }
+                        offset += b.len() as u64;
+                        cuts = 0;
+                        if tx.send(Ok(b)).await.is_err() {
                             return;
                         }
+                        continue;
                     }
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = tx.send(Err(io::Error::other(format!("{location}: {e}"))));
+                    Ok(None) if offset >= total => return,
+                    Ok(None) => format!("the connection ended at byte {offset} of {total}"),
+                    Err(e) => cause_of(&e),
+                };
+                // Cut short: resume from `offset`, with a pause that grows while no
+                // byte comes through.
+                let mut why = why;
+                loop {
+                    cuts += 1;
+                    if cuts >= READ_ATTEMPTS {
+                        let _ = tx
+                            .send(Err(io::Error::other(format!(
+                                "{location}: the download was cut off at byte {offset} of {total}, {cuts} times in a row ({why}): a network fault, not a damaged backup; try again"
+                            ))))
+                            .await;
                         return;
+                    }
+                    tracing::warn!(
+                        "{location}: the download was cut off at byte {offset} of {total} ({why}); resuming"
+                    );
+                    tokio::time::sleep(RESUME_PAUSE * 2u32.pow(cuts - 1)).await;
+                    match s3.get_from(&file, offset, etag.as_deref()).await {
+                        Ok(out) => {
+                            skip = match out.content_range() {
+                                Some(r) if r.starts_with(&format!("bytes {offset}-")) => 0,
+                                Some(r) => {
+                                    why = format!("the server answered the range {r:?}");
+                                    continue;
+                                }
+                                None => offset,
+                            };
+                            body = out.body;
+                            break;
+                        }
+                        Err(e) => {
+                            let code = e.as_service_error().and_then(|s| s.code()).unwrap_or("");
+                            if code == "PreconditionFailed" || e.raw_response().is_some_and(|r| r.status().as_u16() == 412) {
+                                let _ = tx
+                                    .send(Err(io::Error::other(format!(
+                                        "{location}: the object was replaced while being read (its ETag changed)"
+                                    ))))
+                                    .await;
+                                return;
+                            }
+                            why = reason(&e);
+                        }
                     }
                 }
             }
@@ -409,20 +509,49 @@ impl S3 {
             current: Bytes::new(),
         }))
     }
+
+    /// A GET of `file` from byte `offset` on, of the version `etag` when given.
+    async fn get_from(
+        &self,
+        file: &str,
+        offset: u64,
+        etag: Option<&str>,
+    ) -> Result<
+        aws_sdk_s3::operation::get_object::GetObjectOutput,
+        aws_sdk_s3::error::SdkError<
+            aws_sdk_s3::operation::get_object::GetObjectError,
+            aws_sdk_s3::config::http::HttpResponse,
+        >,
+    > {
+        self.client
+            .get_object()
+            .bucket(&self.settings.bucket)
+            .key(self.key(file))
+            .set_range((offset > 0).then(|| format!("bytes={offset}-")))
+            .set_if_match(etag.map(String::from))
+            .send()
+            .await
+    }
 }
 
+/// How many cuts in a row, with no byte read in between, a download survives.
+const READ_ATTEMPTS: u32 = 5;
+/// The pause before the first resumption; it doubles with each cut in a row.
+const RESUME_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The download as a `Read`: chunks from the task, which reads the body in the runtime.
 struct ChannelReader {
-    rx: std_mpsc::Receiver<io::Result<Bytes>>,
+    rx: mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
-            match self.rx.recv() {
-                Ok(Ok(b)) => self.current = b,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.current.len());
@@ -441,6 +570,9 @@ pub struct Upload {
     decide: Option<oneshot::Sender<bool>>,
     task: Option<tokio::task::JoinHandle<Result<(), BackupError>>>,
     buf: Vec<u8>,
+    /// Part buffers the uploader is done with: a run allocates a few, not one per part
+    /// (a fresh part is megabytes of new pages to fault in, then unmapped again).
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
     part_size: usize,
     rt: Handle,
     failed: Option<BackupError>,
@@ -455,6 +587,8 @@ impl Upload {
         }
         while !data.is_empty() {
             if self.buf.capacity() == 0 {
+                self.buf = self.spare.try_recv().unwrap_or_default();
+                self.buf.clear();
                 self.buf.reserve_exact(self.part_size);
             }
             let n = (self.part_size - self.buf.len()).min(data.len());
@@ -574,6 +708,7 @@ async fn upload_task(
     file: String,
     mut rx: mpsc::Receiver<Part>,
     decision: oneshot::Receiver<bool>,
+    give_back: std::sync::mpsc::Sender<Vec<u8>>,
     cancel: Arc<Cancel>,
 ) -> Result<(), BackupError> {
     let s = &s3.settings;
@@ -617,14 +752,16 @@ async fn upload_task(
                         parts.push(joined(Some(done))?);
                     }
                     number += 1;
-                    let (client, bucket, key, id, loc) = (
+                    let (client, bucket, key, id, loc, give_back) = (
                         s3.client.clone(),
                         s.bucket.clone(),
                         key.clone(),
                         upload_id.clone(),
                         location.clone(),
+                        give_back.clone(),
                     );
                     running.spawn(async move {
+                        let kept = part.clone();
                         let out = client
                             .upload_part()
                             .bucket(bucket)
@@ -635,6 +772,11 @@ async fn upload_task(
                             .send()
                             .await
                             .map_err(|e| err(format!("{loc}: part {number}: {}", reason(&e))))?;
+                        // The request is gone: the buffer is ours alone again. Handed
+                        // back before the slot, so the writer finds it when it next waits.
+                        if let Ok(buf) = kept.try_into_mut() {
+                            let _ = give_back.send(Vec::from(buf));
+                        }
                         drop(slot);
                         Ok(CompletedPart::builder()
                             .part_number(number)
