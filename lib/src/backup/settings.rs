@@ -143,6 +143,8 @@ impl Settings {
                     "DIRECT_URL {u}: expected postgres://user:password@host:5432/database"
                 )));
             }
+            // its parameters too, before anything runs (an unknown one is a typo)
+            crate::pg::PgTarget::from_url(u).map_err(|e| e.context(format!("DIRECT_URL {u}")))?;
         }
         let databases = match get("BACKUP_DATABASES")? {
             None => Databases::FromUrl,
