@@ -5,8 +5,11 @@
 //!
 //! - the folder holds `migration_lock.toml` (`provider = "postgresql"`, else P3019) and
 //!   one `<timestamp>_<name>/migration.sql` per migration, applied in name order;
-//! - `_prisma_migrations` is created with Prisma's DDL, in the current schema; a schema
-//!   that already has tables but no `_prisma_migrations` is refused (P3005, baseline);
+//! - everything happens in the URL's `schema` (default `public`): the session's
+//!   search_path is set to it alone and it is created when missing, as Prisma's engine
+//!   does (quaint `set_search_path`, schema engine `setup_connection`);
+//! - `_prisma_migrations` is created there with Prisma's DDL; a schema that already has
+//!   tables but no `_prisma_migrations` is refused (P3005, baseline);
 //! - a row with `finished_at` and `rolled_back_at` both null is a failed migration and
 //!   blocks every start (P3009) until it is marked rolled back or applied;
 //! - a migration is applied when a row with its name has `rolled_back_at` null;
@@ -19,7 +22,8 @@
 //!   migration's file has changed (CRLF and LF spellings of one file count as the same).
 //!
 //! A statement that times out waiting for a lock (SQLSTATE 55P03) is not a failed
-//! migration: its row is deleted again and the migration is retried by the caller.
+//! migration: its row is deleted again and the migration is retried by the caller. The
+//! scripts a retry could not repeat safely run without `lock_timeout` (see [`apply`]).
 
 use std::path::Path;
 
