@@ -836,6 +836,13 @@ fn the_urls_prisma_and_node_postgres_users_write_work_for_every_binary() {
         assert_eq!(r.code, Some(0), "{query}: {}", r.output());
         assert_eq!(r.stdout, "started\n", "{query}");
         assert_no_secret(&r, &pg.password);
+        // Prisma's PgBouncer mode on the migration URL is worth a word
+        assert_eq!(
+            r.stderr.contains("says pgbouncer=true"),
+            query.contains("pgbouncer=true"),
+            "{query}: {}",
+            r.output()
+        );
         let r = healthcheck(&[&url]);
         assert_eq!(r.code, Some(0), "{query}: {}", r.output());
         let r = backup(&["now", "--dir", b], &[("DIRECT_URL", &url)]);
@@ -872,6 +879,7 @@ fn the_urls_prisma_and_node_postgres_users_write_work_for_every_binary() {
     for (hostile, says) in [
         ("?pgbouncer=yes", "pgbouncer=\"yes\""),
         ("?schema=", "schema=\"\""),
+        ("?schema=a%00b", "schema=\"a\\0b\""),
         (
             "?connection_limit=5&sslidentity=client.p12",
             "client certificates",

@@ -416,6 +416,9 @@ pub async fn connect_for_status(target: &PgTarget) -> Result<Client, MigrateErro
 /// Runs the migration phase.
 pub async fn run(target: &PgTarget, direct_url: &str, opts: &Options) -> Result<(), MigrateError> {
     let started = Instant::now();
+    if target.url_param("pgbouncer") == Some("true") {
+        warn!("{} says pgbouncer=true (Prisma's PgBouncer mode): migrations need a connection to PostgreSQL itself; point DIRECT_URL there", target.url);
+    }
     let client = target
         .connect()
         .await
