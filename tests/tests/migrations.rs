@@ -776,6 +776,27 @@ fn prisma_migrates_in_the_urls_schema_not_the_roles_own() {
     assert!(!r.stdout.contains("started"));
     let r = prisma_run(&folder, &format!("{}?schema=app", other.url()));
     assert_eq!(r.code, Some(0), "{}", r.output());
+    // without ?schema=, the rest of the role's search_path stays (Prisma leaves it
+    // alone): a function from an `extensions` schema, as on Supabase, still resolves
+    let third = Postgres::start();
+    third.psql_db(
+        "app",
+        "CREATE SCHEMA app AUTHORIZATION app; CREATE SCHEMA extensions; GRANT USAGE ON SCHEMA extensions TO app; \
+         CREATE FUNCTION extensions.answer() RETURNS int LANGUAGE sql AS 'SELECT 42'; \
+         ALTER ROLE app SET search_path = \"$user\", public, extensions",
+    );
+    let (_t, dir) = copy_fixture("tests/fixtures/prisma-app/migrations");
+    add_migration(
+        &dir,
+        "20260104090000_thing",
+        "CREATE TABLE \"Thing\" (\"id\" INTEGER NOT NULL DEFAULT answer());\n",
+    );
+    let r = prisma_run(&dir, &third.url());
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert_eq!(
+        third.psql_db("app", "SELECT to_regclass('public.\"Thing\"') IS NOT NULL AND to_regclass('app.\"Thing\"') IS NULL"),
+        "t"
+    );
 }
 
 // ---- statements that cannot run in a transaction -------------------------------------------

@@ -377,7 +377,10 @@ pub async fn prepare_session(
     format: Format,
 ) -> Result<(), MigrateError> {
     match format {
-        Format::Prisma => prisma::use_schema(client, prisma::schema_of(target)).await,
+        Format::Prisma => {
+            let explicit = target.url_param("schema").is_some();
+            prisma::use_schema(client, prisma::schema_of(target), explicit).await
+        }
         _ => {
             if let Some(s) = target.url_param("schema") {
                 tracing::debug!(

@@ -257,15 +257,21 @@ pub fn schema_in(url: &str) -> String {
         .unwrap_or_else(|| "public".into())
 }
 
-/// Points the session at `schema` as Prisma's engine does for its migrations
-/// (`SET search_path = "schema"`, nothing else on the path), so the scripts' unqualified
-/// names and `_prisma_migrations` land there rather than in the role's default schema
-/// (`CREATE SCHEMA app AUTHORIZATION app` makes `app` the default). A
-/// `_prisma_migrations` found in the session's default schema but not in `schema` is
+/// Points the session at `schema` for the migrations, so the scripts' unqualified
+/// names and `_prisma_migrations` land where Prisma Client reads them:
+/// - with `?schema=` (`explicit`), as Prisma's engine does: `SET search_path = "schema"`,
+///   nothing else on the path (quaint `set_search_path`);
+/// - without, Prisma uses `public` for everything it reads but leaves the session's
+///   search_path, so a role-named schema first on it (`CREATE SCHEMA app AUTHORIZATION
+///   app`) would get the tables. When the session's current schema is not `public`,
+///   `public` is put first on the path (the rest kept, e.g. an `extensions` schema);
+///   otherwise nothing changes.
+///
+/// A `_prisma_migrations` found in the session's default schema but not in `schema` is
 /// refused: that history was recorded elsewhere (by an earlier dockhand, or a
 /// `prisma migrate deploy` whose URL had no `schema`), and applying it all again here
 /// would duplicate every table.
-pub async fn use_schema(client: &Client, schema: &str) -> Result<(), MigrateError> {
+pub async fn use_schema(client: &Client, schema: &str, explicit: bool) -> Result<(), MigrateError> {
     let elsewhere: Option<String> = client
         .query_opt(
             "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -284,20 +290,19 @@ pub async fn use_schema(client: &Client, schema: &str) -> Result<(), MigrateErro
             if schema == "public" { " (no ?schema= in the URL)" } else { "" }
         )));
     }
-    let set: String = client
-        .query_one(
-            "SELECT format('SET search_path = %I', $1::text)",
-            &[&schema],
-        )
-        .await
-        .map_err(|e| err(format!("setting search_path: {}", classify(&e))))?
-        .get(0);
-    client.batch_execute(&set).await.map_err(|e| {
+    let sql = if explicit {
+        "SELECT set_config('search_path', quote_ident($1::text), false)"
+    } else {
+        "SELECT CASE WHEN current_schema() IS NOT DISTINCT FROM $1::text THEN current_setting('search_path') \
+         ELSE set_config('search_path', quote_ident($1::text) || coalesce(nullif(', ' || current_setting('search_path'), ', '), ''), false) END"
+    };
+    client.query_one(sql, &[&schema]).await.map_err(|e| {
         err(format!(
             "setting search_path to {schema:?}: {}",
             classify(&e)
         ))
-    })
+    })?;
+    Ok(())
 }
 
 /// Prisma's `_prisma_migrations` DDL (Postgres flavour).
