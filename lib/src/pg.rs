@@ -199,12 +199,8 @@ impl PgTarget {
                 )))
             }
         };
-        // Prisma's sslaccept=strict: chain and host name, whatever sslmode says.
-        let (verify, mode) = match (strict, mode) {
-            (true, SslMode::Disable) => (verify, mode),
-            (true, _) => (Verify::Full, SslMode::Require),
-            _ => (verify, mode),
-        };
+        // Prisma's sslaccept=strict: whenever TLS is used, chain and host name.
+        let verify = if strict { Verify::Full } else { verify };
         config.ssl_mode(mode);
         let mut tcp_hosts = Vec::new();
         match socket_dir {
@@ -324,7 +320,7 @@ impl PgTarget {
             .any(|h| matches!(h, Host::Unix(_)))
         {
             "disable".to_string()
-        } else if self.verify == Verify::Full {
+        } else if self.verify == Verify::Full && self.config.get_ssl_mode() == SslMode::Require {
             // also Prisma's sslaccept=strict
             "verify-full".to_string()
         } else {

@@ -161,16 +161,42 @@ pub fn failed_rows(rows: &[Row]) -> Vec<&Row> {
         .collect()
 }
 
-/// What a failed row says: when it started and its logs.
+/// What a failed row says: when it started and its logs, on one line (the logs Prisma
+/// writes span lines and hold terminal colour codes).
 fn describe(r: &Row) -> String {
     let logs = r
         .logs
         .as_deref()
-        .map(str::trim)
+        .map(one_line)
         .filter(|l| !l.is_empty())
         .map(|l| format!(" with the logs: {l}"))
         .unwrap_or_default();
     format!("started at {} and failed{logs}", r.started_at)
+}
+
+/// `text` without terminal escape sequences and control characters, its whitespace
+/// runs (line breaks too) made single spaces.
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, then a final letter
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for f in chars.by_ref() {
+                    if f.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else if c.is_whitespace() {
+            out.push(' ');
+        } else if !c.is_control() {
+            out.push(c);
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// How to unblock a failed migration, as Prisma says it, and without its CLI.
@@ -616,6 +642,14 @@ mod tests {
         assert!(checksum_matches(lf, &sum_lf) && checksum_matches(&crlf, &sum_crlf));
         assert!(checksum_matches(&crlf, &sum_lf) && checksum_matches(lf, &sum_crlf));
         assert!(!checksum_matches("other", &sum_lf));
+    }
+
+    #[test]
+    fn prismas_multi_line_coloured_logs_read_on_one_line() {
+        assert_eq!(
+            one_line("Database error:\nERROR: relation \"Nope\" does not exist\n\nPosition:\n\u{1b}[1m  1\u{1b}[0m ALTER\r\n"),
+            "Database error: ERROR: relation \"Nope\" does not exist Position: 1 ALTER"
+        );
     }
 
     #[test]
