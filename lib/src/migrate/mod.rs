@@ -27,6 +27,11 @@
 //!   the table behind it for as long as the dump lasts. The migration is rolled back and
 //!   retried with capped, jittered backoff until `--lock-timeout` runs out, and each
 //!   retry logs who blocked it. A command gets the same through libpq's `PGOPTIONS`.
+//!   Prisma scripts that a retry could not repeat safely (a lone
+//!   `CREATE INDEX CONCURRENTLY`, which waits for older transactions by design; a
+//!   script that commits part way) run without it ([`prisma::apply`]); refinery and
+//!   drizzle run every statement in a transaction, as those tools do, and a statement
+//!   that cannot run in one fails with what to do ([`db_error_text`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
