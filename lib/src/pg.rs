@@ -75,6 +75,8 @@ impl PgTarget {
         let mut root_file = None;
         let mut socket_dir: Option<String> = None;
         let mut port_override: Option<u16> = None;
+        let mut prisma_root: Option<PathBuf> = None;
+        let mut strict = false;
         for (k, v) in &url.query {
             match k.as_str() {
                 "sslmode" => sslmode = v.clone(),
@@ -101,7 +103,10 @@ impl PgTarget {
                     let secs: u64 = v.parse().map_err(|_| {
                         invalid(format!("connect_timeout={v:?} is not a number of seconds"))
                     })?;
-                    config.connect_timeout(Duration::from_secs(secs.max(1)));
+                    // 0 waits indefinitely, for libpq and Prisma alike
+                    if secs > 0 {
+                        config.connect_timeout(Duration::from_secs(secs));
+                    }
                 }
                 "target_session_attrs" => {
                     config.target_session_attrs(match v.as_str() {
@@ -128,11 +133,53 @@ impl PgTarget {
                     });
                 }
                 "gssencmode" | "sslcompression" | "keepalives" => {}
-                other => {
+                // Prisma's: the schema its migrations and `_prisma_migrations` live in
+                // (see `schema`); PgBouncer mode (see `pgbouncer`).
+                "schema" => {
+                    if v.is_empty() || v.chars().any(char::is_control) {
+                        return Err(invalid(format!(
+                            "schema={v:?}: name the schema (Prisma's default is public)"
+                        )));
+                    }
+                }
+                "pgbouncer" => {
+                    if v != "true" && v != "false" {
+                        return Err(invalid(format!(
+                            "pgbouncer={v:?}: use true or false (as Prisma does)"
+                        )));
+                    }
+                }
+                // Prisma's TLS settings, read as Prisma reads them: `sslcert` is the CA
+                // certificate (libpq's client certificate comes with `sslkey`, which
+                // dockhand does not support), `sslaccept=strict` verifies the chain and
+                // the host name.
+                "sslcert" if !url.query.iter().any(|(k, _)| k == "sslkey") => {
+                    prisma_root = Some(PathBuf::from(v));
+                }
+                "sslaccept" => match v.as_str() {
+                    "strict" => strict = true,
+                    "accept_invalid_certs" => {}
+                    _ => {
+                        return Err(invalid(format!(
+                            "sslaccept={v:?}: use strict or accept_invalid_certs (Prisma's values), or sslmode=verify-full"
+                        )))
+                    }
+                },
+                "sslcert" | "sslkey" | "sslidentity" | "sslpassword" => {
                     return Err(invalid(format!(
-                        "unknown parameter {other:?} in the PostgreSQL URL"
+                        "{k}=: TLS client certificates are not supported; authenticate with a password (the URL, PGPASSWORD or PGPASSWORD_FILE)"
                     )))
                 }
+                other => match crate::url::pg_foreign_param(other) {
+                    Some(whose) => {
+                        tracing::debug!("ignoring {other}={v:?} in the PostgreSQL URL ({whose})");
+                    }
+                    None => {
+                        return Err(invalid(format!(
+                            "unknown parameter {other:?} in the PostgreSQL URL: libpq's parameters (sslmode, application_name, options, connect_timeout, ...), Prisma's (schema, connection_limit, pool_timeout, pgbouncer, ...) and node-postgres' are understood; remove it, or check its spelling"
+                        )))
+                    }
+                },
             }
         }
         if config.get_user().is_none() {
@@ -140,6 +187,9 @@ impl PgTarget {
         }
         if config.get_application_name().is_none() {
             config.application_name(APP_NAME.get().copied().unwrap_or("dockhand"));
+        }
+        if root_file.is_none() {
+            root_file = prisma_root;
         }
         if let Some(p) = &password {
             config.password(p);
@@ -162,6 +212,8 @@ impl PgTarget {
                 )))
             }
         };
+        // Prisma's sslaccept=strict: whenever TLS is used, chain and host name.
+        let verify = if strict { Verify::Full } else { verify };
         config.ssl_mode(mode);
         let mut tcp_hosts = Vec::new();
         match socket_dir {
@@ -196,6 +248,17 @@ impl PgTarget {
             verify,
             root_file,
         })
+    }
+
+    /// A query parameter of the URL (the last one when repeated), e.g. Prisma's
+    /// `schema` and `pgbouncer`, which dockhand reads where they apply.
+    pub fn url_param(&self, key: &str) -> Option<&str> {
+        self.url
+            .query
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The connection settings (host names not yet resolved).
@@ -279,11 +342,17 @@ impl PgTarget {
             .any(|h| matches!(h, Host::Unix(_)))
         {
             "disable".to_string()
+        } else if self.verify == Verify::Full && self.config.get_ssl_mode() == SslMode::Require {
+            // also Prisma's sslaccept=strict
+            "verify-full".to_string()
         } else {
             query("sslmode").unwrap_or_else(|| "prefer".into())
         };
         env.push(("PGSSLMODE", sslmode));
-        if let Some(root) = query("sslrootcert") {
+        // also Prisma's sslcert (its CA certificate), never libpq's client certificate
+        if let Some(root) = query("sslrootcert")
+            .or_else(|| self.root_file.as_ref().map(|p| p.display().to_string()))
+        {
             env.push(("PGSSLROOTCERT", root));
         }
         env.push((
@@ -454,6 +523,7 @@ pub fn classify(e: &tokio_postgres::Error) -> NetError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn target(s: &str) -> Result<PgTarget, ConfigError> {
         PgTarget::from_url(&Url::parse(s).unwrap())
@@ -504,5 +574,68 @@ mod tests {
             .unwrap_err()
             .message()
             .contains("no host"));
+        for (bad, says) in [
+            ("postgres://h/db?schema=", "schema"),
+            ("postgres://h/db?pgbouncer=yes", "pgbouncer"),
+            (
+                "postgres://h/db?connection_limit=5&sslidentity=id.p12",
+                "client certificates",
+            ),
+            (
+                "postgres://h/db?sslcert=c.pem&sslkey=k.pem",
+                "client certificates",
+            ),
+            ("postgres://h/db?sslaccept=maybe", "sslaccept"),
+            ("postgres://h/db?schema=public&shema=public", "\"shema\""),
+        ] {
+            let e = target(bad).unwrap_err();
+            assert!(e.message().contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn accepts_the_urls_prisma_and_node_postgres_users_write() {
+        for ok in [
+            "postgresql://app:pw@db:5432/app?schema=public",
+            "postgresql://app:pw@db:5432/app?schema=public&connection_limit=5&pool_timeout=10",
+            "postgresql://app:pw@pgbouncer:6432/app?pgbouncer=true&connection_limit=1",
+            "postgresql://app:pw@db/app?connect_timeout=0&socket_timeout=30&statement_cache_size=0",
+            "postgresql://app:pw@db/app?ssl=true&application_name=web&options=-c%20search_path%3Dfoo",
+            "postgresql://app:pw@db/app?max_connection_lifetime=60&max_idle_connection_lifetime=10",
+        ] {
+            let t = target(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            let env = t.libpq_env("dockhand-backup");
+            // libpq refuses parameters it does not know: none reaches it
+            assert!(
+                env.iter().all(|(k, v)| !v.contains("schema=") && !v.contains("connection_limit") && k.starts_with("PG")),
+                "{ok}: {env:?}"
+            );
+        }
+        let t = target("postgresql://db/app?connect_timeout=0").unwrap();
+        assert_eq!(
+            t.config().get_connect_timeout(),
+            None,
+            "0 waits indefinitely"
+        );
+        let t =
+            target("postgresql://db/app?schema=tenant_1&options=-c%20search_path%3Dfoo").unwrap();
+        assert_eq!(t.url_param("schema"), Some("tenant_1"));
+        assert_eq!(t.config().get_options(), Some("-c search_path=foo"));
+        // Prisma's TLS settings: sslcert is its CA, sslaccept=strict verifies fully
+        let t =
+            target("postgresql://db/app?sslmode=require&sslcert=/ca.pem&sslaccept=strict").unwrap();
+        assert_eq!(
+            (t.verify, t.root_file.as_deref()),
+            (Verify::Full, Some(Path::new("/ca.pem")))
+        );
+        let env = t.libpq_env("x");
+        assert!(
+            env.contains(&("PGSSLMODE", "verify-full".into())),
+            "{env:?}"
+        );
+        assert!(
+            env.contains(&("PGSSLROOTCERT", "/ca.pem".into())),
+            "{env:?}"
+        );
     }
 }

@@ -229,8 +229,9 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
     result
 }
 
-/// `--migrate-status`: prints each migration of the folder as applied or pending (and
-/// the format found); returns how many are pending. Takes no lock, changes nothing.
+/// `--migrate-status`: prints each migration of the folder as applied, pending or
+/// failed (with its logs and how to resolve it), and the format found; returns how many
+/// are not applied. Takes no lock, changes nothing.
 pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
     let Some(Source::Folder { dir, format }) = &plan.migrate else {
         return Err(config("--migrate-status needs --migrations DIR"));
@@ -246,6 +247,9 @@ pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
         let mut client = migrate::connect_for_status(&target)
             .await
             .map_err(migrate_failed)?;
+        migrate::prepare_session(&client, &target, format)
+            .await
+            .map_err(migrate_failed)?;
         let states = migrate::status(&mut client, dir, format)
             .await
             .map_err(migrate_failed)?;
@@ -253,18 +257,33 @@ pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
     });
     rt.shutdown_background();
     let (format, states) = result?;
-    let pending = states.iter().filter(|s| !s.applied).count();
+    // a failed migration counts as not applied: exit 1, as for a pending one
+    let pending = states
+        .iter()
+        .filter(|s| !s.applied || s.failed.is_some())
+        .count();
     let mut out = format!("{} migrations in {}:\n", format.name(), dir.display());
     for s in &states {
-        out.push_str(&format!(
-            "  {:<8} {}\n",
-            if s.applied { "applied" } else { "pending" },
-            s.name
-        ));
+        let state = match (&s.failed, s.applied) {
+            (Some(_), _) => "failed",
+            (None, true) => "applied",
+            (None, false) => "pending",
+        };
+        out.push_str(&format!("  {state:<8} {}\n", s.name));
+        if let Some(why) = &s.failed {
+            out.push_str(&format!("           {why}\n"));
+        }
     }
+    let failed = states.iter().filter(|s| s.failed.is_some()).count();
     out.push_str(&format!(
-        "{} applied, {pending} pending\n",
-        states.len() - pending
+        "{} applied, {}{} pending\n",
+        states.len() - pending,
+        if failed > 0 {
+            format!("{failed} failed, ")
+        } else {
+            String::new()
+        },
+        pending.saturating_sub(failed)
     ));
     use std::io::Write;
     let _ = std::io::stdout().write_all(out.as_bytes());

@@ -345,6 +345,39 @@ fn parse_host_port(part: &str, fail: &dyn Fn(&str) -> UrlError) -> Result<HostPo
     Ok(HostPort { host, port })
 }
 
+/// Query parameters that Prisma's engines and node-postgres accept in the PostgreSQL
+/// URLs they share with dockhand (`DATABASE_URL`, `DIRECT_URL`) but that only tune that
+/// tool's own pool or driver (prisma-engines `quaint/src/connector/postgres/url.rs`;
+/// pg-connection-string). One connection has nothing to apply them to: they are
+/// accepted, checked where a wrong value would be refused by their own tool too, and
+/// otherwise ignored (with a debug line). Never passed on to libpq, which refuses them.
+pub const PG_FOREIGN_PARAMS: &[(&str, &str)] = &[
+    ("connection_limit", "Prisma's pool size"),
+    ("pool_timeout", "Prisma's pool wait"),
+    ("socket_timeout", "Prisma's query socket timeout"),
+    ("statement_cache_size", "Prisma's prepared statement cache"),
+    ("max_connection_lifetime", "Prisma's pool"),
+    ("max_idle_connection_lifetime", "Prisma's pool"),
+    ("ssl", "node-postgres' TLS switch"),
+    ("uselibpqcompat", "node-postgres' sslmode compatibility"),
+    (
+        "fallback_application_name",
+        "libpq's default name; dockhand names its own connections",
+    ),
+    ("keepalives_idle", "TCP keepalive tuning"),
+    ("keepalives_interval", "TCP keepalive tuning"),
+    ("keepalives_count", "TCP keepalive tuning"),
+    ("tcp_user_timeout", "TCP tuning"),
+];
+
+/// Who reads `key` when it is one of [`PG_FOREIGN_PARAMS`].
+pub fn pg_foreign_param(key: &str) -> Option<&'static str> {
+    PG_FOREIGN_PARAMS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, whose)| *whose)
+}
+
 /// Percent-decodes; `None` on a malformed escape or invalid UTF-8.
 pub fn decode(s: &str) -> Option<String> {
     let b = s.as_bytes();

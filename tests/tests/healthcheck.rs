@@ -343,6 +343,45 @@ fn postgres_sslmode() {
     assert_healthy(&healthcheck(&[&format!("{}?sslmode=disable", plain.url())]));
 }
 
+/// The URL the app shares with Prisma (`prisma init` writes `?schema=public`; guides add
+/// pool settings, `pgbouncer=true`, and Prisma's TLS settings) is a healthy target: what
+/// applies is honoured (`sslcert` is Prisma's CA, `sslaccept=strict` verifies), what
+/// tunes Prisma's pool is ignored, a misspelt parameter is still named.
+#[test]
+fn postgres_urls_with_prismas_parameters() {
+    let pg = Postgres::start_tls();
+    let ca = pg.ca.as_ref().unwrap().ca_pem.to_str().unwrap().to_string();
+    let base = pg.url();
+    for query in [
+        "?schema=public".to_string(),
+        "?schema=public&connection_limit=5&pool_timeout=10".into(),
+        "?pgbouncer=true&connection_limit=1&statement_cache_size=0".into(),
+        "?connect_timeout=0&application_name=web&options=-c%20search_path%3Dfoo".into(),
+        format!("?schema=public&sslmode=require&sslcert={ca}&sslaccept=strict"),
+    ] {
+        let r = healthcheck(&[&format!("{base}{query}")]);
+        assert_healthy(&r);
+        assert!(!r.output().contains(&pg.password), "{}", r.output());
+    }
+    // sslaccept=strict verifies: against the public roots, the private CA fails
+    let r = healthcheck_env(
+        &[&format!(
+            "{base}?schema=public&sslmode=require&sslaccept=strict"
+        )],
+        &[("SSL_CERT_FILE", "")],
+    );
+    assert_unhealthy(&r, "*");
+    assert!(r.stdout.contains("UnknownIssuer"), "{}", r.stdout);
+    let r = healthcheck(&[&format!("{base}?schema=public&pool_timout=10")]);
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    assert!(
+        r.stderr.contains("unknown parameter \"pool_timout\""),
+        "{}",
+        r.output()
+    );
+    assert!(!r.output().contains(&pg.password), "{}", r.output());
+}
+
 // ---- Redis ----------------------------------------------------------------------
 
 #[test]

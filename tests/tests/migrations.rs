@@ -222,6 +222,21 @@ fn a_failed_prisma_migration_blocks_starts_until_marked_rolled_back() {
         "{}",
         r.output()
     );
+    // --migrate-status says failed, not pending, with its logs and the advice; exit 1
+    let r = entrypoint(
+        &["--migrate-status", "--migrations", d],
+        &[("DIRECT_URL", &url)],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    assert!(
+        r.stdout.contains("failed   20260104090000_broken")
+            && r.stdout.contains("\"Nope\" does not exist")
+            && r.stdout.contains("--rolled-back \"20260104090000_broken\"")
+            && r.stdout.contains("--applied \"20260104090000_broken\"")
+            && r.stdout.contains("3 applied, 1 failed, 0 pending"),
+        "{}",
+        r.output()
+    );
     // marked rolled back (as `prisma migrate resolve --rolled-back` does) and fixed: applies
     pg.psql_db("app", "UPDATE _prisma_migrations SET rolled_back_at = now() WHERE migration_name = '20260104090000_broken'");
     std::fs::write(
@@ -1042,4 +1057,365 @@ fn five_replicas_through_pgbouncer_migrate_once_in_every_format() {
             r.output()
         );
     }
+}
+
+// ---- Prisma's schema ------------------------------------------------------------------------
+
+fn prisma_run(dir: &Path, url: &str) -> Run {
+    entrypoint(
+        &[
+            "--migrations",
+            dir.to_str().unwrap(),
+            "--",
+            "echo",
+            "started",
+        ],
+        &[("DIRECT_URL", url)],
+    )
+}
+
+/// Since PostgreSQL 15 a role often gets a schema of its own (`CREATE SCHEMA app
+/// AUTHORIZATION app`), first on its search_path. Prisma migrates in the URL's `schema`
+/// (default public) and Prisma Client reads the tables there; so does dockhand.
+#[test]
+fn prisma_migrates_in_the_urls_schema_not_the_roles_own() {
+    let pg = Postgres::start();
+    pg.psql_db("app", "CREATE SCHEMA app AUTHORIZATION app");
+    let folder = root().join("tests/fixtures/prisma-app/migrations");
+    let r = prisma_run(&folder, &pg.url());
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    let where_ = |table: &str| {
+        pg.psql_db(
+            "app",
+            &format!("SELECT coalesce(string_agg(n.nspname, ',' ORDER BY n.nspname), '-') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = '{table}'"),
+        )
+    };
+    assert_eq!(where_("_prisma_migrations"), "public");
+    assert_eq!(where_("User"), "public");
+    // ?schema=tenant_1: created when missing (as Prisma does), migrated there
+    let r = prisma_run(&folder, &format!("{}?schema=tenant_1", pg.url()));
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert_eq!(where_("_prisma_migrations"), "public,tenant_1");
+    assert_eq!(where_("Post"), "public,tenant_1");
+    let r = entrypoint(
+        &["--migrate-status", "--migrations", folder.to_str().unwrap()],
+        &[("DIRECT_URL", &format!("{}?schema=tenant_1", pg.url()))],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    // a schema name that needs quoting
+    let r = prisma_run(&folder, &format!("{}?schema=Tenant%20%22two%22", pg.url()));
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert_eq!(where_("User"), "Tenant \"two\",public,tenant_1");
+    // a history recorded in the role's own schema (an earlier dockhand, or Prisma with
+    // no ?schema=) is not applied again elsewhere: refused, with what to do
+    let other = Postgres::start();
+    other.psql_db("app", "CREATE SCHEMA app AUTHORIZATION app");
+    other.psql_db(
+        "app",
+        "SET ROLE app; SET search_path = app; CREATE TABLE _prisma_migrations (id varchar(36) PRIMARY KEY, checksum varchar(64) NOT NULL, finished_at timestamptz, migration_name varchar(255) NOT NULL, logs text, rolled_back_at timestamptz, started_at timestamptz NOT NULL DEFAULT now(), applied_steps_count integer NOT NULL DEFAULT 0)",
+    );
+    let r = prisma_run(&folder, &other.url());
+    assert_eq!(r.code, Some(4), "{}", r.output());
+    assert!(
+        r.stderr.contains("_prisma_migrations is in schema \"app\"")
+            && r.stderr.contains("?schema=app"),
+        "{}",
+        r.output()
+    );
+    assert!(!r.stdout.contains("started"));
+    let r = prisma_run(&folder, &format!("{}?schema=app", other.url()));
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    // without ?schema=, the rest of the role's search_path stays (Prisma leaves it
+    // alone): a function from an `extensions` schema, as on Supabase, still resolves
+    let third = Postgres::start();
+    third.psql_db(
+        "app",
+        "CREATE SCHEMA app AUTHORIZATION app; CREATE SCHEMA extensions; GRANT USAGE ON SCHEMA extensions TO app; \
+         CREATE FUNCTION extensions.answer() RETURNS int LANGUAGE sql AS 'SELECT 42'; \
+         ALTER ROLE app SET search_path = \"$user\", public, extensions",
+    );
+    let (_t, dir) = copy_fixture("tests/fixtures/prisma-app/migrations");
+    add_migration(
+        &dir,
+        "20260104090000_thing",
+        "CREATE TABLE \"Thing\" (\"id\" INTEGER NOT NULL DEFAULT answer());\n",
+    );
+    let r = prisma_run(&dir, &third.url());
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert_eq!(
+        third.psql_db("app", "SELECT to_regclass('public.\"Thing\"') IS NOT NULL AND to_regclass('app.\"Thing\"') IS NULL"),
+        "t"
+    );
+}
+
+// ---- statements that cannot run in a transaction -------------------------------------------
+
+fn add_migration(dir: &Path, name: &str, sql: &str) {
+    std::fs::create_dir_all(dir.join(name)).unwrap();
+    std::fs::write(dir.join(name).join("migration.sql"), sql).unwrap();
+}
+
+fn index_state(pg: &Postgres, index: &str) -> String {
+    pg.psql_db(
+        "app",
+        &format!("SELECT coalesce((SELECT indisvalid::text FROM pg_index WHERE indexrelid = to_regclass('\"{index}\"')), 'none')"),
+    )
+}
+
+/// CREATE INDEX CONCURRENTLY waits, by design, for every older transaction: a 9 s one
+/// (a pg_dump) outlasts the default 5 s lock_timeout. It must not be cut short (that
+/// leaves an INVALID index, and the retry fails with "already exists": P3009 for good).
+#[test]
+fn create_index_concurrently_behind_a_long_transaction_completes_with_a_valid_index() {
+    let pg = Postgres::start();
+    let (_t, dir) = copy_fixture("tests/fixtures/prisma-app/migrations");
+    let r = prisma_run(&dir, &pg.url());
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    add_migration(
+        &dir,
+        "20260104090000_title_index",
+        "-- CreateIndex\nCREATE INDEX CONCURRENTLY \"Post_title_idx\" ON \"Post\"(\"title\");\n",
+    );
+    let holder = Holder::new(
+        &pg,
+        "nightly-dump",
+        "BEGIN; SELECT count(*) FROM \"Post\"; SELECT pg_sleep(9); COMMIT;",
+    );
+    let r = prisma_run(&dir, &pg.url());
+    drop(holder);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert_eq!(r.stdout, "started\n");
+    assert_eq!(index_state(&pg, "Post_title_idx"), "true");
+    assert_eq!(
+        pg.psql_db("app", "SELECT count(*) || ' ' || count(finished_at) FROM _prisma_migrations WHERE migration_name = '20260104090000_title_index'"),
+        "1 1"
+    );
+    // the session's lock_timeout is back for the next migration
+    add_migration(
+        &dir,
+        "20260105090000_note",
+        "ALTER TABLE \"Post\" ADD COLUMN \"note\" TEXT;\n",
+    );
+    let holder = Holder::new(
+        &pg,
+        "nightly-dump",
+        "BEGIN; SELECT count(*) FROM \"Post\"; SELECT pg_sleep(3); COMMIT;",
+    );
+    let r = entrypoint(
+        &[
+            "--migrations",
+            dir.to_str().unwrap(),
+            "--ddl-lock-timeout",
+            "500ms",
+            "--",
+            "true",
+        ],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    drop(holder);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(r.stderr.contains("gave up waiting 500ms"), "{}", r.output());
+}
+
+/// An INVALID index left by an interrupted or failed CREATE INDEX CONCURRENTLY is
+/// dropped before the statement runs again, so the corrected migration applies.
+#[test]
+fn an_invalid_index_left_by_a_failed_concurrent_build_is_dropped_before_the_retry() {
+    let pg = Postgres::start();
+    let (_t, dir) = copy_fixture("tests/fixtures/prisma-app/migrations");
+    let r = prisma_run(&dir, &pg.url());
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    pg.psql_db("app", "INSERT INTO \"Post\" (\"title\", \"authorId\") SELECT 'same', id FROM \"User\"; INSERT INTO \"Post\" (\"title\", \"authorId\") SELECT 'same', id FROM \"User\";");
+    add_migration(
+        &dir,
+        "20260104090000_unique_title",
+        "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS \"Post_title_key\" ON \"Post\"(\"title\");\n",
+    );
+    let r = prisma_run(&dir, &pg.url());
+    assert_eq!(r.code, Some(4), "{}", r.output());
+    assert_eq!(index_state(&pg, "Post_title_key"), "false");
+    // the data fixed, the migration marked rolled back: it applies, and the index is valid
+    pg.psql_db(
+        "app",
+        "DELETE FROM \"Post\" WHERE id > (SELECT min(id) FROM \"Post\")",
+    );
+    pg.psql_db(
+        "app",
+        "UPDATE _prisma_migrations SET rolled_back_at = now() WHERE finished_at IS NULL",
+    );
+    let r = prisma_run(&dir, &pg.url());
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(
+        r.stderr
+            .contains("dropping the INVALID index \"Post_title_key\""),
+        "{}",
+        r.output()
+    );
+    assert_eq!(index_state(&pg, "Post_title_key"), "true");
+}
+
+/// refinery runs each migration in a transaction and drizzle all pending ones in one, as
+/// those tools do: a statement that cannot run in one fails there, and the message says
+/// why and what to do.
+#[test]
+fn a_concurrent_index_in_refinery_or_drizzle_fails_with_what_to_do() {
+    let pg = Postgres::start();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (x int);");
+    let dir = tempfile::tempdir().unwrap();
+    let refinery = dir.path().join("refinery");
+    std::fs::create_dir_all(&refinery).unwrap();
+    std::fs::write(
+        refinery.join("V1__idx.sql"),
+        "CREATE INDEX CONCURRENTLY t_x ON t (x);",
+    )
+    .unwrap();
+    let drizzle = dir.path().join("drizzle");
+    add_migration(
+        &drizzle,
+        "20260101000000_idx",
+        "CREATE INDEX CONCURRENTLY t_x ON t (x);",
+    );
+    for folder in [&refinery, &drizzle] {
+        let r = entrypoint(
+            &[
+                "--migrations",
+                folder.to_str().unwrap(),
+                "--",
+                "echo",
+                "started",
+            ],
+            &[("DIRECT_URL", &pg.url())],
+        );
+        assert_eq!(r.code, Some(4), "{}", r.output());
+        assert!(
+            r.stderr.contains("cannot run inside a transaction block")
+                && r.stderr
+                    .contains("refinery runs every migration in a transaction")
+                && r.stderr.contains("plain form"),
+            "{}",
+            r.output()
+        );
+        assert!(!r.stdout.contains("started"));
+    }
+    // in Prisma, a file holding the statement alone runs outside a transaction; with
+    // another statement it cannot (as with `prisma migrate deploy`)
+    let (_t, prisma) = copy_fixture("tests/fixtures/prisma-app/migrations");
+    add_migration(
+        &prisma,
+        "20260104090000_two",
+        "CREATE TABLE \"Tag\" (id int);\nCREATE INDEX CONCURRENTLY \"Tag_id_idx\" ON \"Tag\"(id);\n",
+    );
+    let r = prisma_run(&prisma, &format!("{}?schema=prisma", pg.url()));
+    assert_eq!(r.code, Some(4), "{}", r.output());
+    assert!(
+        r.stderr.contains("holds that statement alone"),
+        "{}",
+        r.output()
+    );
+}
+
+// ---- a Prisma script's own transaction ------------------------------------------------------
+
+/// A migration wrapped in its own BEGIN; ... COMMIT; that hits lock_timeout aborts its
+/// transaction: it is rolled back, forgotten and retried, and applies.
+#[test]
+fn a_prisma_script_with_its_own_transaction_is_retried_after_a_lock_timeout() {
+    let pg = Postgres::start();
+    let (_t, dir) = copy_fixture("tests/fixtures/prisma-app/migrations");
+    let r = prisma_run(&dir, &pg.url());
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    add_migration(
+        &dir,
+        "20260104090000_wrapped",
+        "BEGIN;\nCREATE TABLE \"Tag\" (id int);\nALTER TABLE \"Post\" ADD COLUMN \"note\" TEXT;\nCOMMIT;\n",
+    );
+    let holder = Holder::new(
+        &pg,
+        "nightly-dump",
+        "BEGIN; SELECT count(*) FROM \"Post\"; SELECT pg_sleep(3); COMMIT;",
+    );
+    let r = entrypoint(
+        &[
+            "--migrations",
+            dir.to_str().unwrap(),
+            "--ddl-lock-timeout",
+            "500ms",
+            "--",
+            "echo",
+            "started",
+        ],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    drop(holder);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert_eq!(r.stdout, "started\n");
+    assert!(r.stderr.contains("gave up waiting 500ms"), "{}", r.output());
+    assert_eq!(
+        pg.psql_db("app", "SELECT count(*) || ' ' || count(finished_at) || ' ' || count(logs) FROM _prisma_migrations WHERE migration_name = '20260104090000_wrapped'"),
+        "1 1 0"
+    );
+    assert_eq!(pg.psql_db("app", "SELECT count(*) FROM information_schema.columns WHERE table_name = 'Post' AND column_name = 'note'"), "1");
+    // one that commits part way runs without lock_timeout (a retry could apply its
+    // first part twice), and says so
+    add_migration(
+        &dir,
+        "20260105090000_two_steps",
+        "BEGIN;\nCREATE TABLE \"Label\" (id int);\nCOMMIT;\nBEGIN;\nALTER TABLE \"Post\" ADD COLUMN \"label\" int;\nCOMMIT;\n",
+    );
+    let holder = Holder::new(
+        &pg,
+        "nightly-dump",
+        "BEGIN; SELECT count(*) FROM \"Post\"; SELECT pg_sleep(2); COMMIT;",
+    );
+    let r = entrypoint(
+        &[
+            "--migrations",
+            dir.to_str().unwrap(),
+            "--ddl-lock-timeout",
+            "500ms",
+            "--",
+            "true",
+        ],
+        &[("DIRECT_URL", &pg.url())],
+    );
+    drop(holder);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(r.stderr.contains("commits part way"), "{}", r.output());
+}
+
+/// A script that opens a transaction and never commits it did nothing (the server rolls
+/// it back): it is a failure with the reason, not an applied migration.
+#[test]
+fn a_prisma_script_that_never_commits_its_transaction_fails_with_the_reason() {
+    let pg = Postgres::start();
+    let (_t, dir) = copy_fixture("tests/fixtures/prisma-app/migrations");
+    add_migration(
+        &dir,
+        "20260104090000_no_commit",
+        "BEGIN;\nCREATE TABLE \"Half\" (id int);\n",
+    );
+    let r = prisma_run(&dir, &pg.url());
+    assert_eq!(r.code, Some(4), "{}", r.output());
+    assert!(
+        r.stderr.contains("20260104090000_no_commit") && r.stderr.contains("never commits"),
+        "{}",
+        r.output()
+    );
+    assert!(!r.stdout.contains("started"));
+    assert_eq!(
+        pg.psql_db("app", "SELECT to_regclass('\"Half\"') IS NULL"),
+        "t"
+    );
+    assert_eq!(
+        pg.psql_db("app", "SELECT (finished_at IS NULL) || ' ' || (logs LIKE '%never commits%') FROM _prisma_migrations WHERE migration_name = '20260104090000_no_commit'"),
+        "true true"
+    );
+    // the earlier migrations of the run were applied and recorded
+    assert_eq!(
+        pg.psql_db(
+            "app",
+            "SELECT count(*) FROM _prisma_migrations WHERE finished_at IS NOT NULL"
+        ),
+        "3"
+    );
 }

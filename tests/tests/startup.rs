@@ -864,3 +864,117 @@ fn bad_start_up_input_exits_2_with_a_clear_message() {
         assert!(!r.stderr.contains("topsecret"), "{}", r.stderr);
     }
 }
+
+// ---- the URLs Prisma and node-postgres users write --------------------------------------
+
+/// `backup ARGS` with only PATH and `env` in its environment.
+fn backup(args: &[&str], env: &[(&str, &str)]) -> Run {
+    finish(
+        dockhand_tests::run::command(&bin("backup"), args, env)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn healthcheck(args: &[&str]) -> Run {
+    finish(
+        dockhand_tests::run::command(&bin("healthcheck"), args, &[])
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// `prisma init` writes `?schema=public`, Prisma's guides add pool settings and
+/// `pgbouncer=true`, node-postgres users `application_name` and `options`: each URL
+/// works for the entrypoint (wait and migrate), healthcheck and `backup now` (whose
+/// pg_dump gets libpq settings only: libpq refuses parameters it does not know).
+#[test]
+fn the_urls_prisma_and_node_postgres_users_write_work_for_every_binary() {
+    let pg = Postgres::start();
+    let folder = root().join("tests/fixtures/prisma-app/migrations");
+    let f = folder.to_str().unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let b = backups.path().to_str().unwrap();
+    let base = pg.url();
+    for query in [
+        "?schema=public",
+        "?schema=public&connection_limit=5&pool_timeout=10",
+        "?pgbouncer=true&connection_limit=1",
+        "?connect_timeout=10&application_name=web-prod",
+        "?options=-c%20search_path%3Dfoo&schema=public",
+        "?schema=public&socket_timeout=30&statement_cache_size=0&sslmode=disable",
+    ] {
+        let url = format!("{base}{query}");
+        let r = run(
+            &[
+                "--wait",
+                "postgres",
+                "--migrations",
+                f,
+                "--",
+                "echo",
+                "started",
+            ],
+            &[("DIRECT_URL", &url)],
+        );
+        assert_eq!(r.code, Some(0), "{query}: {}", r.output());
+        assert_eq!(r.stdout, "started\n", "{query}");
+        assert_no_secret(&r, &pg.password);
+        // Prisma's PgBouncer mode on the migration URL is worth a word
+        assert_eq!(
+            r.stderr.contains("says pgbouncer=true"),
+            query.contains("pgbouncer=true"),
+            "{query}: {}",
+            r.output()
+        );
+        let r = healthcheck(&[&url]);
+        assert_eq!(r.code, Some(0), "{query}: {}", r.output());
+        let r = backup(&["now", "--dir", b], &[("DIRECT_URL", &url)]);
+        assert_eq!(r.code, Some(0), "{query}: {}", r.output());
+        assert_no_secret(&r, &pg.password);
+    }
+    // Prisma's tables and history are where Prisma Client reads them
+    assert_eq!(
+        pg.psql_db(
+            "app",
+            "SELECT to_regclass('public._prisma_migrations') IS NOT NULL AND to_regclass('public.\"User\"') IS NOT NULL"
+        ),
+        "t"
+    );
+    // a misspelt parameter is still refused, named, with exit 2 (healthcheck: 1)
+    let bad = format!("{base}?schema=public&conection_limit=5");
+    let r = run(
+        &["--wait", "postgres", "--", "echo", "started"],
+        &[("DIRECT_URL", &bad)],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.output());
+    assert!(
+        r.stderr.contains("unknown parameter \"conection_limit\""),
+        "{}",
+        r.output()
+    );
+    assert_no_secret(&r, &pg.password);
+    let r = healthcheck(&[&bad]);
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    assert!(r.stderr.contains("conection_limit"), "{}", r.output());
+    let r = backup(&["now", "--dir", b], &[("DIRECT_URL", &bad)]);
+    assert_eq!(r.code, Some(2), "{}", r.output());
+    assert!(r.stderr.contains("conection_limit"), "{}", r.output());
+    for (hostile, says) in [
+        ("?pgbouncer=yes", "pgbouncer=\"yes\""),
+        ("?schema=", "schema=\"\""),
+        ("?schema=a%00b", "schema=\"a\\0b\""),
+        (
+            "?connection_limit=5&sslidentity=client.p12",
+            "client certificates",
+        ),
+    ] {
+        let r = run(
+            &["--wait", "postgres", "--", "true"],
+            &[("DIRECT_URL", &format!("{base}{hostile}"))],
+        );
+        assert_eq!(r.code, Some(2), "{hostile}: {}", r.output());
+        assert!(r.stderr.contains(says), "{hostile}: {}", r.output());
+        assert_no_secret(&r, &pg.password);
+    }
+}

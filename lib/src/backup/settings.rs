@@ -167,10 +167,8 @@ impl Settings {
                     "DIRECT_URL {u}: expected postgres://user:password@host:5432/database"
                 )));
             }
-            // Its parameters (`sslmode`, `channel_binding`, ...) are checked now, so a
-            // bad one is invalid configuration (exit 2), not a failed run.
-            crate::pg::PgTarget::from_url(u)
-                .map_err(|e| invalid(format!("DIRECT_URL {u}: {}", e.message())))?;
+            // its parameters too, before anything runs (an unknown one is a typo)
+            crate::pg::PgTarget::from_url(u).map_err(|e| e.context(format!("DIRECT_URL {u}")))?;
         }
         let databases = match get("BACKUP_DATABASES")? {
             None => Databases::FromUrl,

@@ -77,7 +77,7 @@ pub static TABLE: &[Setting] = &[
     .section(START),
     Setting::switch(
         "migrate-status",
-        "print the folder's applied and pending migrations; exit 0 when none is pending, 1 when some are; takes no lock, changes nothing",
+        "print the folder's applied, pending and failed migrations (a failed one with its logs and how to resolve it); exit 0 when none is pending or failed, 1 otherwise; takes no lock, changes nothing",
     )
     .section(START),
     Setting::switch("allow-pooler", "migrate even through a transaction pooler")
@@ -176,7 +176,7 @@ the app, is the fallback).
 const OUTRO: &str = "
 Exit status: the app's (128+N when signal N killed it), after --remap-exit;
 2 invalid options or environment, 3 a service never became ready, 4 migrations failed,
-1 (--migrate-status) migrations are pending,
+1 (--migrate-status) migrations are pending or failed,
 5 --chown failed, 126 command not executable, 127 command not found,
 128+N when signal N stopped start-up (143 for SIGTERM).
 ";

@@ -27,6 +27,11 @@
 //!   the table behind it for as long as the dump lasts. The migration is rolled back and
 //!   retried with capped, jittered backoff until `--lock-timeout` runs out, and each
 //!   retry logs who blocked it. A command gets the same through libpq's `PGOPTIONS`.
+//!   Prisma scripts that a retry could not repeat safely (a lone
+//!   `CREATE INDEX CONCURRENTLY`, which waits for older transactions by design; a
+//!   script that commits part way) run without it ([`prisma::apply`]); refinery and
+//!   drizzle run every statement in a transaction, as those tools do, and a statement
+//!   that cannot run in one fails with what to do ([`db_error_text`]).
 //! - Every check runs at every start, not only when something is pending: refinery's
 //!   refusal of an applied migration that was edited or deleted, and the warnings
 //!   about edited drizzle and Prisma files (see [`status`]).
@@ -312,6 +317,8 @@ pub fn resolve_format(dir: &Path, given: Option<Format>) -> Result<Format, Migra
 pub struct Status {
     pub name: String,
     pub applied: bool,
+    /// A migration that started and failed (Prisma's P3009): what its row says.
+    pub failed: Option<String>,
 }
 
 /// The applied and pending migrations of a folder. Takes no lock, changes nothing.
@@ -333,6 +340,7 @@ pub async fn status(
                 .map(|m| Status {
                     name: m.to_string(),
                     applied: applied.iter().any(|a| a.version() == m.version()),
+                    failed: None,
                 })
                 .collect()
         }
@@ -355,6 +363,7 @@ pub async fn status(
                 .map(|e| Status {
                     name: e.name.clone(),
                     applied: !pending.iter().any(|p| p.name == e.name),
+                    failed: None,
                 })
                 .collect()
         }
@@ -365,17 +374,63 @@ pub async fn status(
             // Only finished rows count here: an unfinished one is another replica's
             // migration in progress (or, seen under the lock, a failed one: apply
             // refuses it then, with P3009). Counting it as applied would let this
-            // replica start its app before the schema is there.
+            // replica start its app before the schema is there. Nobody holding either
+            // lock, it is a failed one.
+            let running =
+                !prisma::failed_rows(&rows).is_empty() && migration_lock_held(client).await?;
             migrations
                 .iter()
                 .map(|m| Status {
                     name: m.name.clone(),
                     applied: prisma::is_finished(&rows, &m.name),
+                    failed: (!running)
+                        .then(|| prisma::failure(&rows, &m.name))
+                        .flatten(),
                 })
                 .collect()
         }
     };
     Ok(out)
+}
+
+/// Sets the session up as the folder's own tool would: Prisma migrates in the URL's
+/// `schema` (default `public`, see [`prisma::use_schema`]); the others use the
+/// session's search_path and ignore `schema`, as drizzle-kit and refinery do.
+pub async fn prepare_session(
+    client: &Client,
+    target: &PgTarget,
+    format: Format,
+) -> Result<(), MigrateError> {
+    match format {
+        Format::Prisma => {
+            let explicit = target.url_param("schema").is_some();
+            prisma::use_schema(client, prisma::schema_of(target), explicit).await
+        }
+        _ => {
+            if let Some(s) = target.url_param("schema") {
+                tracing::debug!(
+                    "ignoring schema={s:?} in the URL: it is Prisma's, and this is a {} folder",
+                    format.name()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// True when a session holds dockhand's or Prisma's migration lock (a migration is
+/// running now).
+async fn migration_lock_held(client: &Client) -> Result<bool, MigrateError> {
+    let keys = [LOCK_KEY, prisma::PRISMA_LOCK_KEY];
+    Ok(client
+        .query_typed_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND ((classid::bigint << 32) | objid::bigint) = ANY($1))",
+            &[(&keys.as_slice(), Type::INT8_ARRAY)],
+        )
+        .await
+        .map_err(|e| err(format!("reading pg_locks: {}", classify(&e))))?
+        .get(0))
 }
 
 /// Connects for `--migrate-status`: the same checks as a run, no lock.
@@ -389,6 +444,9 @@ pub async fn connect_for_status(target: &PgTarget) -> Result<Client, MigrateErro
 /// Runs the migration phase.
 pub async fn run(target: &PgTarget, direct_url: &str, opts: &Options) -> Result<(), MigrateError> {
     let started = Instant::now();
+    if target.url_param("pgbouncer") == Some("true") {
+        warn!("{} says pgbouncer=true (Prisma's PgBouncer mode): migrations need a connection to PostgreSQL itself; point DIRECT_URL there", target.url);
+    }
     let client = target
         .connect()
         .await
@@ -401,6 +459,9 @@ pub async fn run(target: &PgTarget, direct_url: &str, opts: &Options) -> Result<
         Source::Folder { dir, format } => Some(resolve_format(dir, *format)?),
         Source::Command(_) => None,
     };
+    if let Some(f) = format {
+        prepare_session(&client, target, f).await?;
+    }
     let pending = match (&opts.source, format) {
         (Source::Folder { dir, .. }, Some(f)) => Some(
             status(&mut client, dir, f)
@@ -788,7 +849,9 @@ async fn apply(
         (Source::Folder { dir, .. }, Some(Format::DrizzleV1)) => {
             drizzle::apply(client, dir, true, local_lock_timeout(opts).as_deref()).await?
         }
-        (Source::Folder { dir, .. }, Some(Format::Prisma)) => prisma::apply(client, dir).await?,
+        (Source::Folder { dir, .. }, Some(Format::Prisma)) => {
+            prisma::apply(client, dir, &prisma::schema_in(direct_url)).await?
+        }
         (Source::Folder { .. }, None) => return Err(err("internal error: no format")),
     };
     for m in applied {
@@ -1060,7 +1123,20 @@ pub fn db_error_text(e: &tokio_postgres::Error, sql: Option<&str>, line_offset: 
     if let Some(d) = db.detail() {
         s.push_str(&format!("; {d}"));
     }
+    s.push_str(transaction_hint(db.code()));
     s
+}
+
+/// What to do about a statement that cannot run where the migration tool runs it.
+fn transaction_hint(code: &tokio_postgres::error::SqlState) -> &'static str {
+    use tokio_postgres::error::SqlState;
+    if *code == SqlState::ACTIVE_SQL_TRANSACTION {
+        "; Prisma runs a migration outside a transaction only when its file holds that statement alone; refinery runs every migration in a transaction and drizzle all pending ones in one (as those tools do), so there use its plain form (CREATE INDEX without CONCURRENTLY) or run it separately"
+    } else if code.code() == "55P04" {
+        "; a value added with ALTER TYPE ... ADD VALUE cannot be used in the transaction that added it: use it in a later migration, applied in a later run (drizzle applies all pending migrations in one transaction)"
+    } else {
+        ""
+    }
 }
 
 /// Splits a command line into words like a shell (quotes, backslashes), without any
@@ -1187,6 +1263,7 @@ async fn run_command(
 
 pub mod drizzle;
 pub mod prisma;
+pub mod sql;
 
 #[cfg(test)]
 mod tests {
