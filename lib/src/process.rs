@@ -68,8 +68,13 @@ mod pid1 {
                 .skip(1)
                 .filter_map(|a| CString::new(a.into_vec()).ok()),
         );
+        // The new image must see what our parent gave us, not what we changed.
+        crate::signals::restore_inherited();
         match nix::unistd::execv(c"/proc/self/exe", &argv) {
-            Err(e) => e,
+            Err(e) => {
+                crate::signals::set_fault_handlers();
+                e
+            }
             Ok(never) => match never {},
         }
     }
@@ -162,8 +167,9 @@ mod pid1 {
     }
 
     /// Sets up a child the way every process dockhand starts needs it: its own process
-    /// group, no signal blocked and SIGPIPE at its default (this process blocks them all and
-    /// Rust ignores SIGPIPE), the privileges of `user` (setgroups, setgid, setuid, `HOME`),
+    /// group, no signal blocked (this process blocks them all), the dispositions our parent
+    /// gave us ([`crate::signals::restore_inherited`]: Rust ignores SIGPIPE, and the fault
+    /// signals have our handler), the privileges of `user` (setgroups, setgid, setuid, `HOME`),
     /// and, with `tty`, the terminal's foreground.
     pub fn prepare_child(cmd: &mut std::process::Command, user: Option<&Credentials>, tty: bool) {
         cmd.process_group(0);
@@ -181,7 +187,7 @@ mod pid1 {
             )
         });
         // SAFETY: between fork and exec the closure only calls async-signal-safe
-        // functions (sigemptyset, sigprocmask, signal, tcsetpgrp, getpid, setgroups,
+        // functions (sigemptyset, sigprocmask, signal, an atomic load, tcsetpgrp, getpid, setgroups,
         // setgid, setuid) and allocates nothing: `ids` was built before the fork, and
         // the error it may return is an OS error code (no message is formatted).
         unsafe {
@@ -189,7 +195,7 @@ mod pid1 {
                 let mut empty: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut empty);
                 libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                crate::signals::restore_inherited();
                 if tty {
                     take_terminal();
                 }

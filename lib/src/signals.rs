@@ -8,9 +8,14 @@
 //! fault signals are the exception: blocking them would hang a faulting process, so
 //! they keep a handler that tells a `kill` from another process (forwarded) from a
 //! real fault (default action).
+//!
+//! What a process dockhand starts inherits is what dockhand's parent gave it, as with
+//! tini: the signals dockhand changes for itself (the fault signals' handler, SIGPIPE,
+//! which Rust's runtime ignores) are recorded before `main` runs and given back to each
+//! child ([`restore_inherited`]), so a signal the parent ignored reaches the app ignored.
 
 use std::io;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use nix::libc;
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
@@ -50,6 +55,67 @@ const SYNCHRONOUS: [Signal; 7] = [
     Signal::SIGABRT,
 ];
 
+/// The signals whose disposition dockhand changes in itself: [`SYNCHRONOUS`] (our
+/// handler) and SIGPIPE (ignored by Rust's runtime before `main`). Every other signal
+/// is only blocked, and a disposition of ignored passes through fork and exec as it is.
+const CHANGED: [Signal; 8] = [
+    Signal::SIGSEGV,
+    Signal::SIGBUS,
+    Signal::SIGFPE,
+    Signal::SIGILL,
+    Signal::SIGTRAP,
+    Signal::SIGSYS,
+    Signal::SIGABRT,
+    Signal::SIGPIPE,
+];
+
+/// Which of [`CHANGED`] our parent left ignored (bit N for signal N).
+static INHERITED_IGNORED: AtomicU64 = AtomicU64::new(0);
+
+/// Runs [`record_inherited`] before `main`: Rust's runtime sets SIGPIPE to ignored
+/// before any code of ours runs, so only a constructor can still see the parent's.
+#[used]
+#[link_section = ".init_array"]
+static RECORD_INHERITED: extern "C" fn() = record_inherited;
+
+extern "C" fn record_inherited() {
+    let mut ignored = 0u64;
+    for sig in CHANGED {
+        // SAFETY: sigaction with a null new action only reads the current one into a
+        // zeroed struct of the right type.
+        let is_ignored = unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig as i32, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN
+        };
+        if is_ignored {
+            ignored |= 1 << sig as i32;
+        }
+    }
+    INHERITED_IGNORED.store(ignored, Ordering::Relaxed);
+}
+
+/// Gives the signals dockhand changed in itself the disposition its parent gave it:
+/// ignored where the parent ignored them (as tini's `restore_signals` does), SIGPIPE at
+/// its default otherwise. The fault signals' handler needs no undoing: exec resets a
+/// handled signal to its default. For a child between fork and exec, and before we
+/// re-execute ourselves; async-signal-safe (an atomic load and `signal`).
+#[inline]
+pub fn restore_inherited() {
+    let ignored = INHERITED_IGNORED.load(Ordering::Relaxed);
+    for sig in CHANGED {
+        let sig = sig as i32;
+        // SAFETY: signal(2) with SIG_IGN or SIG_DFL has no memory-safety preconditions.
+        unsafe {
+            if ignored & (1 << sig) != 0 {
+                libc::signal(sig, libc::SIG_IGN);
+            } else if sig == libc::SIGPIPE {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+}
+
 /// Blocks every asynchronous signal in this (single-threaded) process and returns the
 /// blocked set, to be read from a signalfd by [`crate::supervise::run`]. Call it first thing in `main`.
 /// The fault signals stay unblocked, with a handler that tells a `kill` from another
@@ -78,6 +144,12 @@ fn install_fault_handlers() {
     }
     FAULT_PIPE_READ.store(fds[0], Ordering::SeqCst);
     FAULT_PIPE_WRITE.store(fds[1], Ordering::SeqCst);
+    set_fault_handlers();
+}
+
+/// Sets the fault-signal handler (again, after [`restore_inherited`] ran in this
+/// process and the exec it prepared for failed).
+pub fn set_fault_handlers() {
     for sig in SYNCHRONOUS {
         // SAFETY: a zeroed sigaction is a valid value; the handler only calls
         // async-signal-safe functions (getpid, write, signal, raise).

@@ -780,3 +780,27 @@ fn bad_start_up_input_exits_2_with_a_clear_message() {
         assert!(!r.stderr.contains("topsecret"), "{}", r.stderr);
     }
 }
+
+#[test]
+fn remap_exit_given_twice_for_one_status_keeps_the_last() {
+    let r = run(
+        &[
+            "--remap-exit",
+            "3:4",
+            "--remap-exit",
+            "3:5",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(5), "{}", r.output());
+    // the list in the variable likewise
+    let r = run(
+        &["--", "sh", "-c", "exit 3"],
+        &[("ENTRYPOINT_REMAP_EXIT", "3:4,3:6")],
+    );
+    assert_eq!(r.code, Some(6), "{}", r.output());
+}
