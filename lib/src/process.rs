@@ -135,12 +135,24 @@ mod pid1 {
         user: Option<&Credentials>,
     ) -> SpawnError {
         let name = program.to_string_lossy();
-        if let (Some(c), Some(libc::EPERM)) = (user, e.raw_os_error()) {
+        if let (Some(c), Some(errno @ (libc::EPERM | libc::EINVAL))) = (user, e.raw_os_error()) {
+            // SAFETY: geteuid(2) has no preconditions.
+            let why = if unsafe { libc::geteuid() } != 0 {
+                "the entrypoint must run as root to change user"
+            } else {
+                "the entrypoint runs as root, but in a user namespace (rootless Docker or Podman) only the ids in /proc/self/uid_map and gid_map exist"
+            };
             return SpawnError::new(
                 SpawnKind::CannotRun,
                 format!(
-                    "cannot run {name}: cannot switch to uid {} gid {}: operation not permitted (the entrypoint must run as root to change user)",
-                    c.uid, c.gid
+                    "cannot run {name}: cannot switch to uid {} gid {}: {} ({why})",
+                    c.uid,
+                    c.gid,
+                    if errno == libc::EPERM {
+                        "operation not permitted"
+                    } else {
+                        "invalid argument"
+                    }
                 ),
             );
         }
@@ -204,8 +216,8 @@ mod pid1 {
                         || libc::setgid(*gid) != 0
                         || libc::setuid(*uid) != 0
                     {
-                        // EPERM: spawn_error tells it from exec's EACCES.
-                        return Err(io::Error::from_raw_os_error(libc::EPERM));
+                        // EPERM or EINVAL: spawn_error tells them from exec's errors.
+                        return Err(io::Error::last_os_error());
                     }
                 }
                 Ok(())
