@@ -53,11 +53,12 @@ mod pid1 {
 
     /// Replaces this process with a fresh copy of itself, run with `first` put before
     /// its original arguments: the memory of what ran before is gone, the PID (1)
-    /// stays, and the blocked and pending signals carry over. Returns only when that
+    /// stays, and the blocked and pending signals carry over, as do (for the app) the
+    /// signal dispositions and blocked set our parent gave us. Returns only when that
     /// cannot be done (no /proc).
     pub fn reexec_self(first: &str) -> nix::Error {
         use std::ffi::CString;
-        use std::os::unix::ffi::OsStringExt;
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
         let mut argv: Vec<CString> = std::env::args_os()
             .take(1)
             .filter_map(|a| CString::new(a.into_vec()).ok())
@@ -68,9 +69,16 @@ mod pid1 {
                 .skip(1)
                 .filter_map(|a| CString::new(a.into_vec()).ok()),
         );
-        // The new image must see what our parent gave us, not what we changed.
+        // The new image must see what our parent gave us, not what we changed; the
+        // blocked set it cannot see (we block everything) goes in its environment.
+        let (carry, mask) = crate::signals::carry_inherited();
+        let mut env: Vec<CString> = std::env::vars_os()
+            .filter(|(k, _)| k != carry)
+            .filter_map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).ok())
+            .collect();
+        env.extend(CString::new(format!("{carry}={mask}")).ok());
         crate::signals::restore_inherited();
-        match nix::unistd::execv(c"/proc/self/exe", &argv) {
+        match nix::unistd::execve(c"/proc/self/exe", &argv, &env) {
             Err(e) => {
                 crate::signals::set_fault_handlers();
                 e
@@ -179,9 +187,9 @@ mod pid1 {
     }
 
     /// Sets up a child the way every process dockhand starts needs it: its own process
-    /// group, no signal blocked (this process blocks them all), the dispositions our parent
-    /// gave us ([`crate::signals::restore_inherited`]: Rust ignores SIGPIPE, and the fault
-    /// signals have our handler), the privileges of `user` (setgroups, setgid, setuid, `HOME`),
+    /// group, the signal mask and dispositions our parent gave us, not ours (this
+    /// process blocks every signal, Rust ignores SIGPIPE, the fault signals have our
+    /// handler: [`crate::signals::restore_inherited`]), the privileges of `user` (setgroups, setgid, setuid, `HOME`),
     /// and, with `tty`, the terminal's foreground.
     pub fn prepare_child(cmd: &mut std::process::Command, user: Option<&Credentials>, tty: bool) {
         cmd.process_group(0);
@@ -198,16 +206,15 @@ mod pid1 {
                 c.groups.iter().map(|g| *g as libc::gid_t).collect(),
             )
         });
+        let mask = crate::signals::inherited_blocked();
         // SAFETY: between fork and exec the closure only calls async-signal-safe
-        // functions (sigemptyset, sigprocmask, signal, an atomic load, tcsetpgrp, getpid, setgroups,
+        // functions (sigprocmask, signal, an atomic load, tcsetpgrp, getpid, setgroups,
         // setgid, setuid) and allocates nothing: `ids` was built before the fork, and
         // the error it may return is an OS error code (no message is formatted).
         unsafe {
             cmd.pre_exec(move || {
-                let mut empty: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut empty);
-                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
                 crate::signals::restore_inherited();
+                libc::sigprocmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
                 if tty {
                     take_terminal();
                 }

@@ -11,8 +11,9 @@
 //!
 //! What a process dockhand starts inherits is what dockhand's parent gave it, as with
 //! tini: the signals dockhand changes for itself (the fault signals' handler, SIGPIPE,
-//! which Rust's runtime ignores) are recorded before `main` runs and given back to each
-//! child ([`restore_inherited`]), so a signal the parent ignored reaches the app ignored.
+//! which Rust's runtime ignores) and the blocked set are recorded before `main` runs
+//! and given back to each child ([`restore_inherited`], [`inherited_blocked`]), so a
+//! signal the parent ignored or blocked reaches the app ignored or blocked.
 
 use std::io;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -72,6 +73,14 @@ const CHANGED: [Signal; 8] = [
 /// Which of [`CHANGED`] our parent left ignored (bit N for signal N).
 static INHERITED_IGNORED: AtomicU64 = AtomicU64::new(0);
 
+/// The signals our parent blocked (bit N-1 for signal N).
+static INHERITED_BLOCKED: AtomicU64 = AtomicU64::new(0);
+
+/// How a re-executed entrypoint learns the blocked set its first image inherited (by
+/// then it blocks everything itself); read and removed before `main`, so neither we
+/// nor the app see it.
+const BLOCKED_VAR: &std::ffi::CStr = c"DOCKHAND_INHERITED_SIGMASK";
+
 /// Runs [`record_inherited`] before `main`: Rust's runtime sets SIGPIPE to ignored
 /// before any code of ours runs, so only a constructor can still see the parent's.
 #[used]
@@ -79,6 +88,32 @@ static INHERITED_IGNORED: AtomicU64 = AtomicU64::new(0);
 static RECORD_INHERITED: extern "C" fn() = record_inherited;
 
 extern "C" fn record_inherited() {
+    // SAFETY: before `main` this process has one thread, so getenv and unsetenv race
+    // with nothing; the string getenv returns is read before unsetenv frees it, and
+    // sigprocmask with a null new set only reads the mask into a zeroed sigset_t.
+    let blocked = unsafe {
+        let carried = libc::getenv(BLOCKED_VAR.as_ptr());
+        if carried.is_null() {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigprocmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+            (1..=64).fold(0u64, |bits, sig| {
+                if libc::sigismember(&set, sig) == 1 {
+                    bits | 1 << (sig - 1)
+                } else {
+                    bits
+                }
+            })
+        } else {
+            let bits = std::ffi::CStr::from_ptr(carried)
+                .to_str()
+                .ok()
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                .unwrap_or(0);
+            libc::unsetenv(BLOCKED_VAR.as_ptr());
+            bits
+        }
+    };
+    INHERITED_BLOCKED.store(blocked, Ordering::Relaxed);
     let mut ignored = 0u64;
     for sig in CHANGED {
         // SAFETY: sigaction with a null new action only reads the current one into a
@@ -114,6 +149,33 @@ pub fn restore_inherited() {
             }
         }
     }
+}
+
+/// The set of signals our parent blocked, for a child's mask (tini restores it too);
+/// async-signal-safe (sigemptyset, sigaddset).
+#[inline]
+pub fn inherited_blocked() -> libc::sigset_t {
+    let bits = INHERITED_BLOCKED.load(Ordering::Relaxed);
+    // SAFETY: sigemptyset and sigaddset write into the zeroed set they are given.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in 1..=64 {
+            if bits & (1 << (sig - 1)) != 0 {
+                libc::sigaddset(&mut set, sig);
+            }
+        }
+        set
+    }
+}
+
+/// The environment entry that hands the blocked set our parent gave us to the image
+/// we re-execute ourselves as (see [`BLOCKED_VAR`]).
+pub fn carry_inherited() -> (&'static str, String) {
+    (
+        BLOCKED_VAR.to_str().unwrap_or_default(),
+        format!("{:x}", INHERITED_BLOCKED.load(Ordering::Relaxed)),
+    )
 }
 
 /// Blocks every asynchronous signal in this (single-threaded) process and returns the

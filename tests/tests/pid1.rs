@@ -350,37 +350,40 @@ fn ctrl_c_and_ctrl_z_on_a_terminal_behave_as_in_a_shell() {
     assert_eq!(foreground_groups(Init::dockhand(&[])), (true, false));
 }
 
-/// `env --ignore-signal=S...` for each of `signals`: a parent that ignores them.
+/// `env --ignore-signal=S...`: a parent that ignores `signals`.
 fn parent_ignoring(signals: &[&str]) -> Vec<String> {
     let mut v = vec!["env".to_string()];
     v.extend(signals.iter().map(|s| format!("--ignore-signal={s}")));
     v
 }
 
-/// The SigIgn mask of /proc/self/status.
-fn sigign(status: &str) -> u64 {
+/// A field of /proc/self/status holding a signal mask (`SigIgn`, `SigBlk`).
+fn sigmask(status: &str, field: &str) -> u64 {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-        .expect("no SigIgn line")
+        .unwrap_or_else(|| panic!("no {field} line"))
 }
 
 #[test]
-fn signals_the_parent_ignored_reach_the_app_ignored_as_with_tini() {
-    // tini's own sigconf test: what the init's parent ignored, the app finds ignored,
-    // the fault signals (whose forwarding handler replaced the disposition) and
-    // SIGPIPE (which Rust's runtime sets to ignored in every program) included;
-    // nothing else is ignored.
+fn signals_the_parent_ignored_or_blocked_reach_the_app_so_as_with_tini() {
+    // tini's own sigconf test: what the init's parent ignored or blocked, the app finds
+    // ignored or blocked, the fault signals (whose forwarding handler replaced the
+    // disposition) and SIGPIPE (which Rust's runtime sets to ignored in every
+    // program) included; nothing else.
     let ignored = ["SEGV", "BUS", "FPE", "PIPE", "INT", "HUP"];
-    let not_ignored = [
-        "ILL", "ABRT", "TRAP", "SYS", "TERM", "QUIT", "USR1", "TTOU", "XFSZ",
+    let blocked = ["TERM", "ILL", "USR2", "RTMIN+2"];
+    let neither = [
+        "ILL", "ABRT", "TRAP", "SYS", "TERM", "QUIT", "USR1", "TTOU", "XFSZ", "USR2", "RTMIN+2",
+        "SEGV", "PIPE", "INT",
     ];
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let wait = format!("tcp://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let entrypoint = dockhand_tests::bins::bin("entrypoint")
         .display()
         .to_string();
+    let bit = |s: &str| 1u64 << (signum(&format!("SIG{s}")) - 1);
     // tini (the reference), then the entrypoint straight to supervising, and with a
     // start-up phase (after which it re-executes itself)
     for init in [
@@ -388,7 +391,11 @@ fn signals_the_parent_ignored_reach_the_app_ignored_as_with_tini() {
         vec![&entrypoint, "--"],
         vec![&entrypoint, "--wait", &wait, "--"],
     ] {
-        for parent in [parent_ignoring(&ignored), parent_ignoring(&[])] {
+        for parent_sets in [true, false] {
+            let mut parent = parent_ignoring(if parent_sets { &ignored } else { &[] });
+            if parent_sets {
+                parent.extend(blocked.iter().map(|s| format!("--block-signal={s}")));
+            }
             let out = std::process::Command::new(&parent[0])
                 .args(&parent[1..])
                 .args(["unshare", "--pid", "--fork", "--mount-proc"])
@@ -398,22 +405,32 @@ fn signals_the_parent_ignored_reach_the_app_ignored_as_with_tini() {
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{init:?}: {out:?}");
-            let mask = sigign(&String::from_utf8_lossy(&out.stdout));
-            let expected: &[&str] = if parent.len() > 1 { &ignored } else { &[] };
-            for s in expected {
-                let bit = 1u64 << (signum(&format!("SIG{s}")) - 1);
-                assert_ne!(mask & bit, 0, "{init:?}: SIG{s} is not ignored ({mask:x})");
-            }
-            for s in not_ignored.iter().chain(if expected.is_empty() {
-                &ignored[..]
-            } else {
-                &[][..]
-            }) {
-                let bit = 1u64 << (signum(&format!("SIG{s}")) - 1);
-                assert_eq!(mask & bit, 0, "{init:?}: SIG{s} is ignored ({mask:x})");
+            let status = String::from_utf8_lossy(&out.stdout);
+            for (field, set) in [("SigIgn", &ignored[..]), ("SigBlk", &blocked[..])] {
+                let mask = sigmask(&status, field);
+                let set = if parent_sets { set } else { &[][..] };
+                for s in neither.iter().chain(set) {
+                    assert_eq!(
+                        mask & bit(s) != 0,
+                        set.contains(s),
+                        "{init:?}, parent sets {parent_sets}: SIG{s} in {field} ({mask:x})"
+                    );
+                }
             }
         }
     }
+    // what carried the blocked set through the re-execution is not the app's
+    let out = std::process::Command::new("env")
+        .arg("--block-signal=TERM")
+        .args([&entrypoint, "--wait", &wait, "--", "env"])
+        .env("ENTRYPOINT_FILE_VARS", "none")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("DOCKHAND"),
+        "{out:?}"
+    );
 }
 
 #[test]
