@@ -393,14 +393,23 @@ pub struct Blocker {
 /// What a blocking session is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Activity {
-    /// The client's address; `None` over a Unix socket.
-    pub address: Option<String>,
+    pub peer: Peer,
     /// `active`, `idle in transaction`, ...
     pub state: String,
     /// How long its transaction has been open; `None` when it is in none.
     pub transaction_age: Option<Duration>,
     /// The start of its query, as the server shows it.
     pub query: String,
+}
+
+/// Where a session comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// A client's address.
+    Tcp(String),
+    UnixSocket,
+    /// No client: a server process (`autovacuum worker`, ...).
+    Server(String),
 }
 
 /// The sessions that block backend `pid` (`pg_blocking_pids`), each as much as our
@@ -413,7 +422,8 @@ pub async fn blockers(c: &Client, pid: i32) -> Result<Vec<Blocker>, NetError> {
         .query(
             "SELECT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''), \
              quote_ident(current_user::text), a.query IS DISTINCT FROM '<insufficient privilege>', \
-             host(a.client_addr), coalesce(a.client_port, 0) = -1, coalesce(a.state, ''), \
+             host(a.client_addr), coalesce(a.client_port = -1, false), coalesce(a.backend_type, ''), \
+             coalesce(a.state, ''), \
              (extract(epoch FROM clock_timestamp() - a.xact_start) * 1000)::bigint, \
              left(coalesce(a.query, ''), 120) \
              FROM pg_stat_activity a WHERE a.pid = ANY(pg_blocking_pids($1))",
@@ -429,14 +439,16 @@ pub async fn blockers(c: &Client, pid: i32) -> Result<Vec<Blocker>, NetError> {
             application: r.get(2),
             viewer: r.get(3),
             activity: r.get::<_, bool>(4).then(|| Activity {
-                address: r
-                    .get::<_, Option<String>>(5)
-                    .filter(|_| !r.get::<_, bool>(6)),
-                state: r.get(7),
+                peer: match (r.get::<_, Option<String>>(5), r.get::<_, bool>(6)) {
+                    (Some(addr), _) => Peer::Tcp(addr),
+                    (None, true) => Peer::UnixSocket,
+                    (None, false) => Peer::Server(r.get(7)),
+                },
+                state: r.get(8),
                 transaction_age: r
-                    .get::<_, Option<i64>>(8)
+                    .get::<_, Option<i64>>(9)
                     .map(|ms| Duration::from_millis(ms.max(0) as u64)),
-                query: r.get(9),
+                query: r.get(10),
             }),
         })
         .collect())
@@ -468,9 +480,11 @@ impl Blocker {
         if !role.is_empty() {
             line.push_str(&format!(" ({role})"));
         }
-        match &a.address {
-            Some(addr) => line.push_str(&format!(" from {addr}")),
-            None => line.push_str(" over a Unix socket"),
+        match &a.peer {
+            Peer::Tcp(addr) => line.push_str(&format!(" from {addr}")),
+            Peer::UnixSocket => line.push_str(" over a Unix socket"),
+            Peer::Server(kind) if !kind.is_empty() => line.push_str(&format!(", {kind}")),
+            Peer::Server(_) => {}
         }
         if !a.state.is_empty() {
             line.push_str(&format!(", {}", a.state));
@@ -587,6 +601,40 @@ mod tests {
         let t = target("postgresql://app@h/?host=/run/postgresql").unwrap();
         assert!(t.tcp_hosts.is_empty());
         assert_eq!(t.dbname(), "app");
+    }
+
+    #[test]
+    fn blocker_lines_say_what_is_shown_and_what_is_hidden() {
+        let hidden = Blocker {
+            pid: 7,
+            role: "postgres".into(),
+            application: "pg_dump".into(),
+            activity: None,
+            viewer: "app".into(),
+        };
+        assert_eq!(
+            hidden.describe(|q| q.to_string()),
+            "backend 7 \"pg_dump\" (role postgres; its address, state, transaction and query are hidden from role app: GRANT pg_read_all_stats TO app to see them)"
+        );
+        let shown = |peer| Blocker {
+            activity: Some(Activity {
+                peer,
+                state: "idle in transaction".into(),
+                transaction_age: Some(Duration::from_millis(5200)),
+                query: "SELECT 'x'".into(),
+            }),
+            ..hidden.clone()
+        };
+        assert_eq!(
+            shown(Peer::Tcp("10.0.0.5".into())).describe(|_| "SELECT '...'".into()),
+            "backend 7 \"pg_dump\" (role postgres) from 10.0.0.5, idle in transaction, in a transaction for 5.2s, running \"SELECT '...'\""
+        );
+        assert!(shown(Peer::UnixSocket)
+            .describe(|q| q.into())
+            .contains("(role postgres) over a Unix socket, idle"));
+        assert!(shown(Peer::Server("autovacuum worker".into()))
+            .describe(|q| q.into())
+            .contains("(role postgres), autovacuum worker, idle"));
     }
 
     #[test]

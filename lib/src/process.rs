@@ -189,8 +189,8 @@ mod pid1 {
     /// Sets up a child the way every process dockhand starts needs it: its own process
     /// group, the signal mask and dispositions our parent gave us, not ours (this
     /// process blocks every signal, Rust ignores SIGPIPE, the fault signals have our
-    /// handler: [`crate::signals::restore_inherited`]), the privileges of `user` (setgroups, setgid, setuid, `HOME`),
-    /// and, with `tty`, the terminal's foreground.
+    /// handler: [`crate::signals::restore_inherited`]), the privileges of `user`
+    /// (setgroups, setgid, setuid, `HOME`), and, with `tty`, the terminal's foreground.
     pub fn prepare_child(cmd: &mut std::process::Command, user: Option<&Credentials>, tty: bool) {
         cmd.process_group(0);
         if let Some(c) = user {
@@ -208,9 +208,9 @@ mod pid1 {
         });
         let mask = crate::signals::inherited_blocked();
         // SAFETY: between fork and exec the closure only calls async-signal-safe
-        // functions (sigprocmask, signal, an atomic load, tcsetpgrp, getpid, setgroups,
-        // setgid, setuid) and allocates nothing: `ids` was built before the fork, and
-        // the error it may return is an OS error code (no message is formatted).
+        // functions (signal, an atomic load, sigprocmask, tcsetpgrp, getpid, setgroups,
+        // setgid, setuid) and allocates nothing: `ids` and `mask` were built before the
+        // fork, and the error it may return is an OS error code (no message is formatted).
         unsafe {
             cmd.pre_exec(move || {
                 crate::signals::restore_inherited();
