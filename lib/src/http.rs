@@ -1,5 +1,6 @@
 //! A minimal HTTP/1.1 GET for health probes: send one request, read the status line,
-//! and read the body only when it must be searched. Content-Length, chunked and
+//! and read the body only when it must be searched, and only until the text searched
+//! for has come (a streaming body never ends). Content-Length, chunked and
 //! read-until-close bodies are handled; the head is capped at 64 KiB and the searched
 //! body at 1 MiB, so a misbehaving server cannot make the probe grow.
 //!
@@ -14,12 +15,23 @@ const MAX_HEAD: usize = 64 * 1024;
 /// How much of the body `--expect-body` searches.
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// What a probe needs from a response.
+/// A response's head, with the start of the body that arrived with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
+pub struct Head {
     pub status: u16,
-    /// The (de-chunked) body, read only when asked for, at most [`MAX_BODY`] bytes.
-    pub body: Option<Vec<u8>>,
+    content_length: Option<usize>,
+    chunked: bool,
+    /// Bytes after the head (the body's start, raw).
+    rest: Vec<u8>,
+}
+
+/// Whether a body holds the text searched for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodySearch {
+    /// It does (the rest of the body was not read).
+    Found,
+    /// The body ended without it, or its first [`MAX_BODY`] bytes (`capped`) hold none.
+    Missing { capped: bool },
 }
 
 /// Builds the request bytes. `headers` are sent after the defaults and replace a
@@ -58,13 +70,12 @@ pub fn request(
     out.into_bytes()
 }
 
-/// Sends `req` and reads the response; the body only if `want_body`.
+/// Sends `req` and reads the response head; `on_sent` runs once the request is out.
 pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     req: &[u8],
-    want_body: bool,
     on_sent: impl FnOnce(),
-) -> Result<Response, NetError> {
+) -> Result<Head, NetError> {
     stream
         .write_all(req)
         .await
@@ -103,9 +114,6 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             .collect();
         transient(format!("not an HTTP response: \"{shown}\""))
     })?;
-    if !want_body {
-        return Ok(Response { status, body: None });
-    }
     let mut content_length = None;
     let mut chunked = false;
     for line in lines {
@@ -120,34 +128,46 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-    let mut body = buf.split_off(head_end);
-    let body = if chunked {
-        loop {
-            match dechunk(&body) {
-                Chunked::Done(b) => break b,
-                Chunked::Invalid => return Err(transient("malformed chunked body")),
-                Chunked::Partial(b) if b.len() >= MAX_BODY => break b,
-                Chunked::Partial(b) => {
-                    if read_more(stream, &mut body).await? == 0 {
-                        break b;
-                    }
-                }
-            }
-        }
-    } else {
-        let limit = content_length.unwrap_or(usize::MAX).min(MAX_BODY);
-        while body.len() < limit {
-            if read_more(stream, &mut body).await? == 0 {
-                break;
-            }
-        }
-        body.truncate(limit);
-        body
-    };
-    Ok(Response {
+    Ok(Head {
         status,
-        body: Some(body),
+        content_length,
+        chunked,
+        rest: buf.split_off(head_end),
     })
+}
+
+/// Reads the body of `head` only until it contains `needle`, so a body that never
+/// ends (server-sent events, a log tail) is healthy as soon as the text has come.
+/// Content-Length, chunked and read-until-close bodies; at most [`MAX_BODY`] bytes.
+pub async fn body_contains<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    head: Head,
+    needle: &[u8],
+) -> Result<BodySearch, NetError> {
+    let mut raw = head.rest;
+    let limit = head.content_length.unwrap_or(usize::MAX).min(MAX_BODY);
+    loop {
+        let (body, complete) = if head.chunked {
+            match dechunk(&raw) {
+                Chunked::Done(b) => (b, true),
+                Chunked::Partial(b) => (b, false),
+                Chunked::Invalid => return Err(transient("malformed chunked body")),
+            }
+        } else {
+            let end = raw.len().min(limit);
+            (raw[..end].to_vec(), raw.len() >= limit)
+        };
+        let capped = body.len() >= MAX_BODY;
+        if find(&body[..body.len().min(MAX_BODY)], needle).is_some() {
+            return Ok(BodySearch::Found);
+        }
+        if complete || capped {
+            return Ok(BodySearch::Missing { capped });
+        }
+        if read_more(stream, &mut raw).await? == 0 {
+            return Ok(BodySearch::Missing { capped: false });
+        }
+    }
 }
 
 async fn read_more<S: AsyncRead + Unpin>(
@@ -326,51 +346,76 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn reads_responses() {
-        let (mut client, mut server) = tokio::io::duplex(1 << 16);
-        tokio::spawn(async move {
-            let mut b = [0u8; 1024];
-            let _ = server.read(&mut b).await;
-            server
-                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n")
-                .await
-                .unwrap();
-        });
-        let r = exchange(&mut client, b"GET / HTTP/1.1\r\n\r\n", true, || {})
-            .await
-            .unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(r.body.unwrap(), b"abcdef");
-    }
-
-    async fn answer(reply: &'static [u8], want_body: bool) -> Result<Response, NetError> {
+    /// A peer that reads the request and answers `reply`, then keeps the connection
+    /// open (a body that never ends) unless `close`.
+    async fn answer(
+        reply: &'static [u8],
+        close: bool,
+    ) -> (tokio::io::DuplexStream, Result<Head, NetError>) {
         let (mut client, mut server) = tokio::io::duplex(1 << 16);
         tokio::spawn(async move {
             let mut b = [0u8; 1024];
             let _ = server.read(&mut b).await;
             let _ = server.write_all(reply).await;
+            if !close {
+                std::future::pending::<()>().await;
+            }
         });
-        exchange(&mut client, b"GET / HTTP/1.1\r\n\r\n", want_body, || {}).await
+        let head = exchange(&mut client, b"GET / HTTP/1.1\r\n\r\n", || {}).await;
+        (client, head)
+    }
+
+    async fn search(
+        reply: &'static [u8],
+        close: bool,
+        needle: &str,
+    ) -> Result<BodySearch, NetError> {
+        let (mut client, head) = answer(reply, close).await;
+        body_contains(&mut client, head?, needle.as_bytes()).await
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn searches_bodies_of_every_kind() {
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n";
+        assert_eq!(
+            search(chunked, true, "cde").await.unwrap(),
+            BodySearch::Found
+        );
+        assert_eq!(
+            search(chunked, true, "xyz").await.unwrap(),
+            BodySearch::Missing { capped: false }
+        );
+        let sized = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA";
+        assert_eq!(search(sized, false, "ok").await.unwrap(), BodySearch::Found);
+        assert_eq!(
+            search(sized, false, "EXTRA").await.unwrap(),
+            BodySearch::Missing { capped: false }
+        );
+        // a body that never ends: found as soon as the text is there
+        let stream = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nready\n\r\n";
+        assert_eq!(
+            search(stream, false, "ready").await.unwrap(),
+            BodySearch::Found
+        );
+        let stream = b"HTTP/1.1 200 OK\r\n\r\ndata: ready\n";
+        assert_eq!(
+            search(stream, false, "ready").await.unwrap(),
+            BodySearch::Found
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn lenient_where_the_status_line_is_clear() {
         // a Latin-1 header value, and bare LF line endings
-        let r = answer(
-            b"HTTP/1.1 200 OK\r\nX-Name: Jos\xe9\r\nContent-Length: 2\r\n\r\nok",
-            true,
-        )
-        .await
-        .unwrap();
-        assert_eq!((r.status, r.body.unwrap()), (200, b"ok".to_vec()));
-        let r = answer(b"HTTP/1.1 204 No Content\nServer: x\n\n", false)
-            .await
-            .unwrap();
-        assert_eq!(r.status, 204);
-        let e = answer(
+        let reply = b"HTTP/1.1 200 OK\r\nX-Name: Jos\xe9\r\nContent-Length: 2\r\n\r\nok";
+        assert_eq!(answer(reply, true).await.1.unwrap().status, 200);
+        assert_eq!(search(reply, true, "ok").await.unwrap(), BodySearch::Found);
+        let (_, head) = answer(b"HTTP/1.1 204 No Content\nServer: x\n\n", true).await;
+        assert_eq!(head.unwrap().status, 204);
+        let e = search(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab",
             true,
+            "ab",
         )
         .await
         .unwrap_err();

@@ -279,7 +279,7 @@ impl PgTarget {
         let (client, connection) = config
             .connect(PgTls(tls_config))
             .await
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| classify_for(&e, Some(&self.host_names())))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -374,6 +374,12 @@ impl PgTarget {
         env
     }
 
+    /// The host names connected to, for messages (`db`, `db1, db2`).
+    fn host_names(&self) -> String {
+        let names: Vec<&str> = self.tcp_hosts.iter().map(|(h, _)| h.as_str()).collect();
+        names.join(", ")
+    }
+
     /// The rustls configuration this target's `sslmode` asks for.
     pub fn tls_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, NetError> {
         tls::client_config(self.verify, self.root_file.as_deref())
@@ -464,8 +470,143 @@ pub async fn shared_backend(target: &PgTarget, a: &Client) -> Result<Option<i32>
     Ok(None)
 }
 
+/// A session that blocks another, as `pg_stat_activity` shows it to our role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocker {
+    pub pid: i32,
+    /// Its role and `application_name`: visible to every role.
+    pub role: String,
+    pub application: String,
+    /// The rest, which the server shows only to members of its role and of
+    /// `pg_read_all_stats`; `None` when hidden from us.
+    pub activity: Option<Activity>,
+    /// Our role, quoted as an identifier (for the GRANT that would show the rest).
+    pub viewer: String,
+}
+
+/// What a blocking session is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    pub peer: Peer,
+    /// `active`, `idle in transaction`, ...
+    pub state: String,
+    /// How long its transaction has been open; `None` when it is in none.
+    pub transaction_age: Option<Duration>,
+    /// The start of its query, as the server shows it.
+    pub query: String,
+}
+
+/// Where a session comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// A client's address.
+    Tcp(String),
+    UnixSocket,
+    /// No client: a server process (`autovacuum worker`, ...).
+    Server(String),
+}
+
+/// The sessions that block backend `pid` (`pg_blocking_pids`), each as much as our
+/// role may see of it.
+pub async fn blockers(c: &Client, pid: i32) -> Result<Vec<Blocker>, NetError> {
+    // A session hidden from us has NULL address, state and transaction start, which
+    // were once printed as "from local, , in a transaction for 0s"; the server marks
+    // it by the query text '<insufficient privilege>'.
+    let rows = c
+        .query_typed(
+            "SELECT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''), \
+             quote_ident(current_user::text), a.query IS DISTINCT FROM '<insufficient privilege>', \
+             host(a.client_addr), coalesce(a.client_port = -1, false), coalesce(a.backend_type, ''), \
+             coalesce(a.state, ''), \
+             (extract(epoch FROM clock_timestamp() - a.xact_start) * 1000)::bigint, \
+             left(coalesce(a.query, ''), 120) \
+             FROM pg_stat_activity a WHERE a.pid = ANY(pg_blocking_pids($1))",
+            &[(&pid, tokio_postgres::types::Type::INT4)],
+        )
+        .await
+        .map_err(|e| classify(&e))?;
+    Ok(rows
+        .iter()
+        .map(|r| Blocker {
+            pid: r.get(0),
+            role: r.get(1),
+            application: r.get(2),
+            viewer: r.get(3),
+            activity: r.get::<_, bool>(4).then(|| Activity {
+                peer: match (r.get::<_, Option<String>>(5), r.get::<_, bool>(6)) {
+                    (Some(addr), _) => Peer::Tcp(addr),
+                    (None, true) => Peer::UnixSocket,
+                    (None, false) => Peer::Server(r.get(7)),
+                },
+                state: r.get(8),
+                transaction_age: r
+                    .get::<_, Option<i64>>(9)
+                    .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+                query: r.get(10),
+            }),
+        })
+        .collect())
+}
+
+impl Blocker {
+    /// One line: `backend 812 "nightly-dump" (role app) from 10.0.0.5, idle in
+    /// transaction, in a transaction for 4.8s, running "SELECT ..."`, the query passed
+    /// through `mask` (string literals may hold secrets). What is hidden from us is
+    /// said so, with the GRANT that shows it.
+    pub fn describe(&self, mask: impl Fn(&str) -> String) -> String {
+        let mut line = format!("backend {}", self.pid);
+        if !self.application.is_empty() {
+            line.push_str(&format!(" {:?}", self.application));
+        }
+        let role = if self.role.is_empty() {
+            String::new()
+        } else {
+            format!("role {}", self.role)
+        };
+        let Some(a) = &self.activity else {
+            let sep = if role.is_empty() { "" } else { "; " };
+            line.push_str(&format!(
+                " ({role}{sep}its address, state, transaction and query are hidden from role {}: GRANT pg_read_all_stats TO {} to see them)",
+                self.viewer, self.viewer
+            ));
+            return line;
+        };
+        if !role.is_empty() {
+            line.push_str(&format!(" ({role})"));
+        }
+        match &a.peer {
+            Peer::Tcp(addr) => line.push_str(&format!(" from {addr}")),
+            Peer::UnixSocket => line.push_str(" over a Unix socket"),
+            Peer::Server(kind) if !kind.is_empty() => line.push_str(&format!(", {kind}")),
+            Peer::Server(_) => {}
+        }
+        if !a.state.is_empty() {
+            line.push_str(&format!(", {}", a.state));
+        }
+        match a.transaction_age {
+            Some(age) => line.push_str(&format!(
+                ", in a transaction for {}",
+                crate::duration::format(age)
+            )),
+            None => line.push_str(", in no transaction"),
+        }
+        line.push_str(&format!(", running {:?}", mask(&a.query)));
+        line
+    }
+}
+
+/// What to do about a certificate that is not trusted, for PostgreSQL.
+const TRUST_HINT: &str =
+    "name its CA with sslrootcert=FILE or SSL_CERT_FILE; sslmode=require encrypts without checking";
+
 /// Sorts a tokio-postgres error and gives it a short, password-free reason.
 pub fn classify(e: &tokio_postgres::Error) -> NetError {
+    classify_for(e, None)
+}
+
+/// [`classify`], naming `host` (the host or hosts connected to) in a certificate error.
+fn classify_for(e: &tokio_postgres::Error, host: Option<&str>) -> NetError {
+    let host = host.filter(|h| !h.is_empty()).unwrap_or("the server");
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
         let reason = db.message().to_string();
@@ -501,16 +642,38 @@ pub fn classify(e: &tokio_postgres::Error) -> NetError {
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
-                return permanent(tls::reason(io));
+                return permanent(tls::reason(io, host, TRUST_HINT));
             }
             return transient(crate::error::io_reason(io));
         }
         if let Some(r) = s.downcast_ref::<rustls::Error>() {
-            return permanent(format!("TLS error: {r}"));
+            return permanent(tls::error_reason(r, host, TRUST_HINT));
         }
         source = s.source();
     }
-    let text = crate::redact::text(&e.to_string());
+    // tokio-postgres says what went wrong in the error's source, not in its Display
+    // ("invalid configuration", "error performing TLS handshake").
+    let cause = std::error::Error::source(e)
+        .map(|c| c.to_string())
+        .unwrap_or_default();
+    match cause.as_str() {
+        "password missing" => {
+            return permanent(
+                "the server asks for a password and no password was given: set PGPASSWORD or PGPASSWORD_FILE, or write it into the URL as USER:PASSWORD@HOST",
+            )
+        }
+        "server does not support TLS" => {
+            return permanent(
+                "the server does not support TLS, which the URL's sslmode (require, verify-ca or verify-full) demands: turn on ssl in the server, or use sslmode=prefer",
+            )
+        }
+        _ => {}
+    }
+    let text = crate::redact::text(&if cause.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e}: {cause}")
+    });
     if text.contains("server does not support TLS") || text.contains("TLS") {
         return permanent(text);
     }
@@ -539,6 +702,40 @@ mod tests {
         let t = target("postgresql://app@h/?host=/run/postgresql").unwrap();
         assert!(t.tcp_hosts.is_empty());
         assert_eq!(t.dbname(), "app");
+    }
+
+    #[test]
+    fn blocker_lines_say_what_is_shown_and_what_is_hidden() {
+        let hidden = Blocker {
+            pid: 7,
+            role: "postgres".into(),
+            application: "pg_dump".into(),
+            activity: None,
+            viewer: "app".into(),
+        };
+        assert_eq!(
+            hidden.describe(|q| q.to_string()),
+            "backend 7 \"pg_dump\" (role postgres; its address, state, transaction and query are hidden from role app: GRANT pg_read_all_stats TO app to see them)"
+        );
+        let shown = |peer| Blocker {
+            activity: Some(Activity {
+                peer,
+                state: "idle in transaction".into(),
+                transaction_age: Some(Duration::from_millis(5200)),
+                query: "SELECT 'x'".into(),
+            }),
+            ..hidden.clone()
+        };
+        assert_eq!(
+            shown(Peer::Tcp("10.0.0.5".into())).describe(|_| "SELECT '...'".into()),
+            "backend 7 \"pg_dump\" (role postgres) from 10.0.0.5, idle in transaction, in a transaction for 5.2s, running \"SELECT '...'\""
+        );
+        assert!(shown(Peer::UnixSocket)
+            .describe(|q| q.into())
+            .contains("(role postgres) over a Unix socket, idle"));
+        assert!(shown(Peer::Server("autovacuum worker".into()))
+            .describe(|q| q.into())
+            .contains("(role postgres), autovacuum worker, idle"));
     }
 
     #[test]

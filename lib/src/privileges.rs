@@ -139,6 +139,17 @@ pub fn resolve_in(
             }
         }
     }
+    // (uid_t)-1 means "leave unchanged" to setresuid and is refused by setuid: no
+    // process can run as it, whatever /etc/passwd says.
+    if let Some((what, _)) = [("uid", uid)]
+        .into_iter()
+        .chain(supplementary.iter().map(|g| ("gid", *g)))
+        .find(|(_, id)| *id == u32::MAX)
+    {
+        return Err(invalid(format!(
+            "invalid user {spec:?}: {what} 4294967295 is -1, which the kernel reads as \"no change\" and no process can run as; use a real {what}"
+        )));
+    }
     Ok(Credentials {
         uid,
         gid,
@@ -221,5 +232,10 @@ mod tests {
             .unwrap_err()
             .message()
             .contains("invalid user"));
+        for minus_one in ["4294967295", "1000:4294967295", "huge"] {
+            let passwd = format!("{PASSWD}huge:x:4294967295:4294967295::/:/bin/sh\n");
+            let e = resolve_in(minus_one, &passwd, GROUP).unwrap_err();
+            assert!(e.message().contains("4294967295 is -1"), "{minus_one}: {e}");
+        }
     }
 }

@@ -282,14 +282,26 @@ enum Stage {
     Connecting,
     Handshake,
     Waiting,
+    /// The HTTP status came; the body has not (yet) held the text searched for.
+    Searching(u16),
 }
 
 impl Stage {
-    fn describe(self) -> &'static str {
+    fn describe(self, opts: &HttpOptions) -> String {
         match self {
-            Stage::Connecting => "while connecting",
-            Stage::Handshake => "during the TLS handshake",
-            Stage::Waiting => "connected, no response",
+            Stage::Connecting => "while connecting".into(),
+            Stage::Handshake => "during the TLS handshake".into(),
+            Stage::Waiting => "connected, no response".into(),
+            Stage::Searching(status) => {
+                let want: String = opts
+                    .expect_body
+                    .as_deref()
+                    .unwrap_or("")
+                    .chars()
+                    .take(60)
+                    .collect();
+                format!("status {status}, but the body so far does not contain {want:?}")
+            }
         }
     }
 }
@@ -303,7 +315,7 @@ pub async fn probe(target: &Target, opts: &HttpOptions, deadline: tokio::time::I
         Err(_) => Err(transient(format!(
             "timed out after {} ({})",
             duration::format(started.elapsed()),
-            stage.get().describe()
+            stage.get().describe(opts)
         ))),
     };
     // A server may echo what it was sent (Redis: "with args beginning with: 'pw'").
@@ -370,6 +382,10 @@ async fn probe_inner(
     }
 }
 
+/// What to do about a certificate that is not trusted, for HTTPS and `rediss://`.
+const TRUST_HINT: &str =
+    "use --insecure for a self-signed certificate, or SSL_CERT_FILE for its CA";
+
 /// Connects over TCP, with TLS when asked; the stream type is erased so that the
 /// request code is written once.
 async fn open(
@@ -394,9 +410,9 @@ async fn open(
             // A TLS alert or a bad certificate will not change by waiting; a reset or
             // a close during the handshake (a server still starting) may.
             if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
-                permanent(tls::reason(&e))
+                permanent(tls::reason(&e, host, TRUST_HINT))
             } else {
-                transient(tls::reason(&e))
+                transient(tls::reason(&e, host, TRUST_HINT))
             }
         })?;
     Ok(Box::new(stream))
@@ -439,27 +455,27 @@ async fn probe_http(
         &opts.headers,
         auth.as_deref(),
     );
-    let resp = http::exchange(&mut stream, &req, opts.expect_body.is_some(), || {
-        stage.set(Stage::Waiting)
-    })
-    .await?;
-    if !opts.expect_status.contains(resp.status) {
-        return Err(transient(format!("status {}", resp.status)));
+    let head = http::exchange(&mut stream, &req, || stage.set(Stage::Waiting)).await?;
+    let status = head.status;
+    if !opts.expect_status.contains(status) {
+        return Err(transient(format!("status {status}")));
     }
-    if let (Some(want), Some(body)) = (&opts.expect_body, &resp.body) {
-        if http::find(body, want.as_bytes()).is_none() {
-            let within = if body.len() >= http::MAX_BODY {
+    if let Some(want) = &opts.expect_body {
+        stage.set(Stage::Searching(status));
+        if let http::BodySearch::Missing { capped } =
+            http::body_contains(&mut stream, head, want.as_bytes()).await?
+        {
+            let within = if capped {
                 " (searched the first 1 MiB)"
             } else {
                 ""
             };
             return Err(transient(format!(
-                "status {}, but the body does not contain {:?}{within}",
-                resp.status, want
+                "status {status}, but the body does not contain {want:?}{within}"
             )));
         }
     }
-    Ok(format!("status {}", resp.status))
+    Ok(format!("status {status}"))
 }
 
 async fn probe_redis(
@@ -481,8 +497,11 @@ async fn probe_redis(
     }
     cmd.extend(resp_command(&["PING"]));
     stage.set(Stage::Waiting);
-    let io = |e: std::io::Error| transient(crate::error::io_reason(&e));
-    stream.write_all(&cmd).await.map_err(io)?;
+    let io = |e: &std::io::Error| transient(crate::error::io_reason(e));
+    // A server that refuses the connection (maxclients, protected mode) says why and
+    // closes, maybe before our command arrives: what it said is read even when
+    // writing, or reading more, fails.
+    let written = stream.write_all(&cmd).await;
     let mut buf = Vec::new();
     let replies = if url.password.is_some() { 2 } else { 1 };
     loop {
@@ -491,11 +510,25 @@ async fn probe_redis(
             break;
         }
         let mut chunk = [0u8; 512];
-        let n = stream.read(&mut chunk).await.map_err(io)?;
-        if n == 0 {
-            return Err(transient("connection closed without a reply"));
+        let ended = match stream.read(&mut chunk).await {
+            Ok(0) => Err(None),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e) => Err(Some(e)),
+        };
+        if let Err(cause) = ended {
+            // A Redis error among the lines that arrived first is the reason.
+            let text = String::from_utf8_lossy(&buf);
+            if let Some(line) = text.lines().find(|l| l.starts_with('-')) {
+                redis_replies(line.as_bytes(), 1)?;
+            }
+            return Err(match (cause, written) {
+                (Some(e), _) | (None, Err(e)) => io(&e),
+                (None, Ok(())) => transient("connection closed without a reply"),
+            });
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
     redis_replies(&buf, replies)
 }

@@ -53,11 +53,12 @@ mod pid1 {
 
     /// Replaces this process with a fresh copy of itself, run with `first` put before
     /// its original arguments: the memory of what ran before is gone, the PID (1)
-    /// stays, and the blocked and pending signals carry over. Returns only when that
+    /// stays, and the blocked and pending signals carry over, as do (for the app) the
+    /// signal dispositions and blocked set our parent gave us. Returns only when that
     /// cannot be done (no /proc).
     pub fn reexec_self(first: &str) -> nix::Error {
         use std::ffi::CString;
-        use std::os::unix::ffi::OsStringExt;
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
         let mut argv: Vec<CString> = std::env::args_os()
             .take(1)
             .filter_map(|a| CString::new(a.into_vec()).ok())
@@ -68,8 +69,20 @@ mod pid1 {
                 .skip(1)
                 .filter_map(|a| CString::new(a.into_vec()).ok()),
         );
-        match nix::unistd::execv(c"/proc/self/exe", &argv) {
-            Err(e) => e,
+        // The new image must see what our parent gave us, not what we changed; the
+        // blocked set it cannot see (we block everything) goes in its environment.
+        let (carry, mask) = crate::signals::carry_inherited();
+        let mut env: Vec<CString> = std::env::vars_os()
+            .filter(|(k, _)| k != carry)
+            .filter_map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).ok())
+            .collect();
+        env.extend(CString::new(format!("{carry}={mask}")).ok());
+        crate::signals::restore_inherited();
+        match nix::unistd::execve(c"/proc/self/exe", &argv, &env) {
+            Err(e) => {
+                crate::signals::set_fault_handlers();
+                e
+            }
             Ok(never) => match never {},
         }
     }
@@ -130,12 +143,24 @@ mod pid1 {
         user: Option<&Credentials>,
     ) -> SpawnError {
         let name = program.to_string_lossy();
-        if let (Some(c), Some(libc::EPERM)) = (user, e.raw_os_error()) {
+        if let (Some(c), Some(errno @ (libc::EPERM | libc::EINVAL))) = (user, e.raw_os_error()) {
+            // SAFETY: geteuid(2) has no preconditions.
+            let why = if unsafe { libc::geteuid() } != 0 {
+                "the entrypoint must run as root to change user"
+            } else {
+                "the entrypoint runs as root, but in a user namespace (rootless Docker or Podman) only the ids in /proc/self/uid_map and gid_map exist"
+            };
             return SpawnError::new(
                 SpawnKind::CannotRun,
                 format!(
-                    "cannot run {name}: cannot switch to uid {} gid {}: operation not permitted (the entrypoint must run as root to change user)",
-                    c.uid, c.gid
+                    "cannot run {name}: cannot switch to uid {} gid {}: {} ({why})",
+                    c.uid,
+                    c.gid,
+                    if errno == libc::EPERM {
+                        "operation not permitted"
+                    } else {
+                        "invalid argument"
+                    }
                 ),
             );
         }
@@ -162,9 +187,10 @@ mod pid1 {
     }
 
     /// Sets up a child the way every process dockhand starts needs it: its own process
-    /// group, no signal blocked and SIGPIPE at its default (this process blocks them all and
-    /// Rust ignores SIGPIPE), the privileges of `user` (setgroups, setgid, setuid, `HOME`),
-    /// and, with `tty`, the terminal's foreground.
+    /// group, the signal mask and dispositions our parent gave us, not ours (this
+    /// process blocks every signal, Rust ignores SIGPIPE, the fault signals have our
+    /// handler: [`crate::signals::restore_inherited`]), the privileges of `user`
+    /// (setgroups, setgid, setuid, `HOME`), and, with `tty`, the terminal's foreground.
     pub fn prepare_child(cmd: &mut std::process::Command, user: Option<&Credentials>, tty: bool) {
         cmd.process_group(0);
         if let Some(c) = user {
@@ -180,16 +206,15 @@ mod pid1 {
                 c.groups.iter().map(|g| *g as libc::gid_t).collect(),
             )
         });
+        let mask = crate::signals::inherited_blocked();
         // SAFETY: between fork and exec the closure only calls async-signal-safe
-        // functions (sigemptyset, sigprocmask, signal, tcsetpgrp, getpid, setgroups,
-        // setgid, setuid) and allocates nothing: `ids` was built before the fork, and
-        // the error it may return is an OS error code (no message is formatted).
+        // functions (signal, an atomic load, sigprocmask, tcsetpgrp, getpid, setgroups,
+        // setgid, setuid) and allocates nothing: `ids` and `mask` were built before the
+        // fork, and the error it may return is an OS error code (no message is formatted).
         unsafe {
             cmd.pre_exec(move || {
-                let mut empty: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut empty);
-                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                crate::signals::restore_inherited();
+                libc::sigprocmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
                 if tty {
                     take_terminal();
                 }
@@ -198,8 +223,8 @@ mod pid1 {
                         || libc::setgid(*gid) != 0
                         || libc::setuid(*uid) != 0
                     {
-                        // EPERM: spawn_error tells it from exec's EACCES.
-                        return Err(io::Error::from_raw_os_error(libc::EPERM));
+                        // EPERM or EINVAL: spawn_error tells them from exec's errors.
+                        return Err(io::Error::last_os_error());
                     }
                 }
                 Ok(())

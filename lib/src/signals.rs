@@ -8,9 +8,15 @@
 //! fault signals are the exception: blocking them would hang a faulting process, so
 //! they keep a handler that tells a `kill` from another process (forwarded) from a
 //! real fault (default action).
+//!
+//! What a process dockhand starts inherits is what dockhand's parent gave it, as with
+//! tini: the signals dockhand changes for itself (the fault signals' handler, SIGPIPE,
+//! which Rust's runtime ignores) and the blocked set are recorded before `main` runs
+//! and given back to each child ([`restore_inherited`], [`inherited_blocked`]), so a
+//! signal the parent ignored or blocked reaches the app ignored or blocked.
 
 use std::io;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use nix::libc;
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
@@ -50,6 +56,128 @@ const SYNCHRONOUS: [Signal; 7] = [
     Signal::SIGABRT,
 ];
 
+/// The signals whose disposition dockhand changes in itself: [`SYNCHRONOUS`] (our
+/// handler) and SIGPIPE (ignored by Rust's runtime before `main`). Every other signal
+/// is only blocked, and a disposition of ignored passes through fork and exec as it is.
+const CHANGED: [Signal; 8] = [
+    Signal::SIGSEGV,
+    Signal::SIGBUS,
+    Signal::SIGFPE,
+    Signal::SIGILL,
+    Signal::SIGTRAP,
+    Signal::SIGSYS,
+    Signal::SIGABRT,
+    Signal::SIGPIPE,
+];
+
+/// Which of [`CHANGED`] our parent left ignored (bit N for signal N).
+static INHERITED_IGNORED: AtomicU64 = AtomicU64::new(0);
+
+/// The signals our parent blocked (bit N-1 for signal N).
+static INHERITED_BLOCKED: AtomicU64 = AtomicU64::new(0);
+
+/// How a re-executed entrypoint learns the blocked set its first image inherited (by
+/// then it blocks everything itself); read and removed before `main`, so neither we
+/// nor the app see it.
+const BLOCKED_VAR: &std::ffi::CStr = c"DOCKHAND_INHERITED_SIGMASK";
+
+/// Runs [`record_inherited`] before `main`: Rust's runtime sets SIGPIPE to ignored
+/// before any code of ours runs, so only a constructor can still see the parent's.
+#[used]
+#[link_section = ".init_array"]
+static RECORD_INHERITED: extern "C" fn() = record_inherited;
+
+extern "C" fn record_inherited() {
+    // SAFETY: before `main` this process has one thread, so getenv and unsetenv race
+    // with nothing; the string getenv returns is read before unsetenv frees it, and
+    // sigprocmask with a null new set only reads the mask into a zeroed sigset_t.
+    let blocked = unsafe {
+        let carried = libc::getenv(BLOCKED_VAR.as_ptr());
+        if carried.is_null() {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigprocmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+            (1..=64).fold(0u64, |bits, sig| {
+                if libc::sigismember(&set, sig) == 1 {
+                    bits | 1 << (sig - 1)
+                } else {
+                    bits
+                }
+            })
+        } else {
+            let bits = std::ffi::CStr::from_ptr(carried)
+                .to_str()
+                .ok()
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                .unwrap_or(0);
+            libc::unsetenv(BLOCKED_VAR.as_ptr());
+            bits
+        }
+    };
+    INHERITED_BLOCKED.store(blocked, Ordering::Relaxed);
+    let mut ignored = 0u64;
+    for sig in CHANGED {
+        // SAFETY: sigaction with a null new action only reads the current one into a
+        // zeroed struct of the right type.
+        let is_ignored = unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig as i32, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN
+        };
+        if is_ignored {
+            ignored |= 1 << sig as i32;
+        }
+    }
+    INHERITED_IGNORED.store(ignored, Ordering::Relaxed);
+}
+
+/// Gives the signals dockhand changed in itself the disposition its parent gave it:
+/// ignored where the parent ignored them (as tini's `restore_signals` does), SIGPIPE at
+/// its default otherwise. The fault signals' handler needs no undoing: exec resets a
+/// handled signal to its default. For a child between fork and exec, and before we
+/// re-execute ourselves; async-signal-safe (an atomic load and `signal`).
+#[inline]
+pub fn restore_inherited() {
+    let ignored = INHERITED_IGNORED.load(Ordering::Relaxed);
+    for sig in CHANGED {
+        let sig = sig as i32;
+        // SAFETY: signal(2) with SIG_IGN or SIG_DFL has no memory-safety preconditions.
+        unsafe {
+            if ignored & (1 << sig) != 0 {
+                libc::signal(sig, libc::SIG_IGN);
+            } else if sig == libc::SIGPIPE {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+}
+
+/// The set of signals our parent blocked, for a child's mask (tini restores it too);
+/// async-signal-safe (sigemptyset, sigaddset).
+#[inline]
+pub fn inherited_blocked() -> libc::sigset_t {
+    let bits = INHERITED_BLOCKED.load(Ordering::Relaxed);
+    // SAFETY: sigemptyset and sigaddset write into the zeroed set they are given.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in 1..=64 {
+            if bits & (1 << (sig - 1)) != 0 {
+                libc::sigaddset(&mut set, sig);
+            }
+        }
+        set
+    }
+}
+
+/// The environment entry that hands the blocked set our parent gave us to the image
+/// we re-execute ourselves as (see [`BLOCKED_VAR`]).
+pub fn carry_inherited() -> (&'static str, String) {
+    (
+        BLOCKED_VAR.to_str().unwrap_or_default(),
+        format!("{:x}", INHERITED_BLOCKED.load(Ordering::Relaxed)),
+    )
+}
+
 /// Blocks every asynchronous signal in this (single-threaded) process and returns the
 /// blocked set, to be read from a signalfd by [`crate::supervise::run`]. Call it first thing in `main`.
 /// The fault signals stay unblocked, with a handler that tells a `kill` from another
@@ -78,6 +206,12 @@ fn install_fault_handlers() {
     }
     FAULT_PIPE_READ.store(fds[0], Ordering::SeqCst);
     FAULT_PIPE_WRITE.store(fds[1], Ordering::SeqCst);
+    set_fault_handlers();
+}
+
+/// Sets the fault-signal handler (again, after [`restore_inherited`] ran in this
+/// process and the exec it prepared for failed).
+pub fn set_fault_handlers() {
     for sig in SYNCHRONOUS {
         // SAFETY: a zeroed sigaction is a valid value; the handler only calls
         // async-signal-safe functions (getpid, write, signal, raise).

@@ -9,6 +9,8 @@
 //!    that we own, the child's group becomes the terminal's foreground group (as tini
 //!    does), so Ctrl-C and Ctrl-Z reach the app once, directly, as in a shell.
 //!    When we are not PID 1 we become a child subreaper, so orphans still come to us.
+//!    The child starts with the signal mask and dispositions our parent gave us (a
+//!    signal it ignored or blocked stays so, as with tini), not with ours.
 //! 3. Every signal is first looked up in `rewrite` (a rewrite to 0 drops it, whatever
 //!    it is), then forwarded to the child (or its process group with `process_group`).
 //!    SIGCHLD is never forwarded: it means "reap". SIGTSTP/SIGTTIN/SIGTTOU are

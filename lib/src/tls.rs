@@ -125,15 +125,71 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
-/// A short reason for a TLS error (`certificate not trusted: UnknownIssuer`).
-pub fn reason(e: &io::Error) -> String {
+/// A short reason for a failed TLS handshake with `name` (the host connected to), in
+/// words: when a certificate expired, which names it is valid for. `trust_hint` says
+/// how to trust a certificate this client does not (it differs between HTTPS and
+/// PostgreSQL).
+pub fn reason(e: &io::Error, name: &str, trust_hint: &str) -> String {
     if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        return match inner {
-            rustls::Error::InvalidCertificate(c) => format!("TLS certificate rejected: {c:?} (use --insecure for a self-signed certificate, or SSL_CERT_FILE for its CA)"),
-            other => format!("TLS error: {other}"),
-        };
+        return error_reason(inner, name, trust_hint);
     }
-    format!("TLS handshake failed: {}", crate::error::io_reason(e))
+    format!(
+        "TLS handshake with {name} failed: {}",
+        crate::error::io_reason(e)
+    )
+}
+
+/// [`reason`] for a rustls error itself.
+pub fn error_reason(e: &rustls::Error, name: &str, trust_hint: &str) -> String {
+    let cert = format!("the TLS certificate of {name}");
+    let c = match e {
+        rustls::Error::InvalidCertificate(c) => c,
+        other => return format!("TLS error with {name}: {other}"),
+    };
+    match c {
+        CertificateError::ExpiredContext { time, not_after } => format!(
+            "{cert} expired on {} ({} ago): renew it on the server",
+            utc(not_after.as_secs()),
+            age(time.as_secs().saturating_sub(not_after.as_secs()))
+        ),
+        CertificateError::Expired => format!("{cert} has expired: renew it on the server"),
+        CertificateError::NotValidYetContext { time, not_before } => format!(
+            "{cert} is not valid before {} ({} from now): check this machine's clock and the certificate's dates",
+            utc(not_before.as_secs()),
+            age(not_before.as_secs().saturating_sub(time.as_secs()))
+        ),
+        CertificateError::NotValidYet => format!(
+            "{cert} is not valid yet: check this machine's clock and the certificate's dates"
+        ),
+        CertificateError::NotValidForNameContext { presented, .. } if !presented.is_empty() => {
+            format!(
+                "{cert} is not valid for {name}: it names {}",
+                presented.join(", ")
+            )
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            format!("{cert} is not valid for {name}")
+        }
+        CertificateError::UnknownIssuer => {
+            format!("{cert} is not trusted: its issuer is an unknown authority ({trust_hint})")
+        }
+        other => format!("{cert} was rejected: {other} ({trust_hint})"),
+    }
+}
+
+/// `2021-01-01 00:00:00 UTC`.
+fn utc(unix_secs: u64) -> String {
+    let t = crate::time::rfc3339(unix_secs.min(i64::MAX as u64) as i64, 0);
+    format!("{} UTC", t[..19].replace('T', " "))
+}
+
+/// `3 days`, or a shorter span as a duration.
+fn age(secs: u64) -> String {
+    match secs / 86400 {
+        0 => crate::duration::format(std::time::Duration::from_secs(secs)),
+        1 => "1 day".to_string(),
+        days => format!("{days} days"),
+    }
 }
 
 /// Accepts any certificate but still checks the handshake signatures.
@@ -426,5 +482,29 @@ mod tests {
         for n in [0, 1, 3, 10, c.len() - 1] {
             assert_eq!(server_end_point(&c[..n]), None);
         }
+    }
+
+    #[test]
+    fn certificate_errors_read_as_sentences() {
+        let expired = rustls::Error::InvalidCertificate(CertificateError::ExpiredContext {
+            time: UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+                1_609_459_200 + 3 * 86400,
+            )),
+            not_after: UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_609_459_200)),
+        });
+        assert_eq!(
+            error_reason(&expired, "db", "hint"),
+            "the TLS certificate of db expired on 2021-01-01 00:00:00 UTC (3 days ago): renew it on the server"
+        );
+        let name = rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+            expected: ServerName::try_from("db").unwrap(),
+            presented: vec!["localhost".into(), "127.0.0.1".into()],
+        });
+        assert_eq!(
+            error_reason(&name, "db", "hint"),
+            "the TLS certificate of db is not valid for db: it names localhost, 127.0.0.1"
+        );
+        let unknown = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        assert!(error_reason(&unknown, "db", "use X").ends_with("unknown authority (use X)"));
     }
 }

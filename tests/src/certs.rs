@@ -1,5 +1,6 @@
 //! A throwaway certificate authority and a server certificate for `localhost`,
-//! `127.0.0.1` and `::1`, written as PEM files, for HTTPS and PostgreSQL TLS tests.
+//! `127.0.0.1` and `::1`, written as PEM files, for HTTPS and PostgreSQL TLS tests;
+//! [`TestCa::expired`] makes one whose server certificate expired in 2021.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +20,15 @@ pub struct TestCa {
 
 impl TestCa {
     pub fn new() -> TestCa {
+        Self::make(false)
+    }
+
+    /// A CA whose server certificate was valid from 2020-01-01 to 2021-01-01 (UTC).
+    pub fn expired() -> TestCa {
+        Self::make(true)
+    }
+
+    fn make(expired: bool) -> TestCa {
         let dir = tempfile::tempdir().unwrap();
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -28,12 +38,16 @@ impl TestCa {
             .push(rcgen::DnType::CommonName, "dockhand test CA");
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec![
+        let mut params = CertificateParams::new(vec![
             "localhost".to_string(),
             "127.0.0.1".to_string(),
             "::1".to_string(),
         ])
         .unwrap();
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
         let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
         let write = |name: &str, text: &str| {
             let p = dir.path().join(name);

@@ -1,6 +1,6 @@
 //! Scripted HTTP(S) servers on 127.0.0.1 for probe tests: fixed status and body,
-//! chunked bodies, a server that accepts and never answers, and a record of the
-//! requests received.
+//! chunked bodies, a streaming endpoint that never ends its body, a server that
+//! accepts and never answers, and a record of the requests received.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,6 +17,9 @@ pub enum Behaviour {
     Chunked(Vec<String>),
     /// Accepts, reads, never answers.
     Hang,
+    /// Status 200 and the start of a body that never ends (server-sent events, a log
+    /// tail): `text`, then the connection stays open. Chunked, or read-until-close.
+    Stream { chunked: bool, text: String },
 }
 
 pub struct HttpServer {
@@ -136,6 +139,22 @@ fn handle<S: Read + Write>(
             r
         }
         Behaviour::Hang => {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return;
+        }
+        Behaviour::Stream { chunked, text } => {
+            let start = if *chunked {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{text}\r\n",
+                    text.len()
+                )
+            } else {
+                format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n{text}")
+            };
+            let _ = s.write_all(start.as_bytes());
+            let _ = s.flush();
             while !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(50));
             }

@@ -79,15 +79,21 @@ pub struct Postgres {
 impl Postgres {
     /// A running cluster without TLS.
     pub fn start() -> Postgres {
-        Self::create(false)
+        Self::create(None)
     }
 
     /// A running cluster with TLS enabled (certificate from a fresh [`TestCa`]).
     pub fn start_tls() -> Postgres {
-        Self::create(true)
+        Self::create(Some(TestCa::new()))
     }
 
-    fn create(tls: bool) -> Postgres {
+    /// A running cluster with TLS and the server certificate of `ca` (e.g.
+    /// [`TestCa::expired`]).
+    pub fn start_tls_with(ca: TestCa) -> Postgres {
+        Self::create(Some(ca))
+    }
+
+    fn create(ca: Option<TestCa>) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("dockhand-pg-")
             .tempdir()
@@ -104,7 +110,6 @@ impl Postgres {
             "listen_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nmax_connections = 200\nshared_buffers = 32MB\nlog_min_messages = warning\n",
             dir.path().display()
         );
-        let ca = tls.then(TestCa::new);
         if let Some(ca) = &ca {
             let (cert, key) = ca.install_server_files(&data);
             conf.push_str(&format!(

@@ -82,8 +82,26 @@ impl Namespace {
     }
 
     pub fn start_with(init: Init, app_args: &[&str], wait_ready: bool) -> Namespace {
+        Self::start_under(&[], init, app_args, wait_ready)
+    }
+
+    /// Like [`Namespace::start_with`], with `unshare` itself started by `parent` (e.g.
+    /// `env --ignore-signal=SEGV`), which sets what the init inherits.
+    pub fn start_under(
+        parent: &[&str],
+        init: Init,
+        app_args: &[&str],
+        wait_ready: bool,
+    ) -> Namespace {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new("unshare");
+        let mut cmd = match parent.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg("unshare");
+                c
+            }
+            None => Command::new("unshare"),
+        };
         cmd.args(["--pid", "--fork", "--mount-proc"])
             .env("ENTRYPOINT_FILE_VARS", "none")
             .args(init.argv())

@@ -1,14 +1,16 @@
 //! `entrypoint` start-up under hostile input and signals at every phase: `_FILE`
 //! variables that are plain paths, secret files holding NUL bytes, UTF-16 or naming a
 //! FIFO, signals while waiting, while chowning and while a migration command runs,
-//! and refinery files that refinery itself would skip. Each test failed before its fix.
+//! and refinery files that refinery itself would skip; a `--user` id the kernel reads
+//! as "no change", and the line naming a session that blocks a migration when the
+//! server hides its details. Each test failed before its fix.
 
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use dockhand_tests::bins::bin;
-use dockhand_tests::pg::Postgres;
+use dockhand_tests::pg::{bin_dir, Postgres};
 use dockhand_tests::run::{command, finish, run, Run};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -461,6 +463,154 @@ fn the_new_migration_flags_reject_bad_values() {
     assert_eq!(r.code, Some(2), "{}", r.output());
     assert!(
         r.stderr.contains("ENTRYPOINT_MIGRATE_ONLY"),
+        "{}",
+        r.output()
+    );
+}
+
+#[test]
+fn a_user_id_the_kernel_reads_as_no_change_is_refused_by_name() {
+    // 4294967295 is (uid_t)-1: setuid refuses it, and "must run as root" was wrong
+    for spec in ["4294967295", "4294967295:0", "1000:4294967295"] {
+        let r = entrypoint(&["--user", spec, "--", "true"], &[]);
+        assert_eq!(r.code, Some(2), "{spec}: {}", r.output());
+        assert!(
+            r.stderr.contains("4294967295") && !r.stderr.contains("must run as root"),
+            "{spec}: {}",
+            r.output()
+        );
+    }
+    // Root in a user namespace that maps only uid 0 (rootless Docker and Podman map a
+    // range): the kernel refuses uid 1000 although the entrypoint is root there.
+    let r = run(
+        command(
+            std::path::Path::new("unshare"),
+            &[
+                "--user",
+                "--map-root-user",
+                bin("entrypoint").to_str().unwrap(),
+                "--user",
+                "1000",
+                "--",
+                "true",
+            ],
+            &[],
+        ),
+        LONG,
+    );
+    assert_eq!(r.code, Some(126), "{}", r.output());
+    assert!(
+        r.stderr.contains("user namespace") && !r.stderr.contains("must run as root"),
+        "{}",
+        r.output()
+    );
+}
+
+/// A psql session of the superuser, over the Unix socket, named `app_name`, running
+/// `sql` until dropped.
+struct Blocker(Child);
+
+impl Blocker {
+    fn new(pg: &Postgres, app_name: &str, sql: &str) -> Blocker {
+        use std::io::Write;
+        let mut child = std::process::Command::new(bin_dir().join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-h"])
+            .arg(pg.dir.path())
+            .args(["-p", &pg.port.to_string(), "-d", "app"])
+            .env("PGAPPNAME", app_name)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.as_mut().unwrap();
+        stdin.write_all(sql.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+        let started = dockhand_tests::wait_until(LONG, || {
+            pg.psql(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app_name}' AND xact_start IS NOT NULL"
+            )) != "0"
+        });
+        assert!(started, "the blocking session did not start");
+        Blocker(child)
+    }
+}
+
+impl Drop for Blocker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_blocker_line_names_what_the_server_shows_and_what_it_hides() {
+    let pg = Postgres::start();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE orders (id int);");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("V1__note.sql"),
+        "ALTER TABLE orders ADD COLUMN note text;",
+    )
+    .unwrap();
+    let migrate = |pg: &Postgres| {
+        entrypoint(
+            &[
+                "--migrations",
+                dir.path().to_str().unwrap(),
+                "--ddl-lock-timeout",
+                "300ms",
+                "--lock-timeout",
+                "2s",
+                "--",
+                "true",
+            ],
+            &[("DIRECT_URL", &pg.url())],
+        )
+    };
+    let sql = "BEGIN; SELECT count(*) FROM orders; SELECT pg_sleep(60); COMMIT;";
+    // Another role's session, without pg_read_all_stats: its role and name are
+    // visible, its address, state, transaction and query are not (they were printed
+    // as "from local, , in a transaction for 0s").
+    // (its backend outlives psql in pg_sleep: ended here, so the next part sees one)
+    let end_blocker = |pg: &Postgres| {
+        pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'nightly-dump'")
+    };
+    let blocker = Blocker::new(&pg, "nightly-dump", sql);
+    let r = migrate(&pg);
+    drop(blocker);
+    end_blocker(&pg);
+    assert_eq!(r.code, Some(4), "{}", r.output());
+    assert!(
+        r.stderr.contains("\"nightly-dump\"")
+            && r.stderr.contains("role postgres")
+            && r.stderr.contains("GRANT pg_read_all_stats TO app"),
+        "{}",
+        r.output()
+    );
+    assert!(
+        !r.stderr.contains(", ,") && !r.stderr.contains("for 0s"),
+        "{}",
+        r.output()
+    );
+    // With the grant: how it is connected, its state, the age of its transaction
+    // and its query.
+    pg.psql("GRANT pg_read_all_stats TO app");
+    let blocker = Blocker::new(&pg, "nightly-dump", sql);
+    let r = migrate(&pg);
+    drop(blocker);
+    end_blocker(&pg);
+    assert_eq!(r.code, Some(4), "{}", r.output());
+    assert!(
+        r.stderr.contains("over a Unix socket")
+            && r.stderr.contains("active")
+            && r.stderr.contains("in a transaction for ")
+            && r.stderr.contains("pg_sleep"),
+        "{}",
+        r.output()
+    );
+    assert!(
+        !r.stderr.contains("for 0s") && !r.stderr.contains("GRANT"),
         "{}",
         r.output()
     );

@@ -1,10 +1,12 @@
 //! `healthcheck` under hostile input and misbehaving peers: passwords holding
 //! unencoded URL delimiters, servers that echo secrets, lie about chunk sizes, answer
 //! in Latin-1 or with bare LF, header injection, unbounded output, a full stdout, and
-//! hosts files and CA files that are FIFOs or devices. Each test failed before its fix.
+//! hosts files and CA files that are FIFOs or devices; and the reasons printed for a
+//! missing password, a server without TLS, an expired certificate, a streaming body and
+//! a Redis at maxclients. Each test failed before its fix.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use dockhand_tests::bins::bin;
@@ -421,4 +423,148 @@ fn hosts_and_ca_files_that_are_fifos_or_devices_do_not_hang_or_grow() {
         &[("DOCKHAND_HOSTS", hosts.to_str().unwrap())],
     );
     assert_eq!(r.code, Some(0), "{}", r.output());
+}
+
+// ---- reasons that say what is wrong ------------------------------------------------
+
+#[test]
+fn a_postgres_target_without_a_password_names_the_settings_that_give_one() {
+    let pg = Postgres::start();
+    let r = healthcheck(&[&format!("postgres://app@127.0.0.1:{}/app", pg.port)], &[]);
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    assert!(
+        r.stdout.contains("no password")
+            && r.stdout.contains("PGPASSWORD")
+            && !r.stdout.contains("invalid configuration"),
+        "{}",
+        r.output()
+    );
+    // waiting for it cannot help: the entrypoint's wait stops at once with the reason
+    let r = run(
+        command(
+            &bin("entrypoint"),
+            &["--wait", "postgres", "--wait-timeout", "1h", "--", "true"],
+            &[(
+                "DIRECT_URL",
+                &format!("postgres://app@127.0.0.1:{}/app", pg.port),
+            )],
+        ),
+        LONG,
+    );
+    assert_eq!(r.code, Some(3), "{}", r.output());
+    assert!(r.stderr.contains("PGPASSWORD"), "{}", r.output());
+}
+
+#[test]
+fn sslmode_require_against_a_server_without_tls_says_the_server_has_none() {
+    let pg = Postgres::start();
+    for mode in ["require", "verify-full"] {
+        let r = healthcheck(&[&format!("{}?sslmode={mode}", pg.url())], &[]);
+        assert_eq!(r.code, Some(1), "{}", r.output());
+        assert!(
+            r.stdout.contains("does not support TLS") && r.stdout.contains("sslmode"),
+            "{mode}: {}",
+            r.output()
+        );
+        r.assert_no_secret(&pg.password);
+    }
+}
+
+#[test]
+fn an_expired_certificate_says_when_it_expired_and_for_which_name() {
+    let ca = TestCa::expired();
+    let server = HttpServer::start_tls(
+        Behaviour::Fixed {
+            status: 200,
+            body: "ok".into(),
+        },
+        ca.server_config(),
+    );
+    let r = healthcheck(
+        &[&format!("https://localhost:{}/", server.port)],
+        &[("SSL_CERT_FILE", ca.ca_pem.to_str().unwrap())],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    assert!(
+        r.stdout
+            .contains("certificate of localhost expired on 2021-01-01")
+            && !r.stdout.contains("Context"),
+        "{}",
+        r.output()
+    );
+    // PostgreSQL with sslmode=verify-full: the same reason, for the host connected to
+    let pg = Postgres::start_tls_with(TestCa::expired());
+    let root = pg.ca.as_ref().unwrap().ca_pem.display().to_string();
+    let r = healthcheck(
+        &[&format!(
+            "{}?sslmode=verify-full&sslrootcert={root}",
+            pg.url()
+        )],
+        &[],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    assert!(
+        r.stdout
+            .contains("certificate of 127.0.0.1 expired on 2021-01-01"),
+        "{}",
+        r.output()
+    );
+    r.assert_no_secret(&pg.password);
+}
+
+#[test]
+fn expect_body_matches_a_streaming_body_as_it_arrives() {
+    for chunked in [false, true] {
+        let server = HttpServer::start(Behaviour::Stream {
+            chunked,
+            text: "event: status\ndata: ready\n\n".into(),
+        });
+        let url = format!("http://127.0.0.1:{}/events", server.port);
+        let r = healthcheck(&["-t", "10s", "--expect-body", "ready", &url], &[]);
+        assert_eq!(r.code, Some(0), "chunked {chunked}: {}", r.output());
+        // text that never comes: the reason says the status came, the text did not
+        let r = healthcheck(&["-t", "1s", "--expect-body", "never", &url], &[]);
+        assert_eq!(r.code, Some(1), "{}", r.output());
+        assert!(
+            r.stdout.contains("status 200")
+                && r.stdout.contains("\"never\"")
+                && !r.stdout.contains("no response"),
+            "chunked {chunked}: {}",
+            r.output()
+        );
+    }
+}
+
+#[test]
+fn a_redis_at_maxclients_shows_its_own_error() {
+    for password in [None, Some("RedisPw42")] {
+        let redis = Redis::start_with(password, &["--maxclients", "1"]);
+        // the one client it allows, registered before the probe comes (a connection
+        // that the harness's readiness check just closed may still hold the slot)
+        let mut holder = None;
+        assert!(dockhand_tests::wait_until(LONG, || {
+            let mut c = TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+            c.write_all(b"PING\r\n").unwrap();
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(c.try_clone().unwrap()).read_line(&mut line);
+            let admitted = line.starts_with("+PONG") || line.starts_with("-NOAUTH");
+            if admitted {
+                holder = Some(c);
+            }
+            admitted
+        }));
+        let url = match password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}", redis.port),
+            None => format!("redis://127.0.0.1:{}", redis.port),
+        };
+        let r = healthcheck(&[&url], &[]);
+        assert_eq!(r.code, Some(1), "{}", r.output());
+        assert!(
+            r.stdout.contains("max number of clients reached"),
+            "{password:?}: {}",
+            r.output()
+        );
+        r.assert_no_secret("RedisPw42");
+        drop(holder);
+    }
 }

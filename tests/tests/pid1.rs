@@ -349,3 +349,124 @@ fn ctrl_c_and_ctrl_z_on_a_terminal_behave_as_in_a_shell() {
     // group only (dumb-init stays in it itself: tests/reference_inits.rs).
     assert_eq!(foreground_groups(Init::dockhand(&[])), (true, false));
 }
+
+/// `env --ignore-signal=S...`: a parent that ignores `signals`.
+fn parent_ignoring(signals: &[&str]) -> Vec<String> {
+    let mut v = vec!["env".to_string()];
+    v.extend(signals.iter().map(|s| format!("--ignore-signal={s}")));
+    v
+}
+
+/// A field of /proc/self/status holding a signal mask (`SigIgn`, `SigBlk`).
+fn sigmask(status: &str, field: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no {field} line"))
+}
+
+#[test]
+fn signals_the_parent_ignored_or_blocked_reach_the_app_so_as_with_tini() {
+    // tini's own sigconf test: what the init's parent ignored or blocked, the app finds
+    // ignored or blocked, the fault signals (whose forwarding handler replaced the
+    // disposition) and SIGPIPE (which Rust's runtime sets to ignored in every
+    // program) included; nothing else.
+    let ignored = ["SEGV", "BUS", "FPE", "PIPE", "INT", "HUP"];
+    let blocked = ["TERM", "ILL", "USR2", "RTMIN+2"];
+    let neither = [
+        "ILL", "ABRT", "TRAP", "SYS", "TERM", "QUIT", "USR1", "TTOU", "XFSZ", "USR2", "RTMIN+2",
+        "SEGV", "PIPE", "INT",
+    ];
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let wait = format!("tcp://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let entrypoint = dockhand_tests::bins::bin("entrypoint")
+        .display()
+        .to_string();
+    let bit = |s: &str| 1u64 << (signum(&format!("SIG{s}")) - 1);
+    // tini (the reference), then the entrypoint straight to supervising, and with a
+    // start-up phase (after which it re-executes itself)
+    for init in [
+        vec!["tini", "--"],
+        vec![&entrypoint, "--"],
+        vec![&entrypoint, "--wait", &wait, "--"],
+    ] {
+        for parent_sets in [true, false] {
+            let mut parent = parent_ignoring(if parent_sets { &ignored } else { &[] });
+            if parent_sets {
+                parent.extend(blocked.iter().map(|s| format!("--block-signal={s}")));
+            }
+            let out = std::process::Command::new(&parent[0])
+                .args(&parent[1..])
+                .args(["unshare", "--pid", "--fork", "--mount-proc"])
+                .args(&init)
+                .args(["cat", "/proc/self/status"])
+                .env("ENTRYPOINT_FILE_VARS", "none")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{init:?}: {out:?}");
+            let status = String::from_utf8_lossy(&out.stdout);
+            for (field, set) in [("SigIgn", &ignored[..]), ("SigBlk", &blocked[..])] {
+                let mask = sigmask(&status, field);
+                let set = if parent_sets { set } else { &[][..] };
+                for s in neither.iter().chain(set) {
+                    assert_eq!(
+                        mask & bit(s) != 0,
+                        set.contains(s),
+                        "{init:?}, parent sets {parent_sets}: SIG{s} in {field} ({mask:x})"
+                    );
+                }
+            }
+        }
+    }
+    // what carried the blocked set through the re-execution is not the app's
+    let out = std::process::Command::new("env")
+        .arg("--block-signal=TERM")
+        .args([&entrypoint, "--wait", &wait, "--", "env"])
+        .env("ENTRYPOINT_FILE_VARS", "none")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("DOCKHAND"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn fault_signals_the_parent_ignored_are_still_forwarded_to_an_app_that_handles_them() {
+    let parent = parent_ignoring(&["SEGV", "BUS"]);
+    let parent: Vec<&str> = parent.iter().map(String::as_str).collect();
+    let mut ns = Namespace::start_under(&parent, Init::dockhand(&[]), &[], true);
+    ns.signal(Signal::SIGSEGV);
+    assert_eq!(
+        await_records(&ns, 1),
+        names(&["SIGSEGV"]),
+        "{}",
+        ns.stderr()
+    );
+    ns.signal(Signal::SIGBUS);
+    assert_eq!(await_records(&ns, 2), names(&["SIGSEGV", "SIGBUS"]));
+    ns.signal(Signal::SIGTERM);
+    assert_eq!(ns.wait(LONG), Some(0), "{}", ns.stderr());
+}
+
+#[test]
+fn rewrite_given_twice_for_one_signal_keeps_the_last_as_dumb_init_does() {
+    for init in [
+        Init::dumb_init(&["--single-child", "--rewrite", "10:1", "--rewrite", "10:12"]),
+        Init::dockhand(&["--rewrite", "USR1:HUP", "--rewrite", "USR1:USR2"]),
+    ] {
+        let mut ns = Namespace::start(init.clone(), &[]);
+        ns.signal(Signal::SIGUSR1);
+        assert_eq!(
+            await_records(&ns, 1),
+            names(&["SIGUSR2"]),
+            "{}: {}",
+            init.name(),
+            ns.stderr()
+        );
+        ns.signal(Signal::SIGTERM);
+        assert_eq!(ns.wait(LONG), Some(0), "{}", ns.stderr());
+    }
+}

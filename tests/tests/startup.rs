@@ -129,7 +129,7 @@ fn waits_over_tls() {
         &[("DIRECT_URL", &bad)],
     );
     assert_eq!(r.code, Some(3), "{}", r.stderr);
-    assert!(r.stderr.contains("UnknownIssuer"), "{}", r.stderr);
+    assert!(r.stderr.contains("is not trusted"), "{}", r.stderr);
     assert_no_secret(&r, &pg.password);
 }
 
@@ -977,4 +977,28 @@ fn the_urls_prisma_and_node_postgres_users_write_work_for_every_binary() {
         assert!(r.stderr.contains(says), "{hostile}: {}", r.output());
         assert_no_secret(&r, &pg.password);
     }
+}
+
+#[test]
+fn remap_exit_given_twice_for_one_status_keeps_the_last() {
+    let r = run(
+        &[
+            "--remap-exit",
+            "3:4",
+            "--remap-exit",
+            "3:5",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(5), "{}", r.output());
+    // the list in the variable likewise
+    let r = run(
+        &["--", "sh", "-c", "exit 3"],
+        &[("ENTRYPOINT_REMAP_EXIT", "3:4,3:6")],
+    );
+    assert_eq!(r.code, Some(6), "{}", r.output());
 }

@@ -121,7 +121,7 @@ pub static TABLE: &[Setting] = &[
     Setting::list(
         "rewrite",
         "FROM:TO",
-        "send TO when FROM arrives, e.g. `TERM:QUIT` for nginx; `TO`=`0` drops FROM. Names (`TERM`, `SIGUSR1`, `RTMIN+3`) or numbers; repeatable",
+        "send TO when FROM arrives, e.g. `TERM:QUIT` for nginx; `TO`=`0` drops FROM. Names (`TERM`, `SIGUSR1`, `RTMIN+3`) or numbers; repeatable, and a later FROM replaces an earlier one (as in dumb-init)",
     )
     .env("ENTRYPOINT_REWRITE")
     .env_shown("`ENTRYPOINT_REWRITE` (comma-separated)")
@@ -145,7 +145,7 @@ pub static TABLE: &[Setting] = &[
     Setting::list(
         "remap-exit",
         "FROM:TO",
-        "exit TO when the app's status is FROM, e.g. `143:0` (like `tini -e 143`); repeatable",
+        "exit TO when the app's status is FROM, e.g. `143:0` (like `tini -e 143`); repeatable, and a later FROM replaces an earlier one",
     )
     .env("ENTRYPOINT_REMAP_EXIT")
     .env_shown("`ENTRYPOINT_REMAP_EXIT` (comma-separated)")
@@ -235,17 +235,32 @@ fn command_from(m: &Matches) -> Result<Command, ConfigError> {
     })
 }
 
+/// A FROM:TO table where a later FROM replaces an earlier one, as dumb-init's
+/// `--rewrite` does (its table is indexed by FROM): `--rewrite USR1:HUP` in an image
+/// and `--rewrite USR1:USR2` added on `docker run` means USR2.
+fn last_wins(
+    pairs: impl Iterator<Item = Result<(i32, i32), ConfigError>>,
+) -> Result<Vec<(i32, i32)>, ConfigError> {
+    let mut table: Vec<(i32, i32)> = Vec::new();
+    for pair in pairs {
+        let (from, to) = pair?;
+        table.retain(|(f, _)| *f != from);
+        table.push((from, to));
+    }
+    Ok(table)
+}
+
 fn plan_and_options(m: &Matches) -> Result<(Plan, Options), ConfigError> {
-    let rewrite = m
-        .list("rewrite")?
-        .iter()
-        .map(|r| parse_pair(r, "--rewrite", |s| crate::signals::parse_signal(s, true)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let remap_exit = m
-        .list("remap-exit")?
-        .iter()
-        .map(|r| parse_pair(r, "--remap-exit", crate::process::parse_exit_code))
-        .collect::<Result<Vec<_>, _>>()?;
+    let rewrite = last_wins(
+        m.list("rewrite")?
+            .iter()
+            .map(|r| parse_pair(r, "--rewrite", |s| crate::signals::parse_signal(s, true))),
+    )?;
+    let remap_exit = last_wins(
+        m.list("remap-exit")?
+            .iter()
+            .map(|r| parse_pair(r, "--remap-exit", crate::process::parse_exit_code)),
+    )?;
     let user = m
         .string("user")?
         .map(|u| crate::privileges::resolve(&u).map_err(|e| e.context("--user")))

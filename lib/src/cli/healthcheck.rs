@@ -33,7 +33,7 @@ pub static TABLE: &[Setting] = &[
     Setting::value(
         "expect-body",
         "TEXT",
-        "the HTTP body (first 1 MiB) must contain TEXT",
+        "the HTTP body (first 1 MiB) must contain TEXT; it is read only until it does, so a body that never ends (server-sent events) works",
     )
     .env("HEALTHCHECK_EXPECT_BODY"),
     Setting::list(

@@ -735,46 +735,23 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// Polls, every 250 ms, which sessions block `pid`, and keeps the latest answer as one
-/// line: pid, application, address, state, transaction age, the start of the query
-/// (string literals masked, passwords redacted). Never completes.
+/// line ([`crate::pg::Blocker::describe`], string literals masked, passwords
+/// redacted). Never completes.
 async fn watch_blockers(watcher: Option<&Client>, pid: i32, out: &std::cell::RefCell<String>) {
     let Some(c) = watcher.filter(|_| pid > 0) else {
         return std::future::pending().await;
     };
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let Ok(rows) = c
-            .query_typed(
-                "SELECT pid, coalesce(application_name, ''), coalesce(host(client_addr), 'local'), coalesce(state, ''), \
-                 coalesce(extract(epoch FROM now() - xact_start)::bigint, 0), left(coalesce(query, ''), 120) \
-                 FROM pg_stat_activity WHERE pid = ANY(pg_blocking_pids($1))",
-                &[(&pid, Type::INT4)],
-            )
-            .await
-        else {
+        let Ok(found) = crate::pg::blockers(c, pid).await else {
             continue;
         };
-        if rows.is_empty() {
+        if found.is_empty() {
             continue;
         }
-        let text = rows
+        let text = found
             .iter()
-            .map(|r| {
-                let app: String = r.get(1);
-                format!(
-                    "backend {}{} from {}, {}, in a transaction for {}s, running {:?}",
-                    r.get::<_, i32>(0),
-                    if app.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" \"{app}\"")
-                    },
-                    r.get::<_, String>(2),
-                    r.get::<_, String>(3),
-                    r.get::<_, i64>(4),
-                    mask_literals(&r.get::<_, String>(5))
-                )
-            })
+            .map(|b| b.describe(mask_literals))
             .collect::<Vec<_>>()
             .join("; ");
         *out.borrow_mut() = crate::redact::text(&text);
