@@ -29,7 +29,8 @@ use std::path::Path;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
-use super::{db_fail, err, MigrateError};
+use super::failure::{db_error_text, db_fail, err, MigrateError};
+use super::script::{checksum_matches, read_script};
 use crate::pg::classify;
 
 /// One migration of either layout.
@@ -73,7 +74,7 @@ pub fn load(dir: &Path) -> Result<Vec<Entry>, MigrateError> {
                 journal_path.display()
             ))
         })?;
-        let (sql, hash) = super::read_script(&dir.join(format!("{tag}.sql")), "")?;
+        let (sql, hash) = read_script(&dir.join(format!("{tag}.sql")), "")?;
         out.push(Entry {
             name: tag.to_string(),
             millis: when,
@@ -156,7 +157,7 @@ pub fn load_v1(dir: &Path) -> Result<Vec<Entry>, MigrateError> {
                     dir.display()
                 ))
             })?;
-        let (sql, hash) = super::read_script(&path, "")?;
+        let (sql, hash) = read_script(&path, "")?;
         out.push(Entry {
             name,
             millis,
@@ -313,7 +314,7 @@ pub fn warn_changed(entries: &[Entry], rows: &[Row], v1: bool) {
     for e in entries {
         if let Some(r) = row_of(e) {
             accounted.insert(r.id);
-            if !super::prisma::checksum_matches(&e.sql, &r.hash) {
+            if !checksum_matches(&e.sql, &r.hash) {
                 tracing::warn!(
                     "drizzle migration {} was changed after it was applied (its sha256 differs from the one recorded in drizzle.__drizzle_migrations); the change is not applied: put it in a new migration",
                     e.name
@@ -394,7 +395,7 @@ pub async fn apply(
                         &format!(
                             "migration {} failed: {}",
                             entry.name,
-                            super::db_error_text(&e, Some(stmt), line)
+                            db_error_text(&e, Some(stmt), line)
                         ),
                     )
                 })?;

@@ -52,8 +52,10 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
+pub use failure::{db_error_text, MigrateError, MigrateKind};
+use failure::{db_fail, err};
+
 use crate::config::{invalid, ConfigError};
-use crate::error::{Error, Kind};
 use crate::pg::{classify, PgTarget};
 use crate::privileges::Credentials;
 use crate::process::ChildGroup;
@@ -123,66 +125,6 @@ pub struct Options {
     pub user: Option<Credentials>,
     /// Where a running `Source::Command` is recorded, so a stop signal reaches it.
     pub running: ChildGroup,
-}
-
-/// How a migration phase failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MigrateKind {
-    /// A migration, the history table or the connection failed (exit 4).
-    Failed,
-    /// A statement gave up waiting for a lock held by live traffic (`--ddl-lock-timeout`):
-    /// the attempt was rolled back and is retried until `--lock-timeout`.
-    LockTimeout,
-}
-
-impl Kind for MigrateKind {
-    fn exit_code(self) -> u8 {
-        4
-    }
-}
-
-/// A failed migration phase; the message names what failed and the server's error.
-pub type MigrateError = Error<MigrateKind>;
-
-fn err(msg: impl Into<String>) -> MigrateError {
-    MigrateError::new(MigrateKind::Failed, crate::redact::text(&msg.into()))
-}
-
-/// Sorts a server error: SQLSTATE 55P03 (`lock_not_available`, what `lock_timeout`
-/// raises) is a lock timeout, anything else a failure with `what` as the message.
-pub(crate) fn db_fail(e: &tokio_postgres::Error, what: &str) -> MigrateError {
-    if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
-        MigrateError::new(MigrateKind::LockTimeout, crate::redact::text(what))
-    } else if what.contains(": ") || what.contains("failed") {
-        err(what)
-    } else {
-        err(format!("{what}: {}", classify(e)))
-    }
-}
-
-/// Lowercase hex SHA-256 (the checksum Prisma and drizzle record).
-pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Reads a migration file: its text and the lowercase hex SHA-256 of its bytes as they
-/// are (what drizzle and Prisma record). `hint` is added to a read error.
-pub(crate) fn read_script(path: &Path, hint: &str) -> Result<(String, String), MigrateError> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        err(format!(
-            "{}: {}{hint}",
-            path.display(),
-            crate::error::io_reason(&e)
-        ))
-    })?;
-    let checksum = hex_sha256(&bytes);
-    let text =
-        String::from_utf8(bytes).map_err(|_| err(format!("{}: not UTF-8", path.display())))?;
-    Ok((text, checksum))
 }
 
 /// The migration URL: `DIRECT_URL`, else `DATABASE_URL` with a warning. Warns when both
@@ -1076,46 +1018,6 @@ fn refinery_error(e: &refinery::Error, migrations: &[refinery::Migration]) -> Mi
     }
 }
 
-/// The server's error with SQLSTATE and, when the SQL is known, the line it points at.
-/// `line_offset` is added to the line (a statement inside a larger file).
-pub fn db_error_text(e: &tokio_postgres::Error, sql: Option<&str>, line_offset: usize) -> String {
-    let Some(db) = e.as_db_error() else {
-        return classify(e).message().to_string();
-    };
-    let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-    if let Some(tokio_postgres::error::ErrorPosition::Original(pos)) = db.position() {
-        match sql {
-            Some(sql) => {
-                let upto: String = sql
-                    .chars()
-                    .take((*pos as usize).saturating_sub(1))
-                    .collect();
-                let line = upto.matches('\n').count() + 1 + line_offset;
-                let col = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-                s.push_str(&format!(" at line {line}, column {col}"));
-            }
-            None => s.push_str(&format!(" at character {pos}")),
-        }
-    }
-    if let Some(d) = db.detail() {
-        s.push_str(&format!("; {d}"));
-    }
-    s.push_str(transaction_hint(db.code()));
-    s
-}
-
-/// What to do about a statement that cannot run where the migration tool runs it.
-fn transaction_hint(code: &tokio_postgres::error::SqlState) -> &'static str {
-    use tokio_postgres::error::SqlState;
-    if *code == SqlState::ACTIVE_SQL_TRANSACTION {
-        "; Prisma runs a migration outside a transaction only when its file holds that statement alone; refinery runs every migration in a transaction and drizzle all pending ones in one (as those tools do), so there use its plain form (CREATE INDEX without CONCURRENTLY) or run it separately"
-    } else if code.code() == "55P04" {
-        "; a value added with ALTER TYPE ... ADD VALUE cannot be used in the transaction that added it: use it in a later migration, applied in a later run (drizzle applies all pending migrations in one transaction)"
-    } else {
-        ""
-    }
-}
-
 /// Splits a command line into words like a shell (quotes, backslashes), without any
 /// expansion: `pnpm db:migrate`, `sh -c 'npx prisma migrate deploy'`.
 pub fn split_command(s: &str) -> Result<Vec<String>, ConfigError> {
@@ -1239,7 +1141,9 @@ async fn run_command(
 }
 
 pub mod drizzle;
+pub mod failure;
 pub mod prisma;
+pub mod script;
 pub mod sql;
 
 #[cfg(test)]

@@ -31,7 +31,9 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
-use super::{db_fail, err, sql, MigrateError, MigrateKind};
+use super::failure::{db_error_text, db_fail, err, MigrateError, MigrateKind};
+use super::script::{checksum_matches, read_script};
+use super::sql;
 use crate::pg::{classify, PgTarget};
 
 /// Prisma Migrate's advisory lock key.
@@ -83,7 +85,7 @@ pub fn load(dir: &Path) -> Result<Vec<Migration>, MigrateError> {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path().join("migration.sql");
         let (script, checksum) =
-            super::read_script(&path, " (every migration folder needs its migration.sql)")?;
+            read_script(&path, " (every migration folder needs its migration.sql)")?;
         out.push(Migration {
             name,
             script,
@@ -248,19 +250,6 @@ pub(crate) fn warn_changed(migrations: &[Migration], rows: &[Row]) {
             }
         }
     }
-}
-
-/// Prisma's `script_matches_checksum`: the file as it is, or with its line endings
-/// converted either way.
-pub(crate) fn checksum_matches(script: &str, checksum: &str) -> bool {
-    let variants = [
-        script.to_string(),
-        script.replace("\r\n", "\n"),
-        script.replace("\r\n", "\n").replace('\n', "\r\n"),
-    ];
-    variants
-        .iter()
-        .any(|v| super::hex_sha256(v.as_bytes()) == checksum)
 }
 
 /// The schema Prisma migrates for this URL: its `schema` parameter, else `public`
@@ -585,7 +574,7 @@ async fn apply_script(
                 &format!(
                     "migration {} failed: {}",
                     m.name,
-                    super::db_error_text(&e, Some(&m.script), 0)
+                    db_error_text(&e, Some(&m.script), 0)
                 ),
             );
             if failure.kind() == MigrateKind::LockTimeout && atomic {
@@ -646,8 +635,8 @@ mod tests {
     fn checksums_accept_either_line_ending() {
         let lf = "CREATE TABLE a (id int);\nSELECT 1;\n";
         let crlf = lf.replace('\n', "\r\n");
-        let sum_lf = crate::migrate::hex_sha256(lf.as_bytes());
-        let sum_crlf = crate::migrate::hex_sha256(crlf.as_bytes());
+        let sum_lf = crate::migrate::script::hex_sha256(lf.as_bytes());
+        let sum_crlf = crate::migrate::script::hex_sha256(crlf.as_bytes());
         assert!(checksum_matches(lf, &sum_lf) && checksum_matches(&crlf, &sum_crlf));
         assert!(checksum_matches(&crlf, &sum_lf) && checksum_matches(lf, &sum_crlf));
         assert!(!checksum_matches("other", &sum_lf));
