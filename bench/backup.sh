@@ -3,8 +3,8 @@
 # several hundred MB (real PostgreSQL from the test harness, moto as the S3 server):
 # `backup now` to a folder and to S3 against pg_dump to /dev/null (the limit),
 # `pg_dump | gzip` (what sidecars do today), `pg_dump -Fc` and `pg_dump | zstd`;
-# peak memory on that database and one 4x larger; `backup restore` against
-# `pg_restore` from a local file. BENCH_BACKUP_MB sets the size (default 500).
+# peak memory on that database and one 4x larger; `backup restore --jobs 1` and
+# `--jobs 2` against `pg_restore -d` and `pg_restore -j 2 -d` from an uncompressed file. BENCH_BACKUP_MB sets the size (default 500).
 # Writes the "backup" section of bench/RESULTS.md.
 . "$(dirname "$0")/../scripts/lib.sh"
 . "$ROOT/bench/lib.sh"
