@@ -79,7 +79,8 @@ impl Config {
     }
 }
 
-/// One phase's figures.
+/// One phase's figures. Latencies are those of `/` (the `/slow` requests, there to be
+/// in flight when a task stops, wait 200 ms on purpose); counts include both.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Phase {
     pub name: String,
@@ -226,7 +227,14 @@ struct Book {
 }
 
 impl Book {
-    fn record(&mut self, phase: &str, started: Instant, task: Option<IpAddr>, outcome: &Outcome) {
+    fn record(
+        &mut self,
+        phase: &str,
+        started: Instant,
+        slow: bool,
+        task: Option<IpAddr>,
+        outcome: &Outcome,
+    ) {
         if !self.tallies.contains_key(phase) {
             self.order.push(phase.to_string());
         }
@@ -235,8 +243,10 @@ impl Book {
         t.sent += 1;
         t.first.get_or_insert(started);
         t.last = Some(now);
-        t.latencies_us
-            .push((now - started).as_micros().min(u128::from(u32::MAX)) as u32);
+        if !slow {
+            t.latencies_us
+                .push((now - started).as_micros().min(u128::from(u32::MAX)) as u32);
+        }
         if let Some(ip) = task {
             *t.tasks.entry(ip.to_string()).or_default() += 1;
         }
@@ -344,11 +354,8 @@ fn worker(
             return;
         }
         n += 1;
-        let path = if cfg.slow_every > 0 && n % cfg.slow_every == 0 {
-            "/slow"
-        } else {
-            "/"
-        };
+        let slow = cfg.slow_every > 0 && n % cfg.slow_every == 0;
+        let path = if slow { "/slow" } else { "/" };
         let started = Instant::now();
         if conn.as_ref().is_some_and(|c| started >= c.until) {
             conn = None;
@@ -357,9 +364,13 @@ fn worker(
             match connect(cfg, dns, &mut pick, w) {
                 Ok(c) => conn = Some(c),
                 Err((kind, peer)) => {
-                    book.lock()
-                        .unwrap()
-                        .record(&current, started, peer, &Outcome::Failed(kind));
+                    book.lock().unwrap().record(
+                        &current,
+                        started,
+                        slow,
+                        peer,
+                        &Outcome::Failed(kind),
+                    );
                     continue;
                 }
             }
@@ -396,7 +407,7 @@ fn worker(
         }
         book.lock()
             .unwrap()
-            .record(&current, started, Some(peer), &outcome);
+            .record(&current, started, slow, Some(peer), &outcome);
     }
 }
 
