@@ -263,6 +263,23 @@ impl Load {
         }
     }
 
+    /// Until requests reach every app task (a container just attached to the overlay
+    /// network may first resolve nothing, or only some tasks, for a moment) and every
+    /// connection made meanwhile has been replaced.
+    fn warm_up(&self) {
+        let every = dockhand_tests::wait_until(LONG, || {
+            self.progress("warmup")
+                .is_some_and(|p| p.ok >= 200 && p.tasks.len() >= 3)
+        });
+        assert!(
+            every,
+            "the load never reached 3 tasks: {:?}",
+            self.progress("warmup")
+        );
+        self.phase("warmup-2");
+        std::thread::sleep(Duration::from_secs(15));
+    }
+
     fn phase(&self, name: &str) {
         let tmp = self.ctl.path().join("phase.tmp");
         std::fs::write(&tmp, name).unwrap();
@@ -416,7 +433,7 @@ fn rolling_updates_lose_no_request() {
     );
 
     let load = Load::start(&format!("{name}_default"), &node, &[]);
-    load.at_least("warmup", 200);
+    load.warm_up();
 
     // steady state
     load.phase("steady");
@@ -537,7 +554,7 @@ fn rolling_updates_lose_no_request() {
     println!("{table}");
     for p in phases
         .iter()
-        .filter(|p| p.name != "warmup" && !p.name.starts_with("cause-"))
+        .filter(|p| !p.name.starts_with("warmup") && !p.name.starts_with("cause-"))
     {
         assert!(p.sent >= PER_PHASE, "{}", p.line());
         assert_eq!(p.failed, 0, "failed requests: {}", p.line());
@@ -571,7 +588,7 @@ fn report(phases: &[Phase], rollout: Duration) -> String {
     let mut s = String::from(
         "| phase | requests | failed | req/s | p50 | p99 | max | served by |\n|---|---:|---:|---:|---:|---:|---:|---|\n",
     );
-    for p in phases.iter().filter(|p| p.name != "warmup") {
+    for p in phases.iter().filter(|p| !p.name.starts_with("warmup")) {
         let versions = p
             .versions
             .iter()
@@ -610,6 +627,7 @@ fn causes(
     load: &Load,
     network: &str,
 ) -> String {
+    load.phase("cause-build");
     // the app without draining (the compose example's shutdown: http's close drops idle
     // kept-alive connections at once), and one that exits at once on SIGTERM
     let variant = |tag: &str, handler: &str| {
@@ -640,7 +658,7 @@ fn causes(
     );
     let exits = variant("v2-exits", "process.exit(0)");
     let caching = Load::start(network, node, &["--rate", "200", "--dns-cache-ms", "5000"]);
-    caching.at_least("warmup", 100);
+    caching.warm_up();
     let labels = [
         "as configured: --stop-delay 5s, the app drains",
         "without --stop-delay",
