@@ -2,6 +2,7 @@
 //! [`unavailable`] first: without one it fails, unless the run names `docker` in
 //! `DOCKHAND_SKIP` (see [`crate::skip`]).
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// True when the test must return at once: no Docker engine answers and the run
@@ -92,4 +93,68 @@ impl Drop for Guard {
             .args(["rmi", "-f", &self.image])
             .output();
     }
+}
+
+/// Builds the local stand-ins for the public images the examples name
+/// (scripts/test-images/build; no registry here) and returns them as
+/// (`POSTGRES_IMAGE`, tag) pairs and so on, ready to pass as environment.
+pub fn test_images() -> Vec<(String, String)> {
+    let out = Command::new(crate::bins::root().join("scripts/test-images/build"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/test-images/build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// A copy of the example stack `example` in `work`, with what the user does before
+/// `up` other than secrets: `npm ci` in its app (here: the drizzle fixture's
+/// node_modules, pg and drizzle-orm).
+pub fn stack(example: &str, work: &Path) -> PathBuf {
+    let dir = work.join("stack");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(crate::bins::root().join(example))
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success());
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/drizzle-app/node_modules.tar.zst");
+    assert!(Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -dc '{}' | tar -C '{}' -xf -",
+            fixture.display(),
+            dir.join("app").display()
+        ))
+        .status()
+        .unwrap()
+        .success());
+    dir
+}
+
+/// The host's address on docker0, where containers reach the host (host-gateway) and
+/// where a single-node swarm advertises itself.
+pub fn docker0_address() -> String {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "docker0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .expect("docker0 has no IPv4 address")
+        .to_string()
 }

@@ -21,6 +21,7 @@ pub mod certs;
 pub mod docker;
 pub mod faulty;
 pub mod http;
+pub mod load;
 pub mod pg;
 pub mod pgbouncer;
 pub mod pid1;

@@ -5,30 +5,13 @@
 //! serves as the unprivileged `node` user, turns healthy, and `docker-compose stop`
 //! ends it with exit 0, well within the stop timeout. No password in any log.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dockhand_tests::bins::root;
-use dockhand_tests::docker::{docker_text, dockhand_image, unavailable};
-
-fn images() -> Vec<(String, String)> {
-    let out = Command::new(root().join("scripts/test-images/build"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "scripts/test-images/build: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect()
-}
+use dockhand_tests::docker::{
+    docker0_address, docker_text, dockhand_image, stack, test_images as images, unavailable,
+};
 
 struct Project {
     dir: std::path::PathBuf,
@@ -67,33 +50,6 @@ impl Drop for Project {
     fn drop(&mut self) {
         let _ = self.compose(&["down", "-v", "--rmi", "local", "-t", "1"]);
     }
-}
-
-/// A copy of the example stack `example` in `work`, with what the user does before
-/// `up` other than secrets: `npm ci` in its app (here: the drizzle fixture's
-/// node_modules, pg and drizzle-orm).
-fn stack(example: &str, work: &Path) -> PathBuf {
-    let dir = work.join("stack");
-    assert!(Command::new("cp")
-        .arg("-a")
-        .arg(root().join(example))
-        .arg(&dir)
-        .status()
-        .unwrap()
-        .success());
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/drizzle-app/node_modules.tar.zst");
-    assert!(Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "zstd -dc '{}' | tar -C '{}' -xf -",
-            fixture.display(),
-            dir.join("app").display()
-        ))
-        .status()
-        .unwrap()
-        .success());
-    dir
 }
 
 #[test]
@@ -163,20 +119,6 @@ struct HostS3 {
     endpoint_for_containers: String,
     host_url: String,
     _moto: dockhand_tests::proc::Service,
-}
-
-fn docker0_address() -> String {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "docker0"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .expect("docker0 has no IPv4 address")
-        .to_string()
 }
 
 fn host_s3() -> HostS3 {
