@@ -285,8 +285,14 @@ pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
         },
         pending.saturating_sub(failed)
     ));
-    use std::io::Write;
-    let _ = std::io::stdout().write_all(out.as_bytes());
+    // A closed pipe or a full disk must not hide the answer: the exit status (pending
+    // or not) still says it; a write failure is said on stderr.
+    if let crate::output::Written::Failed(e) = crate::output::stdout(&out) {
+        tracing::warn!(
+            "cannot write the status to stdout: {}",
+            crate::error::io_reason(&e)
+        );
+    }
     Ok(pending)
 }
 

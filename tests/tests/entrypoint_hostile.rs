@@ -615,3 +615,55 @@ fn a_blocker_line_names_what_the_server_shows_and_what_it_hides() {
         r.output()
     );
 }
+
+/// A command whose answer cannot be written ends as ripgrep's do: a reader that went
+/// away is a quiet success, a full disk is exit 1 with a message; never the panic
+/// hook's "internal error" (which `print!` reached before, exit 2).
+#[test]
+fn help_and_listings_on_a_closed_or_full_stdout() {
+    let folder = tempfile::tempdir().unwrap();
+    let dir = folder.path().to_str().unwrap();
+    let cases: [(&str, &[&str], &[(&str, &str)]); 5] = [
+        ("entrypoint", &["--help"], &[]),
+        ("entrypoint", &["--version"], &[]),
+        ("backup", &["--help"], &[]),
+        ("backup", &["--version"], &[]),
+        ("backup", &["list"], &[("BACKUP_DIR", dir)]),
+    ];
+    for (binary, args, env) in cases {
+        // full: /dev/full takes nothing
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let mut cmd = command(&bin(binary), args, env);
+        cmd.stdout(full);
+        let r = run(cmd, Duration::from_secs(30));
+        assert_eq!(
+            r.code,
+            Some(1),
+            "{binary} {args:?} > /dev/full: {}",
+            r.output()
+        );
+        assert!(
+            r.stderr
+                .contains("cannot write to stdout: no space left on device")
+                && !r.stderr.contains("internal error"),
+            "{binary} {args:?}: {}",
+            r.output()
+        );
+        // closed: the reader is gone before anything is written
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut cmd = command(&bin(binary), args, env);
+        cmd.stdout(writer);
+        let r = run(cmd, Duration::from_secs(30));
+        assert_eq!(
+            r.code,
+            Some(0),
+            "{binary} {args:?} | (closed): {}",
+            r.output()
+        );
+        assert_eq!(r.stderr, "", "{binary} {args:?}");
+    }
+}

@@ -56,12 +56,11 @@ fn main() -> ExitCode {
             Err(f) => fail(&f.message, f.code),
         },
         Ok(Parsed::Help) => {
-            print!("{}", backup::help());
-            ExitCode::SUCCESS
+            ExitCode::from(dockhand::output::stdout(&backup::help()).exit_code("backup"))
         }
         Ok(Parsed::Version) => {
-            println!("backup {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+            let version = concat!("backup ", env!("CARGO_PKG_VERSION"), "\n");
+            ExitCode::from(dockhand::output::stdout(version).exit_code("backup"))
         }
         Err(e) => fail(&format!("{}\nTry 'backup --help'.", e.message()), 2),
     }

@@ -55,12 +55,13 @@ fn main() -> ExitCode {
             }
         }
         Ok(Parsed::Help) => {
-            print!("{}", entrypoint::help());
-            return ExitCode::SUCCESS;
+            return ExitCode::from(
+                dockhand::output::stdout(&entrypoint::help()).exit_code("entrypoint"),
+            );
         }
         Ok(Parsed::Version) => {
-            println!("entrypoint {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
+            let version = concat!("entrypoint ", env!("CARGO_PKG_VERSION"), "\n");
+            return ExitCode::from(dockhand::output::stdout(version).exit_code("entrypoint"));
         }
         Err(e) => {
             let msg = format!("{}\nTry 'entrypoint --help'.", e.message());

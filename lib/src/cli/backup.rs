@@ -546,23 +546,24 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
             }
         }
         Command::List { remote } => {
-            print!("{}", catalog::table(&runner.backups(*remote)?));
-            Ok(0)
+            let table = catalog::table(&runner.backups(*remote)?);
+            Ok(crate::output::stdout(&table).exit_code("backup"))
         }
         Command::Prune { dry_run } => {
             let decisions = runner.prune(*dry_run)?;
             if runner.settings.retention.is_empty() {
                 info!("no retention rule is set (BACKUP_RETENTION_DAYS, BACKUP_KEEP_*): everything is kept");
             }
+            let mut out = String::new();
             for (d, b) in decisions {
                 let verb = match (d.keep, dry_run) {
                     (true, _) => "keep",
                     (false, true) => "would delete",
                     (false, false) => "deleted",
                 };
-                println!("{verb:<13} {:<40} {}", b.manifest.name, d.why);
+                out.push_str(&format!("{verb:<13} {:<40} {}\n", b.manifest.name, d.why));
             }
-            Ok(0)
+            Ok(crate::output::stdout(&out).exit_code("backup"))
         }
         Command::Verify { name, from } => {
             let verified = runner.verify(name, *from, &identities()?);
@@ -620,10 +621,8 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
                     r.database,
                     globals.join("; ")
                 );
-                for line in globals {
-                    println!("{line}");
-                }
-                return Ok(0);
+                let out: String = globals.iter().map(|l| format!("{l}\n")).collect();
+                return Ok(crate::output::stdout(&out).exit_code("backup"));
             }
             info!(
                 "restored {} into {}database {:?}: tables {}, rows {}, in {:.1} s",
@@ -634,8 +633,7 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
                 r.rows,
                 r.seconds
             );
-            println!("{}", r.database);
-            Ok(0)
+            Ok(crate::output::stdout(&format!("{}\n", r.database)).exit_code("backup"))
         }
     }
 }
