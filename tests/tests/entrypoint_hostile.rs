@@ -623,7 +623,8 @@ fn a_blocker_line_names_what_the_server_shows_and_what_it_hides() {
 fn help_and_listings_on_a_closed_or_full_stdout() {
     let folder = tempfile::tempdir().unwrap();
     let dir = folder.path().to_str().unwrap();
-    let cases: [(&str, &[&str], &[(&str, &str)]); 5] = [
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: [Case; 5] = [
         ("entrypoint", &["--help"], &[]),
         ("entrypoint", &["--version"], &[]),
         ("backup", &["--help"], &[]),
