@@ -43,6 +43,8 @@ pub struct Plan {
     pub chown: Vec<PathBuf>,
     /// How long a `--migrate-cmd` may take to exit after a stop signal (`--grace`).
     pub grace: Duration,
+    /// `--migrate-lint` and `--lint-min-size`.
+    pub lint: migrate::lint::Policy,
 }
 
 impl Plan {
@@ -180,6 +182,7 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
                 allow_pooler: plan.allow_pooler,
                 user: plan.user.clone(),
                 running: running.clone(),
+                lint: plan.lint,
             };
             migrate::run(target, raw, &opts)
                 .await
@@ -249,10 +252,19 @@ pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
         let states = migrate::status(&mut client, dir, format)
             .await
             .map_err(migrate_failed)?;
-        Ok::<_, StartupError>((format, states))
+        let findings = if plan.lint.mode == migrate::lint::Mode::Off {
+            Vec::new()
+        } else {
+            let ctx =
+                migrate::lint_context(format, plan.ddl_lock_timeout, plan.allow_pooler, &plan.lint);
+            migrate::lint::findings(&client, dir, format, &states, &ctx)
+                .await
+                .map_err(migrate_failed)?
+        };
+        Ok::<_, StartupError>((format, states, findings))
     });
     rt.shutdown_background();
-    let (format, states) = result?;
+    let (format, states, findings) = result?;
     let pending = states.iter().filter(|s| !s.applied).count();
     let mut out = format!("{} migrations in {}:\n", format.name(), dir.display());
     for s in &states {
@@ -266,8 +278,21 @@ pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
         "{} applied, {pending} pending\n",
         states.len() - pending
     ));
+    if plan.lint.mode != migrate::lint::Mode::Off && pending > 0 {
+        out.push_str(&format!("migration lint: {} finding(s)\n", findings.len()));
+        for f in &findings {
+            out.push_str(&format!("  {}{f}\n", if f.blocks { "BLOCKS " } else { "" }));
+        }
+    }
     use std::io::Write;
     let _ = std::io::stdout().write_all(out.as_bytes());
+    // CI fails the build on what a start would refuse: exit 4, as the start would.
+    if plan.lint.mode == migrate::lint::Mode::Error && findings.iter().any(|f| f.blocks) {
+        return Err(migrate_failed(migrate::MigrateError::new(
+            migrate::MigrateKind::Failed,
+            "--migrate-lint error: a pending statement would lock a table larger than --lint-min-size (see the findings above)",
+        )));
+    }
     Ok(pending)
 }
 

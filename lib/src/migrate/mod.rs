@@ -118,6 +118,8 @@ pub struct Options {
     pub user: Option<Credentials>,
     /// Where a running `Source::Command` is recorded, so a stop signal reaches it.
     pub running: ChildGroup,
+    /// The check of pending statements against the live schema (`--migrate-lint`).
+    pub lint: lint::Policy,
 }
 
 /// How a migration phase failed.
@@ -401,16 +403,13 @@ pub async fn run(target: &PgTarget, direct_url: &str, opts: &Options) -> Result<
         Source::Folder { dir, format } => Some(resolve_format(dir, *format)?),
         Source::Command(_) => None,
     };
-    let pending = match (&opts.source, format) {
-        (Source::Folder { dir, .. }, Some(f)) => Some(
-            status(&mut client, dir, f)
-                .await?
-                .iter()
-                .filter(|s| !s.applied)
-                .count(),
-        ),
+    let states = match (&opts.source, format) {
+        (Source::Folder { dir, .. }, Some(f)) => Some(status(&mut client, dir, f).await?),
         _ => None,
     };
+    let pending = states
+        .as_ref()
+        .map(|s| s.iter().filter(|s| !s.applied).count());
     // drizzle 1.0 over a 0.x table: its upgrade is a write, made under the lock
     let upgrade = match (&opts.source, format) {
         (Source::Folder { .. }, Some(Format::DrizzleV1)) => drizzle::needs_upgrade(&client).await?,
@@ -423,6 +422,7 @@ pub async fn run(target: &PgTarget, direct_url: &str, opts: &Options) -> Result<
         );
         return Ok(());
     }
+    lint_pending(&client, opts, format, states.as_deref()).await?;
     let mut keys = vec![LOCK_KEY];
     if format == Some(Format::Prisma) {
         keys.push(prisma::PRISMA_LOCK_KEY);
@@ -460,6 +460,43 @@ pub async fn run(target: &PgTarget, direct_url: &str, opts: &Options) -> Result<
         crate::duration::format(started.elapsed())
     );
     Ok(())
+}
+
+/// Checks the pending statements against the live schema before anything is locked
+/// or applied (see [`lint`]); a command's SQL cannot be seen.
+async fn lint_pending(
+    client: &Client,
+    opts: &Options,
+    format: Option<Format>,
+    states: Option<&[Status]>,
+) -> Result<(), MigrateError> {
+    if opts.lint.mode == lint::Mode::Off {
+        return Ok(());
+    }
+    let (Source::Folder { dir, .. }, Some(format), Some(states)) = (&opts.source, format, states)
+    else {
+        info!("migration lint: --migrate-cmd runs SQL dockhand cannot see, so its statements are not checked (--migrate-lint applies to --migrations folders)");
+        return Ok(());
+    };
+    let ctx = lint_context(format, opts.ddl_lock_timeout, opts.allow_pooler, &opts.lint);
+    let findings = lint::findings(client, dir, format, states, &ctx).await?;
+    lint::enforce(&findings, &opts.lint)
+}
+
+/// How the statements of `format` will run, for the lint: whether dockhand sets
+/// `lock_timeout` for them (not with `--ddl-lock-timeout 0`, nor for Prisma through a
+/// pooler; see [`apply_with_retries`]).
+pub fn lint_context(
+    format: Format,
+    ddl_lock_timeout: Duration,
+    allow_pooler: bool,
+    policy: &lint::Policy,
+) -> lint::Context {
+    lint::Context {
+        format,
+        lock_timeout_set: !(ddl_lock_timeout.is_zero() || allow_pooler && format == Format::Prisma),
+        min_size: policy.min_size,
+    }
 }
 
 /// Takes the advisory locks `keys` in order, polling until `timeout`. `in_transaction`:
@@ -1186,6 +1223,7 @@ async fn run_command(
 }
 
 pub mod drizzle;
+pub mod lint;
 pub mod prisma;
 
 #[cfg(test)]
