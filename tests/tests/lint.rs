@@ -544,3 +544,47 @@ fn bad_lint_settings_are_refused() {
         assert!(r.stderr.contains(flag), "{}", r.stderr);
     }
 }
+
+#[test]
+fn quoted_names_and_sql_the_parser_cannot_read_do_not_break_the_lint() {
+    let pg = Postgres::start();
+    pg.psql_db(
+        "app",
+        r#"CREATE TABLE "Big ""Orders"".x" (id int, v text);
+           INSERT INTO "Big ""Orders"".x" SELECT g, repeat('y', 50) FROM generate_series(1, 5000) g;
+           ANALYZE "Big ""Orders"".x";
+           ALTER TABLE "Big ""Orders"".x" OWNER TO app;"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("V1__odd.sql"),
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;\n\
+         THIS IS NOT SQL;\n\
+         CREATE INDEX odd_v ON \"Big \"\"Orders\"\".x\" (v);\n",
+    )
+    .unwrap();
+    let d = dir.path().to_str().unwrap();
+    let r = entrypoint(
+        &[
+            "--migrate-status",
+            "--migrations",
+            d,
+            "--lint-min-size",
+            MIN,
+            "--migrate-lint",
+            "error",
+        ],
+        &pg.url(),
+    );
+    assert_eq!(r.code, Some(4), "{}", r.output());
+    assert!(
+        r.stdout.contains("V1__odd.sql:3: [require-concurrent-index-creation] CREATE INDEX on \"Big \"\"Orders\"\".x\" ("),
+        "{}",
+        r.output()
+    );
+    assert!(
+        r.stderr.contains("V1__odd.sql:2") && r.stderr.contains("not checked"),
+        "{}",
+        r.stderr
+    );
+}
