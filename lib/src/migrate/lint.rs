@@ -416,6 +416,11 @@ mod check {
     /// Checks every `dockhand:allow` comment of a file: each must name known rules.
     fn check_allows(file: &str, sql: &str) -> Result<(), MigrateError> {
         for (n, l) in sql.lines().enumerate() {
+            // only line comments count, as in `allowed_above` (not a string that
+            // happens to hold the words)
+            if !l.trim_start().starts_with("--") {
+                continue;
+            }
             let Some((_, rest)) = l.split_once("dockhand:allow") else {
                 continue;
             };
@@ -1233,6 +1238,13 @@ mod tests {
         let e = s("-- dockhand:allow\nCREATE INDEX i ON t (a);").unwrap_err();
         assert!(e.message().contains("bare allow"), "{e}");
         assert!(e.message().contains("f.sql:1"), "{e}");
+        // words in a string are not a comment
+        assert_eq!(
+            s("INSERT INTO notes VALUES ('-- dockhand:allow');\nCREATE INDEX i ON t (a);")
+                .unwrap()
+                .len(),
+            1
+        );
         let e = s("-- dockhand:allow everything\nCREATE INDEX i ON t (a);").unwrap_err();
         assert!(e.message().contains("no such rule"), "{e}");
     }
