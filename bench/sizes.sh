@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The static binaries' sizes for both architectures (scripts/build-static builds them),
-# written to the "sizes" section of bench/RESULTS.md.
+# and what the migration lint adds to entrypoint, written to the "sizes" section of
+# bench/RESULTS.md.
 . "$(dirname "$0")/../scripts/lib.sh"
 . "$ROOT/bench/lib.sh"
 "$ROOT/scripts/setup" >/dev/null
@@ -18,6 +19,14 @@ trap 'rm -rf "$work"' EXIT
     x=$(stat -c %s "$STATIC_DIR/$b"); a=$(stat -c %s "$STATIC_DIR/aarch64/$b")
     printf '| %s | %d KiB | %d KiB |\n' "$b" $((x / 1024)) $((a / 1024))
   done
+  echo
+  # The migration lint's share (squawk's SQL parser): entrypoint once more without
+  # its `lint` feature, x86_64 only (target/static keeps the shipped build).
+  cargo build -q --locked --target "$MUSL_TARGET" --profile small -p entrypoint --no-default-features
+  with=$(stat -c %s "$STATIC_DIR/entrypoint")
+  without=$(stat -c %s "$ROOT/target/$MUSL_TARGET/small/entrypoint")
+  printf 'The migration lint (`lint` feature, on by default) adds %d KiB to entrypoint: %d KiB without it (`--no-default-features`, x86_64).\n' \
+    $(((with - without) / 1024)) $((without / 1024))
   echo
   machine_line
   echo "Run: \`bench/sizes.sh\`."

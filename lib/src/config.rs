@@ -115,6 +115,23 @@ pub fn parse_pair<T>(
     Ok((parse(a)?, parse(b)?))
 }
 
+/// Parses a size such as `16MiB`, `8M`, `10MB`, `64kB`, `5242880` (bytes; `k`, `M`, `G`
+/// count in 1024s, as PostgreSQL's own settings do).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

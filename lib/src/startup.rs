@@ -43,6 +43,8 @@ pub struct Plan {
     pub chown: Vec<PathBuf>,
     /// How long a `--migrate-cmd` may take to exit after a stop signal (`--grace`).
     pub grace: Duration,
+    /// `--migrate-lint` and `--lint-min-size`.
+    pub lint: migrate::lint::Policy,
 }
 
 impl Plan {
@@ -180,6 +182,7 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
                 allow_pooler: plan.allow_pooler,
                 user: plan.user.clone(),
                 running: running.clone(),
+                lint: plan.lint,
             };
             migrate::run(target, raw, &opts)
                 .await
@@ -253,10 +256,20 @@ pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
         let states = migrate::status(&mut client, dir, format)
             .await
             .map_err(migrate_failed)?;
-        Ok::<_, StartupError>((format, states))
+        let findings = if plan.lint.mode == migrate::lint::Mode::Off {
+            Vec::new()
+        } else {
+            let ctx =
+                migrate::lint_context(format, plan.ddl_lock_timeout, plan.allow_pooler, &plan.lint);
+            let scripts = migrate::pending_scripts(dir, format, &states).map_err(migrate_failed)?;
+            migrate::lint::findings(&client, &scripts, &ctx)
+                .await
+                .map_err(migrate_failed)?
+        };
+        Ok::<_, StartupError>((format, states, findings))
     });
     rt.shutdown_background();
-    let (format, states) = result?;
+    let (format, states, findings) = result?;
     // a failed migration counts as not applied: exit 1, as for a pending one
     let pending = states
         .iter()
@@ -285,6 +298,12 @@ pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
         },
         pending.saturating_sub(failed)
     ));
+    if plan.lint.mode != migrate::lint::Mode::Off && pending > 0 {
+        out.push_str(&format!("migration lint: {} finding(s)\n", findings.len()));
+        for f in &findings {
+            out.push_str(&format!("  {}{f}\n", if f.blocks { "BLOCKS " } else { "" }));
+        }
+    }
     // A closed pipe or a full disk must not hide the answer: the exit status (pending
     // or not) still says it; a write failure is said on stderr.
     if let crate::output::Written::Failed(e) = crate::output::stdout(&out) {
@@ -292,6 +311,13 @@ pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
             "cannot write the status to stdout: {}",
             crate::error::io_reason(&e)
         );
+    }
+    // CI fails the build on what a start would refuse: exit 4, as the start would.
+    if plan.lint.mode == migrate::lint::Mode::Error && findings.iter().any(|f| f.blocks) {
+        return Err(migrate_failed(migrate::MigrateError::new(
+            migrate::MigrateKind::Failed,
+            "--migrate-lint error: a pending statement would lock a table larger than --lint-min-size (see the findings above)",
+        )));
     }
     Ok(pending)
 }

@@ -64,11 +64,23 @@ fn is_cfg_test(attrs: &[syn::Attribute]) -> bool {
     })
 }
 
-/// Every path a file names, as written (`["crate", "pg", "classify"]`).
+/// Every path a file names, as written (`["crate", "pg", "classify"]`), each after the
+/// inline modules (`mod check { ... }`) it sits in, so `super::` inside one is resolved
+/// from there.
 #[derive(Default)]
-struct Paths(Vec<Vec<String>>);
+struct Paths {
+    found: Vec<Vec<String>>,
+    inline: Vec<String>,
+}
 
 impl Paths {
+    /// Records `path` as written inside the current inline modules.
+    fn push(&mut self, path: Vec<String>) {
+        let mut p: Vec<String> = self.inline.iter().map(|m| format!("#{m}")).collect();
+        p.extend(path);
+        self.found.push(p);
+    }
+
     fn use_tree(&mut self, prefix: &mut Vec<String>, tree: &syn::UseTree) {
         match tree {
             syn::UseTree::Path(p) => {
@@ -81,16 +93,16 @@ impl Paths {
                 if n.ident != "self" {
                     full.push(n.ident.to_string());
                 }
-                self.0.push(full);
+                self.push(full);
             }
             syn::UseTree::Rename(r) => {
                 let mut full = prefix.clone();
                 if r.ident != "self" {
                     full.push(r.ident.to_string());
                 }
-                self.0.push(full);
+                self.push(full);
             }
-            syn::UseTree::Glob(_) => self.0.push(prefix.clone()),
+            syn::UseTree::Glob(_) => self.push(prefix.clone()),
             syn::UseTree::Group(g) => {
                 for t in &g.items {
                     self.use_tree(prefix, t);
@@ -103,7 +115,7 @@ impl Paths {
     fn tokens(&mut self, ts: TokenStream) {
         let mut run: Vec<String> = Vec::new();
         let mut colons = 0;
-        let flush = |run: &mut Vec<String>, out: &mut Vec<Vec<String>>| {
+        let flush = |run: &mut Vec<String>, out: &mut Paths| {
             if run.len() > 1 {
                 out.push(std::mem::take(run));
             }
@@ -113,24 +125,24 @@ impl Paths {
             match tt {
                 TokenTree::Ident(i) => {
                     if colons != 2 {
-                        flush(&mut run, &mut self.0);
+                        flush(&mut run, self);
                     }
                     run.push(i.to_string());
                     colons = 0;
                 }
                 TokenTree::Punct(p) if p.as_char() == ':' => colons += 1,
                 TokenTree::Group(g) => {
-                    flush(&mut run, &mut self.0);
+                    flush(&mut run, self);
                     colons = 0;
                     self.tokens(g.stream());
                 }
                 _ => {
-                    flush(&mut run, &mut self.0);
+                    flush(&mut run, self);
                     colons = 0;
                 }
             }
         }
-        flush(&mut run, &mut self.0);
+        flush(&mut run, self);
     }
 }
 
@@ -157,9 +169,17 @@ impl<'a> Visit<'a> for Paths {
         self.use_tree(&mut Vec::new(), &u.tree);
     }
 
+    fn visit_item_mod(&mut self, m: &'a syn::ItemMod) {
+        if is_cfg_test(&m.attrs) {
+            return;
+        }
+        self.inline.push(m.ident.to_string());
+        syn::visit::visit_item_mod(self, m);
+        self.inline.pop();
+    }
+
     fn visit_path(&mut self, p: &'a syn::Path) {
-        self.0
-            .push(p.segments.iter().map(|s| s.ident.to_string()).collect());
+        self.push(p.segments.iter().map(|s| s.ident.to_string()).collect());
         syn::visit::visit_path(self, p);
     }
 
@@ -172,6 +192,11 @@ impl<'a> Visit<'a> for Paths {
 /// The module a path written in `from` lands in, if it names one of `modules`:
 /// the longest known module prefix of the resolved path.
 fn resolve(from: &ModPath, path: &[String], modules: &BTreeSet<ModPath>) -> Option<ModPath> {
+    // the inline modules the path sits in extend `from` (they are no file of their own)
+    let inline = path.iter().take_while(|s| s.starts_with('#')).count();
+    let mut inner = from.clone();
+    inner.extend(path[..inline].iter().map(|s| s[1..].to_string()));
+    let (from, path) = (&inner, &path[inline..]);
     let mut at: ModPath;
     let mut rest = path;
     match path.first().map(String::as_str) {
@@ -207,6 +232,10 @@ fn resolve(from: &ModPath, path: &[String], modules: &BTreeSet<ModPath>) -> Opti
         }
         None => return None,
     }
+    // an inline module is part of its file's module
+    while !at.is_empty() && !modules.contains(&at) {
+        at.pop();
+    }
     for seg in rest {
         let mut next = at.clone();
         next.push(seg.clone());
@@ -228,7 +257,7 @@ fn dependencies(sources: &Sources) -> BTreeMap<ModPath, BTreeSet<ModPath>> {
         let mut paths = Paths::default();
         paths.visit_file(&file);
         let deps: BTreeSet<ModPath> = paths
-            .0
+            .found
             .iter()
             .filter_map(|p| resolve(module, p, &modules))
             .filter(|d| d != module)
@@ -418,6 +447,24 @@ fn a_cycle_through_a_mod_rs_is_found() {
     // mod.rs calls a child that uses mod.rs's helper `h`
     let s = planted(&[(&["f"], "pub fn run() { x::x(); }")]);
     assert!(check(&s).unwrap_err().contains("in f/: "));
+}
+
+#[test]
+fn super_inside_an_inline_module_is_its_own_file() {
+    // g/mod.rs calls z; z's inline module says `super::*`, which is z, not g/mod.rs
+    let mut s = Sources::new();
+    s.insert(vec![], "pub mod g;".into());
+    s.insert(vec!["g".into()], "pub mod z; pub fn h() { z::z(); }".into());
+    s.insert(
+        vec!["g".into(), "z".into()],
+        "pub fn z() {} mod inner { use super::*; pub fn i() { z(); } }".into(),
+    );
+    assert_eq!(check(&s), Ok(()));
+    // and `super::super::` from there is g/mod.rs: a cycle
+    s.get_mut(&vec!["g".to_string(), "z".to_string()])
+        .unwrap()
+        .push_str(" mod back { pub fn b() { super::super::h(); } }");
+    assert!(check(&s).unwrap_err().contains("in g/"));
 }
 
 #[test]

@@ -114,18 +114,7 @@ fn boolean(get: Source, name: &str, default: bool) -> Result<bool, ConfigError> 
 
 /// Parses a size such as `16MiB`, `8M`, `5242880`.
 pub fn parse_size(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: usize = n.parse().ok()?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(mult)
+    crate::config::parse_size(s).and_then(|n| usize::try_from(n).ok())
 }
 
 /// The retention rules (`BACKUP_RETENTION_DAYS`, `BACKUP_KEEP_*`).

@@ -80,6 +80,22 @@ pub static TABLE: &[Setting] = &[
         "print the folder's applied, pending and failed migrations (a failed one with its logs and how to resolve it); exit 0 when none is pending or failed, 1 otherwise; takes no lock, changes nothing",
     )
     .section(START),
+    Setting::value(
+        "migrate-lint",
+        "MODE",
+        "check each pending statement against the live schema before applying: `warn` (log findings), `error` (refuse, exit 4, when one touches a table above `--lint-min-size`), `off`; allow one with `-- dockhand:allow RULE` on the line above it",
+    )
+    .env("ENTRYPOINT_MIGRATE_LINT")
+    .default("warn")
+    .section(START),
+    Setting::value(
+        "lint-min-size",
+        "SIZE",
+        "findings on tables up to this size (`pg_total_relation_size`) only warn, even with `--migrate-lint error`",
+    )
+    .env("ENTRYPOINT_LINT_MIN_SIZE")
+    .default("10MB")
+    .section(START),
     Setting::switch("allow-pooler", "migrate even through a transaction pooler")
         .env("ENTRYPOINT_ALLOW_POOLER")
         .section(START),
@@ -302,6 +318,7 @@ fn plan_and_options(m: &Matches) -> Result<(Plan, Options), ConfigError> {
         allow_pooler: m.switch("allow-pooler")?,
         user: user.clone(),
         chown: m.list("chown")?.into_iter().map(PathBuf::from).collect(),
+        lint: lint_policy(m)?,
     };
     let opts = Options {
         command: m.words.clone(),
@@ -313,4 +330,19 @@ fn plan_and_options(m: &Matches) -> Result<(Plan, Options), ConfigError> {
         user,
     };
     Ok((plan, opts))
+}
+
+/// `--migrate-lint` and `--lint-min-size`.
+fn lint_policy(m: &Matches) -> Result<crate::migrate::lint::Policy, ConfigError> {
+    use crate::migrate::lint::{Mode, Policy, DEFAULT_MIN_SIZE};
+    let mode = Mode::parse(m.string("migrate-lint")?.as_deref().unwrap_or("warn"))?;
+    let min_size = match m.string("lint-min-size")? {
+        None => DEFAULT_MIN_SIZE,
+        Some(s) => crate::config::parse_size(&s).ok_or_else(|| {
+            invalid(format!(
+                "--lint-min-size {s:?}: use a size such as 10MB, 512kB or 1048576 (bytes)"
+            ))
+        })?,
+    };
+    Ok(Policy { mode, min_size })
 }

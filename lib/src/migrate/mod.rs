@@ -125,6 +125,8 @@ pub struct Options {
     pub user: Option<Credentials>,
     /// Where a running `Source::Command` is recorded, so a stop signal reaches it.
     pub running: ChildGroup,
+    /// The check of pending statements against the live schema (`--migrate-lint`).
+    pub lint: lint::Policy,
 }
 
 /// The migration URL: `DIRECT_URL`, else `DATABASE_URL` with a warning. Warns when both
@@ -404,16 +406,13 @@ pub async fn run(target: &PgTarget, direct_url: &str, opts: &Options) -> Result<
     if let Some(f) = format {
         prepare_session(&client, target, f).await?;
     }
-    let pending = match (&opts.source, format) {
-        (Source::Folder { dir, .. }, Some(f)) => Some(
-            status(&mut client, dir, f)
-                .await?
-                .iter()
-                .filter(|s| !s.applied)
-                .count(),
-        ),
+    let states = match (&opts.source, format) {
+        (Source::Folder { dir, .. }, Some(f)) => Some(status(&mut client, dir, f).await?),
         _ => None,
     };
+    let pending = states
+        .as_ref()
+        .map(|s| s.iter().filter(|s| !s.applied).count());
     // drizzle 1.0 over a 0.x table: its upgrade is a write, made under the lock
     let upgrade = match (&opts.source, format) {
         (Source::Folder { .. }, Some(Format::DrizzleV1)) => drizzle::needs_upgrade(&client).await?,
@@ -426,6 +425,7 @@ pub async fn run(target: &PgTarget, direct_url: &str, opts: &Options) -> Result<
         );
         return Ok(());
     }
+    lint_pending(&client, opts, format, states.as_deref()).await?;
     let mut keys = vec![LOCK_KEY];
     if format == Some(Format::Prisma) {
         keys.push(prisma::PRISMA_LOCK_KEY);
@@ -463,6 +463,98 @@ pub async fn run(target: &PgTarget, direct_url: &str, opts: &Options) -> Result<
         crate::duration::format(started.elapsed())
     );
     Ok(())
+}
+
+/// Checks the pending statements against the live schema before anything is locked
+/// or applied (see [`lint`]); a command's SQL cannot be seen.
+async fn lint_pending(
+    client: &Client,
+    opts: &Options,
+    format: Option<Format>,
+    states: Option<&[Status]>,
+) -> Result<(), MigrateError> {
+    if opts.lint.mode == lint::Mode::Off {
+        return Ok(());
+    }
+    let (Source::Folder { dir, .. }, Some(format), Some(states)) = (&opts.source, format, states)
+    else {
+        info!("migration lint: --migrate-cmd runs SQL dockhand cannot see, so its statements are not checked (--migrate-lint applies to --migrations folders)");
+        return Ok(());
+    };
+    let ctx = lint_context(format, opts.ddl_lock_timeout, opts.allow_pooler, &opts.lint);
+    let findings = lint::findings(client, &pending_scripts(dir, format, states)?, &ctx).await?;
+    lint::enforce(&findings, &opts.lint)
+}
+
+/// How the statements of `format` will run, for the lint: whether dockhand sets
+/// `lock_timeout` for them (not with `--ddl-lock-timeout 0`, nor for Prisma through a
+/// pooler; see [`apply_with_retries`]).
+pub fn lint_context(
+    format: Format,
+    ddl_lock_timeout: Duration,
+    allow_pooler: bool,
+    policy: &lint::Policy,
+) -> lint::Context {
+    lint::Context {
+        alone_runs_outside: format == Format::Prisma,
+        lock_timeout_set: !(ddl_lock_timeout.is_zero() || allow_pooler && format == Format::Prisma),
+        min_size: policy.min_size,
+    }
+}
+
+/// The SQL of the pending migrations, read by the format's own loader; `states` is
+/// what [`status`] found.
+pub fn pending_scripts(
+    dir: &Path,
+    format: Format,
+    states: &[Status],
+) -> Result<Vec<lint::Script>, MigrateError> {
+    let pending: std::collections::HashSet<&str> = states
+        .iter()
+        .filter(|s| !s.applied)
+        .map(|s| s.name.as_str())
+        .collect();
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(match format {
+        Format::Refinery => load_refinery(dir)?
+            .into_iter()
+            .filter(|m| pending.contains(m.to_string().as_str()))
+            .map(|m| lint::Script {
+                file: format!("{}{}__{}.sql", m.prefix(), m.version(), m.name()),
+                sql: m.sql().unwrap_or_default().to_string(),
+            })
+            .collect(),
+        Format::Drizzle | Format::DrizzleV1 => {
+            let v1 = format == Format::DrizzleV1;
+            let entries = if v1 {
+                drizzle::load_v1(dir)?
+            } else {
+                drizzle::load(dir)?
+            };
+            entries
+                .into_iter()
+                .filter(|e| pending.contains(e.name.as_str()))
+                .map(|e| lint::Script {
+                    file: if v1 {
+                        format!("{}/migration.sql", e.name)
+                    } else {
+                        format!("{}.sql", e.name)
+                    },
+                    sql: e.sql,
+                })
+                .collect()
+        }
+        Format::Prisma => prisma::load(dir)?
+            .into_iter()
+            .filter(|m| pending.contains(m.name.as_str()))
+            .map(|m| lint::Script {
+                file: format!("{}/migration.sql", m.name),
+                sql: m.script,
+            })
+            .collect(),
+    })
 }
 
 /// Takes the advisory locks `keys` in order, polling until `timeout`. `in_transaction`:
@@ -1142,6 +1234,7 @@ async fn run_command(
 
 pub mod drizzle;
 pub mod failure;
+pub mod lint;
 pub mod prisma;
 pub mod script;
 pub mod sql;
