@@ -95,6 +95,10 @@ pub fn merge(local: Vec<Manifest>, remote: Vec<Manifest>) -> Vec<Backup> {
                 if b.manifest.verified.is_none() {
                     b.manifest.verified = m.verified;
                 }
+                // the newer drill of the two copies' manifests
+                if m.drill.as_ref().map(|d| d.at) > b.manifest.drill.as_ref().map(|d| d.at) {
+                    b.manifest.drill = m.drill.clone();
+                }
             }
             None => out.push(Backup {
                 manifest: m,
@@ -379,6 +383,17 @@ pub fn verify(
     }
     let mut updated = m.clone();
     updated.verified = Some(unix_now());
+    update_manifest(r, b, &updated)
+}
+
+/// Writes `updated` over the manifest of `b` on every side it has a copy (verify
+/// records its time, a drill its result).
+pub(crate) fn update_manifest(
+    r: &Reading,
+    b: &Backup,
+    updated: &Manifest,
+) -> Result<(), BackupError> {
+    let m = &b.manifest;
     let json = updated.to_json();
     if b.local {
         if let Some(dir) = r.dir {

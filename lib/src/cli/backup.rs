@@ -9,6 +9,7 @@ use tracing::info;
 use super::{parse_with, Matches, Parsed, Setting};
 use crate::backup::catalog::{self, Side};
 use crate::backup::daemon::{self, OnSignal, Stop};
+use crate::backup::drill::{self, DrillRequest};
 use crate::backup::restore::{self, Request};
 use crate::backup::run::Runner;
 use crate::backup::settings::Settings;
@@ -16,7 +17,11 @@ use crate::backup::{codec, err, usage, BackupError, BackupKind, Cancel};
 use crate::config::{invalid, ConfigError};
 
 /// The commands, in the order help and errors list them.
-const COMMANDS: [&str; 6] = ["daemon", "now", "list", "verify", "restore", "prune"];
+const COMMANDS: [&str; 7] = [
+    "daemon", "now", "list", "verify", "restore", "prune", "drill",
+];
+/// Where drills run and what they check: `drill`, and the daemon's drills.
+const DRILL: &[&str] = &["drill", "daemon", "now"];
 /// How a run dumps and reports: `daemon` and `now`.
 const RUN: &[&str] = &["daemon", "now"];
 /// When the daemon runs: `daemon` only.
@@ -39,7 +44,7 @@ const fn setting(
 /// keys) are variables only: the command line is visible in `ps`.
 pub static TABLE: &[Setting] = &[
     Setting::words(
-        "`daemon` (default), `now`, `list`, `verify`, `restore`, `prune`",
+        "`daemon` (default), `now`, `list`, `verify`, `restore`, `prune`, `drill`",
         "the command",
     ),
     setting("dir", "DIR", "BACKUP_DIR", "the local backup folder"),
@@ -234,9 +239,13 @@ pub static TABLE: &[Setting] = &[
         "directory holding `pg_dump`, `pg_restore`, `pg_dumpall`, `psql`",
     ),
     Setting::switch("remote", "`list`: also the backups in S3").commands(&["list"]),
-    Setting::value("from", "local\\|s3", "`verify`, `restore`: which copy to read")
-        .default_shown("the local copy if any")
-        .commands(&["verify", "restore"]),
+    Setting::value(
+        "from",
+        "local\\|s3",
+        "`verify`, `restore`, `drill`: which copy to read",
+    )
+    .default_shown("the local copy if any")
+    .commands(&["verify", "restore", "drill"]),
     Setting::value("to", "URL", "`restore`: the target database")
         .default_shown("a new database")
         .commands(&["restore"]),
@@ -257,12 +266,36 @@ pub static TABLE: &[Setting] = &[
         "`restore`: parallel `pg_restore` jobs into a database it creates (the backup is decoded into a file in `BACKUP_TMP_DIR` first); 1 streams it",
     )
     .default_shown("the CPUs, at most 8")
-    .commands(&["restore"]),
+    .commands(&["restore", "drill", "daemon", "now"]),
     Setting::var(
         "BACKUP_TMP_DIR",
         "`restore --jobs`: where the decoded backup is written (mode 0600, removed after)",
     )
     .default_shown("`TMPDIR`, else `/tmp`"),
+    setting(
+        "into",
+        "URL",
+        "BACKUP_DRILL_URL",
+        "`drill`: the server of the scratch database (a throwaway PostgreSQL, so production is not loaded)",
+    )
+    .default_shown("the backup URL's server")
+    .commands(DRILL),
+    Setting::switch(
+        "keep",
+        "`drill`: keep the scratch database and print its name",
+    )
+    .commands(&["drill"]),
+    Setting::var(
+        "BACKUP_DRILL_SQL",
+        "`drill`: a file of queries that must each return true on the restored copy (`;` ends one; else one a line)",
+    )
+    .commands(DRILL),
+    Setting::var(
+        "BACKUP_DRILL",
+        "the daemon's drills: `off`, `after-backup` (every new backup), or a cron expression (the latest then)",
+    )
+    .default("off")
+    .commands(RUN),
     Setting::switch("dry-run", "`prune`: print, delete nothing")
         .short('n')
         .commands(&["prune"]),
@@ -286,14 +319,17 @@ Usage: backup [daemon]                 run on BACKUP_SCHEDULE until stopped
        backup restore NAME|latest      into a new database <db>_restore_<time>
               [--to URL] [--from local|s3] [--clean] [--yes] [--no-owner] [--jobs N]
        backup prune [--dry-run]        apply retention now, print what goes
+       backup drill NAME|latest        restore into a scratch database, compare every
+              [--into URL] [--from local|s3] [--keep] [--jobs N]
+                                       table's rows with the backup's, drop it
 
 Options (flag, else environment variable; any variable may be given as NAME_FILE;
 each command takes only the flags that mean something to it):
 ";
 
 const OUTRO: &str = "
-Exit status: 0 success, 1 the run/verify/restore failed, 2 invalid arguments or
-settings, 128+N stopped by signal N (now, verify, restore).
+Exit status: 0 success, 1 the run/verify/restore/drill failed, 2 invalid arguments or
+settings, 128+N stopped by signal N (now, verify, restore, drill).
 ";
 
 /// `--help`.
@@ -325,6 +361,13 @@ pub enum Command {
     Prune {
         dry_run: bool,
     },
+    Drill {
+        name: String,
+        from: Option<Side>,
+        into: Option<String>,
+        keep: bool,
+        jobs: usize,
+    },
 }
 
 /// Parses the arguments (without the program name): the command, its name argument,
@@ -347,11 +390,11 @@ fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
         (None, None) => "daemon",
         (None, Some(other)) => {
             return Err(invalid(format!(
-                "unknown command {other:?}: use daemon, now, list, verify, restore or prune"
+                "unknown command {other:?}: use daemon, now, list, verify, restore, prune or drill"
             )))
         }
     };
-    let needs_name = matches!(name, "verify" | "restore");
+    let needs_name = matches!(name, "verify" | "restore" | "drill");
     match (words.get(1), words.get(2)) {
         (_, Some(extra)) => return Err(invalid(format!("unexpected argument {extra:?}"))),
         (Some(extra), None) if !needs_name => {
@@ -394,6 +437,13 @@ fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
             clean: m.switch("clean")?,
             yes: m.switch("yes")?,
             no_owner: m.switch("no-owner")?,
+            jobs: restore_jobs(m.string("jobs")?)?,
+        },
+        "drill" => Command::Drill {
+            name: backup,
+            from,
+            into: m.string("into")?,
+            keep: m.switch("keep")?,
             jobs: restore_jobs(m.string("jobs")?)?,
         },
         _ => Command::Prune {
@@ -498,6 +548,14 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
         Command::Restore { to: Some(u), .. } => {
             target_url(u)?;
         }
+        Command::Drill { into: Some(u), .. } => {
+            target_url(u)?;
+        }
+        Command::Drill { into: None, .. } => {
+            settings.database_url().map_err(|_| {
+                usage(invalid("no server to drill on: pass --into postgres://... or set BACKUP_DRILL_URL or DIRECT_URL (a scratch database is created there)"))
+            })?;
+        }
         Command::Restore { to: None, .. } => {
             settings.database_url().map_err(|_| {
                 usage(invalid("no target: pass --to postgres://... or set DIRECT_URL (a new database is created on its server)"))
@@ -510,7 +568,10 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
     }
     if matches!(
         command,
-        Command::List { .. } | Command::Verify { .. } | Command::Restore { .. }
+        Command::List { .. }
+            | Command::Verify { .. }
+            | Command::Restore { .. }
+            | Command::Drill { .. }
     ) && settings.dir.is_none()
         && settings.s3.is_none()
     {
@@ -573,6 +634,63 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
             info!("{}: checksum and full read ok", m.file);
             Ok(0)
         }
+        Command::Drill {
+            name,
+            from,
+            into,
+            keep,
+            jobs,
+        } => {
+            let ids = identities()?;
+            let into = match into {
+                Some(u) => Some(target_url(u).map_err(|e| e.context("--into/BACKUP_DRILL_URL"))?),
+                None => None,
+            };
+            let backups = runner.backups_for_reading(*from)?;
+            let req = DrillRequest {
+                name: name.clone(),
+                from: *from,
+                into,
+                keep: *keep,
+                jobs: *jobs,
+                tmp_dir: crate::config::var("BACKUP_TMP_DIR")
+                    .map_err(usage)?
+                    .map(std::path::PathBuf::from),
+                sql: crate::config::var("BACKUP_DRILL_SQL")
+                    .map_err(usage)?
+                    .map(std::path::PathBuf::from),
+            };
+            let done = drill::drill(
+                &runner.reading(&ids),
+                &backups,
+                &req,
+                runner.settings.url.as_ref(),
+                &cancel,
+            );
+            if let Some(f) = was_stopped("drill stopped; the scratch database was dropped") {
+                return Err(f);
+            }
+            let o = done.map_err(|e| e.context("drill failed"))?;
+            if o.kept {
+                println!("{}", o.database);
+            }
+            if o.drill.ok {
+                info!(
+                    "drill of {} passed: restored in {:.1} s, every table's rows as in the backup{}",
+                    o.backup,
+                    o.drill.seconds,
+                    if o.kept { format!(", kept as database {:?}", o.database) } else { String::new() }
+                );
+                Ok(0)
+            } else {
+                Err(err(format!(
+                    "drill of {} failed: {}",
+                    o.backup,
+                    o.drill.problems.join("; ")
+                ))
+                .into())
+            }
+        }
         Command::Restore {
             name,
             from,
@@ -599,6 +717,7 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
                 tmp_dir: crate::config::var("BACKUP_TMP_DIR")
                     .map_err(usage)?
                     .map(std::path::PathBuf::from),
+                drill: false,
             };
             let done = restore::restore(
                 &runner.reading(&ids),
