@@ -348,7 +348,7 @@ fn is_stamp(s: &str) -> bool {
             b[15] == b'.'
                 && digits(16..19)
                 && &b[19..21] == b"Z-"
-                && b[21..].iter().all(|c| c.is_ascii_hexdigit())
+                && b[21..].iter().all(|c| b"0123456789abcdef".contains(c))
         }
         _ => false,
     }
