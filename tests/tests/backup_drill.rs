@@ -3,7 +3,9 @@
 //! writes; a good backup drills clean and leaves no database behind; a backup that
 //! does not restore (a CHECK constraint whose function names a table without its
 //! schema, an extension the drill server lacks) fails, naming the table; a drill
-//! stopped by SIGTERM leaves nothing behind.
+//! stopped by SIGTERM leaves nothing behind; the daemon's drills (after each backup,
+//! or on a schedule) land in the manifest, the status file and the metrics, and a
+//! failed one turns the documented healthcheck unhealthy.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -383,4 +385,119 @@ fn sigterm_mid_drill_leaves_nothing_behind() {
         0,
         "the decoded backup was left"
     );
+}
+
+fn healthy(status: &Path) -> bool {
+    Command::new(bin("healthcheck"))
+        .arg(format!("file://{}?max-age=1h", status.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Waits until the metrics file holds `line`.
+fn wait_for_metric(metrics: &Path, line: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(metrics).unwrap_or_default();
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {line:?} in the metrics: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn daemon_drills_record_their_result_and_a_failed_one_turns_the_healthcheck_unhealthy() {
+    let pg = Postgres::start();
+    let scratch = Postgres::start();
+    scratch.psql("ALTER ROLE app CREATEDB");
+    good(&pg);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let status = dir.path().join("status.json");
+    let metrics = dir.path().join("metrics.prom");
+    let url = pg.url();
+    let into = scratch.url();
+    let (s, mf) = (status.to_str().unwrap(), metrics.to_str().unwrap());
+    let env = [
+        ("DIRECT_URL", url.as_str()),
+        ("BACKUP_DIR", d),
+        ("BACKUP_STATUS_FILE", s),
+        ("BACKUP_METRICS_FILE", mf),
+        ("BACKUP_ON_START", "true"),
+        ("BACKUP_SCHEDULE", "0 3 * * *"),
+        ("BACKUP_DRILL", "after-backup"),
+        ("BACKUP_DRILL_URL", into.as_str()),
+    ];
+    let daemon = command(&bin("backup"), &[], &env).spawn().unwrap();
+    wait_for_metric(&metrics, "dockhand_backup_drill_success 1");
+    kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM).unwrap();
+    let r = dockhand_tests::run::finish(daemon, Duration::from_secs(60));
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(r.stderr.contains("drill of app-"), "{}", r.output());
+    assert!(healthy(&status));
+    let m = manifests(dir.path()).pop().unwrap();
+    assert!(m.drill.as_ref().is_some_and(|d| d.ok), "{m:?}");
+    assert_eq!(drill_databases(&scratch), Vec::<String>::new());
+
+    // a table that does not restore: the next backup's drill fails
+    pg.psql_db(
+        "app",
+        "SET ROLE app;
+         CREATE TABLE z_ref (id int PRIMARY KEY);
+         INSERT INTO z_ref SELECT generate_series(1, 30);
+         CREATE FUNCTION ref_ok(i int) RETURNS boolean LANGUAGE sql STABLE
+             AS 'SELECT EXISTS (SELECT 1 FROM z_ref WHERE id = i)';
+         CREATE TABLE a_child (id int PRIMARY KEY, ref int CHECK (ref_ok(ref)));
+         INSERT INTO a_child SELECT i, i FROM generate_series(1, 25) i;",
+    );
+    let mut env = env.to_vec();
+    let daemon = command(&bin("backup"), &[], &env).spawn().unwrap();
+    wait_for_metric(&metrics, "dockhand_backup_drill_success 0");
+    kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM).unwrap();
+    let r = dockhand_tests::run::finish(daemon, Duration::from_secs(60));
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(
+        r.stderr
+            .contains("public.a_child: 25 rows in the backup, 0 restored"),
+        "{}",
+        r.output()
+    );
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.contains("dockhand_backup_restore_rows_missing 25\n"),
+        "{text}"
+    );
+    assert!(!healthy(&status), "a failed drill must be unhealthy");
+    let v = std::fs::read_to_string(&status).unwrap();
+    assert!(v.contains("public.a_child: 25 rows in the backup"), "{v}");
+    r.assert_no_secret(&pg.password);
+    assert!(!v.contains(&pg.password) && !text.contains(&pg.password));
+
+    // fixed, and the latest backup drilled again on a cron schedule of its own,
+    // between runs: healthy again
+    pg.psql_db("app", "DROP TABLE a_child; DROP FUNCTION ref_ok(int)");
+    env.retain(|(k, _)| *k != "BACKUP_DRILL");
+    env.push(("BACKUP_DRILL", "*/2 * * * * *"));
+    let daemon = command(&bin("backup"), &[], &env).spawn().unwrap();
+    wait_for_metric(&metrics, "dockhand_backup_drill_success 1");
+    kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM).unwrap();
+    let r = dockhand_tests::run::finish(daemon, Duration::from_secs(60));
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(healthy(&status), "{}", r.output());
+    assert_eq!(drill_databases(&scratch), Vec::<String>::new());
+
+    // a BACKUP_DRILL that is neither off, after-backup nor a schedule: exit 2
+    env.retain(|(k, _)| *k != "BACKUP_DRILL");
+    env.push(("BACKUP_DRILL", "nightly"));
+    let r = backup(&[], &env);
+    assert_eq!(r.code, Some(2), "{}", r.output());
+    assert!(r.stderr.contains("BACKUP_DRILL"), "{}", r.output());
 }

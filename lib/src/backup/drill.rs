@@ -326,6 +326,102 @@ pub fn drill(
     })
 }
 
+/// When the daemon drills (`BACKUP_DRILL`).
+#[derive(Debug, Clone, Default)]
+pub enum When {
+    #[default]
+    Off,
+    /// Every new database backup, right after its run.
+    AfterBackup,
+    /// The latest backup, on this cron schedule (the daemon's time zone).
+    Cron(String),
+}
+
+/// The daemon's drills: when, and the request settings (`BACKUP_DRILL_URL`,
+/// `BACKUP_DRILL_SQL`, `BACKUP_RESTORE_JOBS`, `BACKUP_TMP_DIR`).
+#[derive(Clone, Default)]
+pub struct DaemonDrills {
+    pub when: When,
+    pub request: DrillRequest,
+    /// The age identities (`BACKUP_AGE_IDENTITY`) for encrypted backups.
+    pub identities: Vec<age::x25519::Identity>,
+}
+
+impl DaemonDrills {
+    /// Reads `BACKUP_DRILL`: `off`, `after-backup` or a cron expression (checked now,
+    /// so a typo is a usage error at start, not a silent lack of drills).
+    pub fn when(v: Option<&str>) -> Result<When, crate::config::ConfigError> {
+        match v.map(str::trim) {
+            None | Some("") | Some("off") => Ok(When::Off),
+            Some("after-backup") => Ok(When::AfterBackup),
+            Some(expr) => {
+                super::schedule::parse_schedule(expr).map_err(|e| {
+                    crate::config::invalid(format!(
+                        "{} (or BACKUP_DRILL=off or after-backup)",
+                        e.message().replace("BACKUP_SCHEDULE=", "BACKUP_DRILL=")
+                    ))
+                })?;
+                Ok(When::Cron(expr.to_string()))
+            }
+        }
+    }
+}
+
+/// One drill by the daemon of `name` (`latest` or a backup just made): the result in
+/// the manifest, the status file (a failure dates it at the epoch: unhealthy), the
+/// metrics and the log. A drill that cannot run at all (no server, a backup that
+/// cannot be read) is a failed drill too; a stop is nothing.
+pub fn daemon_drill(runner: &super::run::Runner, name: &str, d: &DaemonDrills) -> bool {
+    let s = &runner.settings;
+    let req = DrillRequest {
+        name: name.to_string(),
+        ..d.request.clone()
+    };
+    let done = runner.backups_for_reading(None).and_then(|backups| {
+        drill(
+            &runner.reading(&d.identities),
+            &backups,
+            &req,
+            s.url.as_ref(),
+            &runner.cancel,
+        )
+    });
+    if runner.cancel.is_cancelled() {
+        return false;
+    }
+    let (backup, result) = match done {
+        Ok(o) => (o.backup, o.drill),
+        Err(e) => (
+            name.to_string(),
+            Drill {
+                at: unix_now(),
+                ok: false,
+                problems: vec![format!("the drill could not run: {}", e.message())],
+                ..Drill::default()
+            },
+        ),
+    };
+    if result.ok {
+        info!(
+            "drill of {backup} passed: restored in {:.1} s, every table's rows as in the backup",
+            result.seconds
+        );
+    } else {
+        tracing::error!("drill of {backup} failed: {}", result.problems.join("; "));
+    }
+    if let Some(path) = &s.status_file {
+        if let Err(e) = super::status::drill(path, &backup, &result) {
+            warn!("status file: {e}");
+        }
+    }
+    if let Some(path) = &s.metrics_file {
+        if let Err(e) = super::status::drill_metrics(path, &result) {
+            warn!("metrics file: {e}");
+        }
+    }
+    result.ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use tracing::info;
 use super::{parse_with, Matches, Parsed, Setting};
 use crate::backup::catalog::{self, Side};
 use crate::backup::daemon::{self, OnSignal, Stop};
-use crate::backup::drill::{self, DrillRequest};
+use crate::backup::drill::{self, DaemonDrills, DrillRequest};
 use crate::backup::restore::{self, Request};
 use crate::backup::run::Runner;
 use crate::backup::settings::Settings;
@@ -20,8 +20,6 @@ use crate::config::{invalid, ConfigError};
 const COMMANDS: [&str; 7] = [
     "daemon", "now", "list", "verify", "restore", "prune", "drill",
 ];
-/// Where drills run and what they check: `drill`, and the daemon's drills.
-const DRILL: &[&str] = &["drill", "daemon", "now"];
 /// How a run dumps and reports: `daemon` and `now`.
 const RUN: &[&str] = &["daemon", "now"];
 /// When the daemon runs: `daemon` only.
@@ -266,7 +264,7 @@ pub static TABLE: &[Setting] = &[
         "`restore`: parallel `pg_restore` jobs into a database it creates (the backup is decoded into a file in `BACKUP_TMP_DIR` first); 1 streams it",
     )
     .default_shown("the CPUs, at most 8")
-    .commands(&["restore", "drill", "daemon", "now"]),
+    .commands(&["restore", "drill"]),
     Setting::var(
         "BACKUP_TMP_DIR",
         "`restore --jobs`: where the decoded backup is written (mode 0600, removed after)",
@@ -276,10 +274,10 @@ pub static TABLE: &[Setting] = &[
         "into",
         "URL",
         "BACKUP_DRILL_URL",
-        "`drill`: the server of the scratch database (a throwaway PostgreSQL, so production is not loaded)",
+        "`drill` and the daemon's drills: the server of the scratch database (a throwaway PostgreSQL, so production is not loaded)",
     )
     .default_shown("the backup URL's server")
-    .commands(DRILL),
+    .commands(&["drill"]),
     Setting::switch(
         "keep",
         "`drill`: keep the scratch database and print its name",
@@ -287,15 +285,13 @@ pub static TABLE: &[Setting] = &[
     .commands(&["drill"]),
     Setting::var(
         "BACKUP_DRILL_SQL",
-        "`drill`: a file of queries that must each return true on the restored copy (`;` ends one; else one a line)",
-    )
-    .commands(DRILL),
+        "`drill` and the daemon's drills: a file of queries that must each return true on the restored copy (`;` ends one; else one a line)",
+    ),
     Setting::var(
         "BACKUP_DRILL",
         "the daemon's drills: `off`, `after-backup` (every new backup), or a cron expression (the latest then)",
     )
-    .default("off")
-    .commands(RUN),
+    .default("off"),
     Setting::switch("dry-run", "`prune`: print, delete nothing")
         .short('n')
         .commands(&["prune"]),
@@ -537,6 +533,46 @@ fn target_url(u: &str) -> Result<crate::url::Url, BackupError> {
     Ok(url)
 }
 
+/// The daemon's drills from `BACKUP_DRILL`, `BACKUP_DRILL_URL`, `BACKUP_DRILL_SQL`,
+/// `BACKUP_RESTORE_JOBS` and `BACKUP_TMP_DIR`, checked before the daemon starts.
+fn daemon_drills(m: &Matches) -> Result<DaemonDrills, BackupError> {
+    let when =
+        DaemonDrills::when(m.by_env("BACKUP_DRILL").map_err(usage)?.as_deref()).map_err(usage)?;
+    if matches!(when, drill::When::Off) {
+        return Ok(DaemonDrills::default());
+    }
+    let into = match m.by_env("BACKUP_DRILL_URL").map_err(usage)? {
+        Some(u) => Some(target_url(&u).map_err(|e| e.context("BACKUP_DRILL_URL"))?),
+        None => None,
+    };
+    let sql = crate::config::var("BACKUP_DRILL_SQL")
+        .map_err(usage)?
+        .map(std::path::PathBuf::from);
+    if let Some(path) = &sql {
+        std::fs::metadata(path).map_err(|e| {
+            usage(invalid(format!(
+                "BACKUP_DRILL_SQL {}: {}",
+                path.display(),
+                crate::error::io_reason(&e)
+            )))
+        })?;
+    }
+    Ok(DaemonDrills {
+        when,
+        request: DrillRequest {
+            name: "latest".into(),
+            into,
+            jobs: restore_jobs(m.string("jobs").map_err(usage)?).map_err(usage)?,
+            tmp_dir: crate::config::var("BACKUP_TMP_DIR")
+                .map_err(usage)?
+                .map(std::path::PathBuf::from),
+            sql,
+            ..DrillRequest::default()
+        },
+        identities: identities()?,
+    })
+}
+
 /// Runs `command` with the settings of `m` (flags, else the environment); returns
 /// the exit status.
 pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
@@ -594,7 +630,10 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
         })
     };
     match command {
-        Command::Daemon => Ok(daemon::run(&runner, &stop)?.clamp(0, 255) as u8),
+        Command::Daemon => {
+            let drills = daemon_drills(m)?;
+            Ok(daemon::run_drilling(&runner, &stop, &drills)?.clamp(0, 255) as u8)
+        }
         Command::Now => {
             let r = runner.run();
             if let Some(f) = was_stopped(&r.failures.join("; ")) {
