@@ -501,3 +501,63 @@ fn daemon_drills_record_their_result_and_a_failed_one_turns_the_healthcheck_unhe
     assert_eq!(r.code, Some(2), "{}", r.output());
     assert!(r.stderr.contains("BACKUP_DRILL"), "{}", r.output());
 }
+
+#[test]
+fn list_shows_each_drill_and_restore_latest_warns_when_the_latest_failed_its_drill() {
+    let pg = Postgres::start();
+    good(&pg);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let url = pg.url();
+    let env = [("DIRECT_URL", url.as_str()), ("BACKUP_DIR", d)];
+    assert_eq!(backup(&["now"], &env).code, Some(0));
+    assert_eq!(backup(&["drill", "latest"], &env).code, Some(0));
+    let good_name = manifests(dir.path()).pop().unwrap().name;
+    pg.psql_db(
+        "app",
+        "SET ROLE app;
+         CREATE TABLE z_ref (id int PRIMARY KEY);
+         INSERT INTO z_ref VALUES (1);
+         CREATE FUNCTION ref_ok(i int) RETURNS boolean LANGUAGE sql STABLE
+             AS 'SELECT EXISTS (SELECT 1 FROM z_ref WHERE id = i)';
+         CREATE TABLE a_child (ref int CHECK (ref_ok(ref)));
+         INSERT INTO a_child VALUES (1);",
+    );
+    assert_eq!(backup(&["now"], &env).code, Some(0));
+    let list = backup(&["list"], &env);
+    let row = |name: &str| {
+        list.stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let bad_name = manifests(dir.path()).pop().unwrap().name;
+    assert!(list.stdout.lines().next().unwrap().ends_with("DRILLED"));
+    assert!(row(&bad_name).ends_with(" no"), "{}", list.stdout);
+    assert_eq!(backup(&["drill", "latest"], &env).code, Some(1));
+    let list = backup(&["list"], &env);
+    let row = |name: &str| {
+        list.stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(row(&good_name).contains(" ok 20"), "{}", list.stdout);
+    assert!(
+        row(&bad_name).contains(" FAILED 20") && row(&bad_name).ends_with("(1 problem)"),
+        "{}",
+        list.stdout
+    );
+    let r = backup(&["restore", "latest"], &env);
+    assert!(
+        r.stderr
+            .contains(&format!("the latest backup, {bad_name}, failed its drill"))
+            && r.stderr.contains(&format!(
+                "the newest backup whose drill passed is {good_name}"
+            )),
+        "{}",
+        r.output()
+    );
+}

@@ -745,6 +745,9 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
                 None => None,
             };
             let backups = runner.backups_for_reading(*from)?;
+            if let Some(w) = catalog::drill_warning(&backups, name) {
+                tracing::warn!("{w}");
+            }
             let req = Request {
                 name: name.clone(),
                 from: *from,
