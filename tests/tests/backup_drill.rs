@@ -476,6 +476,13 @@ fn daemon_drills_record_their_result_and_a_failed_one_turns_the_healthcheck_unhe
         "{text}"
     );
     assert!(!healthy(&status), "a failed drill must be unhealthy");
+    let hc = Command::new(bin("healthcheck"))
+        .arg(format!("file://{}?max-age=1h", status.display()))
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&hc.stdout).to_string() + &String::from_utf8_lossy(&hc.stderr);
+    assert!(said.contains("the last backup drill failed"), "{said}");
     let v = std::fs::read_to_string(&status).unwrap();
     assert!(v.contains("public.a_child: 25 rows in the backup"), "{v}");
     r.assert_no_secret(&pg.password);

@@ -3,7 +3,7 @@
 //! success, even when a failure is written, so `healthcheck
 //! file:///backups/status.json?max-age=26h` reports a sidecar whose backups fail, or
 //! that stopped running, as unhealthy. A failed drill ([`super::drill`]) dates the file
-//! at the epoch until a drill passes again: the newest backup does not restore, so the
+//! 2 s after the epoch until a drill passes again: the newest backup does not restore, so the
 //! same healthcheck turns unhealthy at once, and `last_drill` says why. Also the
 //! optional outward signals: pings to a healthchecks.io-style URL and a Prometheus
 //! text-format metrics file.
@@ -53,8 +53,16 @@ pub fn success(path: &Path, made: &[Manifest]) -> Result<(), BackupError> {
             "sha256": m.sha256,
         })).collect::<Vec<_>>(),
     });
-    let dated = drill_failed(&v).then_some(SystemTime::UNIX_EPOCH);
+    let dated = drill_failed(&v).then_some(drill_failed_date());
     save(path, &v, dated)
+}
+
+/// The status file's date while the last drill failed: 2 s after the epoch, which
+/// `healthcheck file://` reports as a failed drill (and any `max-age` as stale).
+pub const DRILL_FAILED_SECS: u64 = 2;
+
+fn drill_failed_date() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(DRILL_FAILED_SECS)
 }
 
 /// Whether the last drill recorded in the status failed.
@@ -63,17 +71,17 @@ fn drill_failed(v: &serde_json::Value) -> bool {
 }
 
 /// The time the status file is dated at when no run succeeds now: the last success,
-/// or the epoch when there never was one or the last drill failed.
+/// the epoch when there never was one, or [`DRILL_FAILED_SECS`] when the last drill failed.
 fn dated(v: &serde_json::Value) -> SystemTime {
     let last_ok = v["last_success"]["unix"].as_i64().unwrap_or(0).max(0) as u64;
     if drill_failed(v) {
-        SystemTime::UNIX_EPOCH
+        drill_failed_date()
     } else {
         SystemTime::UNIX_EPOCH + Duration::from_secs(last_ok)
     }
 }
 
-/// Records a drill of `backup`: a failed one dates the file at the epoch (unhealthy
+/// Records a drill of `backup`: a failed one dates the file at [`DRILL_FAILED_SECS`] (unhealthy
 /// for any `max-age`) until a drill passes, which dates it at the last success again.
 pub fn drill(path: &Path, backup: &str, d: &Drill) -> Result<(), BackupError> {
     let mut v = read(path);
@@ -252,12 +260,12 @@ mod tests {
             problems: vec!["public.t: 3 rows in the backup, 0 restored".into()],
         };
         drill(&path, "app-x", &d).unwrap();
-        assert_eq!(mtime(&path), SystemTime::UNIX_EPOCH);
+        assert_eq!(mtime(&path), drill_failed_date());
         // a later successful run does not hide it, nor does a failed one
         success(&path, &[]).unwrap();
-        assert_eq!(mtime(&path), SystemTime::UNIX_EPOCH);
+        assert_eq!(mtime(&path), drill_failed_date());
         failure(&path, "x").unwrap();
-        assert_eq!(mtime(&path), SystemTime::UNIX_EPOCH);
+        assert_eq!(mtime(&path), drill_failed_date());
         let v = read(&path);
         assert_eq!(
             v["last_drill"]["problems"][0],

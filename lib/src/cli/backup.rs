@@ -132,7 +132,7 @@ pub static TABLE: &[Setting] = &[
     .commands(RUN),
     Setting::var(
         "BACKUP_AGE_IDENTITY",
-        "the age secret key, for `verify`/`restore` of encrypted backups only (usually `_FILE`)",
+        "the age secret key, for `verify`/`restore`/`drill` (and the daemon's drills) of encrypted backups only (usually `_FILE`)",
     ),
     setting(
         "schedule",
@@ -535,7 +535,7 @@ fn target_url(u: &str) -> Result<crate::url::Url, BackupError> {
 
 /// The daemon's drills from `BACKUP_DRILL`, `BACKUP_DRILL_URL`, `BACKUP_DRILL_SQL`,
 /// `BACKUP_RESTORE_JOBS` and `BACKUP_TMP_DIR`, checked before the daemon starts.
-fn daemon_drills(m: &Matches) -> Result<DaemonDrills, BackupError> {
+fn daemon_drills(m: &Matches, settings: &Settings) -> Result<DaemonDrills, BackupError> {
     let when =
         DaemonDrills::when(m.by_env("BACKUP_DRILL").map_err(usage)?.as_deref()).map_err(usage)?;
     if matches!(when, drill::When::Off) {
@@ -557,6 +557,12 @@ fn daemon_drills(m: &Matches) -> Result<DaemonDrills, BackupError> {
             )))
         })?;
     }
+    let identities = identities()?;
+    if !settings.recipients.is_empty() && identities.is_empty() {
+        return Err(usage(invalid(
+            "BACKUP_DRILL: the backups are encrypted (BACKUP_AGE_RECIPIENT) and a drill must read them: set BACKUP_AGE_IDENTITY_FILE, or BACKUP_DRILL=off",
+        )));
+    }
     Ok(DaemonDrills {
         when,
         request: DrillRequest {
@@ -569,7 +575,7 @@ fn daemon_drills(m: &Matches) -> Result<DaemonDrills, BackupError> {
             sql,
             ..DrillRequest::default()
         },
-        identities: identities()?,
+        identities,
     })
 }
 
@@ -631,7 +637,7 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
     };
     match command {
         Command::Daemon => {
-            let drills = daemon_drills(m)?;
+            let drills = daemon_drills(m, &runner.settings)?;
             Ok(daemon::run_drilling(&runner, &stop, &drills)?.clamp(0, 255) as u8)
         }
         Command::Now => {
