@@ -258,6 +258,18 @@ fn a_check_constraint_that_names_a_table_without_its_schema_fails_the_drill() {
     let drill = manifests(dir.path()).pop().unwrap().drill.unwrap();
     assert!(!drill.ok);
     assert_eq!(drill.rows_missing, 25);
+
+    // a drill of the latest backup by hand is the sidecar's health too
+    let status = dir.path().join("status.json");
+    let env = [
+        env[0],
+        env[1],
+        ("BACKUP_STATUS_FILE", status.to_str().unwrap()),
+    ];
+    assert_eq!(backup(&["now"], &env).code, Some(0));
+    assert!(healthy(&status));
+    assert_eq!(backup(&["drill", "latest"], &env).code, Some(1));
+    assert!(!healthy(&status));
 }
 
 /// An extension installed in the server's share directory for one test, removed

@@ -409,17 +409,23 @@ pub fn daemon_drill(runner: &super::run::Runner, name: &str, d: &DaemonDrills) -
     } else {
         tracing::error!("drill of {backup} failed: {}", result.problems.join("; "));
     }
+    record(s, &backup, &result);
+    result.ok
+}
+
+/// Records a drill of the latest backup in the status file and the metrics (when
+/// set): a failed one turns the healthcheck unhealthy until a drill passes.
+pub fn record(s: &super::settings::Settings, backup: &str, result: &Drill) {
     if let Some(path) = &s.status_file {
-        if let Err(e) = super::status::drill(path, &backup, &result) {
+        if let Err(e) = super::status::drill(path, backup, result) {
             warn!("status file: {e}");
         }
     }
     if let Some(path) = &s.metrics_file {
-        if let Err(e) = super::status::drill_metrics(path, &result) {
+        if let Err(e) = super::status::drill_metrics(path, result) {
             warn!("metrics file: {e}");
         }
     }
-    result.ok
 }
 
 #[cfg(test)]

@@ -716,6 +716,10 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
                 return Err(f);
             }
             let o = done.map_err(|e| e.context("drill failed"))?;
+            // a drill of the latest backup is the sidecar's health, as the daemon's are
+            if name == "latest" {
+                drill::record(&runner.settings, &o.backup, &o.drill);
+            }
             if o.kept {
                 println!("{}", o.database);
             }
