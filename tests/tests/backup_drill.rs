@@ -580,3 +580,41 @@ fn list_shows_each_drill_and_restore_latest_warns_when_the_latest_failed_its_dri
         r.output()
     );
 }
+
+#[test]
+fn bad_drill_input_exits_2_saying_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let url = "postgres://app:pw@127.0.0.1:1/app";
+    let env = [("DIRECT_URL", url), ("BACKUP_DIR", d)];
+    for (args, extra, says) in [
+        (&["drill"][..], None, "needs a backup name"),
+        (
+            &["drill", "latest", "--into", "nonsense"][..],
+            None,
+            "--into/BACKUP_DRILL_URL",
+        ),
+        (
+            &["drill", "latest", "--to", "postgres://x/y"][..],
+            None,
+            "does not take --to",
+        ),
+        (
+            &["restore", "latest", "--keep"][..],
+            None,
+            "does not take --keep",
+        ),
+        (
+            &["drill", "latest"][..],
+            Some(("BACKUP_DRILL_SQL", "/nonexistent/checks.sql")),
+            "BACKUP_DRILL_SQL /nonexistent/checks.sql",
+        ),
+    ] {
+        let mut e = env.to_vec();
+        e.extend(extra);
+        let r = backup(args, &e);
+        assert_eq!(r.code, Some(2), "{args:?}: {}", r.output());
+        assert!(r.stderr.contains(says), "{args:?}: {}", r.output());
+        r.assert_no_secret("pw@");
+    }
+}

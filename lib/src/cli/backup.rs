@@ -533,6 +533,11 @@ fn target_url(u: &str) -> Result<crate::url::Url, BackupError> {
     Ok(url)
 }
 
+/// `drill --into`/`BACKUP_DRILL_URL`: checked as `--to` is, and named as itself.
+fn drill_url(u: &str) -> Result<crate::url::Url, BackupError> {
+    target_url(u).map_err(|e| e.map_message(|m| m.replacen("--to", "--into/BACKUP_DRILL_URL", 1)))
+}
+
 /// The daemon's drills from `BACKUP_DRILL`, `BACKUP_DRILL_URL`, `BACKUP_DRILL_SQL`,
 /// `BACKUP_RESTORE_JOBS` and `BACKUP_TMP_DIR`, checked before the daemon starts.
 fn daemon_drills(m: &Matches, settings: &Settings) -> Result<DaemonDrills, BackupError> {
@@ -542,7 +547,7 @@ fn daemon_drills(m: &Matches, settings: &Settings) -> Result<DaemonDrills, Backu
         return Ok(DaemonDrills::default());
     }
     let into = match m.by_env("BACKUP_DRILL_URL").map_err(usage)? {
-        Some(u) => Some(target_url(&u).map_err(|e| e.context("BACKUP_DRILL_URL"))?),
+        Some(u) => Some(drill_url(&u)?),
         None => None,
     };
     let sql = crate::config::var("BACKUP_DRILL_SQL")
@@ -591,7 +596,7 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
             target_url(u)?;
         }
         Command::Drill { into: Some(u), .. } => {
-            target_url(u)?;
+            drill_url(u)?;
         }
         Command::Drill { into: None, .. } => {
             settings.database_url().map_err(|_| {
@@ -688,7 +693,7 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
         } => {
             let ids = identities()?;
             let into = match into {
-                Some(u) => Some(target_url(u).map_err(|e| e.context("--into/BACKUP_DRILL_URL"))?),
+                Some(u) => Some(drill_url(u)?),
                 None => None,
             };
             let backups = runner.backups_for_reading(*from)?;
