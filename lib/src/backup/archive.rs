@@ -347,10 +347,10 @@ fn stream(
     // snapshot (a server that cannot export one) the dump is taken as before, without
     // counts: a drill then checks pg_restore's errors only.
     let snapshot = match kind {
-        Dump::Database(db) => match d
-            .rt
-            .block_on(dump::Snapshot::export(&target.with_dbname(db)))
-        {
+        Dump::Database(db) => match d.rt.block_on(dump::Snapshot::export(
+            &target.with_dbname(db),
+            d.settings.lock_wait_timeout,
+        )) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!("{db}: cannot export a snapshot to count the dump's rows in ({e}): the backup has no row counts");

@@ -355,8 +355,15 @@ impl Drop for Snapshot {
 }
 
 impl Snapshot {
-    /// Opens the transaction, exports its snapshot and starts counting in it.
-    pub async fn export(target: &PgTarget) -> Result<Snapshot, String> {
+    /// Opens the transaction, exports its snapshot and starts counting in it. The
+    /// counting session locks every table it will count at once (ACCESS SHARE, as
+    /// pg_dump does at its start, waiting at most `lock_wait`), so it never takes a
+    /// lock later: a migration that queues for ACCESS EXCLUSIVE behind pg_dump can
+    /// never deadlock with the count.
+    pub async fn export(
+        target: &PgTarget,
+        lock_wait: std::time::Duration,
+    ) -> Result<Snapshot, String> {
         let client = target.connect().await.map_err(|e| e.to_string())?;
         let q = |e: tokio_postgres::Error| crate::pg::classify(&e).to_string();
         client
@@ -370,7 +377,33 @@ impl Snapshot {
             .get(0);
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let counted = count_rows(&client).await.map_err(q);
+            let counted = async {
+                if !lock_wait.is_zero() {
+                    client
+                        .batch_execute(&format!(
+                            "SET LOCAL lock_timeout = '{}ms'",
+                            lock_wait.as_millis().max(1)
+                        ))
+                        .await?;
+                }
+                let tables: Vec<String> = client
+                    .query(DUMPED_TABLES, &[])
+                    .await?
+                    .iter()
+                    .map(|r| format!("{}.{}", quote_ident(r.get(0)), quote_ident(r.get(1))))
+                    .collect();
+                if !tables.is_empty() {
+                    client
+                        .batch_execute(&format!(
+                            "LOCK TABLE {} IN ACCESS SHARE MODE",
+                            tables.join(", ")
+                        ))
+                        .await?;
+                }
+                count_rows(&client).await
+            }
+            .await
+            .map_err(q);
             // Hold the snapshot until pg_dump is done with it (or gone).
             let _ = released.await;
             let _ = client.batch_execute("ROLLBACK").await;
