@@ -618,3 +618,35 @@ fn bad_drill_input_exits_2_saying_what_is_wrong() {
         r.assert_no_secret("pw@");
     }
 }
+
+#[test]
+fn a_daemon_drill_waits_for_a_drill_server_that_is_still_starting() {
+    let pg = Postgres::start();
+    let mut scratch = Postgres::start();
+    scratch.psql("ALTER ROLE app CREATEDB");
+    good(&pg);
+    // a cold start: the drill server comes up after the first backup is made
+    scratch.stop_server();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let metrics = dir.path().join("metrics.prom");
+    let url = pg.url();
+    let into = scratch.url();
+    let env = [
+        ("DIRECT_URL", url.as_str()),
+        ("BACKUP_DIR", d),
+        ("BACKUP_METRICS_FILE", metrics.to_str().unwrap()),
+        ("BACKUP_ON_START", "true"),
+        ("BACKUP_SCHEDULE", "0 3 * * *"),
+        ("BACKUP_DRILL", "after-backup"),
+        ("BACKUP_DRILL_URL", into.as_str()),
+    ];
+    let daemon = command(&bin("backup"), &[], &env).spawn().unwrap();
+    wait_for_metric(&metrics, "dockhand_backup_runs_total{result=\"success\"} 1");
+    std::thread::sleep(Duration::from_secs(2));
+    scratch.start_server();
+    wait_for_metric(&metrics, "dockhand_backup_drill_success 1");
+    kill(Pid::from_raw(daemon.id() as i32), Signal::SIGTERM).unwrap();
+    let r = dockhand_tests::run::finish(daemon, Duration::from_secs(60));
+    assert_eq!(r.code, Some(0), "{}", r.output());
+}

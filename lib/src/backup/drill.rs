@@ -377,6 +377,11 @@ pub fn daemon_drill(runner: &super::run::Runner, name: &str, d: &DaemonDrills) -
         name: name.to_string(),
         ..d.request.clone()
     };
+    // A drill server started with the stack (a cold `docker compose up`) may still be
+    // starting after the first backup: wait for it as a run waits for its database.
+    if let Some(url) = req.into.as_ref().or(s.url.as_ref()) {
+        wait_for_server(runner, url, s.wait_timeout);
+    }
     let done = runner.backups_for_reading(None).and_then(|backups| {
         drill(
             &runner.reading(&d.identities),
@@ -411,6 +416,24 @@ pub fn daemon_drill(runner: &super::run::Runner, name: &str, d: &DaemonDrills) -
     }
     record(s, &backup, &result);
     result.ok
+}
+
+/// Waits up to `timeout` until the server of `url` accepts a connection (to its
+/// `postgres` database or the URL's own); gives up quietly (the drill then says why).
+fn wait_for_server(runner: &super::run::Runner, url: &Url, timeout: std::time::Duration) {
+    let Ok(target) = PgTarget::from_url(url) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let up = runner.rt.block_on(async {
+            target.with_dbname("postgres").ping().await.is_ok() || target.ping().await.is_ok()
+        });
+        if up || runner.cancel.is_cancelled() || std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
 }
 
 /// Records a drill of the latest backup in the status file and the metrics (when
