@@ -583,6 +583,13 @@ fn probe_file(path: &std::path::Path, max_age: Option<Duration>) -> Result<Strin
     let modified = meta
         .modified()
         .map_err(|e| transient(crate::error::io_reason(&e)))?;
+    // `backup` dates its status file 2 s after the epoch while its last drill failed
+    // (backup::status::DRILL_FAILED_SECS).
+    if modified == SystemTime::UNIX_EPOCH + Duration::from_secs(2) {
+        return Err(transient(
+            "the last backup drill failed: the newest backup does not restore as it was taken (see last_drill in the file, and the backup's log)",
+        ));
+    }
     // `backup` dates its status file to the last success; 1970 means none yet.
     if modified <= SystemTime::UNIX_EPOCH + Duration::from_secs(1) {
         return Err(transient(

@@ -353,6 +353,82 @@ fn the_full_stack_runs_as_written() {
         dockhand_tests::wait_until(Duration::from_secs(120), || healthy(&backup)),
         "the sidecar did not recover"
     );
+    // drills: the daemon drilled its first backup into drill-db, and it passed ...
+    let status = || p.ok(&["exec", "-T", "db-backup", "cat", "/backups/status.json"]);
+    assert!(
+        dockhand_tests::wait_until(Duration::from_secs(120), || status()
+            .contains("\"last_drill\"")),
+        "no drill recorded: {}",
+        status()
+    );
+    assert!(status().contains("\"ok\": true"), "{}", status());
+    // ... then a CHECK whose function names a table without its schema (fine in the
+    // app, fails under pg_restore's empty search_path): the drill fails, naming the
+    // table, and the sidecar turns unhealthy, saying why in its status file
+    let psql = |sql: &str| {
+        p.ok(&[
+            "exec",
+            "-T",
+            "postgres",
+            "psql",
+            "-U",
+            "app",
+            "-d",
+            "app",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+    };
+    psql(
+        "CREATE TABLE z_ref (id int PRIMARY KEY);
+         INSERT INTO z_ref SELECT generate_series(1, 30);
+         CREATE FUNCTION ref_ok(i int) RETURNS boolean LANGUAGE sql STABLE
+             AS 'SELECT EXISTS (SELECT 1 FROM z_ref WHERE id = i)';
+         CREATE TABLE a_child (id int PRIMARY KEY, ref int CHECK (ref_ok(ref)));
+         INSERT INTO a_child SELECT i, i FROM generate_series(1, 25) i;",
+    );
+    p.ok(&["exec", "-T", "db-backup", "/dockhand/backup", "now"]);
+    let drilled = p.compose(&[
+        "exec",
+        "-T",
+        "db-backup",
+        "/dockhand/backup",
+        "drill",
+        "latest",
+    ]);
+    let said = String::from_utf8_lossy(&drilled.stderr).to_string();
+    assert_eq!(drilled.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("public.a_child: 25 rows in the backup, 0 restored"),
+        "{said}"
+    );
+    assert!(
+        dockhand_tests::wait_until(Duration::from_secs(60), || docker_text(&[
+            "inspect",
+            "-f",
+            "{{.State.Health.Status}}",
+            &backup
+        ]) == "unhealthy"),
+        "the sidecar stayed healthy after a failed drill"
+    );
+    assert!(status().contains("public.a_child"), "{}", status());
+    // fixed, backed up and drilled again: healthy again
+    psql("DROP TABLE a_child; DROP FUNCTION ref_ok(int); DROP TABLE z_ref;");
+    p.ok(&["exec", "-T", "db-backup", "/dockhand/backup", "now"]);
+    p.ok(&[
+        "exec",
+        "-T",
+        "db-backup",
+        "/dockhand/backup",
+        "drill",
+        "latest",
+    ]);
+    assert!(
+        dockhand_tests::wait_until(Duration::from_secs(60), || healthy(&backup)),
+        "the sidecar did not recover after a passing drill"
+    );
     p.ok(&["exec", "-T", "db-backup", "/dockhand/backup", "now"]);
     // stop: every dockhand container exits 0, well under the stop timeout
     let started = Instant::now();

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::codec::{self, Stage};
 use super::dump::{self, Tools};
-use super::manifest::{file_safe, unique_stamp, Content, Manifest};
+use super::manifest::{file_safe, unique_stamp, Content, Counts, Manifest};
 use super::s3::{Upload, S3};
 use super::settings::Settings;
 use super::{err, hex, unix_now, BackupError, Cancel, Tool};
@@ -208,7 +208,7 @@ pub fn backup(
     }
     let tee = Arc::new(Mutex::new(tee));
     let streamed = stream(d, target, kind, tools, tee.clone());
-    let dump_bytes = match streamed {
+    let (dump_bytes, counts) = match streamed {
         Ok(n) => n,
         Err(e) => {
             // An abandoned compressor may still hold the tee: discard it in place.
@@ -278,6 +278,8 @@ pub fn backup(
         encryption: (!s.recipients.is_empty()).then(|| "age".to_string()),
         recipients: s.recipients.clone(),
         verified: None,
+        counts,
+        drill: None,
     };
     let json = manifest.to_json();
     let mut complete = Vec::new();
@@ -325,14 +327,15 @@ pub fn backup(
     })
 }
 
-/// Runs the dump tool into the codec and the tee; returns the bytes it produced.
+/// Runs the dump tool into the codec and the tee; returns the bytes it produced and,
+/// for a database, the exact row counts of the dump (see [`dump::Snapshot`]).
 fn stream(
     d: &Destinations,
     target: &PgTarget,
     kind: &Dump,
     tools: &Tools,
     tee: Arc<Mutex<Tee>>,
-) -> Result<u64, BackupError> {
+) -> Result<(u64, Option<Counts>), BackupError> {
     d.cancel.check()?;
     let chain = codec::encoder(
         &d.settings.compression,
@@ -340,10 +343,29 @@ fn stream(
         Box::new(TeeStage(tee)),
     )?;
     let mut compressor = Compressor::start(chain);
+    // The rows are counted in the dump's own snapshot while pg_dump runs. Without a
+    // snapshot (a server that cannot export one) the dump is taken as before, without
+    // counts: a drill then checks pg_restore's errors only.
+    let snapshot = match kind {
+        Dump::Database(db) => match d.rt.block_on(dump::Snapshot::export(
+            &target.with_dbname(db),
+            d.settings.lock_wait_timeout,
+        )) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("{db}: cannot export a snapshot to count the dump's rows in ({e}): the backup has no row counts");
+                None
+            }
+        },
+        Dump::Globals => None,
+    };
     let mut cmd = match kind {
         Dump::Database(db) => {
             let mut c = dump::libpq_command(&tools.pg_dump, Some(&target.with_dbname(db)));
             c.args(["--format=custom", "--compress=0", "--no-password"]);
+            if let Some(s) = &snapshot {
+                c.arg(format!("--snapshot={}", s.id));
+            }
             c.args(dump::lock_wait_args(d.settings.lock_wait_timeout));
             c
         }
@@ -420,7 +442,19 @@ fn stream(
         ));
     }
     compressor.finish(d.cancel)?;
-    Ok(dump_bytes)
+    let counts = match snapshot {
+        Some(s) => match d.rt.block_on(s.finish()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(
+                    "counting the dump's rows failed ({e}): the backup has no row counts"
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    Ok((dump_bytes, counts))
 }
 
 /// What pg_dump's output is read in: a chunk of this size at a time.

@@ -95,6 +95,10 @@ pub fn merge(local: Vec<Manifest>, remote: Vec<Manifest>) -> Vec<Backup> {
                 if b.manifest.verified.is_none() {
                     b.manifest.verified = m.verified;
                 }
+                // the newer drill of the two copies' manifests
+                if m.drill.as_ref().map(|d| d.at) > b.manifest.drill.as_ref().map(|d| d.at) {
+                    b.manifest.drill = m.drill.clone();
+                }
             }
             None => out.push(Backup {
                 manifest: m,
@@ -128,8 +132,8 @@ pub fn find<'a>(backups: &'a [Backup], name: &str) -> Result<&'a Backup, BackupE
 /// Formats backups as the table `backup list` prints.
 pub fn table(backups: &[Backup]) -> String {
     let mut s = format!(
-        "{:<40} {:<20} {:<16} {:>10}  {:<6} {}\n",
-        "NAME", "TIME (UTC)", "DATABASE", "SIZE", "WHERE", "VERIFIED"
+        "{:<40} {:<20} {:<16} {:>10}  {:<6} {:<19}  {}\n",
+        "NAME", "TIME (UTC)", "DATABASE", "SIZE", "WHERE", "VERIFIED", "DRILLED"
     );
     for b in backups {
         let m = &b.manifest;
@@ -145,7 +149,7 @@ pub fn table(backups: &[Backup]) -> String {
             &m.database
         };
         s.push_str(&format!(
-            "{:<40} {:<20} {:<16} {:>10}  {:<6} {}\n",
+            "{:<40} {:<20} {:<16} {:>10}  {:<6} {:<19}  {}\n",
             m.name,
             &t[..19].replace('T', " "),
             db,
@@ -153,10 +157,55 @@ pub fn table(backups: &[Backup]) -> String {
             place,
             m.verified
                 .map_or("no".to_string(), |v| crate::time::rfc3339(v, 0)[..19]
-                    .replace('T', " "))
+                    .replace('T', " ")),
+            drilled(m)
         ));
     }
     s
+}
+
+/// A backup's last drill as `list` shows it: `no`, `ok 2026-12-07 02:10:00`, or
+/// `FAILED 2026-12-07 02:10:00 (3 problems)`.
+pub fn drilled(m: &Manifest) -> String {
+    match &m.drill {
+        None => "no".into(),
+        Some(d) => {
+            let at = crate::time::rfc3339(d.at, 0)[..19].replace('T', " ");
+            if d.ok {
+                format!("ok {at}")
+            } else {
+                let n = d.problems.len();
+                format!("FAILED {at} ({n} problem{})", if n == 1 { "" } else { "s" })
+            }
+        }
+    }
+}
+
+/// For `restore latest`: when the latest database backup's drill failed, a warning
+/// naming the newest one whose drill passed (of the same database), if any.
+pub fn drill_warning(backups: &[Backup], name: &str) -> Option<String> {
+    if name != "latest" {
+        return None;
+    }
+    let latest = find(backups, name).ok()?;
+    let d = latest.manifest.drill.as_ref().filter(|d| !d.ok)?;
+    let good = backups.iter().rev().find(|b| {
+        b.manifest.kind == Content::Database
+            && b.manifest.database == latest.manifest.database
+            && b.manifest.drill.as_ref().is_some_and(|d| d.ok)
+    });
+    Some(format!(
+        "the latest backup, {}, failed its drill ({}); {}",
+        latest.manifest.name,
+        d.problems.join("; "),
+        match good {
+            Some(g) => format!(
+                "the newest backup whose drill passed is {}: restore it by name",
+                g.manifest.name
+            ),
+            None => "no backup of this database has passed a drill".into(),
+        }
+    ))
 }
 
 pub fn human_size(n: u64) -> String {
@@ -379,6 +428,17 @@ pub fn verify(
     }
     let mut updated = m.clone();
     updated.verified = Some(unix_now());
+    update_manifest(r, b, &updated)
+}
+
+/// Writes `updated` over the manifest of `b` on every side it has a copy (verify
+/// records its time, a drill its result).
+pub(crate) fn update_manifest(
+    r: &Reading,
+    b: &Backup,
+    updated: &Manifest,
+) -> Result<(), BackupError> {
+    let m = &b.manifest;
     let json = updated.to_json();
     if b.local {
         if let Some(dir) = r.dir {

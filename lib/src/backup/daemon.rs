@@ -9,6 +9,10 @@
 //! backup gets `BACKUP_STOP_GRACE` to finish, then is cancelled (pg_dump killed,
 //! partial file removed, multipart upload aborted); a second signal cancels at once.
 //! The daemon then exits 0.
+//!
+//! Drills (`BACKUP_DRILL`, see [`super::drill`]): `after-backup` drills each database
+//! backup a run made, right after it; a cron expression drills the latest backup at
+//! its own times, between runs.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
@@ -16,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use chrono::Utc;
 use tracing::{error, info, warn};
 
+use super::drill::{self, DaemonDrills, When};
 use super::run::Runner;
 use super::schedule::{next_after, parse_schedule, parse_timezone};
 use super::{usage, BackupError, Cancel};
@@ -117,8 +122,21 @@ pub fn watch_signals(
 
 /// Runs the daemon until stopped; returns the exit status (0).
 pub fn run(runner: &Runner, stop: &Stop) -> Result<i32, BackupError> {
+    run_drilling(runner, stop, &DaemonDrills::default())
+}
+
+/// [`run`], with drills (`BACKUP_DRILL`): after every backup, or on their own schedule.
+pub fn run_drilling(
+    runner: &Runner,
+    stop: &Stop,
+    drills: &DaemonDrills,
+) -> Result<i32, BackupError> {
     let s = &runner.settings;
     let schedule = parse_schedule(&s.schedule).map_err(usage)?;
+    let drill_schedule = match &drills.when {
+        When::Cron(expr) => Some(parse_schedule(expr).map_err(usage)?),
+        _ => None,
+    };
     let tz = parse_timezone(&s.timezone).map_err(usage)?;
     info!(
         "backup daemon: schedule {:?} in {}, to {}",
@@ -144,6 +162,13 @@ pub fn run(runner: &Runner, stop: &Stop) -> Result<i32, BackupError> {
             warn!("{e}; trying the run anyway");
         }
         let r = runner.run();
+        if matches!(drills.when, When::AfterBackup) {
+            for o in &r.made {
+                if o.manifest.kind == super::manifest::Content::Database && !stop.is_requested() {
+                    drill::daemon_drill(runner, &o.manifest.name, drills);
+                }
+            }
+        }
         if r.failures.is_empty() {
             info!("run finished: {} backup(s) made", r.made.len());
             true
@@ -184,6 +209,22 @@ pub fn run(runner: &Runner, stop: &Stop) -> Result<i32, BackupError> {
                 }
             },
         };
+        // A drill on its own schedule, when it comes before the next run.
+        if let Some(at) = drill_schedule
+            .as_ref()
+            .and_then(|d| next_after(d, tz, Utc::now()))
+            .filter(|at| *at < next)
+        {
+            info!(
+                "next drill at {}",
+                at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z")
+            );
+            if stop.sleep_until(SystemTime::from(at)) {
+                break;
+            }
+            drill::daemon_drill(runner, "latest", drills);
+            continue;
+        }
         let is_retry = retry_at.is_some_and(|r| r == next) && scheduled != Some(next);
         info!(
             "next backup at {}{}",

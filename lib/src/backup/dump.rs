@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::manifest::Counts;
 use super::{err, BackupError};
 use crate::pg::PgTarget;
 
@@ -283,6 +284,148 @@ pub async fn lock_blockers(target: &PgTarget, messages: &str) -> Option<String> 
         .collect::<Vec<_>>()
         .join("; ");
     Some(crate::redact::text(&who))
+}
+
+/// The tables whose rows a whole-database `pg_dump` writes, as `(schema, table)`:
+/// ordinary tables (partitions are the leaves that hold rows; a partitioned table
+/// holds none of its own), temporary tables and extension members excluded (pg_dump
+/// leaves their data out), unlogged tables included (their data is dumped).
+const DUMPED_TABLES: &str = "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+     JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind = 'r' AND c.relpersistence <> 't' \
+     AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+     AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                     AND d.objid = c.oid AND d.deptype = 'e') \
+     ORDER BY 1, 2";
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The exact rows of every table a dump holds ([`DUMPED_TABLES`], `count(*) FROM
+/// ONLY`) and the large objects, as `client` sees them: inside a dump's exported
+/// snapshot when counting a backup, in the restored database when checking a drill.
+/// One implementation for both sides, so they count the same things.
+pub async fn count_rows(client: &tokio_postgres::Client) -> Result<Counts, tokio_postgres::Error> {
+    let mut tables = Vec::new();
+    for t in client.query(DUMPED_TABLES, &[]).await? {
+        let (schema, name): (String, String) = (t.get(0), t.get(1));
+        let n: i64 = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM ONLY {}.{}",
+                    quote_ident(&schema),
+                    quote_ident(&name)
+                ),
+                &[],
+            )
+            .await?
+            .get(0);
+        tables.push((schema, name, n));
+    }
+    let large_objects: i64 = client
+        .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
+        .await?
+        .get(0);
+    Ok(Counts {
+        tables,
+        large_objects,
+    })
+}
+
+/// A REPEATABLE READ transaction whose snapshot `pg_dump --snapshot` dumps, counting
+/// the rows in that same snapshot while pg_dump runs, so the counts are exactly the
+/// dump's even while the application writes. The transaction stays open until
+/// [`Snapshot::finish`] (after pg_dump has exited): pg_dump and its workers import
+/// the snapshot, which needs the exporting transaction alive.
+pub struct Snapshot {
+    pub id: String,
+    release: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<Counts, String>>>,
+}
+
+impl Drop for Snapshot {
+    /// A dump that failed or was stopped: stop counting and end the transaction now.
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Snapshot {
+    /// Opens the transaction, exports its snapshot and starts counting in it. The
+    /// counting session locks every table it will count at once (ACCESS SHARE, as
+    /// pg_dump does at its start, waiting at most `lock_wait`), so it never takes a
+    /// lock later: a migration that queues for ACCESS EXCLUSIVE behind pg_dump can
+    /// never deadlock with the count.
+    pub async fn export(
+        target: &PgTarget,
+        lock_wait: std::time::Duration,
+    ) -> Result<Snapshot, String> {
+        let client = target.connect().await.map_err(|e| e.to_string())?;
+        let q = |e: tokio_postgres::Error| crate::pg::classify(&e).to_string();
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(q)?;
+        let id: String = client
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(q)?
+            .get(0);
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let counted = async {
+                if !lock_wait.is_zero() {
+                    client
+                        .batch_execute(&format!(
+                            "SET LOCAL lock_timeout = '{}ms'",
+                            lock_wait.as_millis().max(1)
+                        ))
+                        .await?;
+                }
+                let tables: Vec<String> = client
+                    .query(DUMPED_TABLES, &[])
+                    .await?
+                    .iter()
+                    .map(|r| format!("{}.{}", quote_ident(r.get(0)), quote_ident(r.get(1))))
+                    .collect();
+                if !tables.is_empty() {
+                    client
+                        .batch_execute(&format!(
+                            "LOCK TABLE {} IN ACCESS SHARE MODE",
+                            tables.join(", ")
+                        ))
+                        .await?;
+                }
+                count_rows(&client).await
+            }
+            .await
+            .map_err(q);
+            // Hold the snapshot until pg_dump is done with it (or gone).
+            let _ = released.await;
+            let _ = client.batch_execute("ROLLBACK").await;
+            counted
+        });
+        Ok(Snapshot {
+            id,
+            release: Some(release),
+            task: Some(task),
+        })
+    }
+
+    /// Ends the transaction (call once pg_dump has exited); the counts.
+    pub async fn finish(mut self) -> Result<Counts, String> {
+        drop(self.release.take());
+        match self.task.take() {
+            Some(t) => t
+                .await
+                .unwrap_or_else(|e| Err(format!("counting stopped: {e}"))),
+            None => Err("counting stopped".into()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -92,6 +92,95 @@ pub struct Manifest {
     pub recipients: Vec<String>,
     /// Unix seconds of the last successful `verify`.
     pub verified: Option<i64>,
+    /// The exact row counts of the dump, counted in its own snapshot (`None` in
+    /// manifests written before counts existed, and for the globals).
+    pub counts: Option<Counts>,
+    /// The last drill of this backup.
+    pub drill: Option<Drill>,
+}
+
+/// Rows per table and large objects, exactly as a dump holds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// `(schema, table, rows)`, sorted by schema and table.
+    pub tables: Vec<(String, String, i64)>,
+    pub large_objects: i64,
+}
+
+impl Counts {
+    fn to_value(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tables": self.tables.iter().map(|(s, t, n)| serde_json::json!({"schema": s, "table": t, "rows": n})).collect::<Vec<_>>(),
+            "large_objects": self.large_objects,
+        })
+    }
+
+    fn from_value(v: &serde_json::Value) -> Option<Counts> {
+        let tables = v["tables"]
+            .as_array()?
+            .iter()
+            .map(|t| {
+                Some((
+                    t["schema"].as_str()?.to_string(),
+                    t["table"].as_str()?.to_string(),
+                    t["rows"].as_i64()?,
+                ))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Counts {
+            tables,
+            large_objects: v["large_objects"].as_i64().unwrap_or(0),
+        })
+    }
+
+    /// All rows of all tables.
+    pub fn rows(&self) -> i64 {
+        self.tables.iter().map(|t| t.2).sum()
+    }
+}
+
+/// What a drill found: when, whether the backup restored with every count equal,
+/// how long the restore took (the measured recovery time), and each difference.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Drill {
+    /// Unix seconds when the drill finished.
+    pub at: i64,
+    pub ok: bool,
+    /// Seconds the restore took.
+    pub seconds: f64,
+    /// Rows the backup holds that the restored copy lacks (all tables).
+    pub rows_missing: i64,
+    /// One line per difference or error; empty when ok.
+    pub problems: Vec<String>,
+}
+
+impl Drill {
+    fn to_value(&self) -> serde_json::Value {
+        serde_json::json!({
+            "at": self.at,
+            "ok": self.ok,
+            "seconds": self.seconds,
+            "rows_missing": self.rows_missing,
+            "problems": self.problems,
+        })
+    }
+
+    fn from_value(v: &serde_json::Value) -> Option<Drill> {
+        Some(Drill {
+            at: v["at"].as_i64()?,
+            ok: v["ok"].as_bool()?,
+            seconds: v["seconds"].as_f64().unwrap_or(0.0),
+            rows_missing: v["rows_missing"].as_i64().unwrap_or(0),
+            problems: v["problems"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| p.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
 }
 
 impl Manifest {
@@ -115,6 +204,8 @@ impl Manifest {
             "encryption": self.encryption,
             "recipients": self.recipients,
             "verified": self.verified,
+            "counts": self.counts.as_ref().map(Counts::to_value),
+            "drill": self.drill.as_ref().map(Drill::to_value),
         });
         serde_json::to_string_pretty(&v).unwrap_or_default()
     }
@@ -148,6 +239,8 @@ impl Manifest {
                 })
                 .unwrap_or_default(),
             verified: v["verified"].as_i64(),
+            counts: Counts::from_value(&v["counts"]),
+            drill: Drill::from_value(&v["drill"]),
         };
         let plain =
             |s: &str| !s.is_empty() && !s.starts_with('.') && !s.contains('/') && !s.contains('\\');
@@ -255,7 +348,7 @@ fn is_stamp(s: &str) -> bool {
             b[15] == b'.'
                 && digits(16..19)
                 && &b[19..21] == b"Z-"
-                && b[21..].iter().all(|c| c.is_ascii_hexdigit())
+                && b[21..].iter().all(|c| b"0123456789abcdef".contains(c))
         }
         _ => false,
     }
@@ -303,6 +396,27 @@ mod tests {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-~".contains(&b)));
         }
+    }
+
+    #[test]
+    fn manifests_without_counts_stay_valid_and_counts_round_trip() {
+        let old = r#"{"format":1,"name":"app-20240101T000000Z","file":"app-20240101T000000Z.dump.zst",
+            "kind":"database","database":"app","started":1,"finished":2,"dump_bytes":3,"size":4,
+            "sha256":"00","compression":"zstd","level":3,"encryption":null,"recipients":[],"verified":null}"#;
+        let mut m = Manifest::from_json(old).expect("an old manifest parses");
+        assert_eq!((m.counts.clone(), m.drill.clone()), (None, None));
+        m.counts = Some(Counts {
+            tables: vec![("public".into(), "a \"b\"".into(), 25)],
+            large_objects: 2,
+        });
+        m.drill = Some(Drill {
+            at: 5,
+            ok: false,
+            seconds: 1.5,
+            rows_missing: 25,
+            problems: vec!["public.a: 25 rows in the backup, 0 restored".into()],
+        });
+        assert_eq!(Manifest::from_json(&m.to_json()), Some(m));
     }
 
     #[test]

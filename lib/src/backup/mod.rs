@@ -14,6 +14,8 @@
 //! - [`retention`]: which backups a policy keeps, and pruning;
 //! - [`restore`]: a backup streamed back into a new (or, when confirmed, an existing)
 //!   database; [`globals`]: a globals backup restored into a cluster that has roles;
+//! - [`drill`]: a backup restored into a scratch database and every table's rows
+//!   compared with the exact counts of the dump, which proves that it restores;
 //! - [`names`]: the names dockhand makes from database names, within PostgreSQL's
 //!   63 bytes and distinct;
 //! - [`run`]: one run (lock, dumps, verify, retention, status) and prune;
@@ -25,6 +27,7 @@ pub mod archive;
 pub mod catalog;
 pub mod codec;
 pub mod daemon;
+pub mod drill;
 pub mod dump;
 pub mod globals;
 pub mod manifest;

@@ -24,7 +24,7 @@ use tokio_postgres::error::SqlState;
 
 use super::catalog::{self, Backup, Reading, Side};
 use super::dump::{self, Server, Tools};
-use super::manifest::{stamp, Content, Manifest};
+use super::manifest::{stamp, Content, Counts, Manifest};
 use super::{err, globals, names, unix_now, BackupError, Cancel, Tool};
 use crate::pg::PgTarget;
 use crate::url::Url;
@@ -47,6 +47,11 @@ pub struct Request {
     pub jobs: usize,
     /// Where `--jobs` writes the decoded backup (`BACKUP_TMP_DIR`); default the system's.
     pub tmp_dir: Option<PathBuf>,
+    /// A drill ([`super::drill`]): always a new database `<db>_drill_<time>` on the
+    /// server of `to` (else the backup URL's), and pg_restore goes on past an error
+    /// so that every table that fails is seen; its errors come back in the report
+    /// instead of failing the restore, and the database is left for the drill.
+    pub drill: bool,
 }
 
 /// What a restore did.
@@ -65,6 +70,11 @@ pub struct Report {
     pub tablespaces_created: Vec<String>,
     pub tablespaces_updated: Vec<String>,
     pub notes: Vec<String>,
+    /// The restored database's row counts (a database backup).
+    pub counts: Option<Counts>,
+    /// A drill: pg_restore's exit status and its messages (errors it went on past).
+    pub restore_failed: bool,
+    pub messages: String,
 }
 
 impl Report {
@@ -119,9 +129,26 @@ pub fn restore(
         None => Side::S3,
     };
     if m.kind == Content::Globals {
+        if req.drill {
+            return Err(err(format!(
+                "{}: a globals backup has no tables to drill; drill a database backup",
+                m.name
+            )));
+        }
         return restore_globals(r, m, from, req, backup_url, cancel, clock);
     }
+    let drill_server = if req.drill {
+        req.to.as_ref().or(backup_url)
+    } else {
+        None
+    };
     let (target, created, server) = match (&req.to, backup_url) {
+        _ if drill_server.is_some() => {
+            let u = drill_server.expect("checked");
+            let template = PgTarget::from_url(u).map_err(super::usage)?;
+            let (target, server) = r.rt.block_on(claim_new(&template, &m.database, "_drill_"))?;
+            (target, true, server)
+        }
         (Some(u), _) => {
             let (target, created, server) = r.rt.block_on(existing_target(u, m, backup_url))?;
             if !created {
@@ -142,7 +169,7 @@ pub fn restore(
         }
         (None, Some(u)) => {
             let template = PgTarget::from_url(u).map_err(super::usage)?;
-            let (target, server) = r.rt.block_on(claim_new(&template, &m.database))?;
+            let (target, server) = r.rt.block_on(claim_new(&template, &m.database, "_restore_"))?;
             (target, true, server)
         }
         (None, None) => {
@@ -180,10 +207,14 @@ pub fn restore(
         // --dbname, given as a quoted conninfo (a bare name holding '=' would be read
         // as a connection string).
         let mut cmd = dump::libpq_command(&tools.pg_restore, Some(&target));
-        cmd.args(["--no-password", "--exit-on-error"])
+        cmd.arg("--no-password")
             .arg(format!("--dbname={}", dump::conninfo_dbname(&database)));
-        if parallel.is_none() {
-            cmd.arg("--single-transaction");
+        // A drill goes on past errors to see every table that fails.
+        if !req.drill {
+            cmd.arg("--exit-on-error");
+            if parallel.is_none() {
+                cmd.arg("--single-transaction");
+            }
         }
         if req.clean {
             cmd.args(["--clean", "--if-exists"]);
@@ -208,22 +239,33 @@ pub fn restore(
             }
         };
         drop(parallel);
-        if !status.success() {
+        if !status.success() && !req.drill {
             return Err(err(format!(
                 "pg_restore failed ({status}): {}",
                 messages.trim().replace('\n', "; ")
             )));
         }
-        Ok(())
+        Ok((!status.success(), messages))
     })();
-    if let Err(e) = result {
-        if created {
-            drop_database(r, &target);
+    let (restore_failed, messages) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            if created {
+                drop_database(r, &target);
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
+    };
     let restored_in = clock.elapsed().as_secs_f64();
-    let (tables, rows) = r.rt.block_on(count(&target))?;
+    let counts = match r.rt.block_on(count_restored(&target)) {
+        Ok(c) => c,
+        Err(e) if req.drill => {
+            drop_database(r, &target);
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let (tables, rows) = (counts.tables.len() as i64, counts.rows());
     Ok(Report {
         backup: m.name.clone(),
         database,
@@ -237,6 +279,9 @@ pub fn restore(
         tablespaces_created: Vec::new(),
         tablespaces_updated: Vec::new(),
         notes: Vec::new(),
+        counts: Some(counts),
+        restore_failed,
+        messages,
     })
 }
 
@@ -483,21 +528,40 @@ fn watch_tables(r: &Reading, target: &PgTarget) -> Watch {
     }))
 }
 
-/// Drops a database this restore created (a failed or stopped restore leaves nothing).
-fn drop_database(r: &Reading, target: &PgTarget) {
+/// Drops a database this restore created (a failed or stopped restore, a finished
+/// drill leave nothing). The sessions of a pg_restore just stopped may take a moment
+/// to end: "being accessed by other users" is retried for a few seconds.
+pub(crate) fn drop_database(r: &Reading, target: &PgTarget) -> bool {
     let database = target.dbname().to_string();
-    let _ = r.rt.block_on(async {
-        let (admin, _) = connect_first(target, &["postgres", "template1"])
-            .await
-            .ok()?;
-        admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {}",
-                quote_ident(&database)
-            ))
-            .await
-            .ok()
-    });
+    r.rt.block_on(async {
+        let Ok((admin, _)) = connect_first(target, &["postgres", "template1"]).await else {
+            return false;
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match admin
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {}",
+                    quote_ident(&database)
+                ))
+                .await
+            {
+                Ok(()) => return true,
+                Err(e)
+                    if e.code() == Some(&SqlState::OBJECT_IN_USE) && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => {
+                    warn!(
+                        "cannot drop database {database:?}: {}",
+                        crate::pg::classify(&e)
+                    );
+                    return false;
+                }
+            }
+        }
+    })
 }
 
 /// The error for a failed `CREATE DATABASE`.
@@ -528,7 +592,11 @@ const NAME_TRIES: u32 = 100;
 /// fitted to the server's identifier limit. `CREATE DATABASE` is the claim: a name
 /// that exists (another restore in the same second, a database of that name) is never
 /// used, and neither is the source's or the URL's own name.
-async fn claim_new(template: &PgTarget, source: &str) -> Result<(PgTarget, Server), BackupError> {
+async fn claim_new(
+    template: &PgTarget,
+    source: &str,
+    word: &str,
+) -> Result<(PgTarget, Server), BackupError> {
     let own = template.dbname().to_string();
     let (admin, _) = connect_first(template, &["postgres", "template1", &own]).await?;
     let server = dump::server_of(&admin, template).await?;
@@ -544,9 +612,9 @@ async fn claim_new(template: &PgTarget, source: &str) -> Result<(PgTarget, Serve
     let time = format!("{}_{}", &time[..8], &time[9..15]);
     for n in 1..=NAME_TRIES {
         let suffix = if n == 1 {
-            format!("_restore_{time}")
+            format!("{word}{time}")
         } else {
-            format!("_restore_{time}_{n}")
+            format!("{word}{time}_{n}")
         };
         let name = fit(&admin, source, &suffix, max).await.map_err(q)?;
         if name == source || name == own {
@@ -563,7 +631,7 @@ async fn claim_new(template: &PgTarget, source: &str) -> Result<(PgTarget, Serve
     }
     Err(err(format!(
         "no free name for the new database: {NAME_TRIES} names like {:?} exist; pass --to to name one",
-        names::database_name(source, &format!("_restore_{time}"), max)
+        names::database_name(source, &format!("{word}{time}"), max)
     )))
 }
 
@@ -819,6 +887,9 @@ fn restore_globals(
         tablespaces_created: plan.tablespaces_created,
         tablespaces_updated: plan.tablespaces_updated,
         notes,
+        counts: None,
+        restore_failed: false,
+        messages: String::new(),
     })
 }
 
@@ -838,38 +909,14 @@ async fn connect_first<'a>(
     Err(err(format!("{}: {last}", target.url)))
 }
 
-/// User tables and their exact row counts in the restored database.
-async fn count(target: &PgTarget) -> Result<(i64, i64), BackupError> {
+/// User tables and their exact row counts in the restored database (the tables a
+/// dump holds, counted as a backup counts them: [`dump::count_rows`]).
+pub(crate) async fn count_restored(target: &PgTarget) -> Result<Counts, BackupError> {
     let c = target
         .connect()
         .await
         .map_err(|e| err(format!("{}: {e}", target.url)).with_source(e))?;
-    let q = |e: tokio_postgres::Error| err(format!("counting rows: {}", crate::pg::classify(&e)));
-    let tables = c
-        .query(
-            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-             AND n.nspname NOT LIKE 'pg\\_toast%'",
-            &[],
-        )
+    dump::count_rows(&c)
         .await
-        .map_err(q)?;
-    let mut rows = 0i64;
-    for t in &tables {
-        let (schema, name): (String, String) = (t.get(0), t.get(1));
-        let n: i64 = c
-            .query_one(
-                &format!(
-                    "SELECT count(*) FROM ONLY {}.{}",
-                    quote_ident(&schema),
-                    quote_ident(&name)
-                ),
-                &[],
-            )
-            .await
-            .map_err(q)?
-            .get(0);
-        rows += n;
-    }
-    Ok((tables.len() as i64, rows))
+        .map_err(|e| err(format!("counting rows: {}", crate::pg::classify(&e))))
 }

@@ -2,13 +2,16 @@
 //! failure and its reason. Its modification time is always the time of the last
 //! success, even when a failure is written, so `healthcheck
 //! file:///backups/status.json?max-age=26h` reports a sidecar whose backups fail, or
-//! that stopped running, as unhealthy. Also the optional outward signals: pings to a
-//! healthchecks.io-style URL and a Prometheus text-format metrics file.
+//! that stopped running, as unhealthy. A failed drill ([`super::drill`]) dates the file
+//! 2 s after the epoch until a drill passes again: the newest backup does not restore, so the
+//! same healthcheck turns unhealthy at once, and `last_drill` says why. Also the
+//! optional outward signals: pings to a healthchecks.io-style URL and a Prometheus
+//! text-format metrics file.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use super::manifest::Manifest;
+use super::manifest::{Drill, Manifest};
 use super::{io_err, unix_now as now, BackupError};
 use crate::files::{write_atomic_dated, write_atomic_public};
 
@@ -50,7 +53,48 @@ pub fn success(path: &Path, made: &[Manifest]) -> Result<(), BackupError> {
             "sha256": m.sha256,
         })).collect::<Vec<_>>(),
     });
-    save(path, &v, None)
+    let dated = drill_failed(&v).then_some(drill_failed_date());
+    save(path, &v, dated)
+}
+
+/// The status file's date while the last drill failed: 2 s after the epoch, which
+/// `healthcheck file://` reports as a failed drill (and any `max-age` as stale).
+pub const DRILL_FAILED_SECS: u64 = 2;
+
+fn drill_failed_date() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(DRILL_FAILED_SECS)
+}
+
+/// Whether the last drill recorded in the status failed.
+fn drill_failed(v: &serde_json::Value) -> bool {
+    v["last_drill"]["ok"].as_bool() == Some(false)
+}
+
+/// The time the status file is dated at when no run succeeds now: the last success,
+/// the epoch when there never was one, or [`DRILL_FAILED_SECS`] when the last drill failed.
+fn dated(v: &serde_json::Value) -> SystemTime {
+    let last_ok = v["last_success"]["unix"].as_i64().unwrap_or(0).max(0) as u64;
+    if drill_failed(v) {
+        drill_failed_date()
+    } else {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(last_ok)
+    }
+}
+
+/// Records a drill of `backup`: a failed one dates the file at [`DRILL_FAILED_SECS`] (unhealthy
+/// for any `max-age`) until a drill passes, which dates it at the last success again.
+pub fn drill(path: &Path, backup: &str, d: &Drill) -> Result<(), BackupError> {
+    let mut v = read(path);
+    v["last_drill"] = serde_json::json!({
+        "time": crate::time::rfc3339(d.at, 0),
+        "unix": d.at,
+        "backup": backup,
+        "ok": d.ok,
+        "restore_seconds": d.seconds,
+        "rows_missing": d.rows_missing,
+        "problems": d.problems.iter().map(|p| crate::redact::text(p)).collect::<Vec<_>>(),
+    });
+    save(path, &v, Some(dated(&v)))
 }
 
 /// Records a failure, keeping the file's modification time at the last success (or
@@ -62,12 +106,7 @@ pub fn failure(path: &Path, reason: &str) -> Result<(), BackupError> {
         "unix": now(),
         "reason": crate::redact::text(reason),
     });
-    let last_ok = v["last_success"]["unix"].as_i64().unwrap_or(0).max(0) as u64;
-    save(
-        path,
-        &v,
-        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(last_ok)),
-    )
+    save(path, &v, Some(dated(&v)))
 }
 
 /// Pings `base` + `suffix` (`/start`, `""` for success, `/fail`), healthchecks.io
@@ -143,7 +182,145 @@ pub fn metrics(path: &Path, run: &RunMetrics) -> Result<(), BackupError> {
          dockhand_backup_runs_total{{result=\"failure\"}} {failed}\n",
         run.seconds, run.bytes
     );
+    // the drill's lines, written by [`drill_metrics`], are kept
+    let mut text = text;
+    for l in old.lines().filter(|l| is_drill_line(l)) {
+        text.push_str(l);
+        text.push('\n');
+    }
     // 0644: node_exporter usually runs as another user, and the file holds counts and
     // times only. (The status file, which may hold an error's text, stays 0600.)
     write_atomic_public(path, text.as_bytes()).map_err(io_err(path))
+}
+
+/// A line of the metrics file that [`drill_metrics`] writes.
+fn is_drill_line(l: &str) -> bool {
+    l.contains("dockhand_backup_drill_") || l.contains("dockhand_backup_restore_rows_missing")
+}
+
+/// Writes the last drill's metrics into the metrics file, keeping the run's lines:
+/// whether it passed, when, how long the restore took (the measured recovery time),
+/// and the rows the restored copy lacked.
+pub fn drill_metrics(path: &Path, d: &Drill) -> Result<(), BackupError> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let mut text: String = old
+        .lines()
+        .filter(|l| !is_drill_line(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&format!(
+        "# HELP dockhand_backup_drill_success Whether the last drill restored the backup with every table's rows (1) or not (0).\n\
+         # TYPE dockhand_backup_drill_success gauge\n\
+         dockhand_backup_drill_success {}\n\
+         # HELP dockhand_backup_drill_timestamp_seconds Unix time of the last drill.\n\
+         # TYPE dockhand_backup_drill_timestamp_seconds gauge\n\
+         dockhand_backup_drill_timestamp_seconds {}\n\
+         # HELP dockhand_backup_drill_duration_seconds Seconds the last drill's restore took (the measured recovery time).\n\
+         # TYPE dockhand_backup_drill_duration_seconds gauge\n\
+         dockhand_backup_drill_duration_seconds {:.3}\n\
+         # HELP dockhand_backup_restore_rows_missing Rows of the backup the last drill's restored copy lacked.\n\
+         # TYPE dockhand_backup_restore_rows_missing gauge\n\
+         dockhand_backup_restore_rows_missing {}\n",
+        u8::from(d.ok),
+        d.at,
+        d.seconds,
+        d.rows_missing
+    ));
+    write_atomic_public(path, text.as_bytes()).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh folder for one test (removed at the end of the test process's run).
+    fn folder(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("dockhand-status-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn mtime(p: &Path) -> SystemTime {
+        std::fs::metadata(p).unwrap().modified().unwrap()
+    }
+
+    #[test]
+    fn a_failed_drill_dates_the_status_at_the_epoch_until_one_passes() {
+        let dir = folder("drill");
+        let path = dir.join("status.json");
+        success(&path, &[]).unwrap();
+        let fresh = mtime(&path);
+        assert!(fresh > SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000));
+        let mut d = Drill {
+            at: now(),
+            ok: false,
+            seconds: 1.0,
+            rows_missing: 3,
+            problems: vec!["public.t: 3 rows in the backup, 0 restored".into()],
+        };
+        drill(&path, "app-x", &d).unwrap();
+        assert_eq!(mtime(&path), drill_failed_date());
+        // a later successful run does not hide it, nor does a failed one
+        success(&path, &[]).unwrap();
+        assert_eq!(mtime(&path), drill_failed_date());
+        failure(&path, "x").unwrap();
+        assert_eq!(mtime(&path), drill_failed_date());
+        let v = read(&path);
+        assert_eq!(
+            v["last_drill"]["problems"][0],
+            "public.t: 3 rows in the backup, 0 restored"
+        );
+        d.ok = true;
+        drill(&path, "app-x", &d).unwrap();
+        assert!(mtime(&path) > SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn run_and_drill_metrics_keep_each_other() {
+        let dir = folder("metrics");
+        let path = dir.join("m.prom");
+        metrics(
+            &path,
+            &RunMetrics {
+                success: true,
+                seconds: 1.0,
+                bytes: 5,
+            },
+        )
+        .unwrap();
+        let d = Drill {
+            at: 7,
+            ok: false,
+            seconds: 2.0,
+            rows_missing: 4,
+            problems: vec![],
+        };
+        drill_metrics(&path, &d).unwrap();
+        metrics(
+            &path,
+            &RunMetrics {
+                success: true,
+                seconds: 1.0,
+                bytes: 5,
+            },
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("dockhand_backup_drill_success 0\n"), "{text}");
+        assert!(
+            text.contains("dockhand_backup_restore_rows_missing 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dockhand_backup_runs_total{result=\"success\"} 2\n"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# TYPE dockhand_backup_drill_success").count(),
+            1
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

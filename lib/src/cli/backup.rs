@@ -9,6 +9,7 @@ use tracing::info;
 use super::{parse_with, Matches, Parsed, Setting};
 use crate::backup::catalog::{self, Side};
 use crate::backup::daemon::{self, OnSignal, Stop};
+use crate::backup::drill::{self, DaemonDrills, DrillRequest};
 use crate::backup::restore::{self, Request};
 use crate::backup::run::Runner;
 use crate::backup::settings::Settings;
@@ -16,7 +17,9 @@ use crate::backup::{codec, err, usage, BackupError, BackupKind, Cancel};
 use crate::config::{invalid, ConfigError};
 
 /// The commands, in the order help and errors list them.
-const COMMANDS: [&str; 6] = ["daemon", "now", "list", "verify", "restore", "prune"];
+const COMMANDS: [&str; 7] = [
+    "daemon", "now", "list", "verify", "restore", "prune", "drill",
+];
 /// How a run dumps and reports: `daemon` and `now`.
 const RUN: &[&str] = &["daemon", "now"];
 /// When the daemon runs: `daemon` only.
@@ -39,7 +42,7 @@ const fn setting(
 /// keys) are variables only: the command line is visible in `ps`.
 pub static TABLE: &[Setting] = &[
     Setting::words(
-        "`daemon` (default), `now`, `list`, `verify`, `restore`, `prune`",
+        "`daemon` (default), `now`, `list`, `verify`, `restore`, `prune`, `drill`",
         "the command",
     ),
     setting("dir", "DIR", "BACKUP_DIR", "the local backup folder"),
@@ -129,7 +132,7 @@ pub static TABLE: &[Setting] = &[
     .commands(RUN),
     Setting::var(
         "BACKUP_AGE_IDENTITY",
-        "the age secret key, for `verify`/`restore` of encrypted backups only (usually `_FILE`)",
+        "the age secret key, for `verify`/`restore`/`drill` (and the daemon's drills) of encrypted backups only (usually `_FILE`)",
     ),
     setting(
         "schedule",
@@ -234,9 +237,13 @@ pub static TABLE: &[Setting] = &[
         "directory holding `pg_dump`, `pg_restore`, `pg_dumpall`, `psql`",
     ),
     Setting::switch("remote", "`list`: also the backups in S3").commands(&["list"]),
-    Setting::value("from", "local\\|s3", "`verify`, `restore`: which copy to read")
-        .default_shown("the local copy if any")
-        .commands(&["verify", "restore"]),
+    Setting::value(
+        "from",
+        "local\\|s3",
+        "`verify`, `restore`, `drill`: which copy to read",
+    )
+    .default_shown("the local copy if any")
+    .commands(&["verify", "restore", "drill"]),
     Setting::value("to", "URL", "`restore`: the target database")
         .default_shown("a new database")
         .commands(&["restore"]),
@@ -257,12 +264,34 @@ pub static TABLE: &[Setting] = &[
         "`restore`: parallel `pg_restore` jobs into a database it creates (the backup is decoded into a file in `BACKUP_TMP_DIR` first); 1 streams it",
     )
     .default_shown("the CPUs, at most 8")
-    .commands(&["restore"]),
+    .commands(&["restore", "drill"]),
     Setting::var(
         "BACKUP_TMP_DIR",
         "`restore --jobs`: where the decoded backup is written (mode 0600, removed after)",
     )
     .default_shown("`TMPDIR`, else `/tmp`"),
+    setting(
+        "into",
+        "URL",
+        "BACKUP_DRILL_URL",
+        "`drill` and the daemon's drills: the server of the scratch database (a throwaway PostgreSQL, so production is not loaded)",
+    )
+    .default_shown("the backup URL's server")
+    .commands(&["drill"]),
+    Setting::switch(
+        "keep",
+        "`drill`: keep the scratch database and print its name",
+    )
+    .commands(&["drill"]),
+    Setting::var(
+        "BACKUP_DRILL_SQL",
+        "`drill` and the daemon's drills: a file of queries that must each return true on the restored copy (`;` ends one; else one a line)",
+    ),
+    Setting::var(
+        "BACKUP_DRILL",
+        "the daemon's drills: `off`, `after-backup` (every new backup), or a cron expression (the latest then)",
+    )
+    .default("off"),
     Setting::switch("dry-run", "`prune`: print, delete nothing")
         .short('n')
         .commands(&["prune"]),
@@ -286,14 +315,17 @@ Usage: backup [daemon]                 run on BACKUP_SCHEDULE until stopped
        backup restore NAME|latest      into a new database <db>_restore_<time>
               [--to URL] [--from local|s3] [--clean] [--yes] [--no-owner] [--jobs N]
        backup prune [--dry-run]        apply retention now, print what goes
+       backup drill NAME|latest        restore into a scratch database, compare every
+              [--into URL] [--from local|s3] [--keep] [--jobs N]
+                                       table's rows with the backup's, drop it
 
 Options (flag, else environment variable; any variable may be given as NAME_FILE;
 each command takes only the flags that mean something to it):
 ";
 
 const OUTRO: &str = "
-Exit status: 0 success, 1 the run/verify/restore failed, 2 invalid arguments or
-settings, 128+N stopped by signal N (now, verify, restore).
+Exit status: 0 success, 1 the run/verify/restore/drill failed, 2 invalid arguments or
+settings, 128+N stopped by signal N (now, verify, restore, drill).
 ";
 
 /// `--help`.
@@ -325,6 +357,13 @@ pub enum Command {
     Prune {
         dry_run: bool,
     },
+    Drill {
+        name: String,
+        from: Option<Side>,
+        into: Option<String>,
+        keep: bool,
+        jobs: usize,
+    },
 }
 
 /// Parses the arguments (without the program name): the command, its name argument,
@@ -347,11 +386,11 @@ fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
         (None, None) => "daemon",
         (None, Some(other)) => {
             return Err(invalid(format!(
-                "unknown command {other:?}: use daemon, now, list, verify, restore or prune"
+                "unknown command {other:?}: use daemon, now, list, verify, restore, prune or drill"
             )))
         }
     };
-    let needs_name = matches!(name, "verify" | "restore");
+    let needs_name = matches!(name, "verify" | "restore" | "drill");
     match (words.get(1), words.get(2)) {
         (_, Some(extra)) => return Err(invalid(format!("unexpected argument {extra:?}"))),
         (Some(extra), None) if !needs_name => {
@@ -394,6 +433,13 @@ fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
             clean: m.switch("clean")?,
             yes: m.switch("yes")?,
             no_owner: m.switch("no-owner")?,
+            jobs: restore_jobs(m.string("jobs")?)?,
+        },
+        "drill" => Command::Drill {
+            name: backup,
+            from,
+            into: m.string("into")?,
+            keep: m.switch("keep")?,
             jobs: restore_jobs(m.string("jobs")?)?,
         },
         _ => Command::Prune {
@@ -487,6 +533,57 @@ fn target_url(u: &str) -> Result<crate::url::Url, BackupError> {
     Ok(url)
 }
 
+/// `drill --into`/`BACKUP_DRILL_URL`: checked as `--to` is, and named as itself.
+fn drill_url(u: &str) -> Result<crate::url::Url, BackupError> {
+    target_url(u).map_err(|e| e.map_message(|m| m.replacen("--to", "--into/BACKUP_DRILL_URL", 1)))
+}
+
+/// The daemon's drills from `BACKUP_DRILL`, `BACKUP_DRILL_URL`, `BACKUP_DRILL_SQL`,
+/// `BACKUP_RESTORE_JOBS` and `BACKUP_TMP_DIR`, checked before the daemon starts.
+fn daemon_drills(m: &Matches, settings: &Settings) -> Result<DaemonDrills, BackupError> {
+    let when =
+        DaemonDrills::when(m.by_env("BACKUP_DRILL").map_err(usage)?.as_deref()).map_err(usage)?;
+    if matches!(when, drill::When::Off) {
+        return Ok(DaemonDrills::default());
+    }
+    let into = match m.by_env("BACKUP_DRILL_URL").map_err(usage)? {
+        Some(u) => Some(drill_url(&u)?),
+        None => None,
+    };
+    let sql = crate::config::var("BACKUP_DRILL_SQL")
+        .map_err(usage)?
+        .map(std::path::PathBuf::from);
+    if let Some(path) = &sql {
+        std::fs::metadata(path).map_err(|e| {
+            usage(invalid(format!(
+                "BACKUP_DRILL_SQL {}: {}",
+                path.display(),
+                crate::error::io_reason(&e)
+            )))
+        })?;
+    }
+    let identities = identities()?;
+    if !settings.recipients.is_empty() && identities.is_empty() {
+        return Err(usage(invalid(
+            "BACKUP_DRILL: the backups are encrypted (BACKUP_AGE_RECIPIENT) and a drill must read them: set BACKUP_AGE_IDENTITY_FILE, or BACKUP_DRILL=off",
+        )));
+    }
+    Ok(DaemonDrills {
+        when,
+        request: DrillRequest {
+            name: "latest".into(),
+            into,
+            jobs: restore_jobs(m.string("jobs").map_err(usage)?).map_err(usage)?,
+            tmp_dir: crate::config::var("BACKUP_TMP_DIR")
+                .map_err(usage)?
+                .map(std::path::PathBuf::from),
+            sql,
+            ..DrillRequest::default()
+        },
+        identities,
+    })
+}
+
 /// Runs `command` with the settings of `m` (flags, else the environment); returns
 /// the exit status.
 pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
@@ -497,6 +594,14 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
         }
         Command::Restore { to: Some(u), .. } => {
             target_url(u)?;
+        }
+        Command::Drill { into: Some(u), .. } => {
+            drill_url(u)?;
+        }
+        Command::Drill { into: None, .. } => {
+            settings.database_url().map_err(|_| {
+                usage(invalid("no server to drill on: pass --into postgres://... or set BACKUP_DRILL_URL or DIRECT_URL (a scratch database is created there)"))
+            })?;
         }
         Command::Restore { to: None, .. } => {
             settings.database_url().map_err(|_| {
@@ -510,7 +615,10 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
     }
     if matches!(
         command,
-        Command::List { .. } | Command::Verify { .. } | Command::Restore { .. }
+        Command::List { .. }
+            | Command::Verify { .. }
+            | Command::Restore { .. }
+            | Command::Drill { .. }
     ) && settings.dir.is_none()
         && settings.s3.is_none()
     {
@@ -533,7 +641,10 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
         })
     };
     match command {
-        Command::Daemon => Ok(daemon::run(&runner, &stop)?.clamp(0, 255) as u8),
+        Command::Daemon => {
+            let drills = daemon_drills(m, &runner.settings)?;
+            Ok(daemon::run_drilling(&runner, &stop, &drills)?.clamp(0, 255) as u8)
+        }
         Command::Now => {
             let r = runner.run();
             if let Some(f) = was_stopped(&r.failures.join("; ")) {
@@ -574,6 +685,67 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
             info!("{}: checksum and full read ok", m.file);
             Ok(0)
         }
+        Command::Drill {
+            name,
+            from,
+            into,
+            keep,
+            jobs,
+        } => {
+            let ids = identities()?;
+            let into = match into {
+                Some(u) => Some(drill_url(u)?),
+                None => None,
+            };
+            let backups = runner.backups_for_reading(*from)?;
+            let req = DrillRequest {
+                name: name.clone(),
+                from: *from,
+                into,
+                keep: *keep,
+                jobs: *jobs,
+                tmp_dir: crate::config::var("BACKUP_TMP_DIR")
+                    .map_err(usage)?
+                    .map(std::path::PathBuf::from),
+                sql: crate::config::var("BACKUP_DRILL_SQL")
+                    .map_err(usage)?
+                    .map(std::path::PathBuf::from),
+            };
+            let done = drill::drill(
+                &runner.reading(&ids),
+                &backups,
+                &req,
+                runner.settings.url.as_ref(),
+                &cancel,
+            );
+            if let Some(f) = was_stopped("drill stopped; the scratch database was dropped") {
+                return Err(f);
+            }
+            let o = done.map_err(|e| e.context("drill failed"))?;
+            // a drill of the latest backup is the sidecar's health, as the daemon's are
+            if name == "latest" {
+                drill::record(&runner.settings, &o.backup, &o.drill);
+            }
+            if o.kept {
+                println!("{}", o.database);
+            }
+            if o.drill.ok {
+                info!(
+                    "drill of {} passed: restored in {:.1} s, every table's rows as in the backup{}",
+                    o.backup,
+                    o.drill.seconds,
+                    if o.kept { format!(", kept as database {:?}", o.database) } else { String::new() }
+                );
+                Ok(0)
+            } else {
+                Err(err(format!(
+                    "drill of {} failed: {}",
+                    o.backup,
+                    o.drill.problems.join("; ")
+                ))
+                .into())
+            }
+        }
         Command::Restore {
             name,
             from,
@@ -589,6 +761,9 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
                 None => None,
             };
             let backups = runner.backups_for_reading(*from)?;
+            if let Some(w) = catalog::drill_warning(&backups, name) {
+                tracing::warn!("{w}");
+            }
             let req = Request {
                 name: name.clone(),
                 from: *from,
@@ -600,6 +775,7 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
                 tmp_dir: crate::config::var("BACKUP_TMP_DIR")
                     .map_err(usage)?
                     .map(std::path::PathBuf::from),
+                drill: false,
             };
             let done = restore::restore(
                 &runner.reading(&ids),
