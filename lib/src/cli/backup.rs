@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{parse_with, Matches, Parsed, Setting};
 use crate::backup::catalog::{self, Side};
@@ -727,7 +727,15 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
                 drill::record(&runner.settings, &o.backup, &o.drill);
             }
             if o.kept {
-                println!("{}", o.database);
+                if let crate::output::Written::Failed(e) =
+                    crate::output::stdout(&format!("{}\n", o.database))
+                {
+                    warn!(
+                        "cannot write the kept database's name ({:?}) to stdout: {}",
+                        o.database,
+                        crate::error::io_reason(&e)
+                    );
+                }
             }
             if o.drill.ok {
                 info!(
