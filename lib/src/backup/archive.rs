@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::codec::{self, Stage};
 use super::dump::{self, Tools};
-use super::manifest::{file_safe, unique_stamp, Content, Manifest};
+use super::manifest::{file_safe, unique_stamp, Content, Manifest, WalRange};
 use super::s3::{Upload, S3};
 use super::settings::Settings;
 use super::{err, hex, unix_now, BackupError, Cancel, Tool};
@@ -35,6 +35,8 @@ use crate::pg::PgTarget;
 pub enum Dump {
     Database(String),
     Globals,
+    /// The whole cluster, by `pg_basebackup` (see [`super::base`]).
+    Base,
 }
 
 /// Moves a finished `partial` to `path`, never over an existing file: a hard link
@@ -164,6 +166,7 @@ pub fn backup(
     let (name, ext, database) = match kind {
         Dump::Database(db) => (format!("{}-{unique}", file_safe(db)), "dump", db.clone()),
         Dump::Globals => (format!("_globals-{unique}"), "sql", String::new()),
+        Dump::Base => (format!("_base-{unique}"), "tar", String::new()),
     };
     let mut file = format!("{name}.{ext}.{}", s.compression.algorithm().ext());
     if !s.recipients.is_empty() {
@@ -207,8 +210,8 @@ pub fn backup(
         return Err(err(tee.errors.join("; ")));
     }
     let tee = Arc::new(Mutex::new(tee));
-    let streamed = stream(d, target, kind, tools, tee.clone());
-    let dump_bytes = match streamed {
+    let streamed = stream(d, target, kind, tools, tee.clone(), &name);
+    let (dump_bytes, wal) = match streamed {
         Ok(n) => n,
         Err(e) => {
             // An abandoned compressor may still hold the tee: discard it in place.
@@ -264,6 +267,7 @@ pub fn backup(
         kind: match kind {
             Dump::Database(_) => Content::Database,
             Dump::Globals => Content::Globals,
+            Dump::Base => Content::Base,
         },
         database,
         server_version: server_version.to_string(),
@@ -278,6 +282,7 @@ pub fn backup(
         encryption: (!s.recipients.is_empty()).then(|| "age".to_string()),
         recipients: s.recipients.clone(),
         verified: None,
+        wal,
     };
     let json = manifest.to_json();
     let mut complete = Vec::new();
@@ -325,15 +330,22 @@ pub fn backup(
     })
 }
 
-/// Runs the dump tool into the codec and the tee; returns the bytes it produced.
+/// Runs the dump tool into the codec and the tee; returns the bytes it produced and,
+/// for a base backup, its WAL range.
 fn stream(
     d: &Destinations,
     target: &PgTarget,
     kind: &Dump,
     tools: &Tools,
     tee: Arc<Mutex<Tee>>,
-) -> Result<u64, BackupError> {
+    name: &str,
+) -> Result<(u64, Option<WalRange>), BackupError> {
     d.cancel.check()?;
+    // Before the backup's checkpoint: at or before the WAL position it starts from.
+    let before = match kind {
+        Dump::Base => Some(d.rt.block_on(super::base::position(target))?),
+        _ => None,
+    };
     let chain = codec::encoder(
         &d.settings.compression,
         &d.settings.recipients,
@@ -352,6 +364,7 @@ fn stream(
             c.args(["--globals-only", "--no-password"]);
             c
         }
+        Dump::Base => super::base::command(tools, target, &format!("dockhand {name}")),
     };
     cmd.stdin(Stdio::null()).stdout(Stdio::piped());
     let mut tool = Tool::spawn(cmd, d.cancel)?;
@@ -401,6 +414,7 @@ fn stream(
                 None => reason,
             },
             Dump::Globals => reason,
+            Dump::Base => super::base::explain(&reason),
         };
         return Err(err(format!(
             "{} failed ({status}): {}",
@@ -419,8 +433,20 @@ fn stream(
             "pg_dump exited 0 but wrote nothing: not recorded as a backup",
         ));
     }
+    let wal = match before {
+        // After pg_basebackup ended: at or after the position it ends at.
+        Some((start, _)) => {
+            let (end, timeline) = d.rt.block_on(super::base::position(target))?;
+            Some(WalRange {
+                timeline,
+                start,
+                end,
+            })
+        }
+        None => None,
+    };
     compressor.finish(d.cancel)?;
-    Ok(dump_bytes)
+    Ok((dump_bytes, wal))
 }
 
 /// What pg_dump's output is read in: a chunk of this size at a time.

@@ -22,6 +22,7 @@
 //!   and Prometheus metrics.
 
 pub mod archive;
+pub mod base;
 pub mod catalog;
 pub mod codec;
 pub mod daemon;

@@ -16,7 +16,9 @@ use crate::backup::{codec, err, usage, BackupError, BackupKind, Cancel};
 use crate::config::{invalid, ConfigError};
 
 /// The commands, in the order help and errors list them.
-const COMMANDS: [&str; 6] = ["daemon", "now", "list", "verify", "restore", "prune"];
+const COMMANDS: [&str; 7] = [
+    "daemon", "now", "base", "list", "verify", "restore", "prune",
+];
 /// How a run dumps and reports: `daemon` and `now`.
 const RUN: &[&str] = &["daemon", "now"];
 /// When the daemon runs: `daemon` only.
@@ -39,7 +41,7 @@ const fn setting(
 /// keys) are variables only: the command line is visible in `ps`.
 pub static TABLE: &[Setting] = &[
     Setting::words(
-        "`daemon` (default), `now`, `list`, `verify`, `restore`, `prune`",
+        "`daemon` (default), `now`, `base`, `list`, `verify`, `restore`, `prune`",
         "the command",
     ),
     setting("dir", "DIR", "BACKUP_DIR", "the local backup folder"),
@@ -281,6 +283,8 @@ compressed, optionally encrypted, checksummed, with retention, verify and restor
 
 Usage: backup [daemon]                 run on BACKUP_SCHEDULE until stopped
        backup now                      one run now; the exit status says if it succeeded
+       backup base                     a base backup of the cluster (pg_basebackup) for
+                                       point-in-time recovery
        backup list [--remote]          the backups (folder; with --remote also S3)
        backup verify NAME|latest       checksum and a full read by pg_restore
        backup restore NAME|latest      into a new database <db>_restore_<time>
@@ -306,6 +310,8 @@ pub fn help() -> String {
 pub enum Command {
     Daemon,
     Now,
+    /// A base backup of the cluster for point-in-time recovery.
+    Base,
     List {
         remote: bool,
     },
@@ -347,7 +353,7 @@ fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
         (None, None) => "daemon",
         (None, Some(other)) => {
             return Err(invalid(format!(
-                "unknown command {other:?}: use daemon, now, list, verify, restore or prune"
+                "unknown command {other:?}: use daemon, now, base, list, verify, restore or prune"
             )))
         }
     };
@@ -383,6 +389,7 @@ fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
     let command = match name {
         "daemon" => Command::Daemon,
         "now" => Command::Now,
+        "base" => Command::Base,
         "list" => Command::List {
             remote: m.switch("remote")?,
         },
@@ -492,7 +499,7 @@ fn target_url(u: &str) -> Result<crate::url::Url, BackupError> {
 pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
     let settings = Settings::load(&|name| m.by_env(name)).map_err(usage)?;
     match command {
-        Command::Daemon | Command::Now | Command::Prune { .. } => {
+        Command::Daemon | Command::Now | Command::Base | Command::Prune { .. } => {
             settings.require_destination().map_err(usage)?;
         }
         Command::Restore { to: Some(u), .. } => {
@@ -505,7 +512,7 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
         }
         _ => {}
     }
-    if matches!(command, Command::Daemon | Command::Now) {
+    if matches!(command, Command::Daemon | Command::Now | Command::Base) {
         settings.database_url().map_err(usage)?;
     }
     if matches!(
@@ -543,6 +550,33 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
                 Ok(0)
             } else {
                 Err(err(format!("backup failed: {}", r.failures.join("; "))).into())
+            }
+        }
+        Command::Base => {
+            let made = runner.base();
+            if let Some(f) = was_stopped("base backup stopped") {
+                return Err(f);
+            }
+            let o = made?;
+            let wal = o.manifest.wal.as_ref();
+            info!(
+                "base backup {}: {} read, {} stored in {}; WAL {} to {} on timeline {}",
+                o.manifest.name,
+                catalog::human_size(o.manifest.dump_bytes),
+                catalog::human_size(o.manifest.size),
+                o.stored.join(" and "),
+                wal.map_or("?", |w| &w.start),
+                wal.map_or("?", |w| &w.end),
+                wal.map_or(0, |w| w.timeline)
+            );
+            for e in &o.errors {
+                tracing::warn!("{e} (the copy in {} is kept)", o.stored.join(" and "));
+            }
+            println!("{}", o.manifest.name);
+            if o.errors.is_empty() {
+                Ok(0)
+            } else {
+                Err(err(format!("base backup incomplete: {}", o.errors.join("; "))).into())
             }
         }
         Command::List { remote } => {

@@ -1,0 +1,195 @@
+//! Point-in-time recovery from the sidecar, end to end against a real PostgreSQL that
+//! accepts replication connections: `backup base` streams `pg_basebackup`'s tar of the
+//! whole cluster through the backup pipeline to the folder and S3, with a manifest
+//! holding the WAL range it needs; a server that refuses replication is explained.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use dockhand::backup::manifest::{Content, Manifest};
+use dockhand_tests::bins::bin;
+use dockhand_tests::pg::Postgres;
+use dockhand_tests::run::Run;
+use dockhand_tests::s3::S3;
+
+fn backup(args: &[&str], env: &[(String, String)]) -> Run {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let cmd = dockhand_tests::run::command(&bin("backup"), args, &env);
+    dockhand_tests::run::run(cmd, Duration::from_secs(600))
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn s3_env(s3: &S3, bucket: &str, prefix: &str) -> Vec<(String, String)> {
+    env(&[
+        ("BACKUP_S3_BUCKET", bucket),
+        ("BACKUP_S3_PREFIX", prefix),
+        ("BACKUP_S3_ENDPOINT", &s3.endpoint()),
+        ("AWS_ACCESS_KEY_ID", s3.access_key),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_key),
+        ("AWS_REGION", s3.region),
+    ])
+}
+
+/// The file names in `dir`.
+fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Decompresses a `.tar.zst` into `into` with the system's zstd and tar.
+fn unpack(file: &Path, into: &Path) {
+    std::fs::create_dir_all(into).unwrap();
+    let mut zstd = Command::new("zstd")
+        .args(["-d", "-c", "-q"])
+        .arg(file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(into)
+        .stdin(zstd.stdout.take().unwrap())
+        .status()
+        .unwrap();
+    assert!(tar.success(), "tar failed on {}", file.display());
+    assert!(
+        zstd.wait().unwrap().success(),
+        "zstd failed on {}",
+        file.display()
+    );
+}
+
+/// The manifest at `path`, as dockhand reads it.
+fn manifest(path: &Path) -> Manifest {
+    let text = std::fs::read_to_string(path).unwrap();
+    Manifest::from_json(&text).unwrap_or_else(|| panic!("not a manifest: {text}"))
+}
+
+#[test]
+fn a_base_backup_holds_the_cluster_and_its_wal_range_in_the_folder_and_s3() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db(
+        "app",
+        "SET ROLE app; CREATE TABLE t (id int PRIMARY KEY, note text);
+         INSERT INTO t SELECT i, 'row ' || i FROM generate_series(1, 1000) i;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let s3 = S3::shared();
+    let bucket = s3.bucket();
+    let mut e = s3_env(s3, &bucket, "pitr");
+    e.push(("DIRECT_URL".into(), pg.url()));
+    let r = backup(&["base", "--dir", d.to_str().unwrap()], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let name = r.stdout.trim().to_string();
+    assert!(name.starts_with("_base-"), "{}", r.stdout);
+    assert!(!r.stderr.contains(&pg.password), "{}", r.stderr);
+
+    // Folder: the data file and its manifest, nothing else left behind.
+    let file = format!("{name}.tar.zst");
+    assert_eq!(
+        files(&d),
+        vec![format!("{name}.manifest.json"), file.clone()],
+        "{}",
+        r.stderr
+    );
+    let m = manifest(&d.join(format!("{name}.manifest.json")));
+    assert_eq!(m.kind, Content::Base, "{m:?}");
+    assert_eq!(m.file, file);
+    let wal = m.wal.clone().expect("a WAL range");
+    assert_eq!(wal.timeline, 1, "{m:?}");
+    let (start, end) = (wal.start, wal.end);
+    let lsn = |s: &str| {
+        let (hi, lo) = s.split_once('/').unwrap();
+        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+    };
+    assert!(lsn(&start) <= lsn(&end), "{m:?}");
+    let now: String = pg.psql("SELECT pg_current_wal_lsn()");
+    assert!(lsn(&end) <= lsn(&now), "{m:?} now {now}");
+
+    // The tar is the cluster: its backup label names the same start.
+    let unpacked = dir.path().join("unpacked");
+    unpack(&d.join(&file), &unpacked);
+    let label = std::fs::read_to_string(unpacked.join("backup_label")).unwrap();
+    // The range recorded holds the backup's own: from its start (the label's) on.
+    let labelled = label
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a start in the label");
+    assert!(
+        lsn(&start) <= lsn(labelled) && lsn(labelled) <= lsn(&end),
+        "{label}\n{m:?}"
+    );
+    assert!(
+        label.contains(&format!("LABEL: dockhand {name}")),
+        "{label}"
+    );
+    assert!(unpacked.join("PG_VERSION").exists());
+    assert!(unpacked.join("global/pg_control").exists());
+
+    // S3 holds the same object and manifest.
+    let (status, body) = s3.request("GET", &format!("/{bucket}?list-type=2"), b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("pitr/{file}")), "{body}");
+    assert!(
+        body.contains(&format!("pitr/{name}.manifest.json")),
+        "{body}"
+    );
+
+    // list shows it, verify reads it whole, restore refuses it.
+    let list = backup(&["list", "--dir", d.to_str().unwrap()], &[]);
+    assert_eq!(list.code, Some(0), "{}", list.stderr);
+    assert!(list.stdout.contains(&name) && list.stdout.contains("(base backup)"));
+    let v = backup(&["verify", &name, "--dir", d.to_str().unwrap()], &[]);
+    assert_eq!(v.code, Some(0), "{}", v.stderr);
+    let v = backup(&["verify", &name, "--from", "s3"], &e);
+    assert_eq!(v.code, Some(0), "{}", v.stderr);
+    let r = backup(&["restore", &name, "--dir", d.to_str().unwrap()], &e);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("base backup"), "{}", r.stderr);
+    // `latest` means the newest database dump, never a base backup.
+    let r = backup(&["verify", "latest", "--dir", d.to_str().unwrap()], &[]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+}
+
+#[test]
+fn a_server_refusing_replication_is_explained_and_nothing_is_kept() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let e = env(&[("DIRECT_URL", &pg.url())]);
+
+    // The role lacks REPLICATION.
+    let r = backup(&["base", "--dir", d], &e);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("REPLICATION"), "{}", r.stderr);
+    assert!(!r.stderr.contains(&pg.password), "{}", r.stderr);
+    assert_eq!(files(dir.path()), Vec::<String>::new());
+
+    // REPLICATION, but no `replication` line in pg_hba.conf.
+    pg.allow_replication();
+    pg.deny_replication_in_hba();
+    let r = backup(&["base", "--dir", d], &e);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("pg_hba.conf") && r.stderr.contains("`replication`"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(files(dir.path()), Vec::<String>::new());
+}
