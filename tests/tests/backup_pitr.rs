@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use dockhand::backup::manifest::{Content, Manifest};
 use dockhand_tests::bins::bin;
-use dockhand_tests::pg::Postgres;
+use dockhand_tests::pg::{bin_dir, Postgres};
+use dockhand_tests::proc::{chown_to_service, service_command, Service};
 use dockhand_tests::run::Run;
 use dockhand_tests::s3::S3;
 
@@ -192,4 +193,71 @@ fn a_server_refusing_replication_is_explained_and_nothing_is_kept() {
         r.stderr
     );
     assert_eq!(files(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn a_base_backup_with_the_wal_of_its_range_starts_a_cluster_with_the_rows() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db(
+        "app",
+        "SET ROLE app; CREATE TABLE t (id int PRIMARY KEY);
+         INSERT INTO t SELECT generate_series(1, 1234);",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let e = env(&[("DIRECT_URL", &pg.url())]);
+    let r = backup(&["base", "--dir", d.to_str().unwrap()], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let name = r.stdout.trim().to_string();
+    // The backup's end record on disk, in a complete segment.
+    pg.psql("SELECT pg_switch_wal()");
+
+    // Unpacked into an empty data directory, with the source's own WAL as the
+    // archive (the WAL streaming is not built yet), PostgreSQL reaches consistency.
+    let data = dir.path().join("restored");
+    unpack(&d.join(format!("{name}.tar.zst")), &data);
+    let wal = pg.dir.path().join("data/pg_wal");
+    std::fs::write(data.join("recovery.signal"), "").unwrap();
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.auto.conf"))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut conf,
+        format!(
+            "restore_command = 'cp \"{}/%f\" \"%p\"'\nrecovery_target = 'immediate'\nrecovery_target_action = 'promote'\n",
+            wal.display()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    chown_to_service(dir.path());
+    let socket = dir.path().to_str().unwrap().to_string();
+    let port = dockhand_tests::free_port();
+    let mut cmd = service_command(bin_dir().join("postgres").to_str().unwrap());
+    cmd.arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses="])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={socket}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("restored.log")).unwrap());
+    let mut server = Service::spawn("postgres", cmd, nix::sys::signal::Signal::SIGQUIT);
+    let count = || {
+        Command::new(bin_dir().join("psql"))
+            .args(["-X", "-A", "-t", "-U", "postgres", "-h", &socket])
+            .args(["-p", &port.to_string(), "-d", "app"])
+            .args(["-c", "SELECT count(*) FROM t WHERE NOT pg_is_in_recovery()"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let up = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        server.running() && count().is_some_and(|c| c == "1234")
+    });
+    let log = std::fs::read_to_string(dir.path().join("restored.log")).unwrap_or_default();
+    assert!(up, "recovered cluster: {:?}\n{log}", count());
 }
