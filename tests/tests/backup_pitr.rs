@@ -261,3 +261,101 @@ fn a_base_backup_with_the_wal_of_its_range_starts_a_cluster_with_the_rows() {
     let log = std::fs::read_to_string(dir.path().join("restored.log")).unwrap_or_default();
     assert!(up, "recovered cluster: {:?}\n{log}", count());
 }
+
+/// The manifests in `dir` of the stored WAL file `file`.
+fn stored_wal(dir: &Path, file: &str) -> Vec<Manifest> {
+    files(dir)
+        .iter()
+        .filter(|f| f.starts_with(&format!("_wal-{file}-")) && f.ends_with(".manifest.json"))
+        .map(|f| manifest(&dir.join(f)))
+        .collect()
+}
+
+/// True when the sidecar's slot has a receiver.
+fn streaming(pg: &Postgres) -> bool {
+    pg.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'dockhand' AND active")
+        == "1"
+}
+
+/// Completes the current segment after a write; returns its name.
+fn complete_a_segment(pg: &Postgres, n: u32) -> String {
+    pg.psql_db(
+        "app",
+        &format!("INSERT INTO t SELECT generate_series({n} * 1000, {n} * 1000 + 999)"),
+    );
+    let seg = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("SELECT pg_switch_wal()");
+    seg
+}
+
+#[test]
+fn the_daemon_streams_completed_wal_segments_to_the_folder_and_s3_across_a_restart() {
+    let mut pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let s3 = S3::shared();
+    let bucket = s3.bucket();
+    let mut e = s3_env(s3, &bucket, "wal");
+    e.extend(env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        ("RUST_LOG", "info"),
+    ]));
+    let env_ref: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let child = dockhand_tests::run::command(&bin("backup"), &["daemon"], &env_ref)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let stop = |child: std::process::Child| {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        dockhand_tests::run::finish(child, Duration::from_secs(60))
+    };
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop(child).stderr);
+    }
+
+    let seg = complete_a_segment(&pg, 1);
+    let arrived =
+        dockhand_tests::wait_until(Duration::from_secs(60), || !stored_wal(&d, &seg).is_empty());
+    if !arrived {
+        panic!("{seg} not stored: {:?}\n{}", files(&d), stop(child).stderr);
+    }
+    let m = &stored_wal(&d, &seg)[0];
+    assert_eq!(m.kind, Content::Wal);
+    assert_eq!(m.dump_bytes, 16 << 20, "{m:?}");
+    let (status, body) = s3.request("GET", &format!("/{bucket}?list-type=2"), b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("wal/{}", m.file)), "{body}");
+    // Stored everywhere: gone from the spool.
+    assert!(!d.join(".wal-spool").join(&seg).exists());
+
+    // PostgreSQL restarts: the child is started again and the stream goes on.
+    pg.stop_server();
+    pg.start_server();
+    if !dockhand_tests::wait_until(Duration::from_secs(120), || streaming(&pg)) {
+        panic!("not streaming again: {}", stop(child).stderr);
+    }
+    let seg2 = complete_a_segment(&pg, 2);
+    let arrived = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        !stored_wal(&d, &seg2).is_empty()
+    });
+    let r = stop(child);
+    assert!(arrived, "{seg2} not stored: {:?}\n{}", files(&d), r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(!r.stderr.contains(&pg.password), "{}", r.stderr);
+    // `list` and retention leave WAL to the base backups that need it.
+    let list = backup(&["list", "--dir", d.to_str().unwrap()], &[]);
+    assert_eq!(list.code, Some(0), "{}", list.stderr);
+    let pruned = backup(
+        &["prune", "--dir", d.to_str().unwrap(), "--keep-last", "1"],
+        &[],
+    );
+    assert_eq!(pruned.code, Some(0), "{}", pruned.stderr);
+    assert!(!stored_wal(&d, &seg).is_empty(), "{}", pruned.stdout);
+}

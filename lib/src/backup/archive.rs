@@ -37,6 +37,8 @@ pub enum Dump {
     Globals,
     /// The whole cluster, by `pg_basebackup` (see [`super::base`]).
     Base,
+    /// A WAL segment or timeline history file pg_receivewal wrote (see [`super::wal`]).
+    Wal(PathBuf),
 }
 
 /// Moves a finished `partial` to `path`, never over an existing file: a hard link
@@ -167,6 +169,7 @@ pub fn backup(
         Dump::Database(db) => (format!("{}-{unique}", file_safe(db)), "dump", db.clone()),
         Dump::Globals => (format!("_globals-{unique}"), "sql", String::new()),
         Dump::Base => (format!("_base-{unique}"), "tar", String::new()),
+        Dump::Wal(path) => (super::wal::stored_name(path, &unique), "wal", String::new()),
     };
     let mut file = format!("{name}.{ext}.{}", s.compression.algorithm().ext());
     if !s.recipients.is_empty() {
@@ -268,6 +271,7 @@ pub fn backup(
             Dump::Database(_) => Content::Database,
             Dump::Globals => Content::Globals,
             Dump::Base => Content::Base,
+            Dump::Wal(_) => Content::Wal,
         },
         database,
         server_version: server_version.to_string(),
@@ -365,31 +369,34 @@ fn stream(
             c
         }
         Dump::Base => super::base::command(tools, target, &format!("dockhand {name}")),
+        Dump::Wal(path) => {
+            // A file, not a tool: read as a tool's output would be.
+            let mut f = File::open(path).map_err(super::io_err(path))?;
+            let mut read = 0u64;
+            let copied = copy_into(
+                &mut f,
+                &mut compressor,
+                &mut read,
+                d.cancel,
+                &path.display().to_string(),
+            );
+            copied?;
+            compressor.finish(d.cancel)?;
+            return Ok((read, None));
+        }
     };
     cmd.stdin(Stdio::null()).stdout(Stdio::piped());
     let mut tool = Tool::spawn(cmd, d.cancel)?;
     let program = tool.program.clone();
     let mut stdout = tool.child.stdout.take().expect("piped");
     let mut dump_bytes = 0u64;
-    let copy: Result<(), BackupError> = loop {
-        let mut buf = compressor.buffer();
-        match stdout.read(&mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                dump_bytes += n as u64;
-                if let Err(e) = compressor.send(buf, n, d.cancel) {
-                    break Err(e);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                break Err(err(format!(
-                    "reading {program}'s output: {}",
-                    crate::error::io_reason(&e)
-                )))
-            }
-        }
-    };
+    let copy = copy_into(
+        &mut stdout,
+        &mut compressor,
+        &mut dump_bytes,
+        d.cancel,
+        &format!("{program}'s output"),
+    );
     if copy.is_err() {
         let _ = tool.child.kill();
     }
@@ -415,6 +422,7 @@ fn stream(
             },
             Dump::Globals => reason,
             Dump::Base => super::base::explain(&reason),
+            Dump::Wal(_) => reason,
         };
         return Err(err(format!(
             "{} failed ({status}): {}",
@@ -447,6 +455,33 @@ fn stream(
     };
     compressor.finish(d.cancel)?;
     Ok((dump_bytes, wal))
+}
+
+/// Reads `input` to its end into the compressor, counting the bytes in `read`.
+fn copy_into(
+    input: &mut dyn Read,
+    compressor: &mut Compressor,
+    read: &mut u64,
+    cancel: &Cancel,
+    what: &str,
+) -> Result<(), BackupError> {
+    loop {
+        let mut buf = compressor.buffer();
+        match input.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                *read += n as u64;
+                compressor.send(buf, n, cancel)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(err(format!(
+                    "reading {what}: {}",
+                    crate::error::io_reason(&e)
+                )))
+            }
+        }
+    }
 }
 
 /// What pg_dump's output is read in: a chunk of this size at a time.

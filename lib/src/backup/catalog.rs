@@ -142,6 +142,7 @@ pub fn table(backups: &[Backup]) -> String {
         let db = match m.kind {
             Content::Globals => "(globals)",
             Content::Base => "(base backup)",
+            Content::Wal => "(wal)",
             Content::Database => &m.database,
         };
         s.push_str(&format!(

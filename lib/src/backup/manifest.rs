@@ -11,6 +11,8 @@ pub enum Content {
     /// A base backup of the whole cluster (`pg_basebackup`, tar), for point-in-time
     /// recovery with the WAL streamed beside it.
     Base,
+    /// A WAL segment or timeline history file, streamed for point-in-time recovery.
+    Wal,
 }
 
 impl Content {
@@ -20,6 +22,7 @@ impl Content {
             Content::Database => "database",
             Content::Globals => "globals",
             Content::Base => "base",
+            Content::Wal => "wal",
         }
     }
 
@@ -28,6 +31,7 @@ impl Content {
             "database" => Some(Content::Database),
             "globals" => Some(Content::Globals),
             "base" => Some(Content::Base),
+            "wal" => Some(Content::Wal),
             _ => None,
         }
     }
@@ -38,6 +42,7 @@ impl Content {
             Content::Database => "dump",
             Content::Globals => "sql",
             Content::Base => "tar",
+            Content::Wal => "wal",
         }
     }
 }
@@ -213,6 +218,7 @@ impl Manifest {
         match self.kind {
             Content::Globals => "globals".into(),
             Content::Base => "base backups".into(),
+            Content::Wal => "wal".into(),
             Content::Database => format!("database {}", self.database),
         }
     }

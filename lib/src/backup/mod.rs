@@ -37,6 +37,7 @@ pub mod s3;
 pub mod schedule;
 pub mod settings;
 pub mod status;
+pub mod wal;
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Mutex;

@@ -57,6 +57,11 @@ pub struct Settings {
     /// The first retry after a failed run (`BACKUP_RETRY_DELAY`; doubles up to 15 min,
     /// never past the next scheduled time; zero turns retries off).
     pub retry_delay: Duration,
+    /// Point-in-time recovery: the daemon streams WAL (`BACKUP_WAL`, see
+    /// [`super::wal`]) on the physical slot `wal_slot`, through the spool folder.
+    pub wal: bool,
+    pub wal_slot: String,
+    pub wal_spool: Option<PathBuf>,
 }
 
 /// The S3 settings other than the bucket: without a bucket they do nothing.
@@ -355,6 +360,10 @@ impl Settings {
         // retried and reported with the blocker's name) instead of stalling it silently
         // until the next night.
         let lock_wait_timeout = duration("BACKUP_LOCK_WAIT_TIMEOUT", Duration::from_secs(300))?;
+        let wal = boolean(get, "BACKUP_WAL", false)?;
+        let wal_slot = get("BACKUP_WAL_SLOT")?.unwrap_or_else(|| "dockhand".into());
+        super::wal::check_slot_name(&wal_slot)?;
+        let wal_spool = get("BACKUP_WAL_SPOOL")?.map(PathBuf::from);
         let schedule = get("BACKUP_SCHEDULE")?.unwrap_or_else(|| "@daily".into());
         let timezone = get("TZ")?.unwrap_or_else(|| "UTC".into());
         // Checked here so `backup now` also reports a broken schedule.
@@ -387,6 +396,9 @@ impl Settings {
             wait_timeout,
             lock_wait_timeout,
             retry_delay,
+            wal,
+            wal_slot,
+            wal_spool,
         })
     }
 

@@ -231,6 +231,30 @@ pub static TABLE: &[Setting] = &[
         "Prometheus metrics, text format",
     )
     .commands(RUN),
+    setting(
+        "wal",
+        "BOOL",
+        "BACKUP_WAL",
+        "point-in-time recovery: stream WAL with `pg_receivewal` on a replication slot, each completed segment stored like a backup (needs a role with REPLICATION and a `replication` line in `pg_hba.conf`)",
+    )
+    .default("false")
+    .commands(SCHEDULE),
+    setting(
+        "wal-slot",
+        "NAME",
+        "BACKUP_WAL_SLOT",
+        "the physical replication slot the WAL is streamed on (created if missing; it keeps WAL on the server until received)",
+    )
+    .default("dockhand")
+    .commands(SCHEDULE),
+    setting(
+        "wal-spool",
+        "DIR",
+        "BACKUP_WAL_SPOOL",
+        "where received WAL waits until stored everywhere (a volume)",
+    )
+    .default_shown("`BACKUP_DIR/.wal-spool`")
+    .commands(SCHEDULE),
     Setting::var(
         "BACKUP_PG_BIN",
         "directory holding `pg_dump`, `pg_restore`, `pg_dumpall`, `psql`",
@@ -540,7 +564,20 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
         })
     };
     match command {
-        Command::Daemon => Ok(daemon::run(&runner, &stop)?.clamp(0, 255) as u8),
+        Command::Daemon => {
+            if runner.settings.wal {
+                crate::backup::wal::spool_of(&runner)?;
+            }
+            std::thread::scope(|sc| {
+                if runner.settings.wal {
+                    sc.spawn(|| crate::backup::wal::stream(&runner, &stop));
+                }
+                let r = daemon::run(&runner, &stop);
+                // The WAL streaming ends with the daemon, whatever ended it.
+                stop.request();
+                Ok(r?.clamp(0, 255) as u8)
+            })
+        }
         Command::Now => {
             let r = runner.run();
             if let Some(f) = was_stopped(&r.failures.join("; ")) {
