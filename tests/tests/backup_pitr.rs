@@ -359,3 +359,142 @@ fn the_daemon_streams_completed_wal_segments_to_the_folder_and_s3_across_a_resta
     assert_eq!(pruned.code, Some(0), "{}", pruned.stderr);
     assert!(!stored_wal(&d, &seg).is_empty(), "{}", pruned.stdout);
 }
+
+/// Starts PostgreSQL on a recovered data directory; returns the server and its psql.
+fn start_recovered(data: &Path, socket: &Path) -> (Service, u16) {
+    chown_to_service(data);
+    chown_to_service(socket);
+    let port = dockhand_tests::free_port();
+    let mut cmd = service_command(bin_dir().join("postgres").to_str().unwrap());
+    cmd.arg("-D")
+        .arg(data)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses="])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", socket.display()))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(socket.join("recovered.log")).unwrap());
+    (
+        Service::spawn("postgres", cmd, nix::sys::signal::Signal::SIGQUIT),
+        port,
+    )
+}
+
+fn psql_at(socket: &Path, port: u16, sql: &str) -> Option<String> {
+    Command::new(bin_dir().join("psql"))
+        .args(["-X", "-A", "-t", "-U", "postgres", "-d", "app", "-h"])
+        .arg(socket)
+        .args(["-p", &port.to_string(), "-c", sql])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+#[test]
+fn recover_to_a_time_finds_exactly_the_rows_committed_before_it() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+    ]);
+    let env_ref: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let child = dockhand_tests::run::command(&bin("backup"), &["daemon"], &env_ref)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let stop = |child: std::process::Child| {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        dockhand_tests::run::finish(child, Duration::from_secs(60))
+    };
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop(child).stderr);
+    }
+    let r = backup(&["base", "--dir", d.to_str().unwrap()], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    // Committed after the base backup, before T: replayed from the WAL.
+    pg.psql_db("app", "INSERT INTO t SELECT generate_series(1, 100)");
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = pg.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    // After T: not there.
+    pg.psql_db("app", "INSERT INTO t SELECT generate_series(101, 200)");
+    let last = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("SELECT pg_switch_wal()");
+    let arrived = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        !stored_wal(&d, &last).is_empty()
+    });
+    let r = stop(child);
+    assert!(arrived, "{last} not stored: {:?}\n{}", files(&d), r.stderr);
+    drop(pg); // the volume is lost
+
+    // A data directory that is not empty is refused.
+    let full = dir.path().join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::write(full.join("PG_VERSION"), "17").unwrap();
+    let r = backup(
+        &[
+            "recover",
+            "--to-time",
+            &t,
+            "--data-dir",
+            full.to_str().unwrap(),
+            "--dir",
+            d.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("not empty"), "{}", r.stderr);
+    let r = backup(
+        &[
+            "recover",
+            "--to-time",
+            "yesterday",
+            "--data-dir",
+            full.to_str().unwrap(),
+            "--dir",
+            d.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+
+    let data = dir.path().join("recovered");
+    let r = backup(
+        &[
+            "recover",
+            "--to-time",
+            &t,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--dir",
+            d.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let socket = dir.path().join("socket");
+    std::fs::create_dir_all(&socket).unwrap();
+    let (mut server, port) = start_recovered(&data, &socket);
+    let open = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        server.running()
+            && psql_at(&socket, port, "SELECT pg_is_in_recovery()").is_some_and(|r| r == "f")
+    });
+    let log = std::fs::read_to_string(socket.join("recovered.log")).unwrap_or_default();
+    assert!(open, "not recovered: {log}");
+    assert_eq!(
+        psql_at(&socket, port, "SELECT count(*), max(id) FROM t").as_deref(),
+        Some("100|100"),
+        "{log}"
+    );
+}

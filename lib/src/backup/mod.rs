@@ -30,6 +30,7 @@ pub mod dump;
 pub mod globals;
 pub mod manifest;
 pub mod names;
+pub mod recover;
 pub mod restore;
 pub mod retention;
 pub mod run;

@@ -16,8 +16,8 @@ use crate::backup::{codec, err, usage, BackupError, BackupKind, Cancel};
 use crate::config::{invalid, ConfigError};
 
 /// The commands, in the order help and errors list them.
-const COMMANDS: [&str; 7] = [
-    "daemon", "now", "base", "list", "verify", "restore", "prune",
+const COMMANDS: [&str; 8] = [
+    "daemon", "now", "base", "list", "verify", "restore", "prune", "recover",
 ];
 /// How a run dumps and reports: `daemon` and `now`.
 const RUN: &[&str] = &["daemon", "now"];
@@ -41,7 +41,7 @@ const fn setting(
 /// keys) are variables only: the command line is visible in `ps`.
 pub static TABLE: &[Setting] = &[
     Setting::words(
-        "`daemon` (default), `now`, `base`, `list`, `verify`, `restore`, `prune`",
+        "`daemon` (default), `now`, `base`, `list`, `verify`, `restore`, `prune`, `recover`",
         "the command",
     ),
     setting("dir", "DIR", "BACKUP_DIR", "the local backup folder"),
@@ -262,7 +262,19 @@ pub static TABLE: &[Setting] = &[
     Setting::switch("remote", "`list`: also the backups in S3").commands(&["list"]),
     Setting::value("from", "local\\|s3", "`verify`, `restore`: which copy to read")
         .default_shown("the local copy if any")
-        .commands(&["verify", "restore"]),
+        .commands(&["verify", "restore", "recover"]),
+    Setting::value(
+        "to-time",
+        "TIME\\|latest",
+        "`recover`: the moment to recover to (RFC 3339 with its offset, `2026-12-07T16:05:00Z`), or the end of the stored WAL",
+    )
+    .commands(&["recover"]),
+    Setting::value(
+        "data-dir",
+        "DIR",
+        "`recover`: the empty data directory (a new volume) PostgreSQL then starts on",
+    )
+    .commands(&["recover"]),
     Setting::value("to", "URL", "`restore`: the target database")
         .default_shown("a new database")
         .commands(&["restore"]),
@@ -314,6 +326,8 @@ Usage: backup [daemon]                 run on BACKUP_SCHEDULE until stopped
        backup restore NAME|latest      into a new database <db>_restore_<time>
               [--to URL] [--from local|s3] [--clean] [--yes] [--no-owner] [--jobs N]
        backup prune [--dry-run]        apply retention now, print what goes
+       backup recover --to-time TIME|latest --data-dir DIR [--from local|s3]
+                                       point-in-time recovery into an empty data directory
 
 Options (flag, else environment variable; any variable may be given as NAME_FILE;
 each command takes only the flags that mean something to it):
@@ -355,6 +369,12 @@ pub enum Command {
     Prune {
         dry_run: bool,
     },
+    /// Point-in-time recovery into an empty data directory.
+    Recover {
+        to: crate::backup::recover::Target,
+        data_dir: std::path::PathBuf,
+        from: Option<Side>,
+    },
 }
 
 /// Parses the arguments (without the program name): the command, its name argument,
@@ -377,7 +397,7 @@ fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
         (None, None) => "daemon",
         (None, Some(other)) => {
             return Err(invalid(format!(
-                "unknown command {other:?}: use daemon, now, base, list, verify, restore or prune"
+                "unknown command {other:?}: use daemon, now, base, list, verify, restore, prune or recover"
             )))
         }
     };
@@ -426,6 +446,18 @@ fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
             yes: m.switch("yes")?,
             no_owner: m.switch("no-owner")?,
             jobs: restore_jobs(m.string("jobs")?)?,
+        },
+        "recover" => Command::Recover {
+            to: crate::backup::recover::parse_target(&m.string("to-time")?.ok_or_else(|| {
+                invalid("backup recover needs --to-time TIME or --to-time latest")
+            })?)?,
+            data_dir: m
+                .string("data-dir")?
+                .ok_or_else(|| {
+                    invalid("backup recover needs --data-dir DIR (an empty data directory)")
+                })?
+                .into(),
+            from,
         },
         _ => Command::Prune {
             dry_run: m.switch("dry-run")?,
@@ -541,7 +573,10 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
     }
     if matches!(
         command,
-        Command::List { .. } | Command::Verify { .. } | Command::Restore { .. }
+        Command::List { .. }
+            | Command::Verify { .. }
+            | Command::Restore { .. }
+            | Command::Recover { .. }
     ) && settings.dir.is_none()
         && settings.s3.is_none()
     {
@@ -615,6 +650,34 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
             } else {
                 Err(err(format!("base backup incomplete: {}", o.errors.join("; "))).into())
             }
+        }
+        Command::Recover { to, data_dir, from } => {
+            let ids = identities()?;
+            let backups = runner.backups_for_reading(*from)?;
+            let done = crate::backup::recover::recover(
+                &runner.reading(&ids),
+                &backups,
+                *from,
+                to,
+                data_dir,
+                &cancel,
+            );
+            if let Some(f) = was_stopped("recover stopped") {
+                return Err(f);
+            }
+            let r = done.map_err(|e| e.context("recover failed"))?;
+            info!(
+                "{} ready: base backup {} and {} WAL files; start PostgreSQL on it to recover{}",
+                data_dir.display(),
+                r.base,
+                r.wal_files,
+                match to {
+                    crate::backup::recover::Target::Latest =>
+                        " to the end of the stored WAL".to_string(),
+                    crate::backup::recover::Target::Time(..) => " to the time given".to_string(),
+                }
+            );
+            Ok(0)
         }
         Command::List { remote } => {
             print!("{}", catalog::table(&runner.backups(*remote)?));
