@@ -498,3 +498,56 @@ fn recover_to_a_time_finds_exactly_the_rows_committed_before_it() {
         "{log}"
     );
 }
+
+#[test]
+fn a_slot_holding_more_wal_than_the_limit_is_warned_about_and_bad_wal_settings_refused() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    // The slot was left behind while the sidecar was away: WAL piled up on it.
+    pg.psql("SELECT pg_create_physical_replication_slot('dockhand', true)");
+    for n in 1..=3 {
+        complete_a_segment(&pg, n);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        ("BACKUP_WAL_MAX_LAG", "16MiB"),
+    ]);
+    let env_ref: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let child = dockhand_tests::run::command(&bin("backup"), &["daemon"], &env_ref)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let up = dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let r = dockhand_tests::run::finish(child, Duration::from_secs(60));
+    assert!(up, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("more than BACKUP_WAL_MAX_LAG 16.0 MiB")
+            && r.stderr.contains("max_slot_wal_keep_size"),
+        "{}",
+        r.stderr
+    );
+
+    for (name, value) in [
+        ("BACKUP_WAL_MAX_LAG", "lots"),
+        ("BACKUP_WAL_MAX_LAG", "0"),
+        ("BACKUP_WAL_SLOT", "Bad-Slot'; DROP"),
+        ("BACKUP_WAL_SLOT", &"s".repeat(64)),
+    ] {
+        let mut bad = e.clone();
+        bad.push((name.to_string(), value.to_string()));
+        // Settings are read by every command: `list` ends at once either way.
+        let r = backup(&["list"], &bad);
+        assert_eq!(r.code, Some(2), "{name}={value:?}: {}", r.stderr);
+        assert!(r.stderr.contains(name), "{}", r.stderr);
+    }
+}

@@ -62,6 +62,8 @@ pub struct Settings {
     pub wal: bool,
     pub wal_slot: String,
     pub wal_spool: Option<PathBuf>,
+    /// WAL the slot may hold on the server before a warning (`BACKUP_WAL_MAX_LAG`).
+    pub wal_max_lag: u64,
 }
 
 /// The S3 settings other than the bucket: without a bucket they do nothing.
@@ -364,6 +366,14 @@ impl Settings {
         let wal_slot = get("BACKUP_WAL_SLOT")?.unwrap_or_else(|| "dockhand".into());
         super::wal::check_slot_name(&wal_slot)?;
         let wal_spool = get("BACKUP_WAL_SPOOL")?.map(PathBuf::from);
+        let wal_max_lag = match get("BACKUP_WAL_MAX_LAG")? {
+            None => 1 << 30,
+            Some(v) => parse_size(&v).filter(|n| *n > 0).ok_or_else(|| {
+                invalid(format!(
+                    "BACKUP_WAL_MAX_LAG={v:?}: use a size such as 1GiB or 512MiB"
+                ))
+            })? as u64,
+        };
         let schedule = get("BACKUP_SCHEDULE")?.unwrap_or_else(|| "@daily".into());
         let timezone = get("TZ")?.unwrap_or_else(|| "UTC".into());
         // Checked here so `backup now` also reports a broken schedule.
@@ -399,6 +409,7 @@ impl Settings {
             wal,
             wal_slot,
             wal_spool,
+            wal_max_lag,
         })
     }
 

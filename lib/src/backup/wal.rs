@@ -169,6 +169,9 @@ fn supervise(
             super::base::explain(&out.1)
         )));
     }
+    // Before receiving (what was held while the sidecar was away), then every minute.
+    check_lag(runner, target, slot);
+    let mut lag_checked = Instant::now();
     let mut cmd = dump::libpq_command(&program, Some(target));
     cmd.env("LC_MESSAGES", "C")
         .env_remove("LC_ALL")
@@ -190,6 +193,10 @@ fn supervise(
     let messages = log_stderr(&mut child);
     loop {
         ship(runner, target, server, tools, spool);
+        if lag_checked.elapsed() >= Duration::from_secs(60) {
+            check_lag(runner, target, slot);
+            lag_checked = Instant::now();
+        }
         match child.try_wait() {
             Ok(Some(status)) => {
                 let said = messages.join().unwrap_or_default();
@@ -211,6 +218,37 @@ fn supervise(
             let _ = messages.join();
             return Ok(());
         }
+    }
+}
+
+/// WAL the slot holds on the server (`pg_current_wal_lsn() - restart_lsn`), in bytes.
+pub async fn slot_lag(target: &PgTarget, slot: &str) -> Result<Option<i64>, BackupError> {
+    let client = target
+        .connect()
+        .await
+        .map_err(|e| super::err(format!("{}: {e}", target.url)).with_source(e))?;
+    let row = client
+        .query_opt(
+            "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| super::err(format!("{}: {}", target.url, crate::pg::classify(&e))))?;
+    Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)))
+}
+
+/// Warns when the slot holds more than `BACKUP_WAL_MAX_LAG`: a slot keeps WAL without
+/// limit (`max_slot_wal_keep_size = -1` by default) while the sidecar is behind.
+fn check_lag(runner: &Runner, target: &PgTarget, slot: &str) {
+    let max = runner.settings.wal_max_lag;
+    match runner.rt.block_on(slot_lag(target, slot)) {
+        Ok(Some(lag)) if lag as u64 > max => warn!(
+            "the replication slot {slot:?} holds {} of WAL on the server, more than BACKUP_WAL_MAX_LAG {}: the sidecar is behind, and the server's disk fills until it catches up (set max_slot_wal_keep_size on the server to cap it; `SELECT pg_drop_replication_slot('{slot}')` when removing the sidecar for good)",
+            super::catalog::human_size(lag as u64),
+            super::catalog::human_size(max)
+        ),
+        Ok(_) => {}
+        Err(e) => warn!("reading the lag of the replication slot {slot:?}: {e}"),
     }
 }
 

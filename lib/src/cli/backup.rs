@@ -255,6 +255,14 @@ pub static TABLE: &[Setting] = &[
     )
     .default_shown("`BACKUP_DIR/.wal-spool`")
     .commands(SCHEDULE),
+    setting(
+        "wal-max-lag",
+        "SIZE",
+        "BACKUP_WAL_MAX_LAG",
+        "warn when the slot holds more WAL than this on the server (the sidecar is behind, and the server's disk fills)",
+    )
+    .default("1GiB")
+    .commands(SCHEDULE),
     Setting::var(
         "BACKUP_PG_BIN",
         "directory holding `pg_dump`, `pg_restore`, `pg_dumpall`, `psql`",
