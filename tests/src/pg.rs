@@ -172,6 +172,33 @@ impl Postgres {
         );
     }
 
+    /// Lets the `app` role make replication connections over TCP (pg_basebackup,
+    /// pg_receivewal): REPLICATION, and a `pg_hba.conf` line whose database field is
+    /// `replication` (`all` does not match those), put first. `wal_level = replica`
+    /// and `max_wal_senders` are PostgreSQL's defaults.
+    pub fn allow_replication(&self) {
+        self.psql("ALTER ROLE app REPLICATION");
+        let hba = self.data.join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).unwrap();
+        let line = "host replication app 127.0.0.1/32 scram-sha-256\n";
+        std::fs::write(&hba, format!("{line}{old}")).unwrap();
+        self.psql("SELECT pg_reload_conf()");
+    }
+
+    /// Takes away what [`Postgres::allow_replication`] gave and any `replication`
+    /// line initdb wrote, so replication connections are refused by `pg_hba.conf`.
+    pub fn deny_replication_in_hba(&self) {
+        let hba = self.data.join("pg_hba.conf");
+        let kept: String = std::fs::read_to_string(&hba)
+            .unwrap()
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) != Some("replication"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&hba, kept).unwrap();
+        self.psql("SELECT pg_reload_conf()");
+    }
+
     /// Stops the server (immediate shutdown); `start_server` brings it back.
     pub fn stop_server(&mut self) {
         self.service.take();

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::codec::{self, Stage};
 use super::dump::{self, Tools};
-use super::manifest::{file_safe, unique_stamp, Content, Counts, Manifest};
+use super::manifest::{file_safe, unique_stamp, Content, Counts, Manifest, WalRange};
 use super::s3::{Upload, S3};
 use super::settings::Settings;
 use super::{err, hex, unix_now, BackupError, Cancel, Tool};
@@ -35,6 +35,10 @@ use crate::pg::PgTarget;
 pub enum Dump {
     Database(String),
     Globals,
+    /// The whole cluster, by `pg_basebackup` (see [`super::base`]).
+    Base,
+    /// A WAL segment or timeline history file pg_receivewal wrote (see [`super::wal`]).
+    Wal(PathBuf),
 }
 
 /// Moves a finished `partial` to `path`, never over an existing file: a hard link
@@ -164,6 +168,12 @@ pub fn backup(
     let (name, ext, database) = match kind {
         Dump::Database(db) => (format!("{}-{unique}", file_safe(db)), "dump", db.clone()),
         Dump::Globals => (format!("_globals-{unique}"), "sql", String::new()),
+        Dump::Base => (format!("_base-{unique}"), "tar", String::new()),
+        Dump::Wal(path) => (
+            super::walname::stored_name(path, &unique),
+            "wal",
+            String::new(),
+        ),
     };
     let mut file = format!("{name}.{ext}.{}", s.compression.algorithm().ext());
     if !s.recipients.is_empty() {
@@ -207,8 +217,8 @@ pub fn backup(
         return Err(err(tee.errors.join("; ")));
     }
     let tee = Arc::new(Mutex::new(tee));
-    let streamed = stream(d, target, kind, tools, tee.clone());
-    let (dump_bytes, counts) = match streamed {
+    let streamed = stream(d, target, kind, tools, tee.clone(), &name);
+    let (dump_bytes, counts, wal) = match streamed {
         Ok(n) => n,
         Err(e) => {
             // An abandoned compressor may still hold the tee: discard it in place.
@@ -264,6 +274,8 @@ pub fn backup(
         kind: match kind {
             Dump::Database(_) => Content::Database,
             Dump::Globals => Content::Globals,
+            Dump::Base => Content::Base,
+            Dump::Wal(_) => Content::Wal,
         },
         database,
         server_version: server_version.to_string(),
@@ -280,6 +292,7 @@ pub fn backup(
         verified: None,
         counts,
         drill: None,
+        wal,
     };
     let json = manifest.to_json();
     let mut complete = Vec::new();
@@ -328,15 +341,22 @@ pub fn backup(
 }
 
 /// Runs the dump tool into the codec and the tee; returns the bytes it produced and,
-/// for a database, the exact row counts of the dump (see [`dump::Snapshot`]).
+/// for a database, the exact row counts of the dump (see [`dump::Snapshot`]), for a base
+/// backup, its WAL range.
 fn stream(
     d: &Destinations,
     target: &PgTarget,
     kind: &Dump,
     tools: &Tools,
     tee: Arc<Mutex<Tee>>,
-) -> Result<(u64, Option<Counts>), BackupError> {
+    name: &str,
+) -> Result<(u64, Option<Counts>, Option<WalRange>), BackupError> {
     d.cancel.check()?;
+    // Before the backup's checkpoint: at or before the WAL position it starts from.
+    let before = match kind {
+        Dump::Base => Some(d.rt.block_on(super::base::position(target))?),
+        _ => None,
+    };
     let chain = codec::encoder(
         &d.settings.compression,
         &d.settings.recipients,
@@ -357,7 +377,7 @@ fn stream(
                 None
             }
         },
-        Dump::Globals => None,
+        _ => None,
     };
     let mut cmd = match kind {
         Dump::Database(db) => {
@@ -374,31 +394,35 @@ fn stream(
             c.args(["--globals-only", "--no-password"]);
             c
         }
+        Dump::Base => super::base::command(tools, target, &format!("dockhand {name}")),
+        Dump::Wal(path) => {
+            // A file, not a tool: read as a tool's output would be.
+            let mut f = File::open(path).map_err(super::io_err(path))?;
+            let mut read = 0u64;
+            let copied = copy_into(
+                &mut f,
+                &mut compressor,
+                &mut read,
+                d.cancel,
+                &path.display().to_string(),
+            );
+            copied?;
+            compressor.finish(d.cancel)?;
+            return Ok((read, None, None));
+        }
     };
     cmd.stdin(Stdio::null()).stdout(Stdio::piped());
     let mut tool = Tool::spawn(cmd, d.cancel)?;
     let program = tool.program.clone();
     let mut stdout = tool.child.stdout.take().expect("piped");
     let mut dump_bytes = 0u64;
-    let copy: Result<(), BackupError> = loop {
-        let mut buf = compressor.buffer();
-        match stdout.read(&mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                dump_bytes += n as u64;
-                if let Err(e) = compressor.send(buf, n, d.cancel) {
-                    break Err(e);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                break Err(err(format!(
-                    "reading {program}'s output: {}",
-                    crate::error::io_reason(&e)
-                )))
-            }
-        }
-    };
+    let copy = copy_into(
+        &mut stdout,
+        &mut compressor,
+        &mut dump_bytes,
+        d.cancel,
+        &format!("{program}'s output"),
+    );
     if copy.is_err() {
         let _ = tool.child.kill();
     }
@@ -423,6 +447,8 @@ fn stream(
                 None => reason,
             },
             Dump::Globals => reason,
+            Dump::Base => super::base::explain(&reason),
+            Dump::Wal(_) => reason,
         };
         return Err(err(format!(
             "{} failed ({status}): {}",
@@ -441,6 +467,18 @@ fn stream(
             "pg_dump exited 0 but wrote nothing: not recorded as a backup",
         ));
     }
+    let wal = match before {
+        // After pg_basebackup ended: at or after the position it ends at.
+        Some((start, _)) => {
+            let (end, timeline) = d.rt.block_on(super::base::position(target))?;
+            Some(WalRange {
+                timeline,
+                start,
+                end,
+            })
+        }
+        None => None,
+    };
     compressor.finish(d.cancel)?;
     let counts = match snapshot {
         Some(s) => match d.rt.block_on(s.finish()) {
@@ -454,7 +492,34 @@ fn stream(
         },
         None => None,
     };
-    Ok((dump_bytes, counts))
+    Ok((dump_bytes, counts, wal))
+}
+
+/// Reads `input` to its end into the compressor, counting the bytes in `read`.
+fn copy_into(
+    input: &mut dyn Read,
+    compressor: &mut Compressor,
+    read: &mut u64,
+    cancel: &Cancel,
+    what: &str,
+) -> Result<(), BackupError> {
+    loop {
+        let mut buf = compressor.buffer();
+        match input.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                *read += n as u64;
+                compressor.send(buf, n, cancel)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(err(format!(
+                    "reading {what}: {}",
+                    crate::error::io_reason(&e)
+                )))
+            }
+        }
+    }
 }
 
 /// What pg_dump's output is read in: a chunk of this size at a time.

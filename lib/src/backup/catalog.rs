@@ -143,10 +143,11 @@ pub fn table(backups: &[Backup]) -> String {
             (true, false) => "local",
             _ => "s3",
         };
-        let db = if m.kind == Content::Globals {
-            "(globals)"
-        } else {
-            &m.database
+        let db = match m.kind {
+            Content::Globals => "(globals)",
+            Content::Base => "(base backup)",
+            Content::Wal => "(wal)",
+            Content::Database => &m.database,
         };
         s.push_str(&format!(
             "{:<40} {:<20} {:<16} {:>10}  {:<6} {:<19}  {}\n",
@@ -411,8 +412,8 @@ pub fn verify(
 ) -> Result<(), BackupError> {
     let m = &b.manifest;
     let opened = open(r, m, from)?;
-    if m.kind == Content::Globals {
-        // Plain SQL: decryption, decompression and the checksum are the check.
+    if m.kind != Content::Database {
+        // Plain SQL, a tar: decryption, decompression and the checksum are the check.
         opened.check(m)?;
     } else {
         let mut cmd = super::dump::libpq_command(pg_restore, None);

@@ -58,6 +58,11 @@ impl Tools {
     pub fn psql(&self) -> PathBuf {
         self.pg_dump.with_file_name("psql")
     }
+
+    /// `pg_basebackup` beside `pg_dump` (base backups for point-in-time recovery).
+    pub fn pg_basebackup(&self) -> PathBuf {
+        self.pg_dump.with_file_name("pg_basebackup")
+    }
 }
 
 /// The major version `pg_dump --version` reports (`pg_dump (PostgreSQL) 15.18 ...`).

@@ -8,6 +8,11 @@
 pub enum Content {
     Database,
     Globals,
+    /// A base backup of the whole cluster (`pg_basebackup`, tar), for point-in-time
+    /// recovery with the WAL streamed beside it.
+    Base,
+    /// A WAL segment or timeline history file, streamed for point-in-time recovery.
+    Wal,
 }
 
 impl Content {
@@ -16,6 +21,8 @@ impl Content {
         match self {
             Content::Database => "database",
             Content::Globals => "globals",
+            Content::Base => "base",
+            Content::Wal => "wal",
         }
     }
 
@@ -23,6 +30,8 @@ impl Content {
         match s {
             "database" => Some(Content::Database),
             "globals" => Some(Content::Globals),
+            "base" => Some(Content::Base),
+            "wal" => Some(Content::Wal),
             _ => None,
         }
     }
@@ -32,6 +41,8 @@ impl Content {
         match self {
             Content::Database => "dump",
             Content::Globals => "sql",
+            Content::Base => "tar",
+            Content::Wal => "wal",
         }
     }
 }
@@ -97,6 +108,17 @@ pub struct Manifest {
     pub counts: Option<Counts>,
     /// The last drill of this backup.
     pub drill: Option<Drill>,
+    /// A base backup's WAL range: what recovery from it needs.
+    pub wal: Option<WalRange>,
+}
+
+/// The WAL a base backup needs to be consistent: from `start` to `end` (LSNs as
+/// PostgreSQL writes them, `0/2000028`) on `timeline`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalRange {
+    pub timeline: u32,
+    pub start: String,
+    pub end: String,
 }
 
 /// Rows per table and large objects, exactly as a dump holds them.
@@ -207,6 +229,12 @@ impl Manifest {
             "counts": self.counts.as_ref().map(Counts::to_value),
             "drill": self.drill.as_ref().map(Drill::to_value),
         });
+        let mut v = v;
+        if let Some(w) = &self.wal {
+            v["timeline"] = w.timeline.into();
+            v["wal_start"] = w.start.clone().into();
+            v["wal_end"] = w.end.clone().into();
+        }
         serde_json::to_string_pretty(&v).unwrap_or_default()
     }
 
@@ -241,6 +269,18 @@ impl Manifest {
             verified: v["verified"].as_i64(),
             counts: Counts::from_value(&v["counts"]),
             drill: Drill::from_value(&v["drill"]),
+            wal: match (
+                v["timeline"].as_u64(),
+                v["wal_start"].as_str(),
+                v["wal_end"].as_str(),
+            ) {
+                (Some(t), Some(s), Some(e)) => Some(WalRange {
+                    timeline: u32::try_from(t).ok()?,
+                    start: s.into(),
+                    end: e.into(),
+                }),
+                _ => None,
+            },
         };
         let plain =
             |s: &str| !s.is_empty() && !s.starts_with('.') && !s.contains('/') && !s.contains('\\');
@@ -270,6 +310,8 @@ impl Manifest {
     pub fn series(&self) -> String {
         match self.kind {
             Content::Globals => "globals".into(),
+            Content::Base => "base backups".into(),
+            Content::Wal => "wal".into(),
             Content::Database => format!("database {}", self.database),
         }
     }
@@ -328,10 +370,16 @@ pub fn is_own_data_file(file: &str, prefix: &str) -> bool {
         return false;
     };
     let rest = rest.strip_suffix(".age").unwrap_or(rest);
-    let Some(stem) = [".dump.zst", ".dump.gz", ".sql.zst", ".sql.gz"]
-        .iter()
-        .find_map(|ext| rest.strip_suffix(ext))
-    else {
+    let Some(stem) = [
+        ".dump.zst",
+        ".dump.gz",
+        ".sql.zst",
+        ".sql.gz",
+        ".tar.zst",
+        ".tar.gz",
+    ]
+    .iter()
+    .find_map(|ext| rest.strip_suffix(ext)) else {
         return false;
     };
     is_stamp(stem)
@@ -417,6 +465,46 @@ mod tests {
             problems: vec!["public.a: 25 rows in the backup, 0 restored".into()],
         });
         assert_eq!(Manifest::from_json(&m.to_json()), Some(m));
+    }
+
+    #[test]
+    fn a_base_backups_wal_range_survives_its_manifest() {
+        let name = format!("_base-{}", unique_stamp());
+        let m = Manifest {
+            name: name.clone(),
+            file: format!("{name}.tar.zst"),
+            kind: Content::Base,
+            database: String::new(),
+            server_version: "17.2".into(),
+            pg_dump_version: "pg_dump (PostgreSQL) 17.2".into(),
+            started: 1,
+            finished: 2,
+            dump_bytes: 3,
+            size: 4,
+            sha256: "00".into(),
+            compression: Algorithm::Zstd,
+            level: 3,
+            encryption: None,
+            recipients: Vec::new(),
+            verified: None,
+            counts: None,
+            drill: None,
+            wal: Some(WalRange {
+                timeline: 2,
+                start: "0/2000028".into(),
+                end: "0/3000000".into(),
+            }),
+        };
+        assert_eq!(Manifest::from_json(&m.to_json()), Some(m.clone()));
+        assert!(is_own_data_file(&m.file, "_base-"));
+        // A dump's manifest has no range.
+        let dump = Manifest {
+            kind: Content::Database,
+            file: format!("{name}.dump.zst"),
+            wal: None,
+            ..m
+        };
+        assert_eq!(Manifest::from_json(&dump.to_json()), Some(dump));
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //!   and Prometheus metrics.
 
 pub mod archive;
+pub mod base;
 pub mod catalog;
 pub mod codec;
 pub mod daemon;
@@ -32,6 +33,7 @@ pub mod dump;
 pub mod globals;
 pub mod manifest;
 pub mod names;
+pub mod recover;
 pub mod restore;
 pub mod retention;
 pub mod run;
@@ -39,6 +41,8 @@ pub mod s3;
 pub mod schedule;
 pub mod settings;
 pub mod status;
+pub mod wal;
+pub mod walname;
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Mutex;

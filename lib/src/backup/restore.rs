@@ -128,6 +128,12 @@ pub fn restore(
         None if b.local => Side::Local,
         None => Side::S3,
     };
+    if m.kind == Content::Base {
+        return Err(err(format!(
+            "{}: a base backup of the whole cluster (for point-in-time recovery) is not restored into a database",
+            m.name
+        )));
+    }
     if m.kind == Content::Globals {
         if req.drill {
             return Err(err(format!(

@@ -300,6 +300,46 @@ impl Runner {
         result
     }
 
+    /// The database, its server and the client tools of its major (base backups and
+    /// WAL streaming).
+    pub fn server(&self) -> Result<(&PgTarget, dump::Server, dump::Tools), BackupError> {
+        let Some((target, pool)) = &self.pool else {
+            return Err(err("no database: set DIRECT_URL (or DATABASE_URL)"));
+        };
+        let url = &target.url;
+        let server = self.rt.block_on(async {
+            let client = pool.get().await.map_err(|e| match e {
+                deadpool_postgres::PoolError::Backend(e) => {
+                    err(format!("{url}: {}", crate::pg::classify(&e)))
+                }
+                other => err(format!("{url}: {other}")),
+            })?;
+            dump::server_of(&client, target).await
+        })?;
+        let tools = dump::find_tools(server.major)?;
+        Ok((target, server, tools))
+    }
+
+    /// One base backup of the cluster (`backup base`): `pg_basebackup` of the server's
+    /// major to every destination, under the folder lock of the base backups.
+    pub fn base(&self) -> Result<Outcome, BackupError> {
+        let (target, server, tools) = self.server()?;
+        self.clean_up_remote(&[]);
+        let d = Destinations {
+            settings: &self.settings,
+            rt: self.rt.handle(),
+            s3: self.s3.as_ref(),
+            cancel: &self.cancel,
+        };
+        let lock = self.lock(target, &Dump::Base)?;
+        if lock.folder.is_some() {
+            self.remove_stale_partials(&Dump::Base);
+        }
+        let made = archive::backup(&d, target, &Dump::Base, &tools, &server.version);
+        drop(lock);
+        made.map_err(|e| e.context("base backup"))
+    }
+
     fn run_inner(&self) -> RunResult {
         let mut r = RunResult::default();
         let fail = |r: &mut RunResult, e: String| {
@@ -384,6 +424,8 @@ impl Runner {
             let what = match &kind {
                 Dump::Database(db) => format!("database {db:?}"),
                 Dump::Globals => "the globals".to_string(),
+                Dump::Base => "the base backup".to_string(),
+                Dump::Wal(p) => format!("WAL {}", p.display()),
             };
             let lock = match self.lock(target, &kind) {
                 Ok(l) => l,
@@ -456,10 +498,12 @@ impl Runner {
             Dump::Database(db) => manifest::file_safe(db),
             // The globals are read, never locked, in PostgreSQL: only their files need it.
             Dump::Globals => "_globals".to_string(),
+            Dump::Base => "_base".to_string(),
+            Dump::Wal(_) => "_wal".to_string(),
         };
         let session = match kind {
             Dump::Database(db) => Some(self.rt.block_on(lock_database(target, db))?),
-            Dump::Globals => None,
+            Dump::Globals | Dump::Base | Dump::Wal(_) => None,
         };
         let folder = match &self.settings.dir {
             Some(dir) => lock_folder(dir, &safe)?,
@@ -483,6 +527,8 @@ impl Runner {
         let prefix = match kind {
             Dump::Database(db) => format!("{}-", manifest::file_safe(db)),
             Dump::Globals => "_globals-".to_string(),
+            Dump::Base => "_base-".to_string(),
+            Dump::Wal(_) => "_wal-".to_string(),
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -508,7 +554,7 @@ impl Runner {
         let prefixes: Vec<String> = databases
             .iter()
             .map(|d| format!("{}-", manifest::file_safe(d)))
-            .chain(std::iter::once("_globals-".to_string()))
+            .chain(["_globals-".to_string(), "_base-".to_string()])
             .collect();
         let ours = |f: &str| {
             prefixes
@@ -578,7 +624,9 @@ impl Runner {
     /// Applies the retention policy (or, with `dry_run`, only decides); returns each
     /// backup's decision and where it was.
     pub fn prune(&self, dry_run: bool) -> Result<Vec<(Decision, Backup)>, BackupError> {
-        let backups = self.backups(true)?;
+        let mut backups = self.backups(true)?;
+        // WAL is kept by the base backups that need it, never by these rules.
+        backups.retain(|b| b.manifest.kind != manifest::Content::Wal);
         let items: Vec<Item> = backups
             .iter()
             .map(|b| Item {

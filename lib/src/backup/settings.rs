@@ -57,6 +57,13 @@ pub struct Settings {
     /// The first retry after a failed run (`BACKUP_RETRY_DELAY`; doubles up to 15 min,
     /// never past the next scheduled time; zero turns retries off).
     pub retry_delay: Duration,
+    /// Point-in-time recovery: the daemon streams WAL (`BACKUP_WAL`, see
+    /// [`super::wal`]) on the physical slot `wal_slot`, through the spool folder.
+    pub wal: bool,
+    pub wal_slot: String,
+    pub wal_spool: Option<PathBuf>,
+    /// WAL the slot may hold on the server before a warning (`BACKUP_WAL_MAX_LAG`).
+    pub wal_max_lag: u64,
 }
 
 /// The S3 settings other than the bucket: without a bucket they do nothing.
@@ -342,6 +349,18 @@ impl Settings {
         // retried and reported with the blocker's name) instead of stalling it silently
         // until the next night.
         let lock_wait_timeout = duration("BACKUP_LOCK_WAIT_TIMEOUT", Duration::from_secs(300))?;
+        let wal = boolean(get, "BACKUP_WAL", false)?;
+        let wal_slot = get("BACKUP_WAL_SLOT")?.unwrap_or_else(|| "dockhand".into());
+        super::walname::check_slot_name(&wal_slot)?;
+        let wal_spool = get("BACKUP_WAL_SPOOL")?.map(PathBuf::from);
+        let wal_max_lag = match get("BACKUP_WAL_MAX_LAG")? {
+            None => 1 << 30,
+            Some(v) => parse_size(&v).filter(|n| *n > 0).ok_or_else(|| {
+                invalid(format!(
+                    "BACKUP_WAL_MAX_LAG={v:?}: use a size such as 1GiB or 512MiB"
+                ))
+            })? as u64,
+        };
         let schedule = get("BACKUP_SCHEDULE")?.unwrap_or_else(|| "@daily".into());
         let timezone = get("TZ")?.unwrap_or_else(|| "UTC".into());
         // Checked here so `backup now` also reports a broken schedule.
@@ -374,6 +393,10 @@ impl Settings {
             wait_timeout,
             lock_wait_timeout,
             retry_delay,
+            wal,
+            wal_slot,
+            wal_spool,
+            wal_max_lag,
         })
     }
 

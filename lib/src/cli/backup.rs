@@ -17,8 +17,8 @@ use crate::backup::{codec, err, usage, BackupError, BackupKind, Cancel};
 use crate::config::{invalid, ConfigError};
 
 /// The commands, in the order help and errors list them.
-const COMMANDS: [&str; 7] = [
-    "daemon", "now", "list", "verify", "restore", "prune", "drill",
+const COMMANDS: [&str; 9] = [
+    "daemon", "now", "base", "list", "verify", "restore", "prune", "drill", "recover",
 ];
 /// How a run dumps and reports: `daemon` and `now`.
 const RUN: &[&str] = &["daemon", "now"];
@@ -42,7 +42,7 @@ const fn setting(
 /// keys) are variables only: the command line is visible in `ps`.
 pub static TABLE: &[Setting] = &[
     Setting::words(
-        "`daemon` (default), `now`, `list`, `verify`, `restore`, `prune`, `drill`",
+        "`daemon` (default), `now`, `base`, `list`, `verify`, `restore`, `prune`, `drill`, `recover`",
         "the command",
     ),
     setting("dir", "DIR", "BACKUP_DIR", "the local backup folder"),
@@ -232,6 +232,38 @@ pub static TABLE: &[Setting] = &[
         "Prometheus metrics, text format",
     )
     .commands(RUN),
+    setting(
+        "wal",
+        "BOOL",
+        "BACKUP_WAL",
+        "point-in-time recovery: stream WAL with `pg_receivewal` on a replication slot, each completed segment stored like a backup (needs a role with REPLICATION and a `replication` line in `pg_hba.conf`)",
+    )
+    .default("false")
+    .commands(SCHEDULE),
+    setting(
+        "wal-slot",
+        "NAME",
+        "BACKUP_WAL_SLOT",
+        "the physical replication slot the WAL is streamed on (created if missing; it keeps WAL on the server until received)",
+    )
+    .default("dockhand")
+    .commands(SCHEDULE),
+    setting(
+        "wal-spool",
+        "DIR",
+        "BACKUP_WAL_SPOOL",
+        "where received WAL waits until stored everywhere (a volume)",
+    )
+    .default_shown("`BACKUP_DIR/.wal-spool`")
+    .commands(SCHEDULE),
+    setting(
+        "wal-max-lag",
+        "SIZE",
+        "BACKUP_WAL_MAX_LAG",
+        "warn when the slot holds more WAL than this on the server (the sidecar is behind, and the server's disk fills)",
+    )
+    .default("1GiB")
+    .commands(SCHEDULE),
     Setting::var(
         "BACKUP_PG_BIN",
         "directory holding `pg_dump`, `pg_restore`, `pg_dumpall`, `psql`",
@@ -240,10 +272,22 @@ pub static TABLE: &[Setting] = &[
     Setting::value(
         "from",
         "local\\|s3",
-        "`verify`, `restore`, `drill`: which copy to read",
+        "`verify`, `restore`, `drill`, `recover`: which copy to read",
     )
     .default_shown("the local copy if any")
-    .commands(&["verify", "restore", "drill"]),
+    .commands(&["verify", "restore", "drill", "recover"]),
+    Setting::value(
+        "to-time",
+        "TIME\\|latest",
+        "`recover`: the moment to recover to (RFC 3339 with its offset, `2026-12-07T16:05:00Z`), or the end of the stored WAL",
+    )
+    .commands(&["recover"]),
+    Setting::value(
+        "data-dir",
+        "DIR",
+        "`recover`: the empty data directory (a new volume) PostgreSQL then starts on",
+    )
+    .commands(&["recover"]),
     Setting::value("to", "URL", "`restore`: the target database")
         .default_shown("a new database")
         .commands(&["restore"]),
@@ -310,6 +354,8 @@ compressed, optionally encrypted, checksummed, with retention, verify and restor
 
 Usage: backup [daemon]                 run on BACKUP_SCHEDULE until stopped
        backup now                      one run now; the exit status says if it succeeded
+       backup base                     a base backup of the cluster (pg_basebackup) for
+                                       point-in-time recovery
        backup list [--remote]          the backups (folder; with --remote also S3)
        backup verify NAME|latest       checksum and a full read by pg_restore
        backup restore NAME|latest      into a new database <db>_restore_<time>
@@ -318,6 +364,8 @@ Usage: backup [daemon]                 run on BACKUP_SCHEDULE until stopped
        backup drill NAME|latest        restore into a scratch database, compare every
               [--into URL] [--from local|s3] [--keep] [--jobs N]
                                        table's rows with the backup's, drop it
+       backup recover --to-time TIME|latest --data-dir DIR [--from local|s3]
+                                       point-in-time recovery into an empty data directory
 
 Options (flag, else environment variable; any variable may be given as NAME_FILE;
 each command takes only the flags that mean something to it):
@@ -338,6 +386,8 @@ pub fn help() -> String {
 pub enum Command {
     Daemon,
     Now,
+    /// A base backup of the cluster for point-in-time recovery.
+    Base,
     List {
         remote: bool,
     },
@@ -364,6 +414,12 @@ pub enum Command {
         keep: bool,
         jobs: usize,
     },
+    /// Point-in-time recovery into an empty data directory.
+    Recover {
+        to: crate::backup::recover::Target,
+        data_dir: std::path::PathBuf,
+        from: Option<Side>,
+    },
 }
 
 /// Parses the arguments (without the program name): the command, its name argument,
@@ -386,7 +442,7 @@ fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
         (None, None) => "daemon",
         (None, Some(other)) => {
             return Err(invalid(format!(
-                "unknown command {other:?}: use daemon, now, list, verify, restore, prune or drill"
+                "unknown command {other:?}: use daemon, now, base, list, verify, restore, prune, drill or recover"
             )))
         }
     };
@@ -422,6 +478,7 @@ fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
     let command = match name {
         "daemon" => Command::Daemon,
         "now" => Command::Now,
+        "base" => Command::Base,
         "list" => Command::List {
             remote: m.switch("remote")?,
         },
@@ -441,6 +498,18 @@ fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
             into: m.string("into")?,
             keep: m.switch("keep")?,
             jobs: restore_jobs(m.string("jobs")?)?,
+        },
+        "recover" => Command::Recover {
+            to: crate::backup::recover::parse_target(&m.string("to-time")?.ok_or_else(|| {
+                invalid("backup recover needs --to-time TIME or --to-time latest")
+            })?)?,
+            data_dir: m
+                .string("data-dir")?
+                .ok_or_else(|| {
+                    invalid("backup recover needs --data-dir DIR (an empty data directory)")
+                })?
+                .into(),
+            from,
         },
         _ => Command::Prune {
             dry_run: m.switch("dry-run")?,
@@ -589,7 +658,7 @@ fn daemon_drills(m: &Matches, settings: &Settings) -> Result<DaemonDrills, Backu
 pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
     let settings = Settings::load(&|name| m.by_env(name)).map_err(usage)?;
     match command {
-        Command::Daemon | Command::Now | Command::Prune { .. } => {
+        Command::Daemon | Command::Now | Command::Base | Command::Prune { .. } => {
             settings.require_destination().map_err(usage)?;
         }
         Command::Restore { to: Some(u), .. } => {
@@ -610,7 +679,7 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
         }
         _ => {}
     }
-    if matches!(command, Command::Daemon | Command::Now) {
+    if matches!(command, Command::Daemon | Command::Now | Command::Base) {
         settings.database_url().map_err(usage)?;
     }
     if matches!(
@@ -619,6 +688,7 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
             | Command::Verify { .. }
             | Command::Restore { .. }
             | Command::Drill { .. }
+            | Command::Recover { .. }
     ) && settings.dir.is_none()
         && settings.s3.is_none()
     {
@@ -643,7 +713,18 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
     match command {
         Command::Daemon => {
             let drills = daemon_drills(m, &runner.settings)?;
-            Ok(daemon::run_drilling(&runner, &stop, &drills)?.clamp(0, 255) as u8)
+            if runner.settings.wal {
+                crate::backup::wal::spool_of(&runner)?;
+            }
+            std::thread::scope(|sc| {
+                if runner.settings.wal {
+                    sc.spawn(|| crate::backup::wal::stream(&runner, &stop));
+                }
+                let r = daemon::run_drilling(&runner, &stop, &drills);
+                // The WAL streaming ends with the daemon, whatever ended it.
+                stop.request();
+                Ok(r?.clamp(0, 255) as u8)
+            })
         }
         Command::Now => {
             let r = runner.run();
@@ -655,6 +736,61 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
             } else {
                 Err(err(format!("backup failed: {}", r.failures.join("; "))).into())
             }
+        }
+        Command::Base => {
+            let made = runner.base();
+            if let Some(f) = was_stopped("base backup stopped") {
+                return Err(f);
+            }
+            let o = made?;
+            let wal = o.manifest.wal.as_ref();
+            info!(
+                "base backup {}: {} read, {} stored in {}; WAL {} to {} on timeline {}",
+                o.manifest.name,
+                catalog::human_size(o.manifest.dump_bytes),
+                catalog::human_size(o.manifest.size),
+                o.stored.join(" and "),
+                wal.map_or("?", |w| &w.start),
+                wal.map_or("?", |w| &w.end),
+                wal.map_or(0, |w| w.timeline)
+            );
+            for e in &o.errors {
+                tracing::warn!("{e} (the copy in {} is kept)", o.stored.join(" and "));
+            }
+            println!("{}", o.manifest.name);
+            if o.errors.is_empty() {
+                Ok(0)
+            } else {
+                Err(err(format!("base backup incomplete: {}", o.errors.join("; "))).into())
+            }
+        }
+        Command::Recover { to, data_dir, from } => {
+            let ids = identities()?;
+            let backups = runner.backups_for_reading(*from)?;
+            let done = crate::backup::recover::recover(
+                &runner.reading(&ids),
+                &backups,
+                *from,
+                to,
+                data_dir,
+                &cancel,
+            );
+            if let Some(f) = was_stopped("recover stopped") {
+                return Err(f);
+            }
+            let r = done.map_err(|e| e.context("recover failed"))?;
+            info!(
+                "{} ready: base backup {} and {} WAL files; start PostgreSQL on it to recover{}",
+                data_dir.display(),
+                r.base,
+                r.wal_files,
+                match to {
+                    crate::backup::recover::Target::Latest =>
+                        " to the end of the stored WAL".to_string(),
+                    crate::backup::recover::Target::Time(..) => " to the time given".to_string(),
+                }
+            );
+            Ok(0)
         }
         Command::List { remote } => {
             let table = catalog::table(&runner.backups(*remote)?);

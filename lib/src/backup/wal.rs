@@ -1,0 +1,337 @@
+//! WAL streaming for point-in-time recovery (`BACKUP_WAL=on` in the daemon): the server
+//! major's `pg_receivewal` runs as a supervised child on a physical replication slot
+//! (created if missing, so the server keeps the WAL the sidecar has not received yet)
+//! and writes into a spool folder; every completed 16 MiB segment and timeline history
+//! file there goes through the backup pipeline (archive.rs: compression, age, SHA-256,
+//! the folder and S3, a manifest) and leaves the spool only once stored everywhere.
+//! A child that exits (PostgreSQL restarted, the network gone) is restarted with
+//! backoff; a failed store is tried again on the next pass, so nothing is lost while
+//! the spool and the slot hold it.
+//!
+//! Stored names are `_wal-<file>-<stamp>`, so a segment stored again after a crash
+//! between storing and removing it never collides with its first copy.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::archive::{self, Destinations, Dump};
+use super::daemon::Stop;
+use super::dump::{self, Server, Tools};
+use super::run::Runner;
+use super::walname::is_wal_file;
+use super::BackupError;
+use crate::config::invalid;
+use crate::pg::PgTarget;
+
+/// How often the spool is looked at.
+const PASS: Duration = Duration::from_secs(1);
+/// The longest wait before the child is started again.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The spool folder: `BACKUP_WAL_SPOOL`, else `.wal-spool` in the backup folder.
+pub fn spool_of(runner: &Runner) -> Result<PathBuf, BackupError> {
+    let s = &runner.settings;
+    s.wal_spool
+        .clone()
+        .or_else(|| s.dir.as_ref().map(|d| d.join(".wal-spool")))
+        .ok_or_else(|| {
+            super::usage(invalid(
+                "BACKUP_WAL=on needs a spool folder on a volume: set BACKUP_WAL_SPOOL (or BACKUP_DIR)",
+            ))
+        })
+}
+
+/// Streams WAL until `stop` is requested: the child supervised with backoff, the
+/// spool shipped every second and once more at the end.
+pub fn stream(runner: &Runner, stop: &Stop) {
+    let spool = match spool_of(runner) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("WAL streaming is off: {e}");
+            return;
+        }
+    };
+    if let Err(e) = create_spool(&spool) {
+        warn!("WAL streaming is off: {e}");
+        return;
+    }
+    let slot = runner.settings.wal_slot.clone();
+    info!("WAL streaming on slot {slot:?} through {}", spool.display());
+    let mut backoff = PASS;
+    while !stop.is_requested() {
+        let started = Instant::now();
+        match runner.server() {
+            Ok((target, server, tools)) => {
+                let target = target.clone();
+                match supervise(runner, stop, &target, &server, &tools, &spool, &slot) {
+                    Ok(()) => {}
+                    Err(e) => warn!("WAL streaming: {e}"),
+                }
+                ship(runner, &target, &server, &tools, &spool);
+            }
+            Err(e) => warn!("WAL streaming: {e}"),
+        }
+        if started.elapsed() > MAX_BACKOFF {
+            backoff = PASS;
+        }
+        if stop.is_requested() {
+            break;
+        }
+        info!(
+            "WAL streaming: starting again in {}",
+            crate::duration::format(backoff)
+        );
+        if stop.sleep_until(std::time::SystemTime::now() + backoff) {
+            break;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    info!("WAL streaming stopped");
+}
+
+fn create_spool(spool: &Path) -> Result<(), BackupError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(spool)
+        .map_err(super::io_err(spool))
+}
+
+/// Creates the slot if missing, runs pg_receivewal until it exits or `stop`, shipping
+/// the spool meanwhile.
+fn supervise(
+    runner: &Runner,
+    stop: &Stop,
+    target: &PgTarget,
+    server: &Server,
+    tools: &Tools,
+    spool: &Path,
+    slot: &str,
+) -> Result<(), BackupError> {
+    let program = tools.pg_dump.with_file_name("pg_receivewal");
+    let mut create = dump::libpq_command(&program, Some(target));
+    create.args(["--create-slot", "--if-not-exists", "--no-password"]);
+    create.arg(format!("--slot={slot}"));
+    let out = run_quietly(create)?;
+    if !out.0 {
+        return Err(super::err(format!(
+            "creating the replication slot {slot:?}: {}",
+            super::base::explain(&out.1)
+        )));
+    }
+    // Before receiving (what was held while the sidecar was away), then every minute.
+    check_lag(runner, target, slot);
+    let mut lag_checked = Instant::now();
+    let mut cmd = dump::libpq_command(&program, Some(target));
+    cmd.env("LC_MESSAGES", "C")
+        .env_remove("LC_ALL")
+        .env_remove("LANGUAGE");
+    cmd.arg("--directory")
+        .arg(spool)
+        .arg(format!("--slot={slot}"))
+        .args(["--no-loop", "--no-password"]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    crate::process::prepare_child(&mut cmd, None, false);
+    let mut child = cmd.spawn().map_err(|e| {
+        super::err(format!(
+            "cannot run pg_receivewal: {}",
+            crate::error::io_reason(&e)
+        ))
+    })?;
+    let messages = log_stderr(&mut child);
+    loop {
+        ship(runner, target, server, tools, spool);
+        if lag_checked.elapsed() >= Duration::from_secs(60) {
+            check_lag(runner, target, slot);
+            lag_checked = Instant::now();
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let said = messages.join().unwrap_or_default();
+                return Err(super::err(format!(
+                    "pg_receivewal exited ({status}): {}",
+                    super::base::explain(&said)
+                )));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(super::err(format!("pg_receivewal: {e}"))),
+        }
+        if stop.sleep_until(std::time::SystemTime::now() + PASS) {
+            // SIGTERM: pg_receivewal flushes what it received and exits.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+            let _ = messages.join();
+            return Ok(());
+        }
+    }
+}
+
+/// WAL the slot holds on the server (`pg_current_wal_lsn() - restart_lsn`), in bytes.
+pub async fn slot_lag(target: &PgTarget, slot: &str) -> Result<Option<i64>, BackupError> {
+    let client = target
+        .connect()
+        .await
+        .map_err(|e| super::err(format!("{}: {e}", target.url)).with_source(e))?;
+    let row = client
+        .query_opt(
+            "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| super::err(format!("{}: {}", target.url, crate::pg::classify(&e))))?;
+    Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)))
+}
+
+/// Warns when the slot holds more than `BACKUP_WAL_MAX_LAG`: a slot keeps WAL without
+/// limit (`max_slot_wal_keep_size = -1` by default) while the sidecar is behind.
+fn check_lag(runner: &Runner, target: &PgTarget, slot: &str) {
+    let max = runner.settings.wal_max_lag;
+    match runner.rt.block_on(slot_lag(target, slot)) {
+        Ok(Some(lag)) if lag as u64 > max => warn!(
+            "the replication slot {slot:?} holds {} of WAL on the server, more than BACKUP_WAL_MAX_LAG {}: the sidecar is behind, and the server's disk fills until it catches up (set max_slot_wal_keep_size on the server to cap it; `SELECT pg_drop_replication_slot('{slot}')` when removing the sidecar for good)",
+            super::catalog::human_size(lag as u64),
+            super::catalog::human_size(max)
+        ),
+        Ok(_) => {}
+        Err(e) => warn!("reading the lag of the replication slot {slot:?}: {e}"),
+    }
+}
+
+/// Runs a short libpq program; success and its messages.
+fn run_quietly(mut cmd: std::process::Command) -> Result<(bool, String), BackupError> {
+    cmd.stdin(Stdio::null());
+    crate::process::prepare_child(&mut cmd, None, false);
+    let out = cmd.output().map_err(|e| {
+        super::err(format!(
+            "cannot run pg_receivewal: {}",
+            crate::error::io_reason(&e)
+        ))
+    })?;
+    let said = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    Ok((out.status.success(), said))
+}
+
+/// Logs the child's messages as they come; the last few are returned when it ends.
+fn log_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
+    let stderr = child.stderr.take();
+    std::thread::spawn(move || {
+        let mut last: Vec<String> = Vec::new();
+        if let Some(e) = stderr {
+            for line in BufReader::new(e).lines().map_while(Result::ok) {
+                let line = line.trim().to_string();
+                if line.is_empty() {
+                    continue;
+                }
+                warn!("pg_receivewal: {}", crate::redact::text(&line));
+                last.push(line);
+                if last.len() > 5 {
+                    last.remove(0);
+                }
+            }
+        }
+        last.join("; ")
+    })
+}
+
+/// Stores every completed file in the spool, oldest first; each leaves the spool once
+/// stored in every destination. A failure leaves it for the next pass.
+fn ship(runner: &Runner, target: &PgTarget, server: &Server, tools: &Tools, spool: &Path) {
+    let Ok(entries) = std::fs::read_dir(spool) else {
+        return;
+    };
+    let mut files: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| is_wal_file(n))
+        .collect();
+    files.sort();
+    let d = Destinations {
+        settings: &runner.settings,
+        rt: runner.rt.handle(),
+        s3: runner.s3.as_ref(),
+        cancel: &runner.cancel,
+    };
+    for f in files {
+        let path = spool.join(&f);
+        match archive::backup(&d, target, &Dump::Wal(path.clone()), tools, &server.version) {
+            Ok(o) if o.errors.is_empty() => {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    warn!("WAL {f}: stored, but not removed from the spool: {e}");
+                }
+                info!("WAL {f} stored in {}", o.stored.join(" and "));
+            }
+            Ok(o) => {
+                warn!(
+                    "WAL {f}: {} (kept in the spool; the copy in {} is stored)",
+                    o.errors.join("; "),
+                    o.stored.join(" and ")
+                );
+                return;
+            }
+            Err(e) => {
+                warn!("WAL {f}: {e} (kept in the spool, tried again)");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::walname::{check_slot_name, file_of, stored_name};
+
+    #[test]
+    fn slot_names_follow_postgresql() {
+        assert!(check_slot_name("dockhand").is_ok());
+        assert!(check_slot_name("a_1").is_ok());
+        for bad in [
+            "",
+            "Dock",
+            "a-b",
+            "a b",
+            "x'; DROP",
+            &"a".repeat(64),
+            "日本",
+        ] {
+            assert!(check_slot_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_completed_wal_files_are_shipped() {
+        assert!(is_wal_file("000000010000000000000003"));
+        assert!(is_wal_file("00000002.history"));
+        for not in [
+            "000000010000000000000003.partial",
+            "00000001000000000000000",
+            "0000000100000000000000g3",
+            "000000010000000000000003.tmp",
+            ".000000010000000000000003",
+            "status.json",
+            "0000002.history",
+        ] {
+            assert!(!is_wal_file(not), "{not}");
+        }
+        let name = stored_name(
+            Path::new("/spool/000000010000000000000003"),
+            "20260101T000000.000Z-abcd",
+        );
+        assert_eq!(file_of(&name), Some("000000010000000000000003"));
+        assert_eq!(file_of("_wal-../x-1"), None);
+    }
+}

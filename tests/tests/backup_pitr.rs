@@ -1,0 +1,553 @@
+//! Point-in-time recovery from the sidecar, end to end against a real PostgreSQL that
+//! accepts replication connections: `backup base` streams `pg_basebackup`'s tar of the
+//! whole cluster through the backup pipeline to the folder and S3, with a manifest
+//! holding the WAL range it needs; a server that refuses replication is explained.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use dockhand::backup::manifest::{Content, Manifest};
+use dockhand_tests::bins::bin;
+use dockhand_tests::pg::{bin_dir, Postgres};
+use dockhand_tests::proc::{chown_to_service, service_command, Service};
+use dockhand_tests::run::Run;
+use dockhand_tests::s3::S3;
+
+fn backup(args: &[&str], env: &[(String, String)]) -> Run {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let cmd = dockhand_tests::run::command(&bin("backup"), args, &env);
+    dockhand_tests::run::run(cmd, Duration::from_secs(600))
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn s3_env(s3: &S3, bucket: &str, prefix: &str) -> Vec<(String, String)> {
+    env(&[
+        ("BACKUP_S3_BUCKET", bucket),
+        ("BACKUP_S3_PREFIX", prefix),
+        ("BACKUP_S3_ENDPOINT", &s3.endpoint()),
+        ("AWS_ACCESS_KEY_ID", s3.access_key),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_key),
+        ("AWS_REGION", s3.region),
+    ])
+}
+
+/// The file names in `dir`.
+fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Decompresses a `.tar.zst` into `into` with the system's zstd and tar.
+fn unpack(file: &Path, into: &Path) {
+    std::fs::create_dir_all(into).unwrap();
+    let mut zstd = Command::new("zstd")
+        .args(["-d", "-c", "-q"])
+        .arg(file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(into)
+        .stdin(zstd.stdout.take().unwrap())
+        .status()
+        .unwrap();
+    assert!(tar.success(), "tar failed on {}", file.display());
+    assert!(
+        zstd.wait().unwrap().success(),
+        "zstd failed on {}",
+        file.display()
+    );
+}
+
+/// The manifest at `path`, as dockhand reads it.
+fn manifest(path: &Path) -> Manifest {
+    let text = std::fs::read_to_string(path).unwrap();
+    Manifest::from_json(&text).unwrap_or_else(|| panic!("not a manifest: {text}"))
+}
+
+#[test]
+fn a_base_backup_holds_the_cluster_and_its_wal_range_in_the_folder_and_s3() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db(
+        "app",
+        "SET ROLE app; CREATE TABLE t (id int PRIMARY KEY, note text);
+         INSERT INTO t SELECT i, 'row ' || i FROM generate_series(1, 1000) i;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let s3 = S3::shared();
+    let bucket = s3.bucket();
+    let mut e = s3_env(s3, &bucket, "pitr");
+    e.push(("DIRECT_URL".into(), pg.url()));
+    let r = backup(&["base", "--dir", d.to_str().unwrap()], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let name = r.stdout.trim().to_string();
+    assert!(name.starts_with("_base-"), "{}", r.stdout);
+    assert!(!r.stderr.contains(&pg.password), "{}", r.stderr);
+
+    // Folder: the data file and its manifest, nothing else left behind.
+    let file = format!("{name}.tar.zst");
+    assert_eq!(
+        files(&d),
+        vec![format!("{name}.manifest.json"), file.clone()],
+        "{}",
+        r.stderr
+    );
+    let m = manifest(&d.join(format!("{name}.manifest.json")));
+    assert_eq!(m.kind, Content::Base, "{m:?}");
+    assert_eq!(m.file, file);
+    let wal = m.wal.clone().expect("a WAL range");
+    assert_eq!(wal.timeline, 1, "{m:?}");
+    let (start, end) = (wal.start, wal.end);
+    let lsn = |s: &str| {
+        let (hi, lo) = s.split_once('/').unwrap();
+        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+    };
+    assert!(lsn(&start) <= lsn(&end), "{m:?}");
+    let now: String = pg.psql("SELECT pg_current_wal_lsn()");
+    assert!(lsn(&end) <= lsn(&now), "{m:?} now {now}");
+
+    // The tar is the cluster: its backup label names the same start.
+    let unpacked = dir.path().join("unpacked");
+    unpack(&d.join(&file), &unpacked);
+    let label = std::fs::read_to_string(unpacked.join("backup_label")).unwrap();
+    // The range recorded holds the backup's own: from its start (the label's) on.
+    let labelled = label
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a start in the label");
+    assert!(
+        lsn(&start) <= lsn(labelled) && lsn(labelled) <= lsn(&end),
+        "{label}\n{m:?}"
+    );
+    assert!(
+        label.contains(&format!("LABEL: dockhand {name}")),
+        "{label}"
+    );
+    assert!(unpacked.join("PG_VERSION").exists());
+    assert!(unpacked.join("global/pg_control").exists());
+
+    // S3 holds the same object and manifest.
+    let (status, body) = s3.request("GET", &format!("/{bucket}?list-type=2"), b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("pitr/{file}")), "{body}");
+    assert!(
+        body.contains(&format!("pitr/{name}.manifest.json")),
+        "{body}"
+    );
+
+    // list shows it, verify reads it whole, restore refuses it.
+    let list = backup(&["list", "--dir", d.to_str().unwrap()], &[]);
+    assert_eq!(list.code, Some(0), "{}", list.stderr);
+    assert!(list.stdout.contains(&name) && list.stdout.contains("(base backup)"));
+    let v = backup(&["verify", &name, "--dir", d.to_str().unwrap()], &[]);
+    assert_eq!(v.code, Some(0), "{}", v.stderr);
+    let v = backup(&["verify", &name, "--from", "s3"], &e);
+    assert_eq!(v.code, Some(0), "{}", v.stderr);
+    let r = backup(&["restore", &name, "--dir", d.to_str().unwrap()], &e);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("base backup"), "{}", r.stderr);
+    // `latest` means the newest database dump, never a base backup.
+    let r = backup(&["verify", "latest", "--dir", d.to_str().unwrap()], &[]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+}
+
+#[test]
+fn a_server_refusing_replication_is_explained_and_nothing_is_kept() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let e = env(&[("DIRECT_URL", &pg.url())]);
+
+    // The role lacks REPLICATION.
+    let r = backup(&["base", "--dir", d], &e);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("REPLICATION"), "{}", r.stderr);
+    assert!(!r.stderr.contains(&pg.password), "{}", r.stderr);
+    assert_eq!(files(dir.path()), Vec::<String>::new());
+
+    // REPLICATION, but no `replication` line in pg_hba.conf.
+    pg.allow_replication();
+    pg.deny_replication_in_hba();
+    let r = backup(&["base", "--dir", d], &e);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("pg_hba.conf") && r.stderr.contains("`replication`"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(files(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn a_base_backup_with_the_wal_of_its_range_starts_a_cluster_with_the_rows() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db(
+        "app",
+        "SET ROLE app; CREATE TABLE t (id int PRIMARY KEY);
+         INSERT INTO t SELECT generate_series(1, 1234);",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let e = env(&[("DIRECT_URL", &pg.url())]);
+    let r = backup(&["base", "--dir", d.to_str().unwrap()], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let name = r.stdout.trim().to_string();
+    // The backup's end record on disk, in a complete segment.
+    pg.psql("SELECT pg_switch_wal()");
+
+    // Unpacked into an empty data directory, with the source's own WAL as the
+    // archive (the WAL streaming is not built yet), PostgreSQL reaches consistency.
+    let data = dir.path().join("restored");
+    unpack(&d.join(format!("{name}.tar.zst")), &data);
+    let wal = pg.dir.path().join("data/pg_wal");
+    std::fs::write(data.join("recovery.signal"), "").unwrap();
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.auto.conf"))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut conf,
+        format!(
+            "restore_command = 'cp \"{}/%f\" \"%p\"'\nrecovery_target = 'immediate'\nrecovery_target_action = 'promote'\n",
+            wal.display()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    chown_to_service(dir.path());
+    let socket = dir.path().to_str().unwrap().to_string();
+    let port = dockhand_tests::free_port();
+    let mut cmd = service_command(bin_dir().join("postgres").to_str().unwrap());
+    cmd.arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses="])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={socket}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("restored.log")).unwrap());
+    let mut server = Service::spawn("postgres", cmd, nix::sys::signal::Signal::SIGQUIT);
+    let count = || {
+        Command::new(bin_dir().join("psql"))
+            .args(["-X", "-A", "-t", "-U", "postgres", "-h", &socket])
+            .args(["-p", &port.to_string(), "-d", "app"])
+            .args(["-c", "SELECT count(*) FROM t WHERE NOT pg_is_in_recovery()"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let up = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        server.running() && count().is_some_and(|c| c == "1234")
+    });
+    let log = std::fs::read_to_string(dir.path().join("restored.log")).unwrap_or_default();
+    assert!(up, "recovered cluster: {:?}\n{log}", count());
+}
+
+/// The manifests in `dir` of the stored WAL file `file`.
+fn stored_wal(dir: &Path, file: &str) -> Vec<Manifest> {
+    files(dir)
+        .iter()
+        .filter(|f| f.starts_with(&format!("_wal-{file}-")) && f.ends_with(".manifest.json"))
+        .map(|f| manifest(&dir.join(f)))
+        .collect()
+}
+
+/// True when the sidecar's slot has a receiver.
+fn streaming(pg: &Postgres) -> bool {
+    pg.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'dockhand' AND active")
+        == "1"
+}
+
+/// Completes the current segment after a write; returns its name.
+fn complete_a_segment(pg: &Postgres, n: u32) -> String {
+    pg.psql_db(
+        "app",
+        &format!("INSERT INTO t SELECT generate_series({n} * 1000, {n} * 1000 + 999)"),
+    );
+    let seg = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("SELECT pg_switch_wal()");
+    seg
+}
+
+#[test]
+fn the_daemon_streams_completed_wal_segments_to_the_folder_and_s3_across_a_restart() {
+    let mut pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let s3 = S3::shared();
+    let bucket = s3.bucket();
+    let mut e = s3_env(s3, &bucket, "wal");
+    e.extend(env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        ("RUST_LOG", "info"),
+    ]));
+    let env_ref: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let child = dockhand_tests::run::command(&bin("backup"), &["daemon"], &env_ref)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let stop = |child: std::process::Child| {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        dockhand_tests::run::finish(child, Duration::from_secs(60))
+    };
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop(child).stderr);
+    }
+
+    let seg = complete_a_segment(&pg, 1);
+    let arrived =
+        dockhand_tests::wait_until(Duration::from_secs(60), || !stored_wal(&d, &seg).is_empty());
+    if !arrived {
+        panic!("{seg} not stored: {:?}\n{}", files(&d), stop(child).stderr);
+    }
+    let m = &stored_wal(&d, &seg)[0];
+    assert_eq!(m.kind, Content::Wal);
+    assert_eq!(m.dump_bytes, 16 << 20, "{m:?}");
+    let (status, body) = s3.request("GET", &format!("/{bucket}?list-type=2"), b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("wal/{}", m.file)), "{body}");
+    // Stored everywhere: gone from the spool.
+    assert!(!d.join(".wal-spool").join(&seg).exists());
+
+    // PostgreSQL restarts: the child is started again and the stream goes on.
+    pg.stop_server();
+    pg.start_server();
+    if !dockhand_tests::wait_until(Duration::from_secs(120), || streaming(&pg)) {
+        panic!("not streaming again: {}", stop(child).stderr);
+    }
+    let seg2 = complete_a_segment(&pg, 2);
+    let arrived = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        !stored_wal(&d, &seg2).is_empty()
+    });
+    let r = stop(child);
+    assert!(arrived, "{seg2} not stored: {:?}\n{}", files(&d), r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(!r.stderr.contains(&pg.password), "{}", r.stderr);
+    // `list` and retention leave WAL to the base backups that need it.
+    let list = backup(&["list", "--dir", d.to_str().unwrap()], &[]);
+    assert_eq!(list.code, Some(0), "{}", list.stderr);
+    let pruned = backup(
+        &["prune", "--dir", d.to_str().unwrap(), "--keep-last", "1"],
+        &[],
+    );
+    assert_eq!(pruned.code, Some(0), "{}", pruned.stderr);
+    assert!(!stored_wal(&d, &seg).is_empty(), "{}", pruned.stdout);
+}
+
+/// Starts PostgreSQL on a recovered data directory; returns the server and its psql.
+fn start_recovered(data: &Path, socket: &Path) -> (Service, u16) {
+    chown_to_service(data);
+    chown_to_service(socket);
+    let port = dockhand_tests::free_port();
+    let mut cmd = service_command(bin_dir().join("postgres").to_str().unwrap());
+    cmd.arg("-D")
+        .arg(data)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses="])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", socket.display()))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(socket.join("recovered.log")).unwrap());
+    (
+        Service::spawn("postgres", cmd, nix::sys::signal::Signal::SIGQUIT),
+        port,
+    )
+}
+
+fn psql_at(socket: &Path, port: u16, sql: &str) -> Option<String> {
+    Command::new(bin_dir().join("psql"))
+        .args(["-X", "-A", "-t", "-U", "postgres", "-d", "app", "-h"])
+        .arg(socket)
+        .args(["-p", &port.to_string(), "-c", sql])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+#[test]
+fn recover_to_a_time_finds_exactly_the_rows_committed_before_it() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+    ]);
+    let env_ref: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let child = dockhand_tests::run::command(&bin("backup"), &["daemon"], &env_ref)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let stop = |child: std::process::Child| {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        dockhand_tests::run::finish(child, Duration::from_secs(60))
+    };
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop(child).stderr);
+    }
+    let r = backup(&["base", "--dir", d.to_str().unwrap()], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    // Committed after the base backup, before T: replayed from the WAL.
+    pg.psql_db("app", "INSERT INTO t SELECT generate_series(1, 100)");
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = pg.psql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    // After T: not there.
+    pg.psql_db("app", "INSERT INTO t SELECT generate_series(101, 200)");
+    let last = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("SELECT pg_switch_wal()");
+    let arrived = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        !stored_wal(&d, &last).is_empty()
+    });
+    let r = stop(child);
+    assert!(arrived, "{last} not stored: {:?}\n{}", files(&d), r.stderr);
+    drop(pg); // the volume is lost
+
+    // A data directory that is not empty is refused.
+    let full = dir.path().join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::write(full.join("PG_VERSION"), "17").unwrap();
+    let r = backup(
+        &[
+            "recover",
+            "--to-time",
+            &t,
+            "--data-dir",
+            full.to_str().unwrap(),
+            "--dir",
+            d.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("not empty"), "{}", r.stderr);
+    let r = backup(
+        &[
+            "recover",
+            "--to-time",
+            "yesterday",
+            "--data-dir",
+            full.to_str().unwrap(),
+            "--dir",
+            d.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+
+    let data = dir.path().join("recovered");
+    let r = backup(
+        &[
+            "recover",
+            "--to-time",
+            &t,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--dir",
+            d.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let socket = dir.path().join("socket");
+    std::fs::create_dir_all(&socket).unwrap();
+    let (mut server, port) = start_recovered(&data, &socket);
+    let open = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        server.running()
+            && psql_at(&socket, port, "SELECT pg_is_in_recovery()").is_some_and(|r| r == "f")
+    });
+    let log = std::fs::read_to_string(socket.join("recovered.log")).unwrap_or_default();
+    assert!(open, "not recovered: {log}");
+    assert_eq!(
+        psql_at(&socket, port, "SELECT count(*), max(id) FROM t").as_deref(),
+        Some("100|100"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_slot_holding_more_wal_than_the_limit_is_warned_about_and_bad_wal_settings_refused() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    // The slot was left behind while the sidecar was away: WAL piled up on it.
+    pg.psql("SELECT pg_create_physical_replication_slot('dockhand', true)");
+    for n in 1..=3 {
+        complete_a_segment(&pg, n);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        ("BACKUP_WAL_MAX_LAG", "16MiB"),
+    ]);
+    let env_ref: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let child = dockhand_tests::run::command(&bin("backup"), &["daemon"], &env_ref)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let up = dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let r = dockhand_tests::run::finish(child, Duration::from_secs(60));
+    assert!(up, "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("more than BACKUP_WAL_MAX_LAG 16.0 MiB")
+            && r.stderr.contains("max_slot_wal_keep_size"),
+        "{}",
+        r.stderr
+    );
+
+    for (name, value) in [
+        ("BACKUP_WAL_MAX_LAG", "lots"),
+        ("BACKUP_WAL_MAX_LAG", "0"),
+        ("BACKUP_WAL_SLOT", "Bad-Slot'; DROP"),
+        ("BACKUP_WAL_SLOT", &"s".repeat(64)),
+    ] {
+        let mut bad = e.clone();
+        bad.push((name.to_string(), value.to_string()));
+        // Settings are read by every command: `list` ends at once either way.
+        let r = backup(&["list"], &bad);
+        assert_eq!(r.code, Some(2), "{name}={value:?}: {}", r.stderr);
+        assert!(r.stderr.contains(name), "{}", r.stderr);
+    }
+}
