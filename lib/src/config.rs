@@ -115,6 +115,22 @@ pub fn parse_pair<T>(
     Ok((parse(a)?, parse(b)?))
 }
 
+/// A byte count for people: `512 B`, `1.5 MiB` (in 1024s, as [`parse_size`] reads them).
+pub fn human_size(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
 /// Parses a size such as `16MiB`, `8M`, `10MB`, `64kB`, `5242880` (bytes; `k`, `M`, `G`
 /// count in 1024s, as PostgreSQL's own settings do).
 pub fn parse_size(s: &str) -> Option<u64> {

@@ -209,20 +209,7 @@ pub fn drill_warning(backups: &[Backup], name: &str) -> Option<String> {
     ))
 }
 
-pub fn human_size(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < units.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
-}
+pub use crate::config::human_size;
 
 /// The SHA-256 and size of what was read so far.
 #[derive(Default)]

@@ -26,7 +26,7 @@ use tokio_postgres::Client;
 use tracing::warn;
 
 use super::failure::{err, MigrateError};
-use crate::config::{invalid, ConfigError};
+use crate::config::{human_size, invalid, ConfigError};
 
 /// `--migrate-lint`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -1023,22 +1023,6 @@ mod check {
             }
             (a, b) => a == b && oa == na,
         }
-    }
-}
-
-/// `12.3 MiB`.
-fn human_size(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < units.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
     }
 }
 
