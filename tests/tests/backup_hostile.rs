@@ -1781,3 +1781,80 @@ fn a_globals_backup_restores_into_its_own_cluster_and_into_a_fresh_one() {
         "0"
     );
 }
+
+/// A manifest a later dockhand wrote (a newer `format`) is not half read: `list` skips
+/// it and says why, and `restore latest` takes the newest backup this build reads. A
+/// broken manifest is named too, never skipped in silence.
+#[test]
+fn a_manifest_of_a_newer_format_is_skipped_and_said_so() {
+    let pg = Postgres::start();
+    seed(&pg, "shop", "orders", 10);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let url = format!("postgres://app:{}@127.0.0.1:{}/shop", pg.password, pg.port);
+    let r = backup(&["now"], &[("DIRECT_URL", url.as_str()), ("BACKUP_DIR", d)]);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    let manifest = files(dir.path())
+        .into_iter()
+        .find(|f| f.ends_with(".manifest.json"))
+        .unwrap();
+    let text = std::fs::read_to_string(dir.path().join(&manifest)).unwrap();
+    // the same backup, as a later format would name a newer one
+    let newer_name = "shop-20991231T000000Z";
+    let newer = text
+        .replace("\"format\": 1", "\"format\": 2")
+        .replace(manifest.trim_end_matches(".manifest.json"), newer_name);
+    assert!(newer.contains("\"format\": 2"), "{newer}");
+    let data = files(dir.path())
+        .into_iter()
+        .find(|f| f.ends_with(".dump.zst"))
+        .unwrap();
+    std::fs::copy(
+        dir.path().join(&data),
+        dir.path()
+            .join(data.replace(manifest.trim_end_matches(".manifest.json"), newer_name)),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join(format!("{newer_name}.manifest.json")),
+        newer,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("shop-broken.manifest.json"),
+        "{\"format\": 1",
+    )
+    .unwrap();
+    let r = backup(&["list"], &[("BACKUP_DIR", d)]);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(!r.stdout.contains(newer_name), "{}", r.output());
+    assert!(
+        r.stderr.contains(&format!("{newer_name}.manifest.json: skipped: manifest format 2, newer than this backup reads (1)")),
+        "{}",
+        r.output()
+    );
+    assert!(
+        r.stderr
+            .contains("shop-broken.manifest.json: skipped: not valid JSON"),
+        "{}",
+        r.output()
+    );
+    pg.psql("CREATE DATABASE newer_copy OWNER app");
+    let to = format!(
+        "postgres://app:{}@127.0.0.1:{}/newer_copy",
+        pg.password, pg.port
+    );
+    let r = backup(
+        &["restore", "latest", "--to", to.as_str()],
+        &[("DIRECT_URL", url.as_str()), ("BACKUP_DIR", d)],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(
+        r.stderr.contains(&format!(
+            "restored {}",
+            manifest.trim_end_matches(".manifest.json")
+        )),
+        "{}",
+        r.output()
+    );
+}

@@ -46,7 +46,15 @@ pub fn list_local(dir: &Path) -> Result<Vec<Manifest>, BackupError> {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".manifest.json"))
         .filter_map(|e| {
             let bytes = crate::files::read_regular(&e.path(), 1024 * 1024).ok()?;
-            let m = Manifest::from_json(&String::from_utf8_lossy(&bytes))?;
+            let text = String::from_utf8_lossy(&bytes);
+            let Some(m) = Manifest::from_json(&text) else {
+                tracing::warn!(
+                    "{}: skipped: {}",
+                    e.path().display(),
+                    super::manifest::unreadable(&text)
+                );
+                return None;
+            };
             // the same checks as the S3 listing: its own name, and its own data file
             (e.file_name().to_str() == Some(m.manifest_file().as_str())).then_some(m)
         })
@@ -68,10 +76,18 @@ pub async fn list_remote(s3: &S3) -> Result<Vec<Manifest>, BackupError> {
         let Ok(bytes) = s3.get_bytes(&o.file).await else {
             continue;
         };
-        if let Some(m) = Manifest::from_json(&String::from_utf8_lossy(&bytes)) {
-            if names.contains(m.file.as_str()) && o.file == m.manifest_file() {
-                out.push(m);
+        let text = String::from_utf8_lossy(&bytes);
+        match Manifest::from_json(&text) {
+            Some(m) => {
+                if names.contains(m.file.as_str()) && o.file == m.manifest_file() {
+                    out.push(m);
+                }
             }
+            None => tracing::warn!(
+                "s3: {}: skipped: {}",
+                o.file,
+                super::manifest::unreadable(&text)
+            ),
         }
     }
     out.sort_by(|a, b| (a.started, &a.name).cmp(&(b.started, &b.name)));

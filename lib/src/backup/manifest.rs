@@ -209,7 +209,7 @@ impl Manifest {
     /// The JSON stored beside the backup.
     pub fn to_json(&self) -> String {
         let v = serde_json::json!({
-            "format": 1,
+            "format": FORMAT,
             "name": self.name,
             "file": self.file,
             "kind": self.kind.name(),
@@ -239,10 +239,15 @@ impl Manifest {
     }
 
     /// Parses a manifest; `None` for anything that is not a well-formed dockhand
-    /// manifest. The data file must be a plain name in the same place (a manifest
-    /// naming `../x` is refused, so prune can never be led outside its folder).
+    /// manifest of a format this build reads ([`unreadable`] says why). The data file
+    /// must be a plain name in the same place (a manifest naming `../x` is refused, so
+    /// prune can never be led outside its folder).
     pub fn from_json(text: &str) -> Option<Manifest> {
         let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        // Manifests before `format` existed are format 1.
+        if v["format"].as_u64().unwrap_or(1) != FORMAT {
+            return None;
+        }
         let m = Manifest {
             name: v["name"].as_str()?.into(),
             file: v["file"].as_str()?.into(),
@@ -329,6 +334,26 @@ impl Manifest {
 /// The manifest file name of the backup `name`.
 pub fn manifest_file(name: &str) -> String {
     format!("{name}.manifest.json")
+}
+
+/// The manifest format this build writes and reads. A newer one (written by a later
+/// dockhand, with fields whose meaning this build does not know) is refused rather
+/// than half read: `list`, `restore` and retention skip it and say why.
+pub const FORMAT: u64 = 1;
+
+/// Why `text` is not a manifest [`Manifest::from_json`] reads, for the warning of a
+/// listing that skips it.
+pub fn unreadable(text: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Err(_) => "not valid JSON".into(),
+        Ok(v) => match v["format"].as_u64() {
+            Some(f) if f > FORMAT => format!(
+                "manifest format {f}, newer than this backup reads ({FORMAT}): written by a later dockhand; upgrade it to use this backup"
+            ),
+            Some(f) if f != FORMAT => format!("manifest format {f}, which no dockhand writes"),
+            _ => "not a dockhand manifest (a field is missing or malformed)".into(),
+        },
+    }
 }
 
 /// `YYYYmmddTHHMMSSZ` for file names.
@@ -444,6 +469,18 @@ mod tests {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-~".contains(&b)));
         }
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_and_said_so() {
+        let newer = r#"{"format":2,"name":"app-20240101T000000Z","file":"app-20240101T000000Z.dump.zst",
+            "kind":"database","database":"app","started":1,"finished":2,"dump_bytes":3,"size":4,
+            "sha256":"00","compression":"zstd","level":3,"encryption":null,"recipients":[],"verified":null}"#;
+        assert_eq!(Manifest::from_json(newer), None);
+        assert!(unreadable(newer).contains("newer than this backup reads (1)"));
+        assert!(Manifest::from_json(&newer.replace("\"format\":2", "\"format\":1")).is_some());
+        assert_eq!(unreadable("{"), "not valid JSON");
+        assert!(unreadable("{}").contains("not a dockhand manifest"));
     }
 
     #[test]
