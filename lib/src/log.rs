@@ -30,6 +30,15 @@ struct LineSubscriber {
     next_span: AtomicU64,
 }
 
+/// Whether log lines are text (for people) rather than JSON (for a collector).
+static TEXT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// True when logs are text lines (`LOG_FORMAT=text`, the default): a program may then
+/// draw for a person on the same terminal.
+pub fn is_text() -> bool {
+    TEXT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installs the logger for `program`, reading `RUST_LOG` and `LOG_FORMAT`.
 pub fn init(program: &'static str) -> Result<(), ConfigError> {
     let max = match std::env::var("RUST_LOG") {
@@ -41,6 +50,7 @@ pub fn init(program: &'static str) -> Result<(), ConfigError> {
         Some("json") => Format::Json,
         Some(other) => return Err(invalid(format!("LOG_FORMAT={other:?}: use text or json"))),
     };
+    TEXT.store(format == Format::Text, std::sync::atomic::Ordering::Relaxed);
     let _ = tracing::subscriber::set_global_default(LineSubscriber {
         program,
         max,

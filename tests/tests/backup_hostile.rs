@@ -1858,3 +1858,60 @@ fn a_manifest_of_a_newer_format_is_skipped_and_said_so() {
         r.output()
     );
 }
+
+/// Runs `backup ARGS` with stderr on a terminal (a pty); returns its exit code and
+/// what the terminal showed.
+fn on_a_terminal(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut cmd = command(&bin("backup"), args, env);
+    cmd.stderr(std::process::Stdio::from(pty.slave));
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut shown = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once the last writer (the child) has closed the terminal
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            shown.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&shown).into_owned()
+    });
+    let status = child.wait().unwrap();
+    (status.code(), reader.join().unwrap())
+}
+
+/// A person running `backup now`, `verify` or `restore` at a terminal sees a progress
+/// bar on it; with stderr piped (a log collector, the daemon) there is none, only the
+/// log lines.
+#[test]
+fn a_terminal_shows_a_progress_bar_and_logs_never_do() {
+    let pg = Postgres::start();
+    seed(&pg, "shop", "orders", 2000);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let url = format!("postgres://app:{}@127.0.0.1:{}/shop", pg.password, pg.port);
+    let env = [("DIRECT_URL", url.as_str()), ("BACKUP_DIR", d)];
+    let (code, shown) = on_a_terminal(&["now"], &env);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains(": dumped ["), "{shown}");
+    let (code, shown) = on_a_terminal(&["verify", "latest"], &env);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(
+        shown.contains(": read [########################]") && shown.contains("(100%)"),
+        "{shown}"
+    );
+    assert!(!shown.contains(&pg.password), "{shown}");
+    // piped: no bar, no terminal controls
+    let r = backup(&["verify", "latest"], &env);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(
+        !r.stderr.contains('\r') && !r.stderr.contains('['),
+        "{}",
+        r.output()
+    );
+}

@@ -414,7 +414,12 @@ fn stream(
     cmd.stdin(Stdio::null()).stdout(Stdio::piped());
     let mut tool = Tool::spawn(cmd, d.cancel)?;
     let program = tool.program.clone();
-    let mut stdout = tool.child.stdout.take().expect("piped");
+    let mut stdout = super::progress::Progress::new(
+        tool.child.stdout.take().expect("piped"),
+        name,
+        "dumped",
+        None,
+    );
     let mut dump_bytes = 0u64;
     let copy = copy_into(
         &mut stdout,

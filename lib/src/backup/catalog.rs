@@ -312,6 +312,13 @@ pub fn open(r: &Reading, m: &Manifest, from: Side) -> Result<Opened, BackupError
         r.identities,
         Box::new(hashing.clone()),
     )?;
+    // every reader of a backup (verify, restore, drill, a download) says how far it is
+    let reader = Box::new(super::progress::Progress::new(
+        reader,
+        &m.file,
+        "read",
+        Some(m.dump_bytes),
+    ));
     Ok(Opened {
         reader,
         raw: hashing,

@@ -33,6 +33,7 @@ pub mod dump;
 pub mod globals;
 pub mod manifest;
 pub mod names;
+pub mod progress;
 pub mod recover;
 pub mod restore;
 pub mod retention;

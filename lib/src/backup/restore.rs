@@ -239,8 +239,7 @@ pub fn restore(
                 Tool::spawn(cmd, cancel)?.finish(cancel)?
             }
             None => {
-                let mut opened = catalog::open(r, m, from)?;
-                opened.reader = Box::new(Progress::new(opened.reader, m, "read"));
+                let opened = catalog::open(r, m, from)?;
                 catalog::feed(cmd, opened, m, cancel)?
             }
         };
@@ -352,11 +351,7 @@ fn decode_to_file(
     let guard = TempDump { path };
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut opened = catalog::open(r, m, from)?;
-    let mut reader = Progress::new(
-        std::mem::replace(&mut opened.reader, Box::new(std::io::empty())),
-        m,
-        "decoded",
-    );
+    let mut reader = std::mem::replace(&mut opened.reader, Box::new(std::io::empty()));
     let mut buf = vec![0u8; 256 * 1024];
     let mut written = 0u64;
     loop {
@@ -409,61 +404,8 @@ fn getrandom_fill(buf: &mut [u8]) {
     }
 }
 
-/// How often a restore logs its progress.
+/// How often the table watcher logs what pg_restore copies.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-
-/// Logs, every few seconds, how much of the decoded backup has been read (of the
-/// total the manifest gives) and the rate, so a long restore is not silent.
-struct Progress {
-    inner: Box<dyn Read + Send>,
-    file: String,
-    verb: &'static str,
-    total: u64,
-    done: u64,
-    started: Instant,
-    last: Instant,
-}
-
-impl Progress {
-    fn new(inner: Box<dyn Read + Send>, m: &Manifest, verb: &'static str) -> Progress {
-        let now = Instant::now();
-        Progress {
-            inner,
-            file: m.file.clone(),
-            verb,
-            total: m.dump_bytes,
-            done: 0,
-            started: now,
-            last: now,
-        }
-    }
-}
-
-impl Read for Progress {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.done += n as u64;
-        if self.last.elapsed() >= PROGRESS_EVERY {
-            use super::catalog::human_size;
-            self.last = Instant::now();
-            let secs = self.started.elapsed().as_secs_f64().max(0.001);
-            let pct = if self.total > 0 {
-                format!(" ({:.0}%)", self.done as f64 * 100.0 / self.total as f64)
-            } else {
-                String::new()
-            };
-            info!(
-                "{}: {} {} of {}{pct}, {}/s",
-                self.file,
-                self.verb,
-                human_size(self.done),
-                human_size(self.total),
-                human_size((self.done as f64 / secs) as u64)
-            );
-        }
-        Ok(n)
-    }
-}
 
 /// How often the table watcher looks at `pg_stat_progress_copy`.
 const COPY_POLL: Duration = Duration::from_millis(500);

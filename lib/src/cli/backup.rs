@@ -657,6 +657,10 @@ fn daemon_drills(m: &Matches, settings: &Settings) -> Result<DaemonDrills, Backu
 /// the exit status.
 pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
     let settings = Settings::load(&|name| m.by_env(name)).map_err(usage)?;
+    // run by hand: a person may watch the progress on a terminal (never the daemon)
+    if !matches!(command, Command::Daemon) {
+        crate::backup::progress::for_a_person();
+    }
     match command {
         Command::Daemon | Command::Now | Command::Base | Command::Prune { .. } => {
             settings.require_destination().map_err(usage)?;
