@@ -382,7 +382,12 @@ impl Snapshot {
             .get(0);
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
+            // A failed count (a table this role may not read, a lock timeout) must not
+            // end the transaction: the snapshot dies with it, and pg_dump, importing it
+            // at the same moment, would fail on that instead of its own error. The
+            // count runs in a savepoint, rolled back on failure.
             let counted = async {
+                client.batch_execute("SAVEPOINT dockhand_count").await?;
                 if !lock_wait.is_zero() {
                     client
                         .batch_execute(&format!(
@@ -409,6 +414,11 @@ impl Snapshot {
             }
             .await
             .map_err(q);
+            if counted.is_err() {
+                let _ = client
+                    .batch_execute("ROLLBACK TO SAVEPOINT dockhand_count")
+                    .await;
+            }
             // Hold the snapshot until pg_dump is done with it (or gone).
             let _ = released.await;
             let _ = client.batch_execute("ROLLBACK").await;
