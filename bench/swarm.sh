@@ -24,7 +24,7 @@ DOCKHAND_SWARM_RESULTS="$work/table.md" DOCKHAND_SWARM_CAUSES=1 \
   echo
   echo "Failure kinds: \`connect-refused\`, a connection to an address resolved (or cached) before the task left DNS, after it stopped listening; \`closed-reused\`, a kept-alive connection the server closed as the request went out (http's close drops idle connections at once); \`reset-reused\`, the app exited with requests in flight. Swarm removes a stopping task from DNS 2 s before its SIGTERM, so a client resolving for each connection needs no stop delay for new connections; connections kept alive longer than that delay, and cached DNS answers, do: the stop delay moves them away before the app stops, and draining (\`Connection: close\` on each answer after SIGTERM, idle connections closed a second later) ends the rest cleanly."
   echo
-  echo "The machine was shared with other builds while this ran (load average about 12 on 2 cores): latencies are noisy, and the rollout's p99 includes the CPU the starting containers take from the app on 2 cores."
+  echo "Load average (1 min) when the run ended: $(cut -d' ' -f1 /proc/loadavg) on $(nproc) cores; the rollout's p99 includes the CPU the starting containers take from the app."
   echo
   machine_line
   echo "Run: \`bench/swarm.sh\`."

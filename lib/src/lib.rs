@@ -24,6 +24,7 @@ pub mod config;
 pub mod duration;
 pub mod error;
 pub mod files;
+pub mod flags;
 pub mod log;
 pub mod output;
 pub mod process;

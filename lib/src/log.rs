@@ -41,8 +41,9 @@ pub fn is_text() -> bool {
 
 /// Installs the logger for `program`, reading `RUST_LOG` and `LOG_FORMAT`.
 pub fn init(program: &'static str) -> Result<(), ConfigError> {
-    let max = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.trim().is_empty() => parse_level(&v)?,
+    // through config::var, so RUST_LOG_FILE works as every NAME_FILE does
+    let max = match crate::config::var("RUST_LOG")? {
+        Some(v) if !v.trim().is_empty() => parse_level(&v)?,
         _ => Level::INFO,
     };
     let format = match crate::config::var("LOG_FORMAT")?.as_deref() {

@@ -19,11 +19,18 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-/// Where `/etc/hosts` is read from; `DOCKHAND_HOSTS` overrides it.
+/// The hosts file read when `DOCKHAND_HOSTS` is not set.
+pub const DEFAULT_HOSTS: &str = "/etc/hosts";
+
+/// Where `/etc/hosts` is read from; `DOCKHAND_HOSTS` (or `DOCKHAND_HOSTS_FILE`)
+/// overrides it. A binary checks the variable as it parses its settings, so an error
+/// here (both forms set, an unreadable file) was reported already: then the default.
 pub fn hosts_file() -> std::path::PathBuf {
-    std::env::var_os("DOCKHAND_HOSTS")
-        .map(Into::into)
-        .unwrap_or_else(|| "/etc/hosts".into())
+    crate::config::var("DOCKHAND_HOSTS")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| DEFAULT_HOSTS.into())
+        .into()
 }
 
 /// Whether waiting can help: the question every caller of a failed network

@@ -668,3 +668,30 @@ fn help_and_listings_on_a_closed_or_full_stdout() {
         assert_eq!(r.stderr, "", "{binary} {args:?}");
     }
 }
+
+/// `RUST_LOG` is read as every setting is, so `RUST_LOG_FILE` works as `--help`
+/// promises (and a bad level in the file is named, as in the variable); the same for
+/// `backup`.
+#[test]
+fn the_log_level_also_comes_from_name_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let level = dir.path().join("level");
+    std::fs::write(&level, "loud\n").unwrap();
+    let level = level.to_str().unwrap();
+    let r = entrypoint(&["--", "true"], &[("RUST_LOG_FILE", level)]);
+    assert_eq!(r.code, Some(2), "{}", r.output());
+    assert!(r.stderr.contains("RUST_LOG=\"loud\""), "{}", r.stderr);
+    let quiet = dir.path().join("quiet");
+    std::fs::write(&quiet, "error\n").unwrap();
+    let r = entrypoint(
+        &["--", "sh", "-c", "exit 7"],
+        &[("RUST_LOG_FILE", quiet.to_str().unwrap())],
+    );
+    assert_eq!(r.code, Some(7), "{}", r.output());
+    let r = run(
+        command(&bin("backup"), &["list"], &[("RUST_LOG_FILE", level)]),
+        LONG,
+    );
+    assert_eq!(r.code, Some(2), "{}", r.output());
+    assert!(r.stderr.contains("RUST_LOG=\"loud\""), "{}", r.stderr);
+}

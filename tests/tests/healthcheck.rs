@@ -194,6 +194,37 @@ fn names_from_the_hosts_file_resolve_without_nss() {
     );
 }
 
+/// `DOCKHAND_HOSTS` is read as every setting is, so its `NAME_FILE` form works as
+/// `--help` promises.
+#[test]
+fn the_hosts_file_also_comes_from_name_file() {
+    let s = fixed(200, "ok");
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 app-server\n").unwrap();
+    let named = dir.path().join("hosts-path");
+    std::fs::write(&named, format!("{}\n", hosts.display())).unwrap();
+    let url = format!("http://app-server:{}/", s.port);
+    assert_healthy(&healthcheck_env(
+        &[&url],
+        &[("DOCKHAND_HOSTS_FILE", named.to_str().unwrap())],
+    ));
+    let r = healthcheck_env(
+        &[&url],
+        &[
+            ("DOCKHAND_HOSTS", hosts.to_str().unwrap()),
+            ("DOCKHAND_HOSTS_FILE", named.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.stderr
+            .contains("both DOCKHAND_HOSTS and DOCKHAND_HOSTS_FILE are set"),
+        "{}",
+        r.stderr
+    );
+}
+
 // ---- HTTPS ----------------------------------------------------------------------
 
 #[test]

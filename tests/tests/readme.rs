@@ -130,4 +130,15 @@ fn help_comes_from_the_same_tables() {
             }
         }
     }
+    // a command's own flag names its command once ("daemon: the daemon: ..." was
+    // printed for two rows)
+    let help = backup::help();
+    for c in [
+        "daemon", "now", "restore", "drill", "prune", "list", "recover",
+    ] {
+        assert!(
+            !help.contains(&format!("{c}: the {c}")) && !help.contains(&format!("{c}: {c}:")),
+            "backup --help names {c} twice:\n{help}"
+        );
+    }
 }

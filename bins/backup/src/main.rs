@@ -3,7 +3,6 @@
 //! itself (the entrypoint's), which reaps orphans and forwards signals.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use dockhand::cli::{backup, Parsed};
 use dockhand::{process, signals, supervise};
@@ -20,14 +19,7 @@ fn main() -> ExitCode {
     dockhand::pg::set_application_name("dockhand-backup");
     // As PID 1: this same command runs as a supervised child, given the stop grace and
     // a little more to finish.
-    let grace = || {
-        let grace = dockhand::config::var("BACKUP_STOP_GRACE")
-            .ok()
-            .flatten()
-            .and_then(|g| dockhand::duration::parse(&g).ok())
-            .unwrap_or(Duration::from_secs(8));
-        grace + Duration::from_secs(5)
-    };
+    let grace = || backup::supervisor_grace(std::env::args_os().skip(1));
     // SAFETY: first thing in main: this process has one thread.
     match unsafe { supervise::supervise_self("DOCKHAND_BACKUP_WORKER", grace) } {
         Some(Ok(code)) => return ExitCode::from(code.clamp(0, 255) as u8),

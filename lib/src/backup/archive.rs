@@ -367,7 +367,7 @@ fn stream(
     // snapshot (a server that cannot export one) the dump is taken as before, without
     // counts: a drill then checks pg_restore's errors only.
     let snapshot = match kind {
-        Dump::Database(db) => match d.rt.block_on(dump::Snapshot::export(
+        Dump::Database(db) if d.settings.count_rows => match d.rt.block_on(dump::Snapshot::export(
             &target.with_dbname(db),
             d.settings.lock_wait_timeout,
         )) {

@@ -1,8 +1,11 @@
-//! Every setting of the backup sidecar, read once from the command line or the
-//! environment (any variable may be given as `NAME_FILE`) and checked before anything
-//! runs: a malformed value is an error that names the variable and says what to write.
+//! Every setting of the backup sidecar: its table (flag, variable, default and
+//! meaning of each, which also drives `backup --help` and the README), and
+//! [`Settings`], read once from the command line or the environment (any variable may
+//! be given as `NAME_FILE`) and checked before anything runs: a malformed value is an
+//! error that names the variable and says what to write.
 
 use crate::config::{invalid, ConfigError};
+use crate::flags::{table, Key, Matches, Setting};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,6 +13,349 @@ use super::codec::Compression;
 use super::retention::Policy;
 use super::s3::S3Settings;
 use crate::url::Url;
+
+/// How a run dumps and reports: `daemon` and `now`.
+const RUN: &[&str] = &["daemon", "now"];
+/// When the daemon runs: `daemon` only.
+const SCHEDULE: &[&str] = &["daemon"];
+/// What to keep: `daemon`, `now` and `prune`.
+const RETENTION: &[&str] = &["daemon", "now", "prune"];
+
+/// A setting that is also a flag: `BACKUP_S3_BUCKET` is `--s3-bucket`. Where backups
+/// are (no `commands`) is for every command.
+const fn setting(
+    long: &'static str,
+    value: &'static str,
+    env: &'static str,
+    doc: &'static str,
+) -> Setting {
+    Setting::value(long, value, doc).env(env)
+}
+
+table! {
+    /// Every flag and variable of `backup`. Secrets (database URLs, the age identity, AWS
+    /// keys) are variables only: the command line is visible in `ps`.
+    pub enum Flag in TABLE {
+        Command = Setting::words(
+            "`daemon` (default), `now`, `base`, `list`, `verify`, `restore`, `prune`, `drill`, `recover`",
+            "the command",
+        ),
+        Dir = setting("dir", "DIR", "BACKUP_DIR", "the local backup folder"),
+        S3Bucket = setting("s3-bucket", "NAME", "BACKUP_S3_BUCKET", "the bucket (a name, no slashes)"),
+        S3Prefix = setting("s3-prefix", "PREFIX", "BACKUP_S3_PREFIX", "key prefix, e.g. `prod/app`"),
+        S3Endpoint = setting(
+            "s3-endpoint",
+            "URL",
+            "BACKUP_S3_ENDPOINT",
+            "a compatible server: `https://...` for MinIO, R2, Hetzner, B2",
+        )
+        .default_shown("AWS"),
+        S3PathStyle = setting("s3-path-style", "BOOL", "BACKUP_S3_PATH_STYLE", "path-style addressing")
+            .default_shown("on with an endpoint"),
+        S3Region = setting("s3-region", "REGION", "BACKUP_S3_REGION", "the region (else `AWS_REGION`)")
+            .default_shown("`us-east-1` with an endpoint"),
+        S3StorageClass = setting(
+            "s3-storage-class",
+            "CLASS",
+            "BACKUP_S3_STORAGE_CLASS",
+            "e.g. `STANDARD_IA`, `GLACIER_IR`",
+        )
+        .commands(RUN),
+        S3Sse = setting(
+            "s3-sse",
+            "MODE",
+            "BACKUP_S3_SSE",
+            "server-side encryption: `AES256` or `aws:kms`",
+        )
+        .commands(RUN),
+        S3SseKmsKeyId = setting(
+            "s3-sse-kms-key-id",
+            "ID",
+            "BACKUP_S3_SSE_KMS_KEY_ID",
+            "the KMS key for `aws:kms`",
+        )
+        .commands(RUN),
+        S3PartSize = setting(
+            "s3-part-size",
+            "SIZE",
+            "BACKUP_S3_PART_SIZE",
+            "multipart part size, 5MiB–5GiB (10,000 parts at most)",
+        )
+        .default("8MiB")
+        .commands(RUN),
+        AwsRegion = Setting::var(
+            "AWS_REGION",
+            "the region when `BACKUP_S3_REGION` is not set (as the AWS tools read it)",
+        ),
+        AwsCredentials = Setting::var(
+            "AWS_ACCESS_KEY_ID",
+            "the standard AWS credential chain",
+        )
+        .env_shown("`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, ..."),
+        DirectUrl = Setting::var("DIRECT_URL", "the database (PostgreSQL itself, not PgBouncer)")
+            .also("DATABASE_URL")
+            .env_shown("`DIRECT_URL`, `DATABASE_URL`"),
+        Databases = setting("databases", "LIST", "BACKUP_DATABASES", "a list, or `all`")
+            .default_shown("the URL's")
+            .commands(RUN),
+        Globals = setting(
+            "globals",
+            "BOOL",
+            "BACKUP_GLOBALS",
+            "also roles and tablespaces (superuser)",
+        )
+        .default("false")
+        .commands(RUN),
+        Compression = setting("compression", "C", "BACKUP_COMPRESSION", "`zstd` or `gzip`")
+            .default("zstd")
+            .commands(RUN),
+        ZstdLevel = setting(
+            "zstd-level",
+            "N",
+            "BACKUP_ZSTD_LEVEL",
+            "zstd level, 1–19 (on dump data level 1 was faster than 3 and no larger: bench/RESULTS.md)",
+        )
+        .default("1")
+        .commands(RUN),
+        ZstdThreads = setting("zstd-threads", "N", "BACKUP_ZSTD_THREADS", "zstd workers (0: none)")
+            .default_shown("cores")
+            .commands(RUN),
+        GzipLevel = setting("gzip-level", "N", "BACKUP_GZIP_LEVEL", "gzip level, 1–9")
+            .default("6")
+            .commands(RUN),
+        AgeRecipient = setting(
+            "age-recipient",
+            "KEY",
+            "BACKUP_AGE_RECIPIENT",
+            "age public key(s) `age1...`, comma-separated",
+        )
+        .commands(RUN),
+        AgeIdentity = Setting::var(
+            "BACKUP_AGE_IDENTITY",
+            "the age secret key, for `verify`/`restore`/`drill` (and the daemon's drills) of encrypted backups only (usually `_FILE`)",
+        ),
+        Schedule = setting(
+            "schedule",
+            "CRON",
+            "BACKUP_SCHEDULE",
+            "5 crontab fields (weekday 0/7 = Sunday), 6 with seconds first, or `@hourly`/`@daily`/`@weekly`/`@monthly`/`@yearly`; a line restricting both day of month and weekday matches days that satisfy both (classic cron: either)",
+        )
+        .default("@daily")
+        .commands(SCHEDULE),
+        Tz = setting("tz", "ZONE", "TZ", "the schedule's time zone (IANA name)")
+            .default("UTC")
+            .commands(SCHEDULE),
+        OnStart = setting("on-start", "BOOL", "BACKUP_ON_START", "one run when the daemon starts")
+            .default("false")
+            .commands(SCHEDULE),
+        StopGrace = setting(
+            "stop-grace",
+            "DURATION",
+            "BACKUP_STOP_GRACE",
+            "how long a running backup may finish after SIGTERM",
+        )
+        .default("8s")
+        .commands(SCHEDULE),
+        WaitTimeout = setting(
+            "wait-timeout",
+            "DURATION",
+            "BACKUP_WAIT_TIMEOUT",
+            "`daemon`: how long to wait for PostgreSQL before a run",
+        )
+        .default("60s")
+        .commands(SCHEDULE),
+        RetryDelay = setting(
+            "retry-delay",
+            "DURATION",
+            "BACKUP_RETRY_DELAY",
+            "`daemon`: the first retry after a failed run (doubles up to 15m; `0`: no retries)",
+        )
+        .default("30s")
+        .commands(SCHEDULE),
+        RetentionDays = setting(
+            "retention-days",
+            "N",
+            "BACKUP_RETENTION_DAYS",
+            "keep backups younger than N days",
+        )
+        .commands(RETENTION),
+        KeepLast = setting("keep-last", "N", "BACKUP_KEEP_LAST", "keep the newest N").commands(RETENTION),
+        KeepDaily = setting(
+            "keep-daily",
+            "N",
+            "BACKUP_KEEP_DAILY",
+            "keep the newest of each of the last N days",
+        )
+        .commands(RETENTION),
+        KeepWeekly = setting(
+            "keep-weekly",
+            "N",
+            "BACKUP_KEEP_WEEKLY",
+            "keep the newest of each of the last N ISO weeks",
+        )
+        .commands(RETENTION),
+        KeepMonthly = setting(
+            "keep-monthly",
+            "N",
+            "BACKUP_KEEP_MONTHLY",
+            "keep the newest of each of the last N months",
+        )
+        .commands(RETENTION),
+        LockWaitTimeout = setting(
+            "lock-wait-timeout",
+            "DURATION",
+            "BACKUP_LOCK_WAIT_TIMEOUT",
+            "how long pg_dump waits for a table lock (behind a migration's `ALTER TABLE`, an open transaction) before the run fails, naming the blocker; long enough for an ordinary migration, short enough that a stuck transaction is reported (and the run retried) the same night; `0`: no limit",
+        )
+        .default("5m")
+        .commands(RUN),
+        Verify = setting(
+            "verify",
+            "BOOL",
+            "BACKUP_VERIFY",
+            "verify each new backup (full read) right after the run",
+        )
+        .default("false")
+        .commands(RUN),
+        CountRows = setting(
+            "count-rows",
+            "BOOL",
+            "BACKUP_COUNT_ROWS",
+            "count every table's rows in the dump's own snapshot while it runs, for the manifest and the drill's comparison (costs one more scan of each table: bench/RESULTS.md); `false`: a drill checks pg_restore's errors only",
+        )
+        .default("true")
+        .commands(RUN),
+        StatusFile = setting("status-file", "FILE", "BACKUP_STATUS_FILE", "the status JSON").commands(RUN),
+        PingUrl = setting(
+            "ping-url",
+            "URL",
+            "BACKUP_PING_URL",
+            "pinged at `/start`, on success, at `/fail`",
+        )
+        .commands(RUN),
+        MetricsFile = setting(
+            "metrics-file",
+            "FILE",
+            "BACKUP_METRICS_FILE",
+            "Prometheus metrics, text format",
+        )
+        .commands(RUN),
+        Wal = setting(
+            "wal",
+            "BOOL",
+            "BACKUP_WAL",
+            "point-in-time recovery: stream WAL with `pg_receivewal` on a replication slot, each completed segment stored like a backup (needs a role with REPLICATION and a `replication` line in `pg_hba.conf`)",
+        )
+        .default("false")
+        .commands(SCHEDULE),
+        WalSlot = setting(
+            "wal-slot",
+            "NAME",
+            "BACKUP_WAL_SLOT",
+            "the physical replication slot the WAL is streamed on (created if missing; it keeps WAL on the server until received)",
+        )
+        .default("dockhand")
+        .commands(SCHEDULE),
+        WalSpool = setting(
+            "wal-spool",
+            "DIR",
+            "BACKUP_WAL_SPOOL",
+            "where received WAL waits until stored everywhere (a volume)",
+        )
+        .default_shown("`BACKUP_DIR/.wal-spool`")
+        .commands(SCHEDULE),
+        WalMaxLag = setting(
+            "wal-max-lag",
+            "SIZE",
+            "BACKUP_WAL_MAX_LAG",
+            "warn when the slot holds more WAL than this on the server (the sidecar is behind, and the server's disk fills)",
+        )
+        .default("1GiB")
+        .commands(SCHEDULE),
+        PgBin = Setting::var(
+            "BACKUP_PG_BIN",
+            "directory holding `pg_dump`, `pg_restore`, `pg_dumpall`, `psql`",
+        ),
+        Remote = Setting::switch("remote", "`list`: also the backups in S3").commands(&["list"]),
+        From = Setting::value(
+            "from",
+            "local\\|s3",
+            "`verify`, `restore`, `drill`, `recover`: which copy to read",
+        )
+        .default_shown("the local copy if any")
+        .commands(&["verify", "restore", "drill", "recover"]),
+        ToTime = Setting::value(
+            "to-time",
+            "TIME\\|latest",
+            "`recover`: the moment to recover to (RFC 3339 with its offset, `2026-12-07T16:05:00Z`), or the end of the stored WAL",
+        )
+        .commands(&["recover"]),
+        DataDir = Setting::value(
+            "data-dir",
+            "DIR",
+            "`recover`: the empty data directory (a new volume) PostgreSQL then starts on",
+        )
+        .commands(&["recover"]),
+        To = Setting::value("to", "URL", "`restore`: the target database")
+            .default_shown("a new database")
+            .commands(&["restore"]),
+        Clean = Setting::switch(
+            "clean",
+            "`restore`: drop the backup's objects in a non-empty target first",
+        )
+        .commands(&["restore"]),
+        Yes = Setting::switch("yes", "`restore`: confirm `--clean` without asking")
+            .short('y')
+            .commands(&["restore"]),
+        NoOwner = Setting::switch("no-owner", "`restore`: skip ownership and privileges")
+            .commands(&["restore"]),
+        Jobs = setting(
+            "jobs",
+            "N",
+            "BACKUP_RESTORE_JOBS",
+            "`restore`: parallel `pg_restore` jobs into a database it creates (the backup is decoded into a file in `BACKUP_TMP_DIR` first); 1 streams it",
+        )
+        .default_shown("the CPUs, at most 8")
+        .commands(&["restore", "drill"]),
+        TmpDir = Setting::var(
+            "BACKUP_TMP_DIR",
+            "`restore --jobs`: where the decoded backup is written (mode 0600, removed after)",
+        )
+        .default_shown("`TMPDIR`, else `/tmp`"),
+        Into = setting(
+            "into",
+            "URL",
+            "BACKUP_DRILL_URL",
+            "`drill` and the daemon's drills: the server of the scratch database (a throwaway PostgreSQL, so production is not loaded)",
+        )
+        .default_shown("the backup URL's server")
+        .commands(&["drill"]),
+        Keep = Setting::switch(
+            "keep",
+            "`drill`: keep the scratch database and print its name",
+        )
+        .commands(&["drill"]),
+        DrillSql = Setting::var(
+            "BACKUP_DRILL_SQL",
+            "`drill` and the daemon's drills: a file of queries that must each return true on the restored copy (`;` ends one; else one a line)",
+        ),
+        Drill = Setting::var(
+            "BACKUP_DRILL",
+            "the daemon's drills: `off`, `after-backup` (every new backup), or a cron expression (the latest then)",
+        )
+        .default("off"),
+        DryRun = Setting::switch("dry-run", "`prune`: print, delete nothing")
+            .short('n')
+            .commands(&["prune"]),
+        RustLog = Setting::var(
+            "RUST_LOG",
+            "logging (stderr), `json` for one object per line",
+        )
+        .env_shown("`RUST_LOG`, `LOG_FORMAT`")
+        .default_shown("`info`, `text`"),
+        Help = Setting::help(),
+    }
+}
 
 /// Which databases a run dumps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +388,9 @@ pub struct Settings {
     pub metrics_file: Option<PathBuf>,
     /// Verify each new backup (checksum and full read) right after writing it.
     pub verify: bool,
+    /// Count every table's rows in the dump's snapshot (`BACKUP_COUNT_ROWS`), for the
+    /// manifest and the drill's comparison.
+    pub count_rows: bool,
     /// The cron expression as given.
     pub schedule: String,
     /// The time zone of the schedule (`TZ`, default UTC).
@@ -67,56 +416,35 @@ pub struct Settings {
 }
 
 /// The S3 settings other than the bucket: without a bucket they do nothing.
-const S3_SETTINGS: [(&str, &str); 8] = [
-    ("BACKUP_S3_PREFIX", "--s3-prefix"),
-    ("BACKUP_S3_ENDPOINT", "--s3-endpoint"),
-    ("BACKUP_S3_PATH_STYLE", "--s3-path-style"),
-    ("BACKUP_S3_REGION", "--s3-region"),
-    ("BACKUP_S3_STORAGE_CLASS", "--s3-storage-class"),
-    ("BACKUP_S3_SSE", "--s3-sse"),
-    ("BACKUP_S3_SSE_KMS_KEY_ID", "--s3-sse-kms-key-id"),
-    ("BACKUP_S3_PART_SIZE", "--s3-part-size"),
+const S3_SETTINGS: [Flag; 8] = [
+    Flag::S3Prefix,
+    Flag::S3Endpoint,
+    Flag::S3PathStyle,
+    Flag::S3Region,
+    Flag::S3StorageClass,
+    Flag::S3Sse,
+    Flag::S3SseKmsKeyId,
+    Flag::S3PartSize,
 ];
 
 /// The error for a setting given explicitly that does nothing in the configuration
 /// given (a default is never refused): silently ignoring it would let a user believe
 /// it applies.
-fn does_nothing(flag: &str, name: &str, because: &str, or: &str) -> ConfigError {
+fn does_nothing(k: Flag, because: &str, or: &str) -> ConfigError {
+    let row = k.row();
     invalid(format!(
-        "{flag} / {name} is set but does nothing: {because}; unset it, {or}"
+        "{} / {} is set but does nothing: {because}; unset it, {or}",
+        row.name(),
+        row.env
     ))
 }
 
-/// Reads a setting: the command-line override, else the environment variable.
-pub type Source<'a> = &'a dyn Fn(&str) -> Result<Option<String>, ConfigError>;
+/// Settings are read from the command line's matches (flag, else variable, else the
+/// row's default).
+pub type Source = Matches<Flag>;
 
-fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
-    get: Source,
-    name: &str,
-    min: T,
-    max: T,
-) -> Result<Option<T>, ConfigError> {
-    match get(name)? {
-        None => Ok(None),
-        Some(v) => v
-            .trim()
-            .parse::<T>()
-            .ok()
-            .filter(|n| *n >= min && *n <= max)
-            .map(Some)
-            .ok_or_else(|| {
-                invalid(format!(
-                    "{name}={v:?}: use a whole number from {min} to {max}"
-                ))
-            }),
-    }
-}
-
-fn boolean(get: Source, name: &str, default: bool) -> Result<bool, ConfigError> {
-    match get(name)? {
-        None => Ok(default),
-        Some(v) => crate::config::parse_bool(name, &v),
-    }
+fn boolean(m: &Source, k: Flag) -> Result<bool, ConfigError> {
+    m.switch(k)
 }
 
 /// Parses a size such as `16MiB`, `8M`, `5242880`.
@@ -125,9 +453,9 @@ pub fn parse_size(s: &str) -> Option<usize> {
 }
 
 /// The retention rules (`BACKUP_RETENTION_DAYS`, `BACKUP_KEEP_*`).
-fn policy(get: Source) -> Result<Policy, ConfigError> {
-    let n = |name: &str| -> Result<Option<u32>, ConfigError> {
-        match get(name)? {
+fn policy(m: &Source) -> Result<Policy, ConfigError> {
+    let n = |k: Flag| -> Result<Option<u32>, ConfigError> {
+        match m.string(k)? {
             None => Ok(None),
             Some(v) => v
                 .trim()
@@ -135,27 +463,101 @@ fn policy(get: Source) -> Result<Policy, ConfigError> {
                 .ok()
                 .filter(|n| *n >= 1)
                 .map(Some)
-                .ok_or_else(|| invalid(format!("{name}={v:?}: use a whole number of 1 or more (unset it to keep everything)"))),
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "{}={v:?}: use a whole number of 1 or more (unset it to keep everything)",
+                        k.row().env
+                    ))
+                }),
         }
     };
     Ok(Policy {
-        days: n("BACKUP_RETENTION_DAYS")?,
-        last: n("BACKUP_KEEP_LAST")?,
-        daily: n("BACKUP_KEEP_DAILY")?,
-        weekly: n("BACKUP_KEEP_WEEKLY")?,
-        monthly: n("BACKUP_KEEP_MONTHLY")?,
+        days: n(Flag::RetentionDays)?,
+        last: n(Flag::KeepLast)?,
+        daily: n(Flag::KeepDaily)?,
+        weekly: n(Flag::KeepWeekly)?,
+        monthly: n(Flag::KeepMonthly)?,
+    })
+}
+
+/// The S3 settings when a bucket is set.
+fn s3_settings(m: &Source, bucket: String) -> Result<S3Settings, ConfigError> {
+    let bucket = bucket.trim().to_string();
+    if bucket.contains('/') || bucket.contains(char::is_whitespace) {
+        return Err(invalid(format!(
+            "BACKUP_S3_BUCKET={bucket:?}: a bucket name only (put folders in BACKUP_S3_PREFIX)"
+        )));
+    }
+    let mut prefix = m
+        .explicit(Flag::S3Prefix)?
+        .unwrap_or_default()
+        .trim()
+        .trim_matches('/')
+        .to_string();
+    if !prefix.is_empty() {
+        prefix.push('/');
+    }
+    let endpoint = m.explicit(Flag::S3Endpoint)?;
+    if let Some(e) = &endpoint {
+        let u = Url::parse(e).map_err(|e| invalid(format!("BACKUP_S3_ENDPOINT: {e}")))?;
+        if u.scheme != "http" && u.scheme != "https" {
+            return Err(invalid(format!(
+                "BACKUP_S3_ENDPOINT={u}: expected https://host[:port] (or http:// for a local server)"
+            )));
+        }
+    }
+    // on with an endpoint (a compatible server), else off
+    let path_style = match m.explicit(Flag::S3PathStyle)? {
+        Some(v) => crate::config::parse_bool("BACKUP_S3_PATH_STYLE", &v)?,
+        None => endpoint.is_some(),
+    };
+    let sse = match m.explicit(Flag::S3Sse)?.as_deref().map(str::trim) {
+        None => None,
+        Some("AES256") => Some("AES256".to_string()),
+        Some("aws:kms") => Some("aws:kms".to_string()),
+        Some(o) => {
+            return Err(invalid(format!(
+                "BACKUP_S3_SSE={o:?}: use AES256 or aws:kms"
+            )))
+        }
+    };
+    if sse.as_deref() != Some("aws:kms") && m.is_set(Flag::S3SseKmsKeyId)? {
+        return Err(does_nothing(
+            Flag::S3SseKmsKeyId,
+            "BACKUP_S3_SSE is not aws:kms",
+            "or set BACKUP_S3_SSE=aws:kms",
+        ));
+    }
+    let v = m.string(Flag::S3PartSize)?.unwrap_or_default();
+    let part_size = parse_size(&v)
+        .filter(|n| (5 << 20..=5 << 30).contains(n))
+        .ok_or_else(|| {
+            invalid(format!(
+                "BACKUP_S3_PART_SIZE={v:?}: use a size from 5MiB to 5GiB, e.g. 16MiB"
+            ))
+        })?;
+    Ok(S3Settings {
+        bucket,
+        prefix,
+        endpoint,
+        region: match m.explicit(Flag::S3Region)? {
+            Some(r) => Some(r),
+            None => m.explicit(Flag::AwsRegion)?,
+        },
+        path_style,
+        storage_class: m.explicit(Flag::S3StorageClass)?,
+        sse,
+        sse_kms_key_id: m.explicit(Flag::S3SseKmsKeyId)?,
+        part_size,
     })
 }
 
 impl Settings {
-    /// Reads every setting through `get` (see [`Source`]).
-    pub fn load(get: Source) -> Result<Settings, ConfigError> {
-        let url = match get("DIRECT_URL")? {
-            Some(u) => Some(Url::parse(&u).map_err(|e| invalid(format!("DIRECT_URL: {e}")))?),
-            None => match get("DATABASE_URL")? {
-                Some(u) => Some(Url::parse(&u).map_err(|e| invalid(format!("DATABASE_URL: {e}")))?),
-                None => None,
-            },
+    /// Reads every setting from `m` (see [`Source`]).
+    pub fn load(m: &Source) -> Result<Settings, ConfigError> {
+        let url = match m.explicit_from(Flag::DirectUrl)? {
+            Some((u, from)) => Some(Url::parse(&u).map_err(|e| invalid(format!("{from}: {e}")))?),
+            None => None,
         };
         if let Some(u) = &url {
             if u.scheme != "postgres" && u.scheme != "postgresql" {
@@ -166,7 +568,7 @@ impl Settings {
             // its parameters too, before anything runs (an unknown one is a typo)
             crate::pg::PgTarget::from_url(u).map_err(|e| e.context(format!("DIRECT_URL {u}")))?;
         }
-        let databases = match get("BACKUP_DATABASES")? {
+        let databases = match m.explicit(Flag::Databases)? {
             None => Databases::FromUrl,
             Some(v) if v.trim() == "all" => Databases::All,
             Some(v) => {
@@ -178,50 +580,46 @@ impl Settings {
                 }
             }
         };
-        let compression = match get("BACKUP_COMPRESSION")?.as_deref().map(str::trim) {
-            None | Some("zstd") => {
-                if get("BACKUP_GZIP_LEVEL")?.is_some() {
+        let compression = match m.string(Flag::Compression)?.as_deref().map(str::trim) {
+            Some("zstd") => {
+                if m.is_set(Flag::GzipLevel)? {
                     return Err(does_nothing(
-                        "--gzip-level",
-                        "BACKUP_GZIP_LEVEL",
+                        Flag::GzipLevel,
                         "the compression is zstd",
                         "or set BACKUP_COMPRESSION=gzip",
                     ));
                 }
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
                 Compression::Zstd {
-                    // Level 1: measured on dump data (bench/backup.sh), multi-threaded
-                    // level 1 is both faster and no larger than level 3, and smaller
-                    // than gzip -6.
-                    level: number(get, "BACKUP_ZSTD_LEVEL", 1, 19)?.unwrap_or(1),
-                    threads: number(get, "BACKUP_ZSTD_THREADS", 0, 256)?.unwrap_or(cores),
+                    // Level 1 (the row's default): measured on dump data
+                    // (bench/backup.sh), multi-threaded level 1 is both faster and no
+                    // larger than level 3, and smaller than gzip -6.
+                    level: m.number(Flag::ZstdLevel, 1, 19)?.unwrap_or(1),
+                    threads: m.number(Flag::ZstdThreads, 0, 256)?.unwrap_or(cores),
                 }
             }
             Some("gzip") => {
-                for (name, flag) in [
-                    ("BACKUP_ZSTD_LEVEL", "--zstd-level"),
-                    ("BACKUP_ZSTD_THREADS", "--zstd-threads"),
-                ] {
-                    if get(name)?.is_some() {
+                for k in [Flag::ZstdLevel, Flag::ZstdThreads] {
+                    if m.is_set(k)? {
                         return Err(does_nothing(
-                            flag,
-                            name,
+                            k,
                             "BACKUP_COMPRESSION is gzip",
                             "or set BACKUP_COMPRESSION=zstd",
                         ));
                     }
                 }
                 Compression::Gzip {
-                    level: number(get, "BACKUP_GZIP_LEVEL", 1, 9)?.unwrap_or(6),
+                    level: m.number(Flag::GzipLevel, 1, 9)?.unwrap_or(6),
                 }
             }
-            Some(other) => {
+            other => {
                 return Err(invalid(format!(
-                    "BACKUP_COMPRESSION={other:?}: use zstd (the default) or gzip"
+                    "BACKUP_COMPRESSION={:?}: use zstd (the default) or gzip",
+                    other.unwrap_or_default()
                 )))
             }
         };
-        let recipients: Vec<String> = match get("BACKUP_AGE_RECIPIENT")? {
+        let recipients: Vec<String> = match m.explicit(Flag::AgeRecipient)? {
             None => Vec::new(),
             Some(v) => {
                 let list: Vec<String> = crate::config::split_list(&v).map(String::from).collect();
@@ -239,13 +637,12 @@ impl Settings {
             super::codec::parse_recipient(r)
                 .map_err(|e| invalid(format!("BACKUP_AGE_RECIPIENT: {e}")))?;
         }
-        let s3 = match get("BACKUP_S3_BUCKET")? {
+        let s3 = match m.explicit(Flag::S3Bucket)? {
             None => {
-                for (name, flag) in S3_SETTINGS {
-                    if get(name)?.is_some() {
+                for k in S3_SETTINGS {
+                    if m.is_set(k)? {
                         return Err(does_nothing(
-                            flag,
-                            name,
+                            k,
                             "no bucket is set",
                             "or set BACKUP_S3_BUCKET (--s3-bucket)",
                         ));
@@ -253,72 +650,9 @@ impl Settings {
                 }
                 None
             }
-            Some(bucket) => {
-                let bucket = bucket.trim().to_string();
-                if bucket.contains('/') || bucket.contains(char::is_whitespace) {
-                    return Err(invalid(format!(
-                        "BACKUP_S3_BUCKET={bucket:?}: a bucket name only (put folders in BACKUP_S3_PREFIX)"
-                    )));
-                }
-                let mut prefix = get("BACKUP_S3_PREFIX")?
-                    .unwrap_or_default()
-                    .trim()
-                    .trim_matches('/')
-                    .to_string();
-                if !prefix.is_empty() {
-                    prefix.push('/');
-                }
-                let endpoint = get("BACKUP_S3_ENDPOINT")?;
-                if let Some(e) = &endpoint {
-                    let u =
-                        Url::parse(e).map_err(|e| invalid(format!("BACKUP_S3_ENDPOINT: {e}")))?;
-                    if u.scheme != "http" && u.scheme != "https" {
-                        return Err(invalid(format!(
-                            "BACKUP_S3_ENDPOINT={u}: expected https://host[:port] (or http:// for a local server)"
-                        )));
-                    }
-                }
-                let path_style = boolean(get, "BACKUP_S3_PATH_STYLE", endpoint.is_some())?;
-                let sse = match get("BACKUP_S3_SSE")?.as_deref().map(str::trim) {
-                    None => None,
-                    Some("AES256") => Some("AES256".to_string()),
-                    Some("aws:kms") => Some("aws:kms".to_string()),
-                    Some(o) => {
-                        return Err(invalid(format!(
-                            "BACKUP_S3_SSE={o:?}: use AES256 or aws:kms"
-                        )))
-                    }
-                };
-                if sse.as_deref() != Some("aws:kms") && get("BACKUP_S3_SSE_KMS_KEY_ID")?.is_some() {
-                    return Err(does_nothing(
-                        "--s3-sse-kms-key-id",
-                        "BACKUP_S3_SSE_KMS_KEY_ID",
-                        "BACKUP_S3_SSE is not aws:kms",
-                        "or set BACKUP_S3_SSE=aws:kms",
-                    ));
-                }
-                let part_size = match get("BACKUP_S3_PART_SIZE")? {
-                    None => 8 << 20,
-                    Some(v) => parse_size(&v)
-                        .filter(|n| (5 << 20..=5 << 30).contains(n))
-                        .ok_or_else(|| {
-                            invalid(format!("BACKUP_S3_PART_SIZE={v:?}: use a size from 5MiB to 5GiB, e.g. 16MiB"))
-                        })?,
-                };
-                Some(S3Settings {
-                    bucket,
-                    prefix,
-                    endpoint,
-                    region: get("BACKUP_S3_REGION")?.or(get("AWS_REGION")?),
-                    path_style,
-                    storage_class: get("BACKUP_S3_STORAGE_CLASS")?,
-                    sse,
-                    sse_kms_key_id: get("BACKUP_S3_SSE_KMS_KEY_ID")?,
-                    part_size,
-                })
-            }
+            Some(bucket) => Some(s3_settings(m, bucket)?),
         };
-        let ping_url = match get("BACKUP_PING_URL")? {
+        let ping_url = match m.explicit(Flag::PingUrl)? {
             None => None,
             Some(v) => {
                 let v = v.trim().trim_end_matches('/').to_string();
@@ -331,46 +665,28 @@ impl Settings {
                 Some(v)
             }
         };
-        let stop_grace = match get("BACKUP_STOP_GRACE")? {
-            None => Duration::from_secs(8),
-            Some(v) => crate::duration::parse(&v)
-                .map_err(|e| invalid(format!("BACKUP_STOP_GRACE: {e}")))?,
+        let duration = |k: Flag| -> Result<Duration, ConfigError> {
+            let v = m.string(k)?.unwrap_or_default();
+            crate::duration::parse(&v).map_err(|e| invalid(format!("{}: {e}", k.row().env)))
         };
-        let duration = |name: &str, default: Duration| -> Result<Duration, ConfigError> {
-            match get(name)? {
-                None => Ok(default),
-                Some(v) => crate::duration::parse(&v).map_err(|e| invalid(format!("{name}: {e}"))),
-            }
-        };
-        let wait_timeout = duration("BACKUP_WAIT_TIMEOUT", Duration::from_secs(60))?;
-        let retry_delay = duration("BACKUP_RETRY_DELAY", Duration::from_secs(30))?;
-        // 5 minutes: an ordinary migration's ALTER finishes well within it, while a
-        // transaction left open holding ACCESS EXCLUSIVE fails the run (which is
-        // retried and reported with the blocker's name) instead of stalling it silently
-        // until the next night.
-        let lock_wait_timeout = duration("BACKUP_LOCK_WAIT_TIMEOUT", Duration::from_secs(300))?;
-        let wal = boolean(get, "BACKUP_WAL", false)?;
-        let wal_slot = get("BACKUP_WAL_SLOT")?.unwrap_or_else(|| "dockhand".into());
+        let wal_slot = m.string(Flag::WalSlot)?.unwrap_or_default();
         super::walname::check_slot_name(&wal_slot)?;
-        let wal_spool = get("BACKUP_WAL_SPOOL")?.map(PathBuf::from);
-        let wal_max_lag = match get("BACKUP_WAL_MAX_LAG")? {
-            None => 1 << 30,
-            Some(v) => parse_size(&v).filter(|n| *n > 0).ok_or_else(|| {
-                invalid(format!(
-                    "BACKUP_WAL_MAX_LAG={v:?}: use a size such as 1GiB or 512MiB"
-                ))
-            })? as u64,
-        };
-        let schedule = get("BACKUP_SCHEDULE")?.unwrap_or_else(|| "@daily".into());
-        let timezone = get("TZ")?.unwrap_or_else(|| "UTC".into());
+        let v = m.string(Flag::WalMaxLag)?.unwrap_or_default();
+        let wal_max_lag = parse_size(&v).filter(|n| *n > 0).ok_or_else(|| {
+            invalid(format!(
+                "BACKUP_WAL_MAX_LAG={v:?}: use a size such as 1GiB or 512MiB"
+            ))
+        })? as u64;
+        let schedule = m.string(Flag::Schedule)?.unwrap_or_default();
+        let timezone = m.string(Flag::Tz)?.unwrap_or_default();
         // Checked here so `backup now` also reports a broken schedule.
         super::schedule::parse_schedule(&schedule)?;
         super::schedule::parse_timezone(&timezone)?;
         Ok(Settings {
             url,
             databases,
-            globals: boolean(get, "BACKUP_GLOBALS", false)?,
-            dir: match get("BACKUP_DIR")? {
+            globals: boolean(m, Flag::Globals)?,
+            dir: match m.explicit(Flag::Dir)? {
                 Some(d) if d.trim().is_empty() => {
                     return Err(invalid(format!(
                         "BACKUP_DIR={d:?} is only white space: give the backup folder, e.g. /backups (or unset it to keep backups in S3 only)"
@@ -381,21 +697,26 @@ impl Settings {
             s3,
             compression,
             recipients,
-            retention: policy(get)?,
-            status_file: get("BACKUP_STATUS_FILE")?.map(PathBuf::from),
+            retention: policy(m)?,
+            status_file: m.explicit(Flag::StatusFile)?.map(PathBuf::from),
             ping_url,
-            metrics_file: get("BACKUP_METRICS_FILE")?.map(PathBuf::from),
-            verify: boolean(get, "BACKUP_VERIFY", false)?,
+            metrics_file: m.explicit(Flag::MetricsFile)?.map(PathBuf::from),
+            verify: boolean(m, Flag::Verify)?,
+            count_rows: boolean(m, Flag::CountRows)?,
             schedule,
             timezone,
-            on_start: boolean(get, "BACKUP_ON_START", false)?,
-            stop_grace,
-            wait_timeout,
-            lock_wait_timeout,
-            retry_delay,
-            wal,
+            on_start: boolean(m, Flag::OnStart)?,
+            stop_grace: duration(Flag::StopGrace)?,
+            wait_timeout: duration(Flag::WaitTimeout)?,
+            // 5 minutes by default: an ordinary migration's ALTER finishes well within
+            // it, while a transaction left open holding ACCESS EXCLUSIVE fails the run
+            // (which is retried and reported with the blocker's name) instead of
+            // stalling it silently until the next night.
+            lock_wait_timeout: duration(Flag::LockWaitTimeout)?,
+            retry_delay: duration(Flag::RetryDelay)?,
+            wal: boolean(m, Flag::Wal)?,
             wal_slot,
-            wal_spool,
+            wal_spool: m.explicit(Flag::WalSpool)?.map(PathBuf::from),
             wal_max_lag,
         })
     }
@@ -421,14 +742,9 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::load(&|name| Ok(map.get(name).cloned()))
+        Settings::load(&Matches::from_vars(pairs))
     }
 
     #[test]
@@ -461,6 +777,26 @@ mod tests {
         assert_eq!(s3.prefix, "x/y/");
         assert!(s3.path_style);
         assert_eq!(parse_size("16MiB"), Some(16 << 20));
+        // every default is its row's: nothing set reads each row's default
+        let s = load(&[]).unwrap();
+        assert_eq!(s.stop_grace, Duration::from_secs(8));
+        assert_eq!(s.lock_wait_timeout, Duration::from_secs(300));
+        assert_eq!(s.wal_slot, "dockhand");
+        assert_eq!(s.wal_max_lag, 1 << 30);
+        assert_eq!(s.timezone, "UTC");
+        assert!(s.count_rows && !s.verify && !s.wal);
+        let s = load(&[("DATABASE_URL", "postgres://u:p@h/db")]).unwrap();
+        assert_eq!(s.url.unwrap().path, "/db");
+        let e = load(&[("DATABASE_URL", "postgres://u:p@h:x/db")]).unwrap_err();
+        assert!(e.message().starts_with("DATABASE_URL: "), "{e}");
+    }
+
+    #[test]
+    fn a_region_from_the_aws_tools_is_not_an_s3_setting_without_a_bucket() {
+        let s = load(&[("AWS_REGION", "eu-west-1")]).unwrap();
+        assert!(s.s3.is_none());
+        let s = load(&[("AWS_REGION", "eu-west-1"), ("BACKUP_S3_BUCKET", "b")]).unwrap();
+        assert_eq!(s.s3.unwrap().region.as_deref(), Some("eu-west-1"));
     }
 
     #[test]

@@ -6,346 +6,20 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 
-use super::{parse_with, Matches, Parsed, Setting};
 use crate::backup::catalog::{self, Side};
 use crate::backup::daemon::{self, OnSignal, Stop};
 use crate::backup::drill::{self, DaemonDrills, DrillRequest};
 use crate::backup::restore::{self, Request};
 use crate::backup::run::Runner;
 use crate::backup::settings::Settings;
+pub use crate::backup::settings::{Flag, TABLE};
 use crate::backup::{codec, err, usage, BackupError, BackupKind, Cancel};
 use crate::config::{invalid, ConfigError};
+use crate::flags::{parse_with, Matches, Parsed};
 
 /// The commands, in the order help and errors list them.
 const COMMANDS: [&str; 9] = [
     "daemon", "now", "base", "list", "verify", "restore", "prune", "drill", "recover",
-];
-/// How a run dumps and reports: `daemon` and `now`.
-const RUN: &[&str] = &["daemon", "now"];
-/// When the daemon runs: `daemon` only.
-const SCHEDULE: &[&str] = &["daemon"];
-/// What to keep: `daemon`, `now` and `prune`.
-const RETENTION: &[&str] = &["daemon", "now", "prune"];
-
-/// A setting that is also a flag: `BACKUP_S3_BUCKET` is `--s3-bucket`. Where backups
-/// are (no `commands`) is for every command.
-const fn setting(
-    long: &'static str,
-    value: &'static str,
-    env: &'static str,
-    doc: &'static str,
-) -> Setting {
-    Setting::value(long, value, doc).env(env)
-}
-
-/// Every flag and variable of `backup`. Secrets (database URLs, the age identity, AWS
-/// keys) are variables only: the command line is visible in `ps`.
-pub static TABLE: &[Setting] = &[
-    Setting::words(
-        "`daemon` (default), `now`, `base`, `list`, `verify`, `restore`, `prune`, `drill`, `recover`",
-        "the command",
-    ),
-    setting("dir", "DIR", "BACKUP_DIR", "the local backup folder"),
-    setting("s3-bucket", "NAME", "BACKUP_S3_BUCKET", "the bucket (a name, no slashes)"),
-    setting("s3-prefix", "PREFIX", "BACKUP_S3_PREFIX", "key prefix, e.g. `prod/app`"),
-    setting(
-        "s3-endpoint",
-        "URL",
-        "BACKUP_S3_ENDPOINT",
-        "a compatible server: `https://...` for MinIO, R2, Hetzner, B2",
-    )
-    .default_shown("AWS"),
-    setting("s3-path-style", "BOOL", "BACKUP_S3_PATH_STYLE", "path-style addressing")
-        .default_shown("on with an endpoint"),
-    setting("s3-region", "REGION", "BACKUP_S3_REGION", "the region (else `AWS_REGION`)")
-        .default_shown("`us-east-1` with an endpoint"),
-    setting(
-        "s3-storage-class",
-        "CLASS",
-        "BACKUP_S3_STORAGE_CLASS",
-        "e.g. `STANDARD_IA`, `GLACIER_IR`",
-    )
-    .commands(RUN),
-    setting(
-        "s3-sse",
-        "MODE",
-        "BACKUP_S3_SSE",
-        "server-side encryption: `AES256` or `aws:kms`",
-    )
-    .commands(RUN),
-    setting(
-        "s3-sse-kms-key-id",
-        "ID",
-        "BACKUP_S3_SSE_KMS_KEY_ID",
-        "the KMS key for `aws:kms`",
-    )
-    .commands(RUN),
-    setting(
-        "s3-part-size",
-        "SIZE",
-        "BACKUP_S3_PART_SIZE",
-        "multipart part size, 5MiB–5GiB (10,000 parts at most)",
-    )
-    .default("8MiB")
-    .commands(RUN),
-    Setting::var(
-        "AWS_ACCESS_KEY_ID",
-        "the standard AWS credential chain",
-    )
-    .env_shown("`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, ..."),
-    Setting::var("DIRECT_URL", "the database (PostgreSQL itself, not PgBouncer)")
-        .env_shown("`DIRECT_URL`, `DATABASE_URL`"),
-    setting("databases", "LIST", "BACKUP_DATABASES", "a list, or `all`")
-        .default_shown("the URL's")
-        .commands(RUN),
-    setting(
-        "globals",
-        "BOOL",
-        "BACKUP_GLOBALS",
-        "also roles and tablespaces (superuser)",
-    )
-    .default("false")
-    .commands(RUN),
-    setting("compression", "C", "BACKUP_COMPRESSION", "`zstd` or `gzip`")
-        .default("zstd")
-        .commands(RUN),
-    setting(
-        "zstd-level",
-        "N",
-        "BACKUP_ZSTD_LEVEL",
-        "zstd level, 1–19 (on dump data level 1 was faster than 3 and no larger: bench/RESULTS.md)",
-    )
-    .default("1")
-    .commands(RUN),
-    setting("zstd-threads", "N", "BACKUP_ZSTD_THREADS", "zstd workers (0: none)")
-        .default_shown("cores")
-        .commands(RUN),
-    setting("gzip-level", "N", "BACKUP_GZIP_LEVEL", "gzip level, 1–9")
-        .default("6")
-        .commands(RUN),
-    setting(
-        "age-recipient",
-        "KEY",
-        "BACKUP_AGE_RECIPIENT",
-        "age public key(s) `age1...`, comma-separated",
-    )
-    .commands(RUN),
-    Setting::var(
-        "BACKUP_AGE_IDENTITY",
-        "the age secret key, for `verify`/`restore`/`drill` (and the daemon's drills) of encrypted backups only (usually `_FILE`)",
-    ),
-    setting(
-        "schedule",
-        "CRON",
-        "BACKUP_SCHEDULE",
-        "5 crontab fields (weekday 0/7 = Sunday), 6 with seconds first, or `@hourly`/`@daily`/`@weekly`/`@monthly`/`@yearly`; a line restricting both day of month and weekday matches days that satisfy both (classic cron: either)",
-    )
-    .default("@daily")
-    .commands(SCHEDULE),
-    setting("tz", "ZONE", "TZ", "the schedule's time zone (IANA name)")
-        .default("UTC")
-        .commands(SCHEDULE),
-    setting("on-start", "BOOL", "BACKUP_ON_START", "one run when the daemon starts")
-        .default("false")
-        .commands(SCHEDULE),
-    setting(
-        "stop-grace",
-        "DURATION",
-        "BACKUP_STOP_GRACE",
-        "how long a running backup may finish after SIGTERM",
-    )
-    .default("8s")
-    .commands(SCHEDULE),
-    setting(
-        "wait-timeout",
-        "DURATION",
-        "BACKUP_WAIT_TIMEOUT",
-        "the daemon: how long to wait for PostgreSQL before a run",
-    )
-    .default("60s")
-    .commands(SCHEDULE),
-    setting(
-        "retry-delay",
-        "DURATION",
-        "BACKUP_RETRY_DELAY",
-        "the daemon: first retry after a failed run (doubles up to 15m; `0`: no retries)",
-    )
-    .default("30s")
-    .commands(SCHEDULE),
-    setting(
-        "retention-days",
-        "N",
-        "BACKUP_RETENTION_DAYS",
-        "keep backups younger than N days",
-    )
-    .commands(RETENTION),
-    setting("keep-last", "N", "BACKUP_KEEP_LAST", "keep the newest N").commands(RETENTION),
-    setting(
-        "keep-daily",
-        "N",
-        "BACKUP_KEEP_DAILY",
-        "keep the newest of each of the last N days",
-    )
-    .commands(RETENTION),
-    setting(
-        "keep-weekly",
-        "N",
-        "BACKUP_KEEP_WEEKLY",
-        "keep the newest of each of the last N ISO weeks",
-    )
-    .commands(RETENTION),
-    setting(
-        "keep-monthly",
-        "N",
-        "BACKUP_KEEP_MONTHLY",
-        "keep the newest of each of the last N months",
-    )
-    .commands(RETENTION),
-    setting(
-        "lock-wait-timeout",
-        "DURATION",
-        "BACKUP_LOCK_WAIT_TIMEOUT",
-        "how long pg_dump waits for a table lock (behind a migration's `ALTER TABLE`, an open transaction) before the run fails, naming the blocker; long enough for an ordinary migration, short enough that a stuck transaction is reported (and the run retried) the same night; `0`: no limit",
-    )
-    .default("5m")
-    .commands(RUN),
-    setting(
-        "verify",
-        "BOOL",
-        "BACKUP_VERIFY",
-        "verify each new backup (full read) right after the run",
-    )
-    .default("false")
-    .commands(RUN),
-    setting("status-file", "FILE", "BACKUP_STATUS_FILE", "the status JSON").commands(RUN),
-    setting(
-        "ping-url",
-        "URL",
-        "BACKUP_PING_URL",
-        "pinged at `/start`, on success, at `/fail`",
-    )
-    .commands(RUN),
-    setting(
-        "metrics-file",
-        "FILE",
-        "BACKUP_METRICS_FILE",
-        "Prometheus metrics, text format",
-    )
-    .commands(RUN),
-    setting(
-        "wal",
-        "BOOL",
-        "BACKUP_WAL",
-        "point-in-time recovery: stream WAL with `pg_receivewal` on a replication slot, each completed segment stored like a backup (needs a role with REPLICATION and a `replication` line in `pg_hba.conf`)",
-    )
-    .default("false")
-    .commands(SCHEDULE),
-    setting(
-        "wal-slot",
-        "NAME",
-        "BACKUP_WAL_SLOT",
-        "the physical replication slot the WAL is streamed on (created if missing; it keeps WAL on the server until received)",
-    )
-    .default("dockhand")
-    .commands(SCHEDULE),
-    setting(
-        "wal-spool",
-        "DIR",
-        "BACKUP_WAL_SPOOL",
-        "where received WAL waits until stored everywhere (a volume)",
-    )
-    .default_shown("`BACKUP_DIR/.wal-spool`")
-    .commands(SCHEDULE),
-    setting(
-        "wal-max-lag",
-        "SIZE",
-        "BACKUP_WAL_MAX_LAG",
-        "warn when the slot holds more WAL than this on the server (the sidecar is behind, and the server's disk fills)",
-    )
-    .default("1GiB")
-    .commands(SCHEDULE),
-    Setting::var(
-        "BACKUP_PG_BIN",
-        "directory holding `pg_dump`, `pg_restore`, `pg_dumpall`, `psql`",
-    ),
-    Setting::switch("remote", "`list`: also the backups in S3").commands(&["list"]),
-    Setting::value(
-        "from",
-        "local\\|s3",
-        "`verify`, `restore`, `drill`, `recover`: which copy to read",
-    )
-    .default_shown("the local copy if any")
-    .commands(&["verify", "restore", "drill", "recover"]),
-    Setting::value(
-        "to-time",
-        "TIME\\|latest",
-        "`recover`: the moment to recover to (RFC 3339 with its offset, `2026-12-07T16:05:00Z`), or the end of the stored WAL",
-    )
-    .commands(&["recover"]),
-    Setting::value(
-        "data-dir",
-        "DIR",
-        "`recover`: the empty data directory (a new volume) PostgreSQL then starts on",
-    )
-    .commands(&["recover"]),
-    Setting::value("to", "URL", "`restore`: the target database")
-        .default_shown("a new database")
-        .commands(&["restore"]),
-    Setting::switch(
-        "clean",
-        "`restore`: drop the backup's objects in a non-empty target first",
-    )
-    .commands(&["restore"]),
-    Setting::switch("yes", "`restore`: confirm `--clean` without asking")
-        .short('y')
-        .commands(&["restore"]),
-    Setting::switch("no-owner", "`restore`: skip ownership and privileges")
-        .commands(&["restore"]),
-    setting(
-        "jobs",
-        "N",
-        "BACKUP_RESTORE_JOBS",
-        "`restore`: parallel `pg_restore` jobs into a database it creates (the backup is decoded into a file in `BACKUP_TMP_DIR` first); 1 streams it",
-    )
-    .default_shown("the CPUs, at most 8")
-    .commands(&["restore", "drill"]),
-    Setting::var(
-        "BACKUP_TMP_DIR",
-        "`restore --jobs`: where the decoded backup is written (mode 0600, removed after)",
-    )
-    .default_shown("`TMPDIR`, else `/tmp`"),
-    setting(
-        "into",
-        "URL",
-        "BACKUP_DRILL_URL",
-        "`drill` and the daemon's drills: the server of the scratch database (a throwaway PostgreSQL, so production is not loaded)",
-    )
-    .default_shown("the backup URL's server")
-    .commands(&["drill"]),
-    Setting::switch(
-        "keep",
-        "`drill`: keep the scratch database and print its name",
-    )
-    .commands(&["drill"]),
-    Setting::var(
-        "BACKUP_DRILL_SQL",
-        "`drill` and the daemon's drills: a file of queries that must each return true on the restored copy (`;` ends one; else one a line)",
-    ),
-    Setting::var(
-        "BACKUP_DRILL",
-        "the daemon's drills: `off`, `after-backup` (every new backup), or a cron expression (the latest then)",
-    )
-    .default("off"),
-    Setting::switch("dry-run", "`prune`: print, delete nothing")
-        .short('n')
-        .commands(&["prune"]),
-    Setting::var(
-        "RUST_LOG",
-        "logging (stderr), `json` for one object per line",
-    )
-    .env_shown("`RUST_LOG`, `LOG_FORMAT`")
-    .default_shown("`info`, `text`"),
-    Setting::help(),
 ];
 
 const INTRO: &str = "\
@@ -378,7 +52,7 @@ settings, 128+N stopped by signal N (now, verify, restore, drill).
 
 /// `--help`.
 pub fn help() -> String {
-    super::help(INTRO, TABLE, OUTRO)
+    crate::flags::help(INTRO, TABLE, OUTRO)
 }
 
 /// A command with the flags of its own.
@@ -427,11 +101,11 @@ pub enum Command {
 /// With the command come the matches: the settings are read from them by [`exec`].
 pub fn command(
     args: impl IntoIterator<Item = OsString>,
-) -> Result<Parsed<(Command, Matches)>, ConfigError> {
-    parse_with(TABLE, args, false, command_from)
+) -> Result<Parsed<(Command, Matches<Flag>)>, ConfigError> {
+    parse_with(args, false, command_from)
 }
 
-fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
+fn command_from(m: Matches<Flag>) -> Result<(Command, Matches<Flag>), ConfigError> {
     let words = m.words_utf8("arguments must be UTF-8")?;
     let name = COMMANDS
         .iter()
@@ -468,7 +142,7 @@ fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
             )));
         }
     }
-    let from = match m.string("from")?.as_deref() {
+    let from = match m.string(Flag::From)?.as_deref() {
         None => None,
         Some("local") => Some(Side::Local),
         Some("s3") => Some(Side::S3),
@@ -480,31 +154,31 @@ fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
         "now" => Command::Now,
         "base" => Command::Base,
         "list" => Command::List {
-            remote: m.switch("remote")?,
+            remote: m.switch(Flag::Remote)?,
         },
         "verify" => Command::Verify { name: backup, from },
         "restore" => Command::Restore {
             name: backup,
             from,
-            to: m.string("to")?,
-            clean: m.switch("clean")?,
-            yes: m.switch("yes")?,
-            no_owner: m.switch("no-owner")?,
-            jobs: restore_jobs(m.string("jobs")?)?,
+            to: m.string(Flag::To)?,
+            clean: m.switch(Flag::Clean)?,
+            yes: m.switch(Flag::Yes)?,
+            no_owner: m.switch(Flag::NoOwner)?,
+            jobs: restore_jobs(&m)?,
         },
         "drill" => Command::Drill {
             name: backup,
             from,
-            into: m.string("into")?,
-            keep: m.switch("keep")?,
-            jobs: restore_jobs(m.string("jobs")?)?,
+            into: m.string(Flag::Into)?,
+            keep: m.switch(Flag::Keep)?,
+            jobs: restore_jobs(&m)?,
         },
         "recover" => Command::Recover {
-            to: crate::backup::recover::parse_target(&m.string("to-time")?.ok_or_else(|| {
-                invalid("backup recover needs --to-time TIME or --to-time latest")
-            })?)?,
+            to: crate::backup::recover::parse_target(&m.string(Flag::ToTime)?.ok_or_else(
+                || invalid("backup recover needs --to-time TIME or --to-time latest"),
+            )?)?,
             data_dir: m
-                .string("data-dir")?
+                .string(Flag::DataDir)?
                 .ok_or_else(|| {
                     invalid("backup recover needs --data-dir DIR (an empty data directory)")
                 })?
@@ -512,15 +186,15 @@ fn command_from(m: Matches) -> Result<(Command, Matches), ConfigError> {
             from,
         },
         _ => Command::Prune {
-            dry_run: m.switch("dry-run")?,
+            dry_run: m.switch(Flag::DryRun)?,
         },
     };
     Ok((command, m))
 }
 
 /// `--jobs`/`BACKUP_RESTORE_JOBS`: 1 to 64; by default the CPUs available, at most 8.
-fn restore_jobs(v: Option<String>) -> Result<usize, ConfigError> {
-    match v {
+fn restore_jobs(m: &Matches<Flag>) -> Result<usize, ConfigError> {
+    match m.string(Flag::Jobs)? {
         None => Ok(std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(8)),
@@ -535,6 +209,17 @@ fn restore_jobs(v: Option<String>) -> Result<usize, ConfigError> {
                 ))
             }),
     }
+}
+
+/// How long the PID 1 supervisor gives its worker (this same command) after passing
+/// on SIGTERM: the stop grace (`--stop-grace`, else `BACKUP_STOP_GRACE`, else its
+/// row's default) and 5 s more to finish. A malformed value is the worker's to report
+/// (it exits 2 at once): then the 5 s.
+pub fn supervisor_grace(args: impl IntoIterator<Item = OsString>) -> std::time::Duration {
+    let grace = crate::flags::parse::<Flag>(args, false)
+        .and_then(|m| m.duration(Flag::StopGrace))
+        .unwrap_or_default();
+    grace + std::time::Duration::from_secs(5)
 }
 
 /// Why a command ended without success: the message (empty when already reported)
@@ -561,8 +246,8 @@ fn stopped(first_signal: &Mutex<Option<i32>>) -> Option<u8> {
 }
 
 /// The age identities of `BACKUP_AGE_IDENTITY`, for reading encrypted backups.
-fn identities() -> Result<Vec<age::x25519::Identity>, BackupError> {
-    match crate::config::var("BACKUP_AGE_IDENTITY").map_err(usage)? {
+fn identities(m: &Matches<Flag>) -> Result<Vec<age::x25519::Identity>, BackupError> {
+    match m.explicit(Flag::AgeIdentity).map_err(usage)? {
         Some(text) => codec::parse_identities(&text).map_err(usage),
         None => Ok(Vec::new()),
     }
@@ -609,17 +294,18 @@ fn drill_url(u: &str) -> Result<crate::url::Url, BackupError> {
 
 /// The daemon's drills from `BACKUP_DRILL`, `BACKUP_DRILL_URL`, `BACKUP_DRILL_SQL`,
 /// `BACKUP_RESTORE_JOBS` and `BACKUP_TMP_DIR`, checked before the daemon starts.
-fn daemon_drills(m: &Matches, settings: &Settings) -> Result<DaemonDrills, BackupError> {
+fn daemon_drills(m: &Matches<Flag>, settings: &Settings) -> Result<DaemonDrills, BackupError> {
     let when =
-        DaemonDrills::when(m.by_env("BACKUP_DRILL").map_err(usage)?.as_deref()).map_err(usage)?;
+        DaemonDrills::when(m.string(Flag::Drill).map_err(usage)?.as_deref()).map_err(usage)?;
     if matches!(when, drill::When::Off) {
         return Ok(DaemonDrills::default());
     }
-    let into = match m.by_env("BACKUP_DRILL_URL").map_err(usage)? {
+    let into = match m.string(Flag::Into).map_err(usage)? {
         Some(u) => Some(drill_url(&u)?),
         None => None,
     };
-    let sql = crate::config::var("BACKUP_DRILL_SQL")
+    let sql = m
+        .explicit(Flag::DrillSql)
         .map_err(usage)?
         .map(std::path::PathBuf::from);
     if let Some(path) = &sql {
@@ -631,7 +317,7 @@ fn daemon_drills(m: &Matches, settings: &Settings) -> Result<DaemonDrills, Backu
             )))
         })?;
     }
-    let identities = identities()?;
+    let identities = identities(m)?;
     if !settings.recipients.is_empty() && identities.is_empty() {
         return Err(usage(invalid(
             "BACKUP_DRILL: the backups are encrypted (BACKUP_AGE_RECIPIENT) and a drill must read them: set BACKUP_AGE_IDENTITY_FILE, or BACKUP_DRILL=off",
@@ -642,8 +328,9 @@ fn daemon_drills(m: &Matches, settings: &Settings) -> Result<DaemonDrills, Backu
         request: DrillRequest {
             name: "latest".into(),
             into,
-            jobs: restore_jobs(m.string("jobs").map_err(usage)?).map_err(usage)?,
-            tmp_dir: crate::config::var("BACKUP_TMP_DIR")
+            jobs: restore_jobs(m).map_err(usage)?,
+            tmp_dir: m
+                .explicit(Flag::TmpDir)
                 .map_err(usage)?
                 .map(std::path::PathBuf::from),
             sql,
@@ -655,8 +342,8 @@ fn daemon_drills(m: &Matches, settings: &Settings) -> Result<DaemonDrills, Backu
 
 /// Runs `command` with the settings of `m` (flags, else the environment); returns
 /// the exit status.
-pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
-    let settings = Settings::load(&|name| m.by_env(name)).map_err(usage)?;
+pub fn exec(command: &Command, m: &Matches<Flag>) -> Result<u8, Failed> {
+    let settings = Settings::load(m).map_err(usage)?;
     // run by hand: a person may watch the progress on a terminal (never the daemon)
     if !matches!(command, Command::Daemon) {
         crate::backup::progress::for_a_person();
@@ -769,7 +456,7 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
             }
         }
         Command::Recover { to, data_dir, from } => {
-            let ids = identities()?;
+            let ids = identities(m)?;
             let backups = runner.backups_for_reading(*from)?;
             let done = crate::backup::recover::recover(
                 &runner.reading(&ids),
@@ -817,7 +504,7 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
             Ok(crate::output::stdout(&out).exit_code("backup"))
         }
         Command::Verify { name, from } => {
-            let verified = runner.verify(name, *from, &identities()?);
+            let verified = runner.verify(name, *from, &identities(m)?);
             if let Some(f) = was_stopped("verify stopped") {
                 return Err(f);
             }
@@ -832,7 +519,7 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
             keep,
             jobs,
         } => {
-            let ids = identities()?;
+            let ids = identities(m)?;
             let into = match into {
                 Some(u) => Some(drill_url(u)?),
                 None => None,
@@ -844,10 +531,12 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
                 into,
                 keep: *keep,
                 jobs: *jobs,
-                tmp_dir: crate::config::var("BACKUP_TMP_DIR")
+                tmp_dir: m
+                    .explicit(Flag::TmpDir)
                     .map_err(usage)?
                     .map(std::path::PathBuf::from),
-                sql: crate::config::var("BACKUP_DRILL_SQL")
+                sql: m
+                    .explicit(Flag::DrillSql)
                     .map_err(usage)?
                     .map(std::path::PathBuf::from),
             };
@@ -903,7 +592,7 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
             no_owner,
             jobs,
         } => {
-            let ids = identities()?;
+            let ids = identities(m)?;
             let to = match to {
                 Some(u) => Some(target_url(u)?),
                 None => None,
@@ -920,7 +609,8 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
                 yes: *yes,
                 no_owner: *no_owner,
                 jobs: *jobs,
-                tmp_dir: crate::config::var("BACKUP_TMP_DIR")
+                tmp_dir: m
+                    .explicit(Flag::TmpDir)
                     .map_err(usage)?
                     .map(std::path::PathBuf::from),
                 drill: false,
@@ -965,38 +655,6 @@ pub fn exec(command: &Command, m: &Matches) -> Result<u8, Failed> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_tables_defaults_are_the_settings_defaults() {
-        // Given explicitly, a setting that does nothing in the configuration is
-        // refused, so each default is checked where it applies: under zstd without a
-        // bucket, and under gzip with one.
-        for (given, skip) in [
-            (&[][..], &["BACKUP_GZIP_LEVEL", "BACKUP_S3_PART_SIZE"][..]),
-            (
-                &[("BACKUP_COMPRESSION", "gzip"), ("BACKUP_S3_BUCKET", "b")][..],
-                &["BACKUP_ZSTD_LEVEL", "BACKUP_ZSTD_THREADS"][..],
-            ),
-        ] {
-            let given = |name: &str| {
-                given
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            };
-            let defaults = |name: &str| {
-                Ok(given(name).or_else(|| {
-                    TABLE
-                        .iter()
-                        .find(|s| s.env == name && !s.default.is_empty() && !skip.contains(&name))
-                        .map(|s| s.default.to_string())
-                }))
-            };
-            let from_table = Settings::load(&defaults).unwrap();
-            let unset = Settings::load(&|name| Ok(given(name))).unwrap();
-            assert_eq!(format!("{from_table:?}"), format!("{unset:?}"));
-        }
-    }
 
     #[test]
     fn each_command_takes_only_its_own_flags() {

@@ -60,14 +60,19 @@ pub struct Policy {
     pub min_size: u64,
 }
 
-/// `--lint-min-size`'s default: 10 MiB.
-pub const DEFAULT_MIN_SIZE: u64 = 10 << 20;
+/// `--lint-min-size`'s default, as its row in the entrypoint's table gives it.
+pub const DEFAULT_MIN_SIZE: &str = "10MB";
+
+/// [`DEFAULT_MIN_SIZE`] in bytes.
+fn default_min_size() -> u64 {
+    crate::config::parse_size(DEFAULT_MIN_SIZE).unwrap_or(10 << 20)
+}
 
 impl Default for Policy {
     fn default() -> Self {
         Policy {
             mode: Mode::Warn,
-            min_size: DEFAULT_MIN_SIZE,
+            min_size: default_min_size(),
         }
     }
 }
@@ -1075,7 +1080,7 @@ mod tests {
         Context {
             alone_runs_outside: format == Format::Prisma,
             lock_timeout_set: true,
-            min_size: DEFAULT_MIN_SIZE,
+            min_size: default_min_size(),
         }
     }
 
