@@ -32,7 +32,8 @@ ensure_musl() {
 }
 
 # The venv with the Python tools: moto (S3 test server), kubernetes-validate, and zig
-# with cargo-zigbuild (the ARM64 cross build).
+# with cargo-zigbuild (the ARM64 cross build). DOCKHAND_DEMO_ONLY=1: moto alone (what
+# the demo uses).
 ensure_venv() {
   if [ ! -x "$ROOT/.venv/bin/python" ]; then
     python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
@@ -41,9 +42,11 @@ ensure_venv() {
   fi
   local want=()
   [ -x "$ROOT/.venv/bin/moto_server" ] || want+=('moto[server]>=5,<6')
-  [ -x "$ROOT/.venv/bin/kubernetes-validate" ] || want+=('kubernetes-validate>=1.31')
-  [ -x "$ROOT/.venv/bin/cargo-zigbuild" ] || want+=('cargo-zigbuild>=0.19')
-  "$ROOT/.venv/bin/python" -c 'import ziglang' 2>/dev/null || want+=('ziglang>=0.13,<0.14')
+  if [ "${DOCKHAND_DEMO_ONLY:-}" != 1 ]; then
+    [ -x "$ROOT/.venv/bin/kubernetes-validate" ] || want+=('kubernetes-validate>=1.31')
+    [ -x "$ROOT/.venv/bin/cargo-zigbuild" ] || want+=('cargo-zigbuild>=0.19')
+    "$ROOT/.venv/bin/python" -c 'import ziglang' 2>/dev/null || want+=('ziglang>=0.13,<0.14')
+  fi
   if [ ${#want[@]} -gt 0 ]; then
     say "installing into .venv: ${want[*]}"
     "$ROOT/.venv/bin/pip" install -q --disable-pip-version-check "${want[@]}"
@@ -51,7 +54,7 @@ ensure_venv() {
 }
 
 ensure_arm64() {
-  ensure_venv
+  DOCKHAND_DEMO_ONLY= ensure_venv
   rustup target list --installed 2>/dev/null | grep -qx "$ARM64_TARGET" || {
     say "adding the Rust target $ARM64_TARGET"
     rustup target add "$ARM64_TARGET"

@@ -45,10 +45,18 @@ mod pid1 {
     use crate::privileges::Credentials;
 
     /// Sends `sig` to `pid` (a process group when negative, every process we may
-    /// signal when -1); true when it was delivered to at least one process.
-    pub fn kill(pid: i32, sig: i32) -> bool {
+    /// signal when -1): `Ok(true)` when it reached at least one process, `Ok(false)`
+    /// when there was none (ESRCH: it has exited, which is no error), and the errno
+    /// otherwise (EPERM, EINVAL), for the caller to report as tini does.
+    pub fn kill(pid: i32, sig: i32) -> Result<bool, nix::errno::Errno> {
         // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { libc::kill(pid, sig) == 0 }
+        if unsafe { libc::kill(pid, sig) } == 0 {
+            return Ok(true);
+        }
+        match nix::errno::Errno::last() {
+            nix::errno::Errno::ESRCH => Ok(false),
+            e => Err(e),
+        }
     }
 
     /// Replaces this process with a fresh copy of itself, run with `first` put before
@@ -80,7 +88,9 @@ mod pid1 {
         crate::signals::restore_inherited();
         match nix::unistd::execve(c"/proc/self/exe", &argv, &env) {
             Err(e) => {
-                crate::signals::set_fault_handlers();
+                // (they were set once already: setting them again cannot fail here in
+                // a way the failed exec would not already report)
+                let _ = crate::signals::set_fault_handlers();
                 e
             }
             Ok(never) => match never {},
@@ -108,10 +118,15 @@ mod pid1 {
             self.0.load(Ordering::SeqCst) > 0
         }
 
-        /// Sends `sig` to the child's process group; false when none is running.
-        pub fn signal(&self, sig: i32) -> bool {
+        /// Sends `sig` to the child's process group: `Ok(false)` when none is
+        /// running (or it has just exited).
+        pub fn signal(&self, sig: i32) -> Result<bool, nix::errno::Errno> {
             let pgid = self.0.load(Ordering::SeqCst);
-            pgid > 0 && kill(-pgid, sig)
+            if pgid > 0 {
+                kill(-pgid, sig)
+            } else {
+                Ok(false)
+            }
         }
     }
 
@@ -253,5 +268,28 @@ mod pid1 {
             libc::tcsetpgrp(0, libc::getpid());
             libc::signal(libc::SIGTTOU, old);
         }
+    }
+}
+
+#[cfg(all(test, feature = "pid1"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kill_tells_a_process_gone_from_an_error() {
+        // signal 0 to ourselves: delivered (checked only)
+        assert_eq!(kill(std::process::id() as i32, 0), Ok(true));
+        // a child that has exited and been reaped: no such process, no error
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        assert_eq!(kill(pid, 0), Ok(false));
+        // an invalid signal number is an error, with its errno
+        assert_eq!(
+            kill(std::process::id() as i32, 999),
+            Err(nix::errno::Errno::EINVAL)
+        );
+        // a group with no process recorded
+        assert_eq!(ChildGroup::default().signal(nix::libc::SIGTERM), Ok(false));
     }
 }

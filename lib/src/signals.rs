@@ -184,7 +184,7 @@ pub fn carry_inherited() -> (&'static str, String) {
 /// process (forwarded to the app, see [`fault_signals`]) from a real fault of ours
 /// (default action: the process dies as it should).
 pub fn block_all() -> io::Result<SigSet> {
-    install_fault_handlers();
+    install_fault_handlers()?;
     let mut set = SigSet::all();
     for s in SYNCHRONOUS {
         set.remove(s);
@@ -198,31 +198,35 @@ pub fn block_all() -> io::Result<SigSet> {
 static FAULT_PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 static FAULT_PIPE_READ: AtomicI32 = AtomicI32::new(-1);
 
-fn install_fault_handlers() {
+fn install_fault_handlers() -> io::Result<()> {
     let mut fds = [-1; 2];
     // SAFETY: pipe2 writes two descriptors into the array it is given.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return;
+        return Err(io::Error::last_os_error());
     }
     FAULT_PIPE_READ.store(fds[0], Ordering::SeqCst);
     FAULT_PIPE_WRITE.store(fds[1], Ordering::SeqCst);
-    set_fault_handlers();
+    set_fault_handlers()
 }
 
 /// Sets the fault-signal handler (again, after [`restore_inherited`] ran in this
 /// process and the exec it prepared for failed).
-pub fn set_fault_handlers() {
+pub fn set_fault_handlers() -> io::Result<()> {
     for sig in SYNCHRONOUS {
         // SAFETY: a zeroed sigaction is a valid value; the handler only calls
         // async-signal-safe functions (getpid, write, signal, raise).
-        unsafe {
+        let set = unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_fault_signal as *const () as usize;
             sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
             libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig as i32, &sa, std::ptr::null_mut());
+            libc::sigaction(sig as i32, &sa, std::ptr::null_mut())
+        };
+        if set != 0 {
+            return Err(io::Error::last_os_error());
         }
     }
+    Ok(())
 }
 
 /// The fault-signal handler. Sent by another process (`kill`, si_code <= 0, another

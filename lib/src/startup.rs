@@ -207,7 +207,7 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
             signal_name(sig),
             crate::duration::format(plan.grace)
         );
-        running.signal(sig);
+        pass_on(&running, sig);
         let deadline = tokio::time::sleep(plan.grace);
         tokio::pin!(deadline);
         loop {
@@ -216,7 +216,7 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
                 _ = &mut deadline => break,
                 again = signals.next() => {
                     info!("received {}: passing it on to the migration command", signal_name(again));
-                    running.signal(again);
+                    pass_on(&running, again);
                 }
             }
         }
@@ -224,7 +224,7 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
             "the migration command did not exit within {}: killing it",
             crate::duration::format(plan.grace)
         );
-        running.signal(libc::SIGKILL);
+        pass_on(&running, libc::SIGKILL);
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut phases).await;
         Err(stopped_by(sig))
     });
@@ -366,5 +366,16 @@ impl Signals {
             }
             guard.clear_ready();
         }
+    }
+}
+
+/// Sends `sig` to the running migration command's process group; an error other
+/// than its having exited is logged (the shutdown goes on).
+fn pass_on(running: &crate::process::ChildGroup, sig: i32) {
+    if let Err(e) = running.signal(sig) {
+        tracing::warn!(
+            "cannot send {} to the migration command: {e}",
+            signal_name(sig)
+        );
     }
 }

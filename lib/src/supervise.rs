@@ -76,7 +76,9 @@ pub fn run(opts: &Options, signals: &SigSet) -> Result<i32, SpawnError> {
     let pid1 = std::process::id() == 1;
     if !pid1 {
         // Orphans of our descendants come to us instead of to the host's init.
-        let _ = nix::sys::prctl::set_child_subreaper(true);
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            warn!("cannot become a child subreaper ({e}): orphans of the app are not reaped here");
+        }
     }
     let sfd = SignalFd::with_flags(signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| {
@@ -231,7 +233,7 @@ impl Supervisor<'_> {
         // With no child left, a subreaper has no descendant at all: skip the /proc
         // scan. As PID 1, `docker exec` strays are not children.
         // As PID 1, kill(-1, 0) says in one system call whether anything else lives.
-        let n = if no_children && (!self.pid1 || !process::kill(-1, 0)) {
+        let n = if no_children && (!self.pid1 || process::kill(-1, 0) == Ok(false)) {
             0
         } else {
             self.signal_rest(libc::SIGTERM)
@@ -292,13 +294,21 @@ impl Supervisor<'_> {
             .unwrap_or(PollTimeout::MAX),
         };
         let signals = PollFd::new(std::os::fd::AsFd::as_fd(sfd), PollFlags::POLLIN);
-        if let Some(pipe) = fault_pipe() {
-            let _ = poll(
+        let polled = if let Some(pipe) = fault_pipe() {
+            poll(
                 &mut [signals, PollFd::new(pipe, PollFlags::POLLIN)],
                 timeout,
-            );
+            )
         } else {
-            let _ = poll(&mut [signals], timeout);
+            poll(&mut [signals], timeout)
+        };
+        match polled {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                // (ENOMEM: the loop goes on, reaping and timing out, a little later)
+                warn!("waiting for signals failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 
@@ -367,14 +377,16 @@ impl Supervisor<'_> {
             libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => {
                 self.send(send);
                 if !self.pid1 {
-                    let _ = nix::sys::signal::raise(Signal::SIGSTOP);
+                    stop_ourselves();
                 }
                 state
             }
             libc::SIGCONT => {
                 self.send(send);
                 if self.tty {
-                    let _ = nix::unistd::tcsetpgrp(std::io::stdin(), self.main);
+                    if let Err(e) = nix::unistd::tcsetpgrp(std::io::stdin(), self.main) {
+                        warn!("cannot give the terminal back to the app: {e}");
+                    }
                 }
                 state
             }
@@ -402,7 +414,7 @@ impl Supervisor<'_> {
                 Ok(WaitStatus::Stopped(pid, _)) if pid == self.main && !self.pid1 && self.tty => {
                     // The app was suspended from the terminal: suspend ourselves too, so
                     // the shell that started us gets its prompt back.
-                    let _ = nix::sys::signal::raise(Signal::SIGSTOP);
+                    stop_ourselves();
                 }
                 Ok(WaitStatus::StillAlive) => return false,
                 Ok(_) => {}
@@ -420,8 +432,16 @@ impl Supervisor<'_> {
         } else {
             self.main.as_raw()
         };
-        let ok = process::kill(target, sig);
-        debug!(target, ok, "sent {}", signal_name(sig));
+        match process::kill(target, sig) {
+            Ok(true) => debug!(target, "sent {}", signal_name(sig)),
+            // as tini: the app was already gone
+            Ok(false) => debug!(
+                target,
+                "the app was gone when {} was sent",
+                signal_name(sig)
+            ),
+            Err(e) => warn!(target, "cannot send {} to the app: {e}", signal_name(sig)),
+        }
     }
 
     fn kill_main(&self) -> bool {
@@ -430,7 +450,13 @@ impl Supervisor<'_> {
         } else {
             self.main.as_raw()
         };
-        process::kill(target, libc::SIGKILL)
+        match process::kill(target, libc::SIGKILL) {
+            Ok(sent) => sent,
+            Err(e) => {
+                warn!(target, "cannot SIGKILL the app: {e}");
+                false
+            }
+        }
     }
 
     /// Signals every process that is left other than the app: as PID 1 everything in
@@ -449,12 +475,11 @@ impl Supervisor<'_> {
         if targets.is_empty() {
             return 0;
         }
-        if self.pid1 {
-            // From PID 1, kill(-1) reaches every other process.
-            process::kill(-1, sig);
-        } else {
-            for p in &targets {
-                process::kill(*p, sig);
+        // From PID 1, kill(-1) reaches every other process.
+        let pids: &[i32] = if self.pid1 { &[-1] } else { &targets };
+        for p in pids {
+            if let Err(e) = process::kill(*p, sig) {
+                warn!("cannot send {} to process {p}: {e}", signal_name(sig));
             }
         }
         targets.len()
@@ -463,7 +488,8 @@ impl Supervisor<'_> {
     /// As PID 1, processes that are not our children (entered with `docker exec`)
     /// may still run after our last child is reaped.
     fn strays_remain(&self) -> bool {
-        self.pid1 && process::kill(-1, 0) && !other_processes().is_empty()
+        // (an error other than ESRCH: there is something we may not signal)
+        self.pid1 && process::kill(-1, 0) != Ok(false) && !other_processes().is_empty()
     }
 
     fn exit_code(&self, code: i32) -> i32 {
@@ -561,6 +587,13 @@ fn descendants(root: i32) -> Vec<i32> {
     out
 }
 
+/// Suspends this process (the app was suspended from the terminal).
+fn stop_ourselves() {
+    if let Err(e) = nix::sys::signal::raise(Signal::SIGSTOP) {
+        warn!("cannot suspend: {e}");
+    }
+}
+
 struct ProcEntry {
     pid: i32,
     ppid: i32,
@@ -592,20 +625,29 @@ fn proc_table() -> Vec<ProcEntry> {
 /// child (marked by the variable `worker`): the supervisor reaps every orphan in the
 /// container and forwards signals, the child does the work, and at shutdown the child
 /// gets `grace()` (read only when this process supervises). `None` when this
-/// process is not PID 1 or is that child already.
+/// process is not PID 1 or is that child already, or (with a warning on stderr
+/// naming `program`) when the signals cannot be blocked.
 ///
 /// # Safety
 ///
 /// Sets an environment variable: call it while this process has one thread, before
 /// anything else can read or write the environment.
 pub unsafe fn supervise_self(
+    program: &str,
     worker: &str,
     grace: impl FnOnce() -> Duration,
 ) -> Option<Result<i32, SpawnError>> {
     if std::process::id() != 1 || std::env::var_os(worker).is_some() {
         return None;
     }
-    let signals = crate::signals::block_all().ok()?;
+    let signals = match crate::signals::block_all() {
+        Ok(s) => s,
+        Err(e) => {
+            // as tini warns when it cannot reap: the work goes on, unsupervised
+            eprintln!("{program}: warning: cannot block signals ({e}): running as PID 1 without a supervisor, so orphans are not reaped");
+            return None;
+        }
+    };
     // One thread, as the caller promises.
     std::env::set_var(worker, "1");
     let mut command = vec![OsString::from("/proc/self/exe")];

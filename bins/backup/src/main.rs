@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     // a little more to finish.
     let grace = || backup::supervisor_grace(std::env::args_os().skip(1));
     // SAFETY: first thing in main: this process has one thread.
-    match unsafe { supervise::supervise_self("DOCKHAND_BACKUP_WORKER", grace) } {
+    match unsafe { supervise::supervise_self("backup", "DOCKHAND_BACKUP_WORKER", grace) } {
         Some(Ok(code)) => return ExitCode::from(code.clamp(0, 255) as u8),
         Some(Err(e)) => return fail(e.message(), e.exit_code()),
         None => {}
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     match backup::command(std::env::args_os().skip(1)) {
         Ok(Parsed::Run((command, m))) => match backup::exec(&command, &m) {
             Ok(code) => ExitCode::from(code),
-            Err(f) => fail(&f.message, f.code),
+            Err(e) => fail(e.message(), e.exit_code()),
         },
         Ok(Parsed::Help) => {
             ExitCode::from(dockhand::output::stdout(&backup::help()).exit_code("backup"))

@@ -69,9 +69,35 @@ pub struct Destinations<'a> {
 pub struct Outcome {
     pub manifest: Manifest,
     /// `/backups/NAME.dump.zst`, `s3://bucket/prefix/NAME.dump.zst`.
-    pub stored: Vec<String>,
+    pub stored: Vec<Stored>,
     /// Failures of single destinations (the backup exists elsewhere).
     pub errors: Vec<String>,
+}
+
+/// Where a complete copy of a backup is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// The file in the backup folder.
+    Local(PathBuf),
+    /// The object's location, `s3://bucket/prefix/NAME...`.
+    S3(String),
+}
+
+impl std::fmt::Display for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stored::Local(p) => write!(f, "{}", p.display()),
+            Stored::S3(location) => f.write_str(location),
+        }
+    }
+}
+
+impl Outcome {
+    /// Where the copies are, for a log line: `/backups/x and s3://b/x`.
+    pub fn places(&self) -> String {
+        let places: Vec<String> = self.stored.iter().map(Stored::to_string).collect();
+        places.join(" and ")
+    }
 }
 
 /// The local copy being written.
@@ -228,17 +254,12 @@ pub fn backup(
             return Err(e);
         }
     };
-    // The compressor has finished; wait for its thread to let go of the tee.
-    let mut tee = tee;
-    let mut tee = loop {
-        match Arc::try_unwrap(tee) {
-            Ok(m) => break m.into_inner().unwrap_or_else(|p| p.into_inner()),
-            Err(still) => {
-                tee = still;
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-        }
-    };
+    // The compressor has finished: its chain, and the tee's other handle with it, is
+    // gone (Compressor::finish returns only after the chain's own finish).
+    let mut tee = Arc::try_unwrap(tee)
+        .map_err(|_| err("internal error: the compressor still holds the backup's output"))?
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
     let mut stored = Vec::new();
     let mut errors = std::mem::take(&mut tee.errors);
     if let Some(l) = tee.local.take() {
@@ -250,7 +271,7 @@ pub fn backup(
             .and_then(|_| publish(&partial, &path))
             .and_then(|_| sync_dir(&path));
         match done {
-            Ok(()) => stored.push(path.display().to_string()),
+            Ok(()) => stored.push(Stored::Local(path)),
             Err(e) => {
                 let _ = std::fs::remove_file(&partial);
                 errors.push(format!(
@@ -263,7 +284,9 @@ pub fn backup(
     }
     if let Some(u) = tee.s3.take() {
         match u.commit() {
-            Ok(()) => stored.push(d.s3.map(|s| s.location(&file)).unwrap_or_default()),
+            Ok(()) => stored.push(Stored::S3(
+                d.s3.map(|s| s.location(&file)).unwrap_or_default(),
+            )),
             Err(e) => errors.push(e.to_string()),
         }
     }
@@ -297,7 +320,7 @@ pub fn backup(
     let json = manifest.to_json();
     let mut complete = Vec::new();
     for place in stored {
-        let written = if place.starts_with("s3://") {
+        let written = if let Stored::S3(_) = place {
             match d.s3 {
                 Some(s3) => d
                     .rt
@@ -319,12 +342,15 @@ pub fn backup(
             Err(e) => {
                 // Data without a manifest is nobody's backup: remove it now (and the
                 // next run's clean-up catches what this cannot).
-                if place.starts_with("s3://") {
-                    if let Some(s3) = d.s3 {
-                        let _ = d.rt.block_on(s3.delete(&file));
+                match &place {
+                    Stored::S3(_) => {
+                        if let Some(s3) = d.s3 {
+                            let _ = d.rt.block_on(s3.delete(&file));
+                        }
                     }
-                } else if let Some(dir) = &s.dir {
-                    let _ = std::fs::remove_file(dir.join(&file));
+                    Stored::Local(path) => {
+                        let _ = std::fs::remove_file(path);
+                    }
                 }
                 errors.push(e.to_string());
             }
@@ -362,7 +388,7 @@ fn stream(
         &d.settings.recipients,
         Box::new(TeeStage(tee)),
     )?;
-    let mut compressor = Compressor::start(chain);
+    let mut compressor = Compressor::start(chain, d.rt);
     // The rows are counted in the dump's own snapshot while pg_dump runs. Without a
     // snapshot (a server that cannot export one) the dump is taken as before, without
     // counts: a drill then checks pg_restore's errors only.
@@ -537,20 +563,22 @@ const CHUNK: usize = 256 * 1024;
 /// ends by itself), so a stop is never held up by a multi-threaded zstd job at a high
 /// level. Only a successful run waits for `finish`, and even that wait ends on cancel.
 struct Compressor {
-    tx: Option<std::sync::mpsc::SyncSender<(Vec<u8>, usize)>>,
+    tx: Option<tokio::sync::mpsc::Sender<(Vec<u8>, usize)>>,
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
-    done: std::sync::mpsc::Receiver<Result<(), BackupError>>,
+    done: tokio::sync::oneshot::Receiver<Result<(), BackupError>>,
+    rt: tokio::runtime::Handle,
 }
 
 impl Compressor {
-    fn start(mut chain: Box<dyn codec::Stage>) -> Compressor {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(4);
+    fn start(mut chain: Box<dyn codec::Stage>, rt: &tokio::runtime::Handle) -> Compressor {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, usize)>(4);
         let (give_back, spare) = std::sync::mpsc::channel();
-        let (done_tx, done) = std::sync::mpsc::channel();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             // An empty chunk means "finish"; a closed queue means "abandon".
-            while let Ok((chunk, n)) = rx.recv() {
+            while let Some((chunk, n)) = rx.blocking_recv() {
                 if n == 0 {
+                    // (finish consumes the chain: nothing holds the output after it)
                     let r = chain
                         .finish()
                         .map_err(|e| err(format!("writing the backup: {e}")).with_source(e));
@@ -558,6 +586,7 @@ impl Compressor {
                     return;
                 }
                 if let Err(e) = chain.write_all(&chunk[..n]) {
+                    drop(chain);
                     let _ =
                         done_tx.send(Err(err(format!("writing the backup: {e}")).with_source(e)));
                     return;
@@ -569,6 +598,7 @@ impl Compressor {
             tx: Some(tx),
             spare,
             done,
+            rt: rt.clone(),
         }
     }
 
@@ -577,46 +607,46 @@ impl Compressor {
         self.spare.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK])
     }
 
-    fn failure(&self) -> BackupError {
+    fn failure(&mut self) -> BackupError {
         match self.done.try_recv() {
             Ok(Err(e)) => e,
             _ => err("writing the backup: the compressor stopped"),
         }
     }
 
-    /// Queues the first `n` bytes of `chunk` (`n` = 0: finish).
+    /// Queues the first `n` bytes of `chunk` (`n` = 0: finish), waiting for room in
+    /// the queue or for a cancel, whichever comes first (woken, not polled).
     fn send(&mut self, chunk: Vec<u8>, n: usize, cancel: &Cancel) -> Result<(), BackupError> {
         cancel.check()?;
         let tx = self
             .tx
             .as_ref()
             .ok_or_else(|| err("internal error: finished"))?;
-        let mut chunk = (chunk, n);
-        loop {
-            match tx.try_send(chunk) {
-                Ok(()) => return Ok(()),
-                Err(std::sync::mpsc::TrySendError::Full(c)) => {
-                    cancel.check()?;
-                    chunk = c;
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
-                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(self.failure()),
+        let sent = self.rt.block_on(async {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => None,
+                r = tx.send((chunk, n)) => Some(r.is_ok()),
             }
+        });
+        match sent {
+            None => cancel.check(),
+            Some(true) => Ok(()),
+            Some(false) => Err(self.failure()),
         }
     }
 
     fn finish(mut self, cancel: &Cancel) -> Result<(), BackupError> {
         self.send(Vec::new(), 0, cancel)?;
         self.tx = None;
-        loop {
-            cancel.check()?;
-            match self.done.recv_timeout(std::time::Duration::from_millis(50)) {
-                Ok(r) => return r,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(err("writing the backup: the compressor stopped"))
-                }
+        let rt = self.rt.clone();
+        let done = &mut self.done;
+        rt.block_on(async {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => cancel.check(),
+                r = done => r.unwrap_or_else(|_| Err(err("writing the backup: the compressor stopped"))),
             }
-        }
+        })
     }
 }

@@ -58,8 +58,10 @@ pub enum BackupKind {
     Failed,
     /// Invalid settings or arguments (exit 2).
     Usage,
-    /// Stopped by a signal or the stop grace (exit 1; the commands give 128+N).
+    /// Cancelled by a signal or the stop grace, where it was running (exit 1).
     Cancelled,
+    /// A command stopped by signal N, as the command reports it (exit 128+N).
+    Stopped(i32),
 }
 
 impl Kind for BackupKind {
@@ -67,6 +69,7 @@ impl Kind for BackupKind {
         match self {
             BackupKind::Usage => 2,
             BackupKind::Failed | BackupKind::Cancelled => 1,
+            BackupKind::Stopped(sig) => (128 + sig).clamp(0, 255) as u8,
         }
     }
 }
@@ -76,6 +79,11 @@ pub type BackupError = Error<BackupKind>;
 
 pub(crate) fn err(msg: impl Into<String>) -> BackupError {
     BackupError::new(BackupKind::Failed, crate::redact::text(&msg.into()))
+}
+
+/// An operation stopped by a signal or the stop grace.
+pub(crate) fn cancelled(msg: impl Into<String>) -> BackupError {
+    BackupError::new(BackupKind::Cancelled, crate::redact::text(&msg.into()))
 }
 
 /// Settings that cannot be used, as a backup error (exit 2).
@@ -206,7 +214,7 @@ impl Cancel {
     pub fn check(&self) -> Result<(), BackupError> {
         if self.is_cancelled() {
             let reason = self.reason.lock().map(|r| r.clone()).unwrap_or_default();
-            Err(err(format!("cancelled: {reason}")))
+            Err(cancelled(format!("cancelled: {reason}")))
         } else {
             Ok(())
         }
@@ -223,7 +231,9 @@ impl Cancel {
     fn kill_child(&self) {
         let pid = self.child.load(Ordering::SeqCst);
         if pid > 0 {
-            crate::process::kill(pid, nix::libc::SIGTERM);
+            if let Err(e) = crate::process::kill(pid, nix::libc::SIGTERM) {
+                tracing::warn!("cannot stop the running tool (pid {pid}): {e}");
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tracing::{info, warn};
 
-use super::archive::{self, Destinations, Dump, Outcome};
+use super::archive::{self, Destinations, Dump, Outcome, Stored};
 use super::catalog::{self, Backup, Reading, Side};
 use super::manifest::{self, Manifest};
 use super::retention::{self, Decision, Item};
@@ -446,15 +446,12 @@ impl Runner {
                         o.manifest.name,
                         catalog::human_size(o.manifest.dump_bytes),
                         catalog::human_size(o.manifest.size),
-                        o.stored.join(" and ")
+                        o.places()
                     );
                     for e in &o.errors {
                         fail(
                             &mut r,
-                            format!(
-                                "{what}: {e} (the copy in {} is kept)",
-                                o.stored.join(" and ")
-                            ),
+                            format!("{what}: {e} (the copy in {} is kept)", o.places()),
                         );
                     }
                     r.made.push(o);
@@ -466,8 +463,8 @@ impl Runner {
             for o in &r.made.clone() {
                 let b = Backup {
                     manifest: o.manifest.clone(),
-                    local: o.stored.iter().any(|s| !s.starts_with("s3://")),
-                    remote: o.stored.iter().any(|s| s.starts_with("s3://")),
+                    local: o.stored.iter().any(|s| matches!(s, Stored::Local(_))),
+                    remote: o.stored.iter().any(|s| matches!(s, Stored::S3(_))),
                 };
                 let from = if b.local { Side::Local } else { Side::S3 };
                 match catalog::verify(
@@ -567,7 +564,7 @@ impl Runner {
         let cleaned = self.rt.block_on(async {
             tokio::select! {
                 r = self.clean_up(s3, &ours, now) => r,
-                _ = cancel.cancelled() => Err(err("cancelled")),
+                _ = cancel.cancelled() => Err(super::cancelled("cancelled")),
             }
         });
         if let Err(e) = cleaned {

@@ -617,7 +617,7 @@ impl Upload {
                 .cancel
                 .check()
                 .err()
-                .unwrap_or_else(|| err("cancelled"));
+                .unwrap_or_else(|| super::cancelled("cancelled"));
             self.failed = Some(e.clone());
             return Err(e);
         }

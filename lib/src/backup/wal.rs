@@ -272,13 +272,13 @@ fn ship(runner: &Runner, target: &PgTarget, server: &Server, tools: &Tools, spoo
                 if let Err(e) = std::fs::remove_file(&path) {
                     warn!("WAL {f}: stored, but not removed from the spool: {e}");
                 }
-                info!("WAL {f} stored in {}", o.stored.join(" and "));
+                info!("WAL {f} stored in {}", o.places());
             }
             Ok(o) => {
                 warn!(
                     "WAL {f}: {} (kept in the spool; the copy in {} is stored)",
                     o.errors.join("; "),
-                    o.stored.join(" and ")
+                    o.places()
                 );
                 return;
             }

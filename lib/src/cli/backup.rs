@@ -222,27 +222,9 @@ pub fn supervisor_grace(args: impl IntoIterator<Item = OsString>) -> std::time::
     grace + std::time::Duration::from_secs(5)
 }
 
-/// Why a command ended without success: the message (empty when already reported)
-/// and the exit status.
-#[derive(Debug)]
-pub struct Failed {
-    pub message: String,
-    pub code: u8,
-}
-
-impl From<BackupError> for Failed {
-    fn from(e: BackupError) -> Self {
-        Failed {
-            code: e.exit_code(),
-            message: e.message().to_string(),
-        }
-    }
-}
-
-/// The exit status of a command stopped by a signal.
-fn stopped(first_signal: &Mutex<Option<i32>>) -> Option<u8> {
-    let sig = first_signal.lock().ok().and_then(|s| *s)?;
-    Some((128 + sig).clamp(0, 255) as u8)
+/// The signal that stopped a command, if one did.
+fn stopped(first_signal: &Mutex<Option<i32>>) -> Option<i32> {
+    first_signal.lock().ok().and_then(|s| *s)
 }
 
 /// The age identities of `BACKUP_AGE_IDENTITY`, for reading encrypted backups.
@@ -342,7 +324,10 @@ fn daemon_drills(m: &Matches<Flag>, settings: &Settings) -> Result<DaemonDrills,
 
 /// Runs `command` with the settings of `m` (flags, else the environment); returns
 /// the exit status.
-pub fn exec(command: &Command, m: &Matches<Flag>) -> Result<u8, Failed> {
+/// A command ends with an error whose kind gives the exit status (a usage error 2, a
+/// failure 1, a stop by signal N 128+N) and whose message is printed once, by the
+/// binary's main (empty: already reported).
+pub fn exec(command: &Command, m: &Matches<Flag>) -> Result<u8, BackupError> {
     let settings = Settings::load(m).map_err(usage)?;
     // run by hand: a person may watch the progress on a terminal (never the daemon)
     if !matches!(command, Command::Daemon) {
@@ -385,8 +370,7 @@ pub fn exec(command: &Command, m: &Matches<Flag>) -> Result<u8, Failed> {
     {
         return Err(usage(invalid(
             "no backups to read: set BACKUP_DIR and/or BACKUP_S3_BUCKET",
-        ))
-        .into());
+        )));
     }
     let (stop, cancel) = (Arc::new(Stop::default()), Arc::new(Cancel::new()));
     let mode = match command {
@@ -396,10 +380,8 @@ pub fn exec(command: &Command, m: &Matches<Flag>) -> Result<u8, Failed> {
     let first_signal = daemon::watch_signals(mode, stop.clone(), cancel.clone());
     let runner = Runner::new(settings, cancel.clone())?;
     let was_stopped = |message: &str| {
-        stopped(&first_signal).map(|code| Failed {
-            message: message.to_string(),
-            code,
-        })
+        stopped(&first_signal)
+            .map(|sig| BackupError::new(BackupKind::Stopped(sig), message.to_string()))
     };
     match command {
         Command::Daemon => {
@@ -425,7 +407,7 @@ pub fn exec(command: &Command, m: &Matches<Flag>) -> Result<u8, Failed> {
             if r.failures.is_empty() {
                 Ok(0)
             } else {
-                Err(err(format!("backup failed: {}", r.failures.join("; "))).into())
+                Err(err(format!("backup failed: {}", r.failures.join("; "))))
             }
         }
         Command::Base => {
@@ -440,19 +422,22 @@ pub fn exec(command: &Command, m: &Matches<Flag>) -> Result<u8, Failed> {
                 o.manifest.name,
                 catalog::human_size(o.manifest.dump_bytes),
                 catalog::human_size(o.manifest.size),
-                o.stored.join(" and "),
+                o.places(),
                 wal.map_or("?", |w| &w.start),
                 wal.map_or("?", |w| &w.end),
                 wal.map_or(0, |w| w.timeline)
             );
             for e in &o.errors {
-                tracing::warn!("{e} (the copy in {} is kept)", o.stored.join(" and "));
+                tracing::warn!("{e} (the copy in {} is kept)", o.places());
             }
             println!("{}", o.manifest.name);
             if o.errors.is_empty() {
                 Ok(0)
             } else {
-                Err(err(format!("base backup incomplete: {}", o.errors.join("; "))).into())
+                Err(err(format!(
+                    "base backup incomplete: {}",
+                    o.errors.join("; ")
+                )))
             }
         }
         Command::Recover { to, data_dir, from } => {
@@ -579,8 +564,7 @@ pub fn exec(command: &Command, m: &Matches<Flag>) -> Result<u8, Failed> {
                     "drill of {} failed: {}",
                     o.backup,
                     o.drill.problems.join("; ")
-                ))
-                .into())
+                )))
             }
         }
         Command::Restore {
