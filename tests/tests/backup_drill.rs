@@ -650,3 +650,58 @@ fn a_daemon_drill_waits_for_a_drill_server_that_is_still_starting() {
     let r = dockhand_tests::run::finish(daemon, Duration::from_secs(60));
     assert_eq!(r.code, Some(0), "{}", r.output());
 }
+
+/// A drill reads the copy in S3 as a restore does: S3 only (no folder), and `--from
+/// s3` when the folder has a copy too; the counts compared are the manifest's.
+#[test]
+fn a_drill_from_s3_restores_the_copy_in_the_bucket() {
+    use dockhand_tests::s3::S3;
+    let pg = Postgres::start();
+    good(&pg);
+    let s3 = S3::shared();
+    let bucket = s3.bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let url = pg.url();
+    let endpoint = s3.endpoint();
+    let s3_only = [
+        ("DIRECT_URL", url.as_str()),
+        ("BACKUP_S3_BUCKET", bucket.as_str()),
+        ("BACKUP_S3_PREFIX", "drills"),
+        ("BACKUP_S3_ENDPOINT", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", s3.access_key),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_key),
+        ("AWS_REGION", s3.region),
+    ];
+    assert_eq!(backup(&["now"], &s3_only).code, Some(0));
+    let before = databases(&pg);
+    let r = backup(&["drill", "latest"], &s3_only);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(
+        r.stderr.contains("every table's rows as in the backup"),
+        "the drill compared the counts of the manifest in S3: {}",
+        r.output()
+    );
+    r.assert_no_secret(&pg.password);
+    r.assert_no_secret(s3.secret_key);
+    assert_eq!(databases(&pg), before, "the scratch database was left");
+
+    // with a folder too: --from s3 reads the bucket's copy, and a copy that is gone
+    // from the bucket is never taken from the folder instead
+    let mut both = s3_only.to_vec();
+    both.push(("BACKUP_DIR", d));
+    assert_eq!(backup(&["now"], &both).code, Some(0));
+    let r = backup(&["drill", "latest", "--from", "s3", "--jobs", "1"], &both);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    let m = manifests(dir.path()).pop().unwrap();
+    let (status, _) = s3.request("DELETE", &format!("/{bucket}/drills/{}", m.file), b"");
+    assert!((200..300).contains(&status), "{status}");
+    // a backup whose object is gone is not a backup in S3: by name it fails, and
+    // `latest` is the newest one complete there
+    let r = backup(&["drill", &m.name, "--from", "s3"], &both);
+    assert_eq!(r.code, Some(1), "{}", r.output());
+    let r = backup(&["drill", "latest", "--from", "s3"], &both);
+    assert_eq!(r.code, Some(0), "{}", r.output());
+    assert!(!r.stderr.contains(&m.name), "{}", r.output());
+    assert_eq!(databases(&pg), before, "a failed drill leaves nothing");
+}
