@@ -234,6 +234,20 @@ impl Setting {
         }
     }
 
+    /// What it means, after the commands that take it when its doc does not name
+    /// them first (`` `daemon`, `now`: ...``), as help and the README say it.
+    fn doc_with_commands(&self) -> String {
+        let said = self
+            .commands
+            .first()
+            .is_some_and(|c| self.doc.starts_with(&format!("`{c}`")));
+        if self.commands.is_empty() || said {
+            return self.doc.to_string();
+        }
+        let names: Vec<String> = self.commands.iter().map(|c| format!("`{c}`")).collect();
+        format!("{}: {}", names.join(", "), self.doc)
+    }
+
     /// The env column, in Markdown.
     fn env_markdown(&self) -> String {
         if !self.env_shown.is_empty() {
@@ -277,7 +291,7 @@ pub fn markdown(table: &[Setting], section: &str) -> String {
             flag,
             s.env_markdown(),
             s.default_markdown(),
-            s.doc.to_string(),
+            s.doc_with_commands(),
         ] {
             if cell.is_empty() {
                 row.push_str(" |");
@@ -320,17 +334,9 @@ pub fn help(intro: &str, table: &[Setting], outro: &str) -> String {
             "(required)" => notes.push("required".into()),
             d => notes.push(format!("default {d}")),
         }
-        let mut doc = plain(s.doc);
+        let mut doc = plain(&s.doc_with_commands());
         if matches!(s.arg, Arg::Help) {
             doc = "this help, the version".into();
-        }
-        // (a command's own flag says so in its doc already)
-        let said = s
-            .commands
-            .first()
-            .is_some_and(|c| s.doc.starts_with(&format!("`{c}`")));
-        if !s.commands.is_empty() && !said {
-            doc = format!("{}: {doc}", s.commands.join(", "));
         }
         if !notes.is_empty() {
             doc = format!("{doc} [{}]", notes.join(", "));

@@ -52,6 +52,8 @@ pub mod supervise;
 
 #[cfg(feature = "backup")]
 pub mod backup;
+#[cfg(any(feature = "startup", feature = "backup"))]
+pub mod digest;
 #[cfg(feature = "startup")]
 pub mod migrate;
 #[cfg(any(feature = "startup", feature = "backup"))]

@@ -379,3 +379,38 @@ fn pass_on(running: &crate::process::ChildGroup, sig: i32) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_exits_with_its_documented_status() {
+        assert_eq!(config("x").exit_code(), 2);
+        assert_eq!(StartupError::new(StartupKind::Wait, "x").exit_code(), 3);
+        assert_eq!(StartupError::new(StartupKind::Migrate, "x").exit_code(), 4);
+        assert_eq!(
+            StartupError::new(StartupKind::Privileges, "x").exit_code(),
+            5
+        );
+        let e = stopped_by(libc::SIGTERM);
+        assert_eq!(e.exit_code(), 143);
+        assert_eq!(e.message(), "SIGTERM during start-up: stopped");
+    }
+
+    #[test]
+    fn the_direct_url_is_checked_before_anything_connects() {
+        let e = direct_target(None, "--migrations").unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.message().contains("needs DIRECT_URL"), "{e}");
+        let e = direct_target(Some("postgres://u:s3cret@h:port/db"), "x").unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(!e.message().contains("s3cret"), "{e}");
+        let e = direct_target(Some("postgres://u:s3cret@h/db?sslmode=bogus"), "x").unwrap_err();
+        assert!(e.message().starts_with("DIRECT_URL "), "{e}");
+        assert!(!e.message().contains("s3cret"), "{e}");
+        let (raw, t) = direct_target(Some("postgres://u:p@h:6543/db"), "x").unwrap();
+        assert_eq!(raw, "postgres://u:p@h:6543/db");
+        assert_eq!(t.dbname(), "db");
+    }
+}

@@ -663,3 +663,110 @@ pub unsafe fn supervise_self(
     };
     Some(run(&opts, &signals))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(stop_delay: Duration, rewrite: Vec<(i32, i32)>) -> Options {
+        Options {
+            command: vec!["sleep".into(), "30".into()],
+            process_group: false,
+            rewrite,
+            stop_delay,
+            grace: Duration::from_secs(10),
+            remap_exit: vec![(143, 0)],
+            user: None,
+        }
+    }
+
+    /// A child standing in for the app, and the supervisor's view of it (reaped with
+    /// waitpid, as the supervisor reaps).
+    #[allow(clippy::zombie_processes)]
+    fn with_app(o: &Options, test: impl FnOnce(&Supervisor, Pid)) {
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let main = Pid::from_raw(child.id() as i32);
+        let sup = Supervisor {
+            opts: o,
+            main,
+            pid1: false,
+            tty: false,
+        };
+        test(&sup, main);
+        let _ = process::kill(main.as_raw(), libc::SIGKILL);
+        let _ = waitpid(main, None);
+    }
+
+    fn still_running(pid: Pid) -> bool {
+        matches!(
+            waitpid(pid, Some(WaitPidFlag::WNOHANG)),
+            Ok(WaitStatus::StillAlive)
+        )
+    }
+
+    #[test]
+    fn rewrites_and_exit_remaps_apply_as_given() {
+        let table = [(libc::SIGUSR1, libc::SIGHUP), (libc::SIGWINCH, 0)];
+        assert_eq!(rewrite(&table, libc::SIGUSR1), libc::SIGHUP);
+        assert_eq!(rewrite(&table, libc::SIGWINCH), 0);
+        assert_eq!(rewrite(&table, libc::SIGTERM), libc::SIGTERM);
+        let o = opts(Duration::ZERO, Vec::new());
+        with_app(&o, |sup, _| {
+            assert_eq!(sup.exit_code(143), 0);
+            assert_eq!(sup.exit_code(3), 3);
+        });
+    }
+
+    #[test]
+    fn sigterm_passes_on_at_once_and_starts_the_grace() {
+        let o = opts(Duration::ZERO, Vec::new());
+        with_app(&o, |sup, main| {
+            let mut interrupts = 0;
+            let state = sup.on_signal(libc::SIGTERM, Shutdown::Running, false, &mut interrupts);
+            assert!(matches!(state, Shutdown::Stopping { .. }), "{state:?}");
+            assert_eq!(
+                waitpid(main, None).unwrap(),
+                WaitStatus::Signaled(main, Signal::SIGTERM, false)
+            );
+        });
+    }
+
+    #[test]
+    fn a_held_sigterm_waits_for_its_delay_or_a_second_one() {
+        let o = opts(Duration::from_secs(60), Vec::new());
+        with_app(&o, |sup, main| {
+            let mut interrupts = 0;
+            let state = sup.on_signal(libc::SIGTERM, Shutdown::Running, false, &mut interrupts);
+            assert!(matches!(state, Shutdown::Delayed { .. }), "{state:?}");
+            // the deadline has not come: nothing is sent
+            let state = sup.on_deadline(state, true);
+            assert!(matches!(state, Shutdown::Delayed { .. }), "{state:?}");
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(still_running(main));
+            // a second SIGTERM ends the delay
+            let state = sup.on_signal(libc::SIGTERM, state, false, &mut interrupts);
+            assert!(matches!(state, Shutdown::Stopping { .. }), "{state:?}");
+            assert_eq!(
+                waitpid(main, None).unwrap(),
+                WaitStatus::Signaled(main, Signal::SIGTERM, false)
+            );
+        });
+    }
+
+    #[test]
+    fn a_signal_rewritten_to_0_is_dropped_and_sigchld_is_never_forwarded() {
+        let o = opts(Duration::ZERO, vec![(libc::SIGTERM, 0)]);
+        with_app(&o, |sup, main| {
+            let mut interrupts = 0;
+            let state = sup.on_signal(libc::SIGTERM, Shutdown::Running, false, &mut interrupts);
+            assert_eq!(state, Shutdown::Running);
+            let state = sup.on_signal(libc::SIGCHLD, state, false, &mut interrupts);
+            assert_eq!(state, Shutdown::Running);
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(still_running(main), "a dropped signal reached the app");
+        });
+    }
+}

@@ -173,17 +173,16 @@ impl Url {
     }
 }
 
+/// What [`encode`] leaves as it is: the unreserved characters of RFC 3986.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encodes everything but unreserved characters (RFC 3986).
 pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
 /// Display is always redacted: the password becomes `***`, and so do the values of
@@ -286,28 +285,10 @@ fn userinfo_end(scheme: &str, rest: &str) -> Option<usize> {
 /// kept as it is (generated passwords hold bare `%`), and so are bytes that would not
 /// decode to UTF-8.
 pub fn decode_lenient(s: &str) -> String {
-    decode(s).unwrap_or_else(|| {
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            let hex = s
-                .get(i + 1..i + 3)
-                .filter(|_| b[i] == b'%')
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            match hex {
-                Some(v) => {
-                    out.push(v);
-                    i += 3;
-                }
-                None => {
-                    out.push(b[i]);
-                    i += 1;
-                }
-            }
-        }
-        String::from_utf8(out).unwrap_or_else(|_| s.to_string())
-    })
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .unwrap_or_else(|_| s.to_string())
 }
 
 fn parse_host_port(part: &str, fail: &dyn Fn(&str) -> UrlError) -> Result<HostPort, UrlError> {
@@ -381,19 +362,21 @@ pub fn pg_foreign_param(key: &str) -> Option<&'static str> {
 /// Percent-decodes; `None` on a malformed escape or invalid UTF-8.
 pub fn decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+    let escapes_valid = b
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == b'%')
+        .all(|(i, _)| {
+            b.get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+        });
+    if !escapes_valid {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
 
 #[cfg(test)]

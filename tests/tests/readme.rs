@@ -130,6 +130,32 @@ fn help_comes_from_the_same_tables() {
             }
         }
     }
+    // healthcheck's target forms and exit statuses are worded in README as in --help
+    let help = healthcheck::help();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for form in help
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.contains("://"))
+    {
+        assert!(
+            readme.contains(&format!("`{form}`")),
+            "README lacks the target form {form}"
+        );
+    }
+    for said in [
+        "0 every target healthy",
+        "1 a target is unhealthy, or the arguments or\nenvironment are invalid",
+        "Never 2 (Docker reserves it)",
+    ] {
+        assert!(help.contains(said), "healthcheck --help: {said}");
+        let row = said.replace("\n", " ").replacen(
+            ' ',
+            " | ",
+            usize::from(said.starts_with(char::is_numeric)),
+        );
+        assert!(readme.contains(&row), "README: {row}");
+    }
     // a command's own flag names its command once ("daemon: the daemon: ..." was
     // printed for two rows)
     let help = backup::help();

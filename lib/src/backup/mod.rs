@@ -103,10 +103,7 @@ pub(crate) fn io_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> Backu
     }
 }
 
-/// Hex of a digest.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use crate::digest::hex;
 
 pub(crate) use crate::time::unix_now;
 

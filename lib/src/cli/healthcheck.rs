@@ -74,9 +74,11 @@ Targets (from the arguments, else from HEALTHCHECK_URL, space- or comma-separate
   http://HOST[:PORT]/PATH    GET; healthy on 2xx (see --expect-status, --expect-body)
   https://...                the same over TLS (rustls; system CAs or built-in roots)
   tcp://HOST:PORT            the port accepts a connection
-  postgres://USER:PW@HOST[:PORT]/DB[?sslmode=...]
+  postgres://USER:PW@HOST[:PORT][,HOST2...]/DB[?sslmode=...]
                              connects, authenticates and runs SELECT 1
-  redis://[:PW@]HOST[:PORT]  PING answers PONG (rediss:// for TLS)
+  redis://[[USER]:PW@]HOST[:PORT]
+                             PING answers PONG (AUTH first with a password;
+                             rediss:// for TLS)
   file:///PATH[?max-age=26h] the file exists (and was modified within max-age)
 
 Options (each with its environment variable):
@@ -84,7 +86,8 @@ Options (each with its environment variable):
 
 const OUTRO: &str = "
 Any variable may be given as NAME_FILE, the path of a file holding its value.
-Exit status: 0 healthy, 1 unhealthy or invalid arguments. Never 2 (reserved by Docker).
+Exit status: 0 every target healthy; 1 a target is unhealthy, or the arguments or
+environment are invalid. Never 2 (Docker reserves it).
 ";
 
 /// `--help`.

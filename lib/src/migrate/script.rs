@@ -8,13 +8,7 @@ use std::path::Path;
 use super::failure::{err, MigrateError};
 
 /// Lowercase hex SHA-256 (the checksum Prisma and drizzle record).
-pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub(crate) use crate::digest::sha256_hex as hex_sha256;
 
 /// Reads a migration file: its text and the lowercase hex SHA-256 of its bytes as they
 /// are (what drizzle and Prisma record). `hint` is added to a read error.
