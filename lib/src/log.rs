@@ -150,8 +150,10 @@ impl Subscriber for LineSubscriber {
                 s
             }
         };
-        let line = crate::redact::text(&line);
-        let _ = writeln!(std::io::stderr().lock(), "{line}");
+        let mut line = crate::redact::text(&line);
+        // one write(2) per line (stderr is unbuffered: writeln! would make two)
+        line.push('\n');
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
     fn enter(&self, _: &Id) {}
     fn exit(&self, _: &Id) {}

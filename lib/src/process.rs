@@ -59,6 +59,15 @@ mod pid1 {
         }
     }
 
+    /// Ends the process at once with `code`, as tini does: no destructors, no atexit
+    /// handlers, no runtime clean-up (three system calls fewer on the way out). For the
+    /// supervisor's end only: it holds nothing to flush (log lines are written whole to
+    /// unbuffered stderr, stdout is not used).
+    pub fn exit_now(code: i32) -> ! {
+        // SAFETY: _exit(2) has no memory-safety preconditions and does not return.
+        unsafe { libc::_exit(code) }
+    }
+
     /// Replaces this process with a fresh copy of itself, run with `first` put before
     /// its original arguments: the memory of what ran before is gone, the PID (1)
     /// stays, and the blocked and pending signals carry over, as do (for the app) the

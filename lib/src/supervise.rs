@@ -132,7 +132,11 @@ pub fn run(opts: &Options, signals: &SigSet) -> Result<i32, SpawnError> {
         tty,
     };
     shed_code_pages();
-    Ok(sup.supervise(&sfd))
+    let code = sup.supervise(&sfd);
+    // The process ends right after (at once, for the entrypoint): leave the signalfd
+    // to the kernel instead of one more close(2) on the way out.
+    std::mem::forget(sfd);
+    Ok(code)
 }
 
 /// Every signal pending now, from the signalfd and the fault-signal pipe.
@@ -151,6 +155,16 @@ fn rewrite(table: &[(i32, i32)], sig: i32) -> i32 {
         .iter()
         .find(|(from, _)| *from == sig)
         .map_or(sig, |(_, to)| *to)
+}
+
+/// The size of one `signalfd_siginfo` as the kernel writes it.
+const SIGINFO: usize = std::mem::size_of::<libc::signalfd_siginfo>();
+
+/// Reads whole `signalfd_siginfo` records into `buf`; the bytes read (0 when none is
+/// pending: the signalfd is non-blocking).
+#[inline(always)]
+fn read_signals(sfd: &SignalFd, buf: &mut [u8]) -> usize {
+    nix::unistd::read(sfd, buf).unwrap_or(0)
 }
 
 struct Supervisor<'a> {
@@ -186,39 +200,52 @@ impl Supervisor<'_> {
                 if matches!(state, Shutdown::Running | Shutdown::Delayed { .. }) {
                     state = self.begin_shutdown();
                 }
+                // (when it told no one, nothing else lived a moment ago: no second look)
+                let mut alone = false;
                 if !others_told {
                     others_told = true;
-                    self.stop_the_rest(code, no_children);
+                    alone = self.stop_the_rest(code, no_children) == 0;
                 }
-                if no_children && !self.strays_remain() {
+                if no_children && (alone || !self.strays_remain()) {
                     return self.exit_code(code);
                 }
             }
             state = self.on_deadline(state, status.is_none());
-            self.sleep(sfd, state, status.is_some() && no_children);
+            let (signals, faults) = self.sleep(sfd, state, status.is_some() && no_children);
             // Nothing here allocates: the idle loop touches as little code as it can
-            // (its pages fault back in after shed_code_pages, 64 KiB at a time).
-            while let Ok(Some(info)) = sfd.read_signal() {
-                state = self.on_signal(
-                    info.ssi_signo as i32,
-                    state,
-                    status.is_some(),
-                    &mut interrupts,
-                );
-            }
-            let mut buf = [0u8; 16];
-            loop {
-                let n = read_fault_pipe(&mut buf);
-                for b in &buf[..n] {
-                    state = self.on_signal(i32::from(*b), state, status.is_some(), &mut interrupts);
+            // (its pages fault back in after shed_code_pages, 64 KiB at a time). Only
+            // what poll found ready is read, up to 8 signals a read(2).
+            if signals {
+                let mut buf = [0u8; SIGINFO * 8];
+                loop {
+                    let n = read_signals(sfd, &mut buf);
+                    for info in buf[..n].chunks_exact(SIGINFO) {
+                        let sig = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+                        state =
+                            self.on_signal(sig as i32, state, status.is_some(), &mut interrupts);
+                    }
+                    if n < buf.len() {
+                        break;
+                    }
                 }
-                if n < buf.len() {
-                    break;
+            }
+            if faults {
+                let mut buf = [0u8; 16];
+                loop {
+                    let n = read_fault_pipe(&mut buf);
+                    for b in &buf[..n] {
+                        state =
+                            self.on_signal(i32::from(*b), state, status.is_some(), &mut interrupts);
+                    }
+                    if n < buf.len() {
+                        break;
+                    }
                 }
             }
         }
     }
 
+    /// The grace starts now.
     // Inlined into the loop: the idle path stays in few code pages.
     #[inline(always)]
     fn begin_shutdown(&self) -> Shutdown {
@@ -228,8 +255,9 @@ impl Supervisor<'_> {
     }
 
     /// Once the app has exited, every other process gets SIGTERM.
+    /// Returns how many it signalled (0: nothing else lives).
     #[cold]
-    fn stop_the_rest(&self, code: i32, no_children: bool) {
+    fn stop_the_rest(&self, code: i32, no_children: bool) -> usize {
         // With no child left, a subreaper has no descendant at all: skip the /proc
         // scan. As PID 1, `docker exec` strays are not children.
         // As PID 1, kill(-1, 0) says in one system call whether anything else lives.
@@ -244,6 +272,7 @@ impl Supervisor<'_> {
                 crate::duration::format(self.opts.grace)
             );
         }
+        n
     }
 
     /// Passes on a held SIGTERM when its delay is over; SIGKILLs everything when the
@@ -277,7 +306,8 @@ impl Supervisor<'_> {
     /// are not our children remain) a short poll.
     // Inlined into the loop: the idle path stays in few code pages.
     #[inline(always)]
-    fn sleep(&self, sfd: &SignalFd, state: Shutdown, waiting_for_strays: bool) {
+    /// Returns whether the signalfd and the fault pipe are readable.
+    fn sleep(&self, sfd: &SignalFd, state: Shutdown, waiting_for_strays: bool) -> (bool, bool) {
         let now = Instant::now();
         let wake = match state {
             Shutdown::Killed => Some(now + Duration::from_millis(20)),
@@ -294,20 +324,27 @@ impl Supervisor<'_> {
             .unwrap_or(PollTimeout::MAX),
         };
         let signals = PollFd::new(std::os::fd::AsFd::as_fd(sfd), PollFlags::POLLIN);
-        let polled = if let Some(pipe) = fault_pipe() {
-            poll(
-                &mut [signals, PollFd::new(pipe, PollFlags::POLLIN)],
-                timeout,
-            )
-        } else {
-            poll(&mut [signals], timeout)
-        };
-        match polled {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        let pipe = fault_pipe();
+        let mut fds = [
+            signals,
+            PollFd::new(
+                pipe.unwrap_or(std::os::fd::AsFd::as_fd(sfd)),
+                PollFlags::POLLIN,
+            ),
+        ];
+        let n = if pipe.is_some() { 2 } else { 1 };
+        match poll(&mut fds[..n], timeout) {
+            Ok(_) => {
+                let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                (ready(&fds[0]), n == 2 && ready(&fds[1]))
+            }
+            Err(nix::errno::Errno::EINTR) => (false, false),
             Err(e) => {
-                // (ENOMEM: the loop goes on, reaping and timing out, a little later)
+                // (ENOMEM: the loop goes on, reaping and timing out, a little later;
+                // both are read then, as before any poll)
                 warn!("waiting for signals failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
+                (true, true)
             }
         }
     }

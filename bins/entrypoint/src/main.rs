@@ -82,7 +82,7 @@ fn main() -> ExitCode {
         }
     }
     match supervise::run(&opts, &blocked) {
-        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Ok(code) => process::exit_now(code.clamp(0, 255)),
         Err(e) => fail(e.message(), e.exit_code()),
     }
 }
