@@ -33,37 +33,61 @@ pub fn bin_dir() -> PathBuf {
     PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"))
 }
 
+/// How the template cluster is made; part of its folder's name, so a change here (or
+/// another PostgreSQL) makes a new one.
+const TEMPLATE_ARGS: [&str; 9] = [
+    "-U",
+    "postgres",
+    "--auth-local=trust",
+    "--auth-host=scram-sha-256",
+    "-E",
+    "UTF8",
+    "--locale=C",
+    "--no-sync",
+    "--no-instructions",
+];
+
+/// The initdb'd cluster every test cluster is copied from: one per PostgreSQL binary
+/// folder and set of initdb arguments, made once in the temporary folder and shared by
+/// every test process of every run (a test process used to make its own and leave it
+/// behind). Made in a folder of its own and renamed into place, so two processes
+/// racing to make it never see half of one.
 fn template() -> &'static Path {
-    static TEMPLATE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &TEMPLATE
-        .get_or_init(|| {
-            let dir = tempfile::Builder::new()
-                .prefix("dockhand-pgtemplate-")
-                .tempdir()
-                .unwrap();
-            chown_to_service(dir.path());
-            let data = dir.path().join("data");
-            let status = service_command(bin_dir().join("initdb").to_str().unwrap())
-                .arg("-D")
-                .arg(&data)
-                .args([
-                    "-U",
-                    "postgres",
-                    "--auth-local=trust",
-                    "--auth-host=scram-sha-256",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                    "--no-sync",
-                    "--no-instructions",
-                ])
-                .stdout(std::process::Stdio::null())
-                .status()
-                .expect("initdb");
-            assert!(status.success(), "initdb failed");
-            (dir, data)
-        })
-        .1
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (bin_dir(), TEMPLATE_ARGS).hash(&mut h);
+        let base = std::env::temp_dir().join(format!("dockhand-pgtemplate-{:016x}", h.finish()));
+        let data = base.join("data");
+        if base.join("ready").exists() {
+            return data;
+        }
+        let fresh = tempfile::Builder::new()
+            .prefix("dockhand-pgtemplate-new-")
+            .tempdir()
+            .unwrap();
+        chown_to_service(fresh.path());
+        let status = service_command(bin_dir().join("initdb").to_str().unwrap())
+            .arg("-D")
+            .arg(fresh.path().join("data"))
+            .args(TEMPLATE_ARGS)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("initdb");
+        assert!(status.success(), "initdb failed");
+        std::fs::write(fresh.path().join("ready"), b"").unwrap();
+        // another process may have put its own in place meanwhile: then use that one
+        if std::fs::rename(fresh.path(), &base).is_ok() {
+            let _ = fresh.keep();
+        }
+        assert!(
+            base.join("ready").exists(),
+            "no template cluster at {}",
+            base.display()
+        );
+        data
+    })
 }
 
 pub struct Postgres {
