@@ -12,6 +12,7 @@ use tracing::warn;
 
 use super::detect::Format;
 use super::failure::{err, MigrateError, MigrateKind};
+use crate::jitter::Jitter;
 use crate::pg::{classify, PgTarget};
 
 /// What the retry may spend: `--lock-timeout`, `--ddl-lock-timeout`, `--allow-pooler`.
@@ -67,6 +68,7 @@ pub(super) async fn apply_with_retries(
         None => 0,
     };
     let mut delay = Duration::from_millis(200);
+    let mut jitter = Jitter::new();
     let mut attempt = 1;
     loop {
         let blockers = std::cell::RefCell::new(String::new());
@@ -103,7 +105,7 @@ pub(super) async fn apply_with_retries(
                     crate::duration::format(ddl),
                     crate::duration::format(delay)
                 );
-                tokio::time::sleep(jitter(delay)).await;
+                tokio::time::sleep(jitter.apply(delay)).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
                 attempt += 1;
             }
@@ -113,14 +115,6 @@ pub(super) async fn apply_with_retries(
 
 async fn unreachable_pending() -> Result<(), MigrateError> {
     std::future::pending().await
-}
-
-/// ±25 %, from the clock (no randomness crate).
-fn jitter(d: Duration) -> Duration {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| t.subsec_nanos());
-    d.mul_f64(0.75 + f64::from(n % 1000) / 2000.0)
 }
 
 /// Polls, every 250 ms, which sessions block `pid`, and keeps the latest answer as one
