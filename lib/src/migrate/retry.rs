@@ -41,32 +41,7 @@ pub(super) async fn apply_with_retries(
     mut apply: impl AsyncFnMut(&mut Client) -> Result<(), MigrateError>,
 ) -> Result<(), MigrateError> {
     let ddl = limits.ddl_lock_timeout;
-    if limits.allow_pooler && !ddl.is_zero() && format == Some(Format::Prisma) {
-        warn!("--allow-pooler: --ddl-lock-timeout is not applied to Prisma migrations (they run outside a transaction, and a SET through a transaction pooler would stay on a pooled connection the app uses next)");
-    }
-    // Through a pooler a session SET would land on whichever server connection runs it
-    // and stay there for the app's queries: refinery and drizzle set it per transaction
-    // instead (see `local_lock_timeout`).
-    if !ddl.is_zero() && format.is_some() && !limits.allow_pooler {
-        client
-            .batch_execute(&format!("SET lock_timeout = '{}ms'", ddl.as_millis()))
-            .await
-            .map_err(|e| err(format!("setting lock_timeout: {}", classify(&e))))?;
-    }
-    // A second connection watches who blocks us while a statement waits.
-    let watcher = if ddl.is_zero() || format.is_none() {
-        None
-    } else {
-        target.connect().await.ok()
-    };
-    let our_pid: i32 = match &watcher {
-        Some(_) => client
-            .query_typed_one("SELECT pg_backend_pid()", &[])
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or(0),
-        None => 0,
-    };
+    let (watcher, our_pid) = prepare(client, target, limits, format).await?;
     let mut delay = Duration::from_millis(200);
     let mut jitter = Jitter::new();
     let mut attempt = 1;
@@ -111,6 +86,45 @@ pub(super) async fn apply_with_retries(
             }
         }
     }
+}
+
+/// Sets up the attempts: `lock_timeout` on `client`'s session where a session `SET` is
+/// safe, and a second connection that watches who blocks it, with `client`'s backend
+/// pid (none, and 0, when no statement waits on a lock timeout).
+async fn prepare(
+    client: &Client,
+    target: &PgTarget,
+    limits: Limits,
+    format: Option<Format>,
+) -> Result<(Option<Client>, i32), MigrateError> {
+    let ddl = limits.ddl_lock_timeout;
+    if limits.allow_pooler && !ddl.is_zero() && format == Some(Format::Prisma) {
+        warn!("--allow-pooler: --ddl-lock-timeout is not applied to Prisma migrations (they run outside a transaction, and a SET through a transaction pooler would stay on a pooled connection the app uses next)");
+    }
+    // Through a pooler a session SET would land on whichever server connection runs it
+    // and stay there for the app's queries: refinery and drizzle set it per transaction
+    // instead (see `local_lock_timeout`).
+    if !ddl.is_zero() && format.is_some() && !limits.allow_pooler {
+        client
+            .batch_execute(&format!("SET lock_timeout = '{}ms'", ddl.as_millis()))
+            .await
+            .map_err(|e| err(format!("setting lock_timeout: {}", classify(&e))))?;
+    }
+    // A second connection watches who blocks us while a statement waits.
+    let watcher = if ddl.is_zero() || format.is_none() {
+        None
+    } else {
+        target.connect().await.ok()
+    };
+    let our_pid: i32 = match &watcher {
+        Some(_) => client
+            .query_typed_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0),
+        None => 0,
+    };
+    Ok((watcher, our_pid))
 }
 
 async fn unreachable_pending() -> Result<(), MigrateError> {
