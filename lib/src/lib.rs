@@ -8,7 +8,7 @@
 //! against it and calls these modules. Dependencies run one way (a test checks it):
 //!
 //! - leaves: [`error`] (the one error shape), [`redact`], [`time`], [`duration`],
-//!   [`files`], [`output`];
+//!   [`files`], [`output`], [`jitter`];
 //! - the base: [`config`] (settings from the environment and `NAME_FILE`), [`url`],
 //!   [`log`], [`process`], [`signals`], [`privileges`];
 //! - talking to services: [`net`], [`tls`], [`http`], [`pg`], then [`probe`] and
@@ -25,6 +25,7 @@ pub mod duration;
 pub mod error;
 pub mod files;
 pub mod flags;
+pub mod jitter;
 pub mod log;
 pub mod output;
 pub mod process;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 use crate::duration;
+use crate::jitter::Jitter;
 use crate::net::{self, NetError};
 use crate::probe::{self, HttpOptions, Target};
 
@@ -25,27 +26,6 @@ enum State {
     Waiting(String),
     Ready,
     Failed(String),
-}
-
-/// A small xorshift generator for jitter (no need for a crate).
-struct Jitter(u64);
-
-impl Jitter {
-    fn new() -> Jitter {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-            ^ (u64::from(std::process::id()) << 32);
-        Jitter(seed | 1)
-    }
-    /// `d` scaled by a factor in [0.75, 1.25).
-    fn apply(&mut self, d: Duration) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        let f = 0.75 + (self.0 % 1000) as f64 / 2000.0;
-        d.mul_f64(f)
-    }
 }
 
 /// Waits until every target is healthy, or fails at the first permanent error or when
@@ -180,22 +160,5 @@ async fn wait_one(
         }
         tokio::time::sleep(jitter.apply(delay)).await;
         delay = (delay * 2).min(MAX_RETRY);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_in_bounds() {
-        let mut j = Jitter::new();
-        for _ in 0..1000 {
-            let d = j.apply(Duration::from_millis(1000));
-            assert!(
-                d >= Duration::from_millis(750) && d < Duration::from_millis(1250),
-                "{d:?}"
-            );
-        }
     }
 }

@@ -178,6 +178,9 @@ impl<'a> Visit<'a> for Paths {
         self.inline.pop();
     }
 
+    // `pub(super)`, `pub(in crate::x)`: who may see an item, not a module it uses
+    fn visit_visibility(&mut self, _: &'a syn::Visibility) {}
+
     fn visit_path(&mut self, p: &'a syn::Path) {
         self.push(p.segments.iter().map(|s| s.ident.to_string()).collect());
         syn::visit::visit_path(self, p);
@@ -440,6 +443,19 @@ fn a_cycle_through_a_path_after_a_string_is_found() {
         r#"pub fn s() -> String { format!("{}", "s3://crate::"); format!("{:?}", crate::b::b()) }"#,
     )]);
     assert!(check(&s).unwrap_err().contains("among the lib's modules"));
+}
+
+#[test]
+fn a_visibility_is_no_dependency() {
+    // g/mod.rs calls its child z, whose items are `pub(super)`: no way back to mod.rs
+    let mut s = Sources::new();
+    s.insert(vec![], "pub mod g;".into());
+    s.insert(vec!["g".into()], "mod z; pub fn h() { z::z(); }".into());
+    s.insert(
+        vec!["g".into(), "z".into()],
+        "pub(super) fn z() {} pub(in crate::g) fn v() {}".into(),
+    );
+    assert_eq!(check(&s), Ok(()));
 }
 
 #[test]
