@@ -551,3 +551,267 @@ fn a_slot_holding_more_wal_than_the_limit_is_warned_about_and_bad_wal_settings_r
         assert!(r.stderr.contains(name), "{}", r.stderr);
     }
 }
+
+/// Starts `backup daemon` with `e`, its output collected.
+fn start_daemon(e: &[(String, String)]) -> std::process::Child {
+    let env_ref: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    dockhand_tests::run::command(&bin("backup"), &["daemon"], &env_ref)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops a daemon with SIGTERM; its output.
+fn stop_daemon(child: std::process::Child) -> Run {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    dockhand_tests::run::finish(child, Duration::from_secs(60))
+}
+
+/// The stored partials of segments in `dir`: (segment, data file), oldest first.
+fn stored_partials(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut v: Vec<(i64, String, String, std::path::PathBuf)> = files(dir)
+        .iter()
+        .filter(|f| f.starts_with("_wal-") && f.ends_with(".manifest.json"))
+        .filter_map(|f| {
+            let m = Manifest::from_json(&std::fs::read_to_string(dir.join(f)).ok()?)?;
+            let seg = m.name.strip_prefix("_wal-")?.split_once(".partial-")?.0;
+            Some((
+                m.started,
+                m.name.clone(),
+                seg.to_string(),
+                dir.join(&m.file),
+            ))
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, _, s, p)| (s, p)).collect()
+}
+
+/// True when the stored (zstd) file at `path` holds `needle`.
+fn holds(path: &Path, needle: &str) -> bool {
+    let Ok(out) = Command::new("zstd")
+        .args(["-d", "-c", "-q"])
+        .arg(path)
+        .output()
+    else {
+        return false;
+    };
+    out.stdout
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Recovers `d` to the end of its WAL into a new data directory and starts PostgreSQL
+/// there; the rows of `t` it has, once it opened.
+fn recover_latest(dir: &Path, d: &Path, sql: &str) -> String {
+    let data = dir.join("recovered");
+    let r = backup(
+        &[
+            "recover",
+            "--to-time",
+            "latest",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--dir",
+            d.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let socket = dir.join("socket");
+    std::fs::create_dir_all(&socket).unwrap();
+    let (mut server, port) = start_recovered(&data, &socket);
+    let open = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        server.running()
+            && psql_at(&socket, port, "SELECT pg_is_in_recovery()").is_some_and(|r| r == "f")
+    });
+    let log = std::fs::read_to_string(socket.join("recovered.log")).unwrap_or_default();
+    assert!(open, "not recovered: {log}");
+    psql_at(&socket, port, sql).unwrap_or_else(|| panic!("{sql}: {log}"))
+}
+
+#[test]
+fn the_segment_being_written_is_stored_every_rpo_and_recovery_replays_it() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int, note text);");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        ("BACKUP_WAL_RPO", "1s"),
+        ("RUST_LOG", "info"),
+    ]);
+    let mut child = start_daemon(&e);
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop_daemon(child).stderr);
+    }
+    let r = backup(&["base", "--dir", d.to_str().unwrap()], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+
+    // A commit reaches the folder in a stored partial segment, without a switch.
+    let first = format!("rpo-first-{}", dockhand_tests::token(8));
+    pg.psql_db("app", &format!("INSERT INTO t VALUES (1, '{first}')"));
+    let in_a_partial = |marker: &str| {
+        stored_partials(&d)
+            .iter()
+            .rev()
+            .find(|(_, p)| holds(p, marker))
+            .map(|(s, _)| s.clone())
+    };
+    let mut seg = None;
+    dockhand_tests::wait_until(Duration::from_secs(60), || {
+        seg = in_a_partial(&first);
+        seg.is_some()
+    });
+    let Some(seg) = seg else {
+        panic!(
+            "no partial holds the row: {:?}\n{}",
+            files(&d),
+            stop_daemon(child).stderr
+        );
+    };
+    // The complete segment replaces its partials.
+    pg.psql("SELECT pg_switch_wal()");
+    let replaced = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        !stored_wal(&d, &seg).is_empty() && stored_partials(&d).iter().all(|(s, _)| *s != seg)
+    });
+    if !replaced {
+        panic!(
+            "{seg}: partials not replaced: {:?}\n{}",
+            files(&d),
+            stop_daemon(child).stderr
+        );
+    }
+
+    let second = format!("rpo-second-{}", dockhand_tests::token(8));
+    pg.psql_db("app", &format!("INSERT INTO t VALUES (2, '{second}')"));
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || in_a_partial(&second).is_some()) {
+        panic!(
+            "no partial holds the second row: {:?}\n{}",
+            files(&d),
+            stop_daemon(child).stderr
+        );
+    }
+    // The host is lost: nothing is stored on the way down.
+    child.kill().unwrap();
+    let r = dockhand_tests::run::finish(child, Duration::from_secs(60));
+    assert!(!r.stderr.contains(&pg.password), "{}", r.stderr);
+    drop(pg);
+
+    assert_eq!(
+        recover_latest(
+            dir.path(),
+            &d,
+            "SELECT string_agg(note, ',' ORDER BY id) FROM t"
+        ),
+        format!("{first},{second}")
+    );
+}
+
+/// The segment numbers of the WAL segments stored in `dir` (complete or partial).
+fn stored_segments(dir: &Path) -> Vec<(String, u64)> {
+    files(dir)
+        .iter()
+        .filter(|f| f.starts_with("_wal-") && f.ends_with(".manifest.json"))
+        .filter_map(|f| {
+            let seg = f.strip_prefix("_wal-")?.get(..24)?.to_string();
+            let n = u64::from_str_radix(&seg[8..16], 16).ok()? * 0x100
+                + u64::from_str_radix(&seg[16..], 16).ok()?;
+            Some((seg, n))
+        })
+        .collect()
+}
+
+fn segment_of_lsn(lsn: &str) -> u64 {
+    let (hi, lo) = lsn.split_once('/').unwrap();
+    ((u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()) >> 24
+}
+
+#[test]
+fn retention_keeps_the_wal_of_the_oldest_base_backup_kept_and_deletes_older_wal() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let s3 = S3::shared();
+    let bucket = s3.bucket();
+    let mut e = s3_env(s3, &bucket, "walret");
+    e.extend(env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+    ]));
+    let child = start_daemon(&e);
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop_daemon(child).stderr);
+    }
+    let stored = |n: u32| {
+        let seg = complete_a_segment(&pg, n);
+        if !dockhand_tests::wait_until(Duration::from_secs(60), || !stored_wal(&d, &seg).is_empty())
+        {
+            panic!("{seg} not stored: {:?}", files(&d));
+        }
+        seg
+    };
+    let old = stored(1);
+    let base = |e: &[(String, String)]| {
+        let r = backup(&["base"], e);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        let name = r.stdout.trim().to_string();
+        manifest(&d.join(format!("{name}.manifest.json")))
+    };
+    let first = base(&e);
+    stored(2);
+    let second = base(&e);
+    let after = stored(3);
+    let r = stop_daemon(child);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let start = segment_of_lsn(&second.wal.as_ref().unwrap().start);
+    assert!(segment_of_lsn(&first.wal.as_ref().unwrap().start) < start);
+    let before = stored_segments(&d);
+    assert!(before.iter().any(|(_, n)| *n < start), "{before:?}");
+
+    let mut keep_one = e.clone();
+    keep_one.push(("BACKUP_KEEP_LAST".into(), "1".into()));
+    // A dry run names the WAL that goes, and deletes nothing.
+    let r = backup(&["prune", "--dry-run"], &keep_one);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout.contains(&format!("would delete  _wal-{old}-")) && r.stdout.contains(&second.name),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(stored_segments(&d), before);
+
+    let r = backup(&["prune"], &keep_one);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(!d.join(format!("{}.manifest.json", first.name)).exists());
+    let left = stored_segments(&d);
+    assert!(
+        left.iter().all(|(_, n)| *n >= start),
+        "{left:?}\n{}",
+        r.stdout
+    );
+    assert!(left.iter().any(|(_, n)| *n == start), "{left:?}");
+    assert!(!stored_wal(&d, &after).is_empty());
+    // S3 alike: the old segment's data and manifest are gone, the kept ones are there.
+    let (status, body) = s3.request("GET", &format!("/{bucket}?list-type=2&prefix=walret/"), b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains(&format!("_wal-{old}-")), "{body}");
+    assert!(body.contains(&format!("_wal-{after}-")), "{body}");
+
+    // Recovery from the base backup kept still works from what is left.
+    drop(pg);
+    assert_eq!(
+        recover_latest(dir.path(), &d, "SELECT count(*) FROM t"),
+        "3000"
+    );
+}

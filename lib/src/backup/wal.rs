@@ -8,21 +8,31 @@
 //! backoff; a failed store is tried again on the next pass, so nothing is lost while
 //! the spool and the slot hold it.
 //!
+//! The segment pg_receivewal is still writing (`.partial`, which it must find again
+//! when it restarts, so it never leaves the spool) is stored too, at most every
+//! `BACKUP_WAL_RPO` and only when it was written since its last store: a lost host
+//! then loses at most that much committed work offsite. Each stored partial replaces
+//! the segment's previous one, and the complete segment, once stored, replaces them
+//! all ([`Partials`]).
+//!
 //! Stored names are `_wal-<file>-<stamp>`, so a segment stored again after a crash
 //! between storing and removing it never collides with its first copy.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
-use super::archive::{self, Destinations, Dump};
+use super::archive::{self, Destinations, Dump, Outcome, Stored};
+use super::catalog::Backup;
 use super::daemon::Stop;
 use super::dump::{self, Server, Tools};
+use super::manifest::Content;
 use super::run::Runner;
-use super::walname::is_wal_file;
+use super::walname::{is_wal_file, partial_segment, stored_file};
 use super::BackupError;
 use crate::config::invalid;
 use crate::pg::PgTarget;
@@ -61,17 +71,27 @@ pub fn stream(runner: &Runner, stop: &Stop) {
     }
     let slot = runner.settings.wal_slot.clone();
     info!("WAL streaming on slot {slot:?} through {}", spool.display());
+    let mut partials = Partials::new(runner);
     let mut backoff = PASS;
     while !stop.is_requested() {
         let started = Instant::now();
         match runner.server() {
             Ok((target, server, tools)) => {
                 let target = target.clone();
-                match supervise(runner, stop, &target, &server, &tools, &spool, &slot) {
+                let wal = Wal {
+                    runner,
+                    target: &target,
+                    server: &server,
+                    tools: &tools,
+                    spool: &spool,
+                };
+                match supervise(&wal, stop, &slot, &mut partials) {
                     Ok(()) => {}
                     Err(e) => warn!("WAL streaming: {e}"),
                 }
-                ship(runner, &target, &server, &tools, &spool);
+                // What pg_receivewal flushed as it ended, the partial segment included.
+                wal.ship(&mut partials);
+                wal.ship_partial(&mut partials, true);
             }
             Err(e) => warn!("WAL streaming: {e}"),
         }
@@ -102,17 +122,24 @@ fn create_spool(spool: &Path) -> Result<(), BackupError> {
         .map_err(super::io_err(spool))
 }
 
+/// What storing the spool needs.
+struct Wal<'a> {
+    runner: &'a Runner,
+    target: &'a PgTarget,
+    server: &'a Server,
+    tools: &'a Tools,
+    spool: &'a Path,
+}
+
 /// Creates the slot if missing, runs pg_receivewal until it exits or `stop`, shipping
 /// the spool meanwhile.
 fn supervise(
-    runner: &Runner,
+    wal: &Wal,
     stop: &Stop,
-    target: &PgTarget,
-    server: &Server,
-    tools: &Tools,
-    spool: &Path,
     slot: &str,
+    partials: &mut Partials,
 ) -> Result<(), BackupError> {
+    let (runner, target, tools, spool) = (wal.runner, wal.target, wal.tools, wal.spool);
     let program = tools.pg_dump.with_file_name("pg_receivewal");
     let mut create = dump::libpq_command(&program, Some(target));
     create.args(["--create-slot", "--if-not-exists", "--no-password"]);
@@ -147,7 +174,8 @@ fn supervise(
     })?;
     let messages = log_stderr(&mut child);
     loop {
-        ship(runner, target, server, tools, spool);
+        wal.ship(partials);
+        wal.ship_partial(partials, false);
         if lag_checked.elapsed() >= Duration::from_secs(60) {
             check_lag(runner, target, slot);
             lag_checked = Instant::now();
@@ -247,46 +275,199 @@ fn log_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
     })
 }
 
-/// Stores every completed file in the spool, oldest first; each leaves the spool once
-/// stored in every destination. A failure leaves it for the next pass.
-fn ship(runner: &Runner, target: &PgTarget, server: &Server, tools: &Tools, spool: &Path) {
-    let Ok(entries) = std::fs::read_dir(spool) else {
-        return;
-    };
-    let mut files: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| is_wal_file(n))
-        .collect();
-    files.sort();
-    let d = Destinations {
-        settings: &runner.settings,
-        rt: runner.rt.handle(),
-        s3: runner.s3.as_ref(),
-        cancel: &runner.cancel,
-    };
-    for f in files {
-        let path = spool.join(&f);
-        match archive::backup(&d, target, &Dump::Wal(path.clone()), tools, &server.version) {
-            Ok(o) if o.errors.is_empty() => {
-                if let Err(e) = std::fs::remove_file(&path) {
-                    warn!("WAL {f}: stored, but not removed from the spool: {e}");
+impl Wal<'_> {
+    fn destinations(&self) -> Destinations<'_> {
+        Destinations {
+            settings: &self.runner.settings,
+            rt: self.runner.rt.handle(),
+            s3: self.runner.s3.as_ref(),
+            cancel: &self.runner.cancel,
+        }
+    }
+
+    /// Stores every completed file in the spool, oldest first; each leaves the spool
+    /// once stored in every destination, and replaces the partials of its segment. A
+    /// failure leaves it for the next pass.
+    fn ship(&self, partials: &mut Partials) {
+        let Ok(entries) = std::fs::read_dir(self.spool) else {
+            return;
+        };
+        let mut files: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| is_wal_file(n))
+            .collect();
+        files.sort();
+        let d = self.destinations();
+        for f in files {
+            let path = self.spool.join(&f);
+            let kind = Dump::Wal(path.clone());
+            match archive::backup(&d, self.target, &kind, self.tools, &self.server.version) {
+                Ok(o) if o.errors.is_empty() => {
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        warn!("WAL {f}: stored, but not removed from the spool: {e}");
+                    }
+                    info!("WAL {f} stored in {}", o.places());
+                    partials.superseded(self.runner, &f, None);
                 }
-                info!("WAL {f} stored in {}", o.places());
-            }
-            Ok(o) => {
-                warn!(
-                    "WAL {f}: {} (kept in the spool; the copy in {} is stored)",
-                    o.errors.join("; "),
-                    o.places()
-                );
-                return;
-            }
-            Err(e) => {
-                warn!("WAL {f}: {e} (kept in the spool, tried again)");
-                return;
+                Ok(o) => {
+                    warn!(
+                        "WAL {f}: {} (kept in the spool; the copy in {} is stored)",
+                        o.errors.join("; "),
+                        o.places()
+                    );
+                    return;
+                }
+                Err(e) => {
+                    warn!("WAL {f}: {e} (kept in the spool, tried again)");
+                    return;
+                }
             }
         }
+    }
+
+    /// Stores the segment pg_receivewal is writing when `BACKUP_WAL_RPO` has passed
+    /// since the last store (or `now`), if it was written since it was last stored.
+    fn ship_partial(&self, partials: &mut Partials, now: bool) {
+        if !now && partials.last.is_some_and(|t| t.elapsed() < partials.rpo) {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.spool) else {
+            return;
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| partial_segment(n).is_some())
+            .collect();
+        names.sort();
+        let d = self.destinations();
+        for name in names {
+            let Some(segment) = partial_segment(&name) else {
+                continue;
+            };
+            let path = self.spool.join(&name);
+            // Read before the file: a write after it makes the next pass store it again.
+            let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified()) else {
+                continue; // completed meanwhile: the next pass stores the segment
+            };
+            if partials.written.get(segment) == Some(&modified) {
+                continue;
+            }
+            let kind = Dump::Wal(path.clone());
+            match archive::backup(&d, self.target, &kind, self.tools, &self.server.version) {
+                Ok(o) => {
+                    tracing::debug!("partial WAL {segment} stored in {}", o.places());
+                    let complete = o.errors.is_empty();
+                    if complete {
+                        partials.written.insert(segment.to_string(), modified);
+                    } else {
+                        warn!(
+                            "partial WAL {segment}: {} (the copy in {} is stored; tried again)",
+                            o.errors.join("; "),
+                            o.places()
+                        );
+                    }
+                    let new = backup_of(&o);
+                    // The segment's older partials go once this one is everywhere.
+                    if complete {
+                        partials.superseded(self.runner, segment, Some(&new.manifest.name));
+                    }
+                    partials.stored.push(new);
+                }
+                Err(_) if !path.exists() => {} // completed meanwhile
+                Err(e) => warn!("partial WAL {segment}: {e} (tried again)"),
+            }
+        }
+        partials.last = Some(Instant::now());
+    }
+}
+
+/// A stored file as the catalog describes it.
+fn backup_of(o: &Outcome) -> Backup {
+    Backup {
+        manifest: o.manifest.clone(),
+        local: o.stored.iter().any(|s| matches!(s, Stored::Local(_))),
+        remote: o.stored.iter().any(|s| matches!(s, Stored::S3(_))),
+    }
+}
+
+/// The partial segments stored, so that each is deleted once replaced: by a newer
+/// partial of its segment, or by the complete segment.
+struct Partials {
+    rpo: Duration,
+    /// When partials were last looked at.
+    last: Option<Instant>,
+    /// Each segment's modification time in the spool when last stored everywhere.
+    written: HashMap<String, SystemTime>,
+    stored: Vec<Backup>,
+}
+
+impl Partials {
+    /// The partials already stored (an earlier run's); those a complete segment or a
+    /// newer partial replaces (a crash came between storing and deleting) go now.
+    fn new(runner: &Runner) -> Partials {
+        let mut p = Partials {
+            rpo: runner.settings.wal_rpo,
+            last: None,
+            written: HashMap::new(),
+            stored: Vec::new(),
+        };
+        let all = match runner.backups(true) {
+            Ok(all) => all,
+            Err(e) => {
+                warn!("listing the stored WAL: {e} (partial segments stored before are kept)");
+                return p;
+            }
+        };
+        let wal: Vec<(&str, bool, &Backup)> = all
+            .iter()
+            .filter(|b| b.manifest.kind == Content::Wal)
+            .filter_map(|b| stored_file(&b.manifest.name).map(|(f, partial)| (f, partial, b)))
+            .collect();
+        p.stored = wal
+            .iter()
+            .filter(|(_, partial, _)| *partial)
+            .map(|(_, _, b)| (*b).clone())
+            .collect();
+        for (file, partial, b) in &wal {
+            if !partial {
+                p.superseded(runner, file, None);
+            } else if let Some(newest) = wal
+                .iter()
+                .filter(|(f, partial, _)| *partial && f == file)
+                .map(|(_, _, b)| b)
+                .max_by_key(|b| (b.manifest.started, b.manifest.name.clone()))
+            {
+                if newest.manifest.name == b.manifest.name {
+                    p.superseded(runner, file, Some(&b.manifest.name));
+                }
+            }
+        }
+        p
+    }
+
+    /// Deletes the stored partials of `segment` but `keep` (folder and S3, manifest
+    /// first); one that cannot be deleted now is tried again next time.
+    fn superseded(&mut self, runner: &Runner, segment: &str, keep: Option<&str>) {
+        if keep.is_none() {
+            self.written.remove(segment);
+        }
+        self.stored.retain(|b| {
+            let name = &b.manifest.name;
+            let replaced = Some(name.as_str()) != keep
+                && stored_file(name).is_some_and(|(f, partial)| partial && f == segment);
+            if !replaced {
+                return true;
+            }
+            match runner.delete(b) {
+                Ok(()) => false,
+                Err(e) => {
+                    warn!("deleting the replaced partial WAL {name}: {e}");
+                    true
+                }
+            }
+        });
     }
 }
 
