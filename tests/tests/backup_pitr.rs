@@ -815,3 +815,59 @@ fn retention_keeps_the_wal_of_the_oldest_base_backup_kept_and_deletes_older_wal(
         "3000"
     );
 }
+
+/// The base backups in `dir`.
+fn base_backups(dir: &Path) -> Vec<String> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    files(dir)
+        .into_iter()
+        .filter(|f| f.starts_with("_base-") && f.ends_with(".manifest.json"))
+        .collect()
+}
+
+#[test]
+fn the_daemon_takes_base_backups_on_their_own_schedule_with_retention_after_each() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        ("BACKUP_BASE_SCHEDULE", "*/2 * * * * *"),
+        ("BACKUP_KEEP_LAST", "1"),
+        ("RUST_LOG", "info"),
+    ]);
+    let child = start_daemon(&e);
+    // A base backup made, then a later one, after which retention deleted the first.
+    let mut first: Option<String> = None;
+    let made = dockhand_tests::wait_until(Duration::from_secs(120), || {
+        let bases = base_backups(&d);
+        if first.is_none() {
+            first = bases.first().cloned();
+        }
+        first
+            .as_ref()
+            .is_some_and(|f| !bases.is_empty() && !bases.contains(f))
+    });
+    let r = stop_daemon(child);
+    assert!(made, "{:?}\n{}", files(&d), r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stderr.contains("next base backup at"), "{}", r.stderr);
+    assert_eq!(base_backups(&d).len(), 1, "{:?}\n{}", files(&d), r.stderr);
+
+    // Without WAL streaming, base backups would not recover: refused.
+    let mut off = e.clone();
+    off.retain(|(k, _)| k != "BACKUP_WAL");
+    let r = backup(&["list"], &off);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("BACKUP_BASE_SCHEDULE") && r.stderr.contains("BACKUP_WAL is off"),
+        "{}",
+        r.stderr
+    );
+}
