@@ -871,3 +871,87 @@ fn the_daemon_takes_base_backups_on_their_own_schedule_with_retention_after_each
         r.stderr
     );
 }
+
+#[test]
+fn the_slot_lag_and_gaps_in_the_stored_wal_reach_the_status_metrics_and_verify() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let status = dir.path().join("status.json");
+    let metrics = dir.path().join("metrics.prom");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        ("BACKUP_STATUS_FILE", status.to_str().unwrap()),
+        ("BACKUP_METRICS_FILE", metrics.to_str().unwrap()),
+    ]);
+    let child = start_daemon(&e);
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop_daemon(child).stderr);
+    }
+    let r = backup(&["base"], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let base = r.stdout.trim().to_string();
+    // The status file's `wal` object, as written (pretty-printed JSON).
+    let wal = || std::fs::read_to_string(&status).unwrap_or_default();
+    let metric = |name: &str| -> Option<String> {
+        std::fs::read_to_string(&metrics)
+            .ok()?
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    let segs: Vec<String> = (1..=3).map(|n| complete_a_segment(&pg, n)).collect();
+    let continuous = dockhand_tests::wait_until(Duration::from_secs(120), || {
+        segs.iter().all(|s| !stored_wal(&d, s).is_empty())
+            && wal().contains("\"continuous\": true")
+            && metric("dockhand_backup_wal_continuous").as_deref() == Some("1")
+    });
+    if !continuous {
+        panic!(
+            "{:?} {:?}\n{}",
+            std::fs::read_to_string(&status),
+            std::fs::read_to_string(&metrics),
+            stop_daemon(child).stderr
+        );
+    }
+    assert!(
+        !wal().contains("\"lag_bytes\": null") && wal().contains("\"lag_bytes\": "),
+        "{}",
+        wal()
+    );
+    assert!(metric("dockhand_backup_wal_lag_bytes").is_some());
+
+    // A stored segment goes missing: a gap, named.
+    let lost = &segs[1];
+    for f in files(&d) {
+        if f.starts_with(&format!("_wal-{lost}-")) {
+            std::fs::remove_file(d.join(f)).unwrap();
+        }
+    }
+    complete_a_segment(&pg, 4);
+    let gap = dockhand_tests::wait_until(Duration::from_secs(120), || {
+        wal().contains("\"continuous\": false")
+            && wal().contains(lost.as_str())
+            && metric("dockhand_backup_wal_continuous").as_deref() == Some("0")
+    });
+    let r = stop_daemon(child);
+    assert!(gap, "{:?}\n{}", std::fs::read_to_string(&status), r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("WAL missing after the base backup {base}")),
+        "{}",
+        r.stderr
+    );
+    // The run's metrics and the WAL's live side by side.
+    assert!(metric("dockhand_backup_wal_lag_bytes").is_some());
+
+    // verify of the base backup fails on the gap; of the WAL alone it is fine.
+    let r = backup(&["verify", &base, "--dir", d.to_str().unwrap()], &[]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains(lost.as_str()), "{}", r.stderr);
+}

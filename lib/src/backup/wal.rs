@@ -151,9 +151,11 @@ fn supervise(
             super::base::explain(&out.1)
         )));
     }
-    // Before receiving (what was held while the sidecar was away), then every minute.
-    check_lag(runner, target, slot);
-    let mut lag_checked = Instant::now();
+    // Before receiving (what was held while the sidecar was away), then every minute
+    // and soon after a segment was stored.
+    check_health(runner, target, slot);
+    let mut checked = Instant::now();
+    let mut stored_since = false;
     let mut cmd = dump::libpq_command(&program, Some(target));
     cmd.env("LC_MESSAGES", "C")
         .env_remove("LC_ALL")
@@ -174,11 +176,17 @@ fn supervise(
     })?;
     let messages = log_stderr(&mut child);
     loop {
-        wal.ship(partials);
+        stored_since |= wal.ship(partials) > 0;
         wal.ship_partial(partials, false);
-        if lag_checked.elapsed() >= Duration::from_secs(60) {
-            check_lag(runner, target, slot);
-            lag_checked = Instant::now();
+        let due = if stored_since {
+            HEALTH_AFTER_STORE
+        } else {
+            HEALTH
+        };
+        if checked.elapsed() >= due {
+            check_health(runner, target, slot);
+            checked = Instant::now();
+            stored_since = false;
         }
         match child.try_wait() {
             Ok(Some(status)) => {
@@ -220,18 +228,63 @@ pub async fn slot_lag(target: &PgTarget, slot: &str) -> Result<Option<i64>, Back
     Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)))
 }
 
+/// How often the slot's lag and the stored WAL's continuity are checked.
+const HEALTH: Duration = Duration::from_secs(60);
+/// ... and how soon after a segment was stored.
+const HEALTH_AFTER_STORE: Duration = Duration::from_secs(5);
+
+/// Checks the slot's lag and the continuity of the stored WAL (the folder's, else
+/// S3's), warns about either, and records both in the status and metrics files.
 /// Warns when the slot holds more than `BACKUP_WAL_MAX_LAG`: a slot keeps WAL without
 /// limit (`max_slot_wal_keep_size = -1` by default) while the sidecar is behind.
-fn check_lag(runner: &Runner, target: &PgTarget, slot: &str) {
-    let max = runner.settings.wal_max_lag;
-    match runner.rt.block_on(slot_lag(target, slot)) {
-        Ok(Some(lag)) if lag as u64 > max => warn!(
+fn check_health(runner: &Runner, target: &PgTarget, slot: &str) {
+    let s = &runner.settings;
+    let max = s.wal_max_lag;
+    let lag = match runner.rt.block_on(slot_lag(target, slot)) {
+        Ok(lag) => lag,
+        Err(e) => {
+            warn!("reading the lag of the replication slot {slot:?}: {e}");
+            None
+        }
+    };
+    if let Some(lag) = lag.filter(|l| *l as u64 > max) {
+        warn!(
             "the replication slot {slot:?} holds {} of WAL on the server, more than BACKUP_WAL_MAX_LAG {}: the sidecar is behind, and the server's disk fills until it catches up (set max_slot_wal_keep_size on the server to cap it; `SELECT pg_drop_replication_slot('{slot}')` when removing the sidecar for good)",
             super::catalog::human_size(lag as u64),
             super::catalog::human_size(max)
-        ),
-        Ok(_) => {}
-        Err(e) => warn!("reading the lag of the replication slot {slot:?}: {e}"),
+        );
+    }
+    if s.status_file.is_none() && s.metrics_file.is_none() {
+        return;
+    }
+    let continuity = match runner.backups(false) {
+        Ok(all) => {
+            let manifests: Vec<&super::manifest::Manifest> =
+                all.iter().map(|b| &b.manifest).collect();
+            super::continuity::check(&manifests, None)
+        }
+        Err(e) => {
+            warn!("listing the stored WAL for its continuity: {e}");
+            None
+        }
+    };
+    if let Some(c) = continuity.as_ref().filter(|c| !c.is_continuous()) {
+        warn!("{}", c.describe());
+    }
+    let health = super::status::WalHealth {
+        lag_bytes: lag,
+        continuous: continuity.as_ref().map(|c| c.is_continuous()),
+        continuity: continuity.as_ref().map(|c| c.describe()),
+    };
+    if let Some(path) = &s.status_file {
+        if let Err(e) = super::status::wal(path, &health) {
+            warn!("status file: {e}");
+        }
+    }
+    if let Some(path) = &s.metrics_file {
+        if let Err(e) = super::status::wal_metrics(path, &health) {
+            warn!("metrics file: {e}");
+        }
     }
 }
 
@@ -287,11 +340,12 @@ impl Wal<'_> {
 
     /// Stores every completed file in the spool, oldest first; each leaves the spool
     /// once stored in every destination, and replaces the partials of its segment. A
-    /// failure leaves it for the next pass.
-    fn ship(&self, partials: &mut Partials) {
+    /// failure leaves it for the next pass. Returns how many were stored.
+    fn ship(&self, partials: &mut Partials) -> usize {
         let Ok(entries) = std::fs::read_dir(self.spool) else {
-            return;
+            return 0;
         };
+        let mut stored = 0;
         let mut files: Vec<String> = entries
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -309,6 +363,7 @@ impl Wal<'_> {
                     }
                     info!("WAL {f} stored in {}", o.places());
                     partials.superseded(self.runner, &f, None);
+                    stored += 1;
                 }
                 Ok(o) => {
                     warn!(
@@ -316,14 +371,15 @@ impl Wal<'_> {
                         o.errors.join("; "),
                         o.places()
                     );
-                    return;
+                    return stored;
                 }
                 Err(e) => {
                     warn!("WAL {f}: {e} (kept in the spool, tried again)");
-                    return;
+                    return stored;
                 }
             }
         }
+        stored
     }
 
     /// Stores the segment pg_receivewal is writing when `BACKUP_WAL_RPO` has passed

@@ -495,7 +495,26 @@ pub fn exec(command: &Command, m: &Matches<Flag>) -> Result<u8, BackupError> {
             }
             let m = verified.map_err(|e| e.context("verify failed"))?;
             info!("{}: checksum and full read ok", m.file);
-            Ok(0)
+            // The WAL stored beside: a gap after a base backup ends its recovery there.
+            let backups = runner.backups_for_reading(*from)?;
+            let manifests: Vec<&crate::backup::manifest::Manifest> =
+                backups.iter().map(|b| &b.manifest).collect();
+            let base =
+                (m.kind == crate::backup::manifest::Content::Base).then_some(m.name.as_str());
+            match crate::backup::continuity::check(&manifests, base) {
+                Some(c) if !c.is_continuous() && base.is_some() => {
+                    Err(err(format!("verify failed: {}", c.describe())))
+                }
+                Some(c) if !c.is_continuous() => {
+                    warn!("{}", c.describe());
+                    Ok(0)
+                }
+                Some(c) => {
+                    info!("WAL {}", c.describe());
+                    Ok(0)
+                }
+                None => Ok(0),
+            }
         }
         Command::Drill {
             name,
