@@ -955,3 +955,77 @@ fn the_slot_lag_and_gaps_in_the_stored_wal_reach_the_status_metrics_and_verify()
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(r.stderr.contains(lost.as_str()), "{}", r.stderr);
 }
+
+/// Starts the daemon with `e`, its log in `log`; waits until the log holds every one
+/// of `said`, stops it, and returns the log.
+fn daemon_says(e: &[(String, String)], log: &Path, said: &[&str]) -> String {
+    let env_ref: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let child = dockhand_tests::run::command(&bin("backup"), &["daemon"], &env_ref)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let text = || std::fs::read_to_string(log).unwrap_or_default();
+    let found = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        said.iter().all(|s| text().contains(s))
+    });
+    let r = stop_daemon(child);
+    assert_eq!(r.code, Some(0), "{}", text());
+    assert!(found, "{said:?} not in:\n{}", text());
+    text()
+}
+
+#[test]
+fn a_server_not_ready_for_wal_streaming_is_told_each_missing_piece() {
+    let mut pg = Postgres::start();
+    pg.psql("ALTER SYSTEM SET wal_level = minimal");
+    pg.psql("ALTER SYSTEM SET max_wal_senders = 0");
+    pg.stop_server();
+    pg.start_server();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+    ]);
+    let log = dir.path().join("daemon.log");
+    let text = daemon_says(
+        &e,
+        &log,
+        &[
+            "wal_level is minimal: set wal_level = replica",
+            "max_wal_senders is 0",
+            "the role \"app\" lacks REPLICATION: ALTER ROLE \"app\" REPLICATION",
+        ],
+    );
+    assert!(!text.contains(&pg.password), "{text}");
+
+    // Settings right, but no `replication` line in pg_hba.conf.
+    pg.psql("ALTER SYSTEM RESET wal_level");
+    pg.psql("ALTER SYSTEM RESET max_wal_senders");
+    pg.psql("ALTER ROLE app REPLICATION");
+    pg.stop_server();
+    pg.start_server();
+    pg.deny_replication_in_hba();
+    let text = daemon_says(
+        &e,
+        &log,
+        &[
+            "pg_hba.conf",
+            "`all` does not match replication connections",
+        ],
+    );
+    assert!(
+        !text.contains("wal_level is") && !text.contains("lacks REPLICATION"),
+        "{text}"
+    );
+
+    // All there: it streams.
+    pg.allow_replication();
+    let child = start_daemon(&e);
+    let up = dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg));
+    let r = stop_daemon(child);
+    assert!(up, "{}", r.stderr);
+}

@@ -6,7 +6,8 @@
 //! the folder and S3, a manifest) and leaves the spool only once stored everywhere.
 //! A child that exits (PostgreSQL restarted, the network gone) is restarted with
 //! backoff; a failed store is tried again on the next pass, so nothing is lost while
-//! the spool and the slot hold it.
+//! the spool and the slot hold it. Before each start the server's side is checked
+//! ([`server_lacks`]), so a server that cannot stream is told exactly what it lacks.
 //!
 //! The segment pg_receivewal is still writing (`.partial`, which it must find again
 //! when it restarts, so it never leaves the spool) is stored too, at most every
@@ -140,6 +141,13 @@ fn supervise(
     partials: &mut Partials,
 ) -> Result<(), BackupError> {
     let (runner, target, tools, spool) = (wal.runner, wal.target, wal.tools, wal.spool);
+    let lacks = runner.rt.block_on(server_lacks(target))?;
+    if !lacks.is_empty() {
+        return Err(super::err(format!(
+            "the server cannot stream WAL to the sidecar: {}",
+            lacks.join("; ")
+        )));
+    }
     let program = tools.pg_dump.with_file_name("pg_receivewal");
     let mut create = dump::libpq_command(&program, Some(target));
     create.args(["--create-slot", "--if-not-exists", "--no-password"]);
@@ -210,6 +218,49 @@ fn supervise(
             return Ok(());
         }
     }
+}
+
+/// What the server lacks for streaming WAL over a replication connection, each piece
+/// with what to change: `wal_level` (replica or logical), `max_wal_senders`, the
+/// role's REPLICATION. (The `pg_hba.conf` line shows only when the replication
+/// connection is made: pg_receivewal's refusal is explained then.)
+pub async fn server_lacks(target: &PgTarget) -> Result<Vec<String>, BackupError> {
+    let url = &target.url;
+    let client = target
+        .connect()
+        .await
+        .map_err(|e| super::err(format!("{url}: {e}")).with_source(e))?;
+    let row = client
+        .query_one(
+            "SELECT current_setting('wal_level'), current_setting('max_wal_senders')::int,
+                    (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
+                    current_user::text",
+            &[],
+        )
+        .await
+        .map_err(|e| super::err(format!("{url}: {}", crate::pg::classify(&e))))?;
+    let wal_level: String = row.get(0);
+    let senders: i32 = row.get(1);
+    let replication: Option<bool> = row.get(2);
+    let user: String = row.get(3);
+    let mut lacks = Vec::new();
+    if wal_level != "replica" && wal_level != "logical" {
+        lacks.push(format!(
+            "wal_level is {wal_level}: set wal_level = replica in postgresql.conf and restart PostgreSQL"
+        ));
+    }
+    if senders < 1 {
+        lacks.push(format!(
+            "max_wal_senders is {senders}: set it to 2 or more (PostgreSQL's default is 10) and restart PostgreSQL"
+        ));
+    }
+    if replication != Some(true) {
+        lacks.push(format!(
+            "the role {user:?} lacks REPLICATION: ALTER ROLE \"{}\" REPLICATION",
+            user.replace('"', "\"\"")
+        ));
+    }
+    Ok(lacks)
 }
 
 /// WAL the slot holds on the server (`pg_current_wal_lsn() - restart_lsn`), in bytes.
