@@ -1029,3 +1029,65 @@ fn a_server_not_ready_for_wal_streaming_is_told_each_missing_piece() {
     let r = stop_daemon(child);
     assert!(up, "{}", r.stderr);
 }
+
+/// The replication slots on the server.
+fn slots(pg: &Postgres) -> String {
+    pg.psql("SELECT coalesce(string_agg(slot_name, ',' ORDER BY slot_name), '') FROM pg_replication_slots")
+}
+
+#[test]
+fn wal_drop_slot_drops_the_sidecars_slot_and_never_one_in_use() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+    ]);
+    let child = start_daemon(&e);
+    let up = dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg));
+    // In use: refused, the slot kept.
+    let r = backup(&["wal", "drop-slot"], &e);
+    let stopped = stop_daemon(child);
+    assert!(up, "{}", stopped.stderr);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("in use") && r.stderr.contains("stop the sidecar"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(slots(&pg), "dockhand");
+
+    // The daemon stopped: dropped, and the sidecar's settings without BACKUP_WAL work too.
+    let only_url = env(&[("DIRECT_URL", &pg.url())]);
+    let r = backup(&["wal", "drop-slot"], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("dropped the replication slot \"dockhand\""),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(slots(&pg), "");
+    let r = backup(&["wal", "drop-slot"], &only_url);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stderr.contains("nothing to drop"), "{}", r.stderr);
+    assert!(!r.stderr.contains(&pg.password), "{}", r.stderr);
+
+    // Another slot by name; other slots are never touched.
+    pg.psql("SELECT pg_create_physical_replication_slot('other')");
+    pg.psql("SELECT pg_create_physical_replication_slot('keep_me')");
+    let mut named = only_url.clone();
+    named.push(("BACKUP_WAL_SLOT".into(), "other".into()));
+    let r = backup(&["wal", "drop-slot"], &named);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(slots(&pg), "keep_me");
+
+    for args in [&["wal"][..], &["wal", "drop"], &["wal", "drop-slot", "x"]] {
+        let r = backup(args, &only_url);
+        assert_eq!(r.code, Some(2), "{args:?}: {}", r.stderr);
+    }
+}

@@ -301,6 +301,11 @@ impl Runner {
         result
     }
 
+    /// The database's connection settings, when a URL is set.
+    pub fn target(&self) -> Option<&PgTarget> {
+        self.pool.as_ref().map(|(t, _)| t)
+    }
+
     /// The database, its server and the client tools of its major (base backups and
     /// WAL streaming).
     pub fn server(&self) -> Result<(&PgTarget, dump::Server, dump::Tools), BackupError> {

@@ -37,7 +37,7 @@ table! {
     /// keys) are variables only: the command line is visible in `ps`.
     pub enum Flag in TABLE {
         Command = Setting::words(
-            "`daemon` (default), `now`, `base`, `list`, `verify`, `restore`, `prune`, `drill`, `recover`",
+            "`daemon` (default), `now`, `base`, `list`, `verify`, `restore`, `prune`, `drill`, `recover`, `wal drop-slot`",
             "the command",
         ),
         Dir = setting("dir", "DIR", "BACKUP_DIR", "the local backup folder"),
@@ -255,7 +255,7 @@ table! {
             "the physical replication slot the WAL is streamed on (created if missing; it keeps WAL on the server until received)",
         )
         .default("dockhand")
-        .commands(SCHEDULE),
+        .commands(&["daemon", "wal"]),
         WalSpool = setting(
             "wal-spool",
             "DIR",

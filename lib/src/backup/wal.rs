@@ -263,6 +263,42 @@ pub async fn server_lacks(target: &PgTarget) -> Result<Vec<String>, BackupError>
     Ok(lacks)
 }
 
+/// Drops the sidecar's slot (`backup wal drop-slot`, when removing the sidecar for
+/// good: the slot would keep WAL on the server without limit); `false` when there is
+/// none. A slot in use (the daemon still streams) is refused.
+pub async fn drop_slot(target: &PgTarget, slot: &str) -> Result<bool, BackupError> {
+    let url = &target.url;
+    let client = target
+        .connect()
+        .await
+        .map_err(|e| super::err(format!("{url}: {e}")).with_source(e))?;
+    let sql_err =
+        |e: tokio_postgres::Error| super::err(format!("{url}: {}", crate::pg::classify(&e)));
+    let row = client
+        .query_opt(
+            "SELECT active, active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(sql_err)?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let active: bool = row.get(0);
+    if active {
+        let pid: Option<i32> = row.get(1);
+        return Err(super::err(format!(
+            "the replication slot {slot:?} is in use (by server process {}): stop the sidecar's daemon first",
+            pid.map_or("?".to_string(), |p| p.to_string())
+        )));
+    }
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map_err(sql_err)?;
+    Ok(true)
+}
+
 /// WAL the slot holds on the server (`pg_current_wal_lsn() - restart_lsn`), in bytes.
 pub async fn slot_lag(target: &PgTarget, slot: &str) -> Result<Option<i64>, BackupError> {
     let client = target
@@ -300,7 +336,7 @@ fn check_health(runner: &Runner, target: &PgTarget, slot: &str) {
     };
     if let Some(lag) = lag.filter(|l| *l as u64 > max) {
         warn!(
-            "the replication slot {slot:?} holds {} of WAL on the server, more than BACKUP_WAL_MAX_LAG {}: the sidecar is behind, and the server's disk fills until it catches up (set max_slot_wal_keep_size on the server to cap it; `SELECT pg_drop_replication_slot('{slot}')` when removing the sidecar for good)",
+            "the replication slot {slot:?} holds {} of WAL on the server, more than BACKUP_WAL_MAX_LAG {}: the sidecar is behind, and the server's disk fills until it catches up (set max_slot_wal_keep_size on the server to cap it; `backup wal drop-slot` when removing the sidecar for good)",
             super::catalog::human_size(lag as u64),
             super::catalog::human_size(max)
         );
