@@ -1091,3 +1091,65 @@ fn wal_drop_slot_drops_the_sidecars_slot_and_never_one_in_use() {
         assert_eq!(r.code, Some(2), "{args:?}: {}", r.stderr);
     }
 }
+
+#[test]
+fn with_s3_alone_the_continuity_is_read_from_the_listing() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    let dir = tempfile::tempdir().unwrap();
+    let status = dir.path().join("status.json");
+    let s3 = S3::shared();
+    let bucket = s3.bucket();
+    let mut e = s3_env(s3, &bucket, "only");
+    e.extend(env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        (
+            "BACKUP_WAL_SPOOL",
+            dir.path().join("spool").to_str().unwrap(),
+        ),
+        ("BACKUP_STATUS_FILE", status.to_str().unwrap()),
+    ]));
+    let child = start_daemon(&e);
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop_daemon(child).stderr);
+    }
+    let r = backup(&["base"], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let text = || std::fs::read_to_string(&status).unwrap_or_default();
+    let keys = || {
+        let (code, body) = s3.request("GET", &format!("/{bucket}?list-type=2&prefix=only/"), b"");
+        assert_eq!(code, 200, "{body}");
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next().map(String::from))
+            .collect::<Vec<_>>()
+    };
+    let segs: Vec<String> = (1..=3).map(|n| complete_a_segment(&pg, n)).collect();
+    let continuous = dockhand_tests::wait_until(Duration::from_secs(120), || {
+        let k = keys();
+        segs.iter()
+            .all(|s| k.iter().any(|k| k.contains(&format!("_wal-{s}-"))))
+            && text().contains("\"continuous\": true")
+    });
+    if !continuous {
+        panic!("{}\n{}", text(), stop_daemon(child).stderr);
+    }
+    // The middle segment's manifest is lost: without it, the segment is not stored.
+    let lost = &segs[1];
+    for k in keys() {
+        if k.contains(&format!("_wal-{lost}-")) && k.ends_with(".manifest.json") {
+            let (code, body) = s3.request("DELETE", &format!("/{bucket}/{k}"), b"");
+            assert!(code == 204 || code == 200, "{code} {body}");
+        }
+    }
+    complete_a_segment(&pg, 4);
+    let gap = dockhand_tests::wait_until(Duration::from_secs(120), || {
+        text().contains("\"continuous\": false") && text().contains(lost.as_str())
+    });
+    let r = stop_daemon(child);
+    assert!(gap, "{}\n{}", text(), r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+}

@@ -69,7 +69,18 @@ fn name(tli: u32, seg: u64) -> String {
 /// Checks the WAL stored among `manifests` from the start of `base` (the oldest base
 /// backup when `None`); `None` when there is no base backup with a WAL range.
 pub fn check(manifests: &[&Manifest], base: Option<&str>) -> Option<Continuity> {
-    let (start, tli, base) = manifests
+    let wal: Vec<&str> = manifests
+        .iter()
+        .filter(|m| m.kind == Content::Wal)
+        .map(|m| m.name.as_str())
+        .collect();
+    check_names(manifests, &wal, base)
+}
+
+/// [`check`] with the stored WAL given by name (`_wal-...`), as a listing of S3 gives
+/// them without reading a manifest each.
+pub fn check_names(bases: &[&Manifest], wal: &[&str], base: Option<&str>) -> Option<Continuity> {
+    let (start, tli, base) = bases
         .iter()
         .filter(|m| m.kind == Content::Base && base.is_none_or(|b| m.name == b))
         .filter_map(|m| {
@@ -77,10 +88,9 @@ pub fn check(manifests: &[&Manifest], base: Option<&str>) -> Option<Continuity> 
             Some((segment_of_lsn(&w.start)?, w.timeline, m.name.clone()))
         })
         .min()?;
-    let mut stored: Vec<(u64, u32)> = manifests
+    let mut stored: Vec<(u64, u32)> = wal
         .iter()
-        .filter(|m| m.kind == Content::Wal)
-        .filter_map(|m| segment(stored_file(&m.name)?.0))
+        .filter_map(|name| segment(stored_file(name)?.0))
         .map(|(t, s)| (s, t))
         .filter(|(s, t)| *s >= start && *t >= tli)
         .collect();

@@ -344,12 +344,8 @@ fn check_health(runner: &Runner, target: &PgTarget, slot: &str) {
     if s.status_file.is_none() && s.metrics_file.is_none() {
         return;
     }
-    let continuity = match runner.backups(false) {
-        Ok(all) => {
-            let manifests: Vec<&super::manifest::Manifest> =
-                all.iter().map(|b| &b.manifest).collect();
-            super::continuity::check(&manifests, None)
-        }
+    let continuity = match stored_wal(runner) {
+        Ok(c) => c,
         Err(e) => {
             warn!("listing the stored WAL for its continuity: {e}");
             None
@@ -373,6 +369,42 @@ fn check_health(runner: &Runner, target: &PgTarget, slot: &str) {
             warn!("metrics file: {e}");
         }
     }
+}
+
+/// The continuity of the WAL stored in the folder, else in S3. In S3 only the base
+/// backups' manifests are read: a WAL file counts by its manifest's name (written
+/// after its data), so the check every minute costs one listing, not a request per
+/// segment.
+fn stored_wal(runner: &Runner) -> Result<Option<super::continuity::Continuity>, BackupError> {
+    use super::manifest::Manifest;
+    if let Some(dir) = &runner.settings.dir {
+        let all = super::catalog::list_local(dir)?;
+        let manifests: Vec<&Manifest> = all.iter().collect();
+        return Ok(super::continuity::check(&manifests, None));
+    }
+    let Some(s3) = &runner.s3 else {
+        return Ok(None);
+    };
+    runner.rt.block_on(async {
+        let objects = s3.list().await?;
+        let names: Vec<&str> = objects
+            .iter()
+            .filter_map(|o| o.file.strip_suffix(".manifest.json"))
+            .collect();
+        let mut bases = Vec::new();
+        for name in names.iter().filter(|n| n.starts_with("_base-")) {
+            let bytes = s3.get_bytes(&format!("{name}.manifest.json")).await?;
+            if let Some(m) = Manifest::from_json(&String::from_utf8_lossy(&bytes)) {
+                bases.push(m);
+            }
+        }
+        let bases: Vec<&Manifest> = bases.iter().collect();
+        let wal: Vec<&str> = names
+            .into_iter()
+            .filter(|n| n.starts_with("_wal-"))
+            .collect();
+        Ok(super::continuity::check_names(&bases, &wal, None))
+    })
 }
 
 /// Runs a short libpq program; success and its messages.
@@ -657,5 +689,21 @@ mod tests {
         );
         assert_eq!(file_of(&name), Some("000000010000000000000003"));
         assert_eq!(file_of("_wal-../x-1"), None);
+        // the segment being written, and its stored name
+        assert_eq!(
+            partial_segment("000000010000000000000003.partial"),
+            Some("000000010000000000000003")
+        );
+        assert_eq!(partial_segment("00000002.history.partial"), None);
+        let name = stored_name(
+            Path::new("/spool/000000010000000000000003.partial"),
+            "20260101T000000.000Z-abcd",
+        );
+        assert_eq!(stored_file(&name), Some(("000000010000000000000003", true)));
+        assert_eq!(file_of(&name), None);
+        assert_eq!(
+            stored_file("_wal-00000002.history-20260101T000000.000Z-abcd"),
+            Some(("00000002.history", false))
+        );
     }
 }
