@@ -551,3 +551,605 @@ fn a_slot_holding_more_wal_than_the_limit_is_warned_about_and_bad_wal_settings_r
         assert!(r.stderr.contains(name), "{}", r.stderr);
     }
 }
+
+/// Starts `backup daemon` with `e`, its output collected.
+fn start_daemon(e: &[(String, String)]) -> std::process::Child {
+    let env_ref: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    dockhand_tests::run::command(&bin("backup"), &["daemon"], &env_ref)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops a daemon with SIGTERM; its output.
+fn stop_daemon(child: std::process::Child) -> Run {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    dockhand_tests::run::finish(child, Duration::from_secs(60))
+}
+
+/// The stored partials of segments in `dir`: (segment, data file), oldest first.
+fn stored_partials(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut v: Vec<(i64, String, String, std::path::PathBuf)> = files(dir)
+        .iter()
+        .filter(|f| f.starts_with("_wal-") && f.ends_with(".manifest.json"))
+        .filter_map(|f| {
+            let m = Manifest::from_json(&std::fs::read_to_string(dir.join(f)).ok()?)?;
+            let seg = m.name.strip_prefix("_wal-")?.split_once(".partial-")?.0;
+            Some((
+                m.started,
+                m.name.clone(),
+                seg.to_string(),
+                dir.join(&m.file),
+            ))
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, _, s, p)| (s, p)).collect()
+}
+
+/// True when the stored (zstd) file at `path` holds `needle`.
+fn holds(path: &Path, needle: &str) -> bool {
+    let Ok(out) = Command::new("zstd")
+        .args(["-d", "-c", "-q"])
+        .arg(path)
+        .output()
+    else {
+        return false;
+    };
+    out.stdout
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Recovers `d` to the end of its WAL into a new data directory and starts PostgreSQL
+/// there; the rows of `t` it has, once it opened.
+fn recover_latest(dir: &Path, d: &Path, sql: &str) -> String {
+    let data = dir.join("recovered");
+    let r = backup(
+        &[
+            "recover",
+            "--to-time",
+            "latest",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--dir",
+            d.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let socket = dir.join("socket");
+    std::fs::create_dir_all(&socket).unwrap();
+    let (mut server, port) = start_recovered(&data, &socket);
+    let open = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        server.running()
+            && psql_at(&socket, port, "SELECT pg_is_in_recovery()").is_some_and(|r| r == "f")
+    });
+    let log = std::fs::read_to_string(socket.join("recovered.log")).unwrap_or_default();
+    assert!(open, "not recovered: {log}");
+    psql_at(&socket, port, sql).unwrap_or_else(|| panic!("{sql}: {log}"))
+}
+
+#[test]
+fn the_segment_being_written_is_stored_every_rpo_and_recovery_replays_it() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int, note text);");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        ("BACKUP_WAL_RPO", "1s"),
+        ("RUST_LOG", "info"),
+    ]);
+    let mut child = start_daemon(&e);
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop_daemon(child).stderr);
+    }
+    let r = backup(&["base", "--dir", d.to_str().unwrap()], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+
+    // A commit reaches the folder in a stored partial segment, without a switch.
+    let first = format!("rpo-first-{}", dockhand_tests::token(8));
+    pg.psql_db("app", &format!("INSERT INTO t VALUES (1, '{first}')"));
+    let in_a_partial = |marker: &str| {
+        stored_partials(&d)
+            .iter()
+            .rev()
+            .find(|(_, p)| holds(p, marker))
+            .map(|(s, _)| s.clone())
+    };
+    let mut seg = None;
+    dockhand_tests::wait_until(Duration::from_secs(60), || {
+        seg = in_a_partial(&first);
+        seg.is_some()
+    });
+    let Some(seg) = seg else {
+        panic!(
+            "no partial holds the row: {:?}\n{}",
+            files(&d),
+            stop_daemon(child).stderr
+        );
+    };
+    // The complete segment replaces its partials.
+    pg.psql("SELECT pg_switch_wal()");
+    let replaced = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        !stored_wal(&d, &seg).is_empty() && stored_partials(&d).iter().all(|(s, _)| *s != seg)
+    });
+    if !replaced {
+        panic!(
+            "{seg}: partials not replaced: {:?}\n{}",
+            files(&d),
+            stop_daemon(child).stderr
+        );
+    }
+
+    let second = format!("rpo-second-{}", dockhand_tests::token(8));
+    pg.psql_db("app", &format!("INSERT INTO t VALUES (2, '{second}')"));
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || in_a_partial(&second).is_some()) {
+        panic!(
+            "no partial holds the second row: {:?}\n{}",
+            files(&d),
+            stop_daemon(child).stderr
+        );
+    }
+    // The host is lost: nothing is stored on the way down.
+    child.kill().unwrap();
+    let r = dockhand_tests::run::finish(child, Duration::from_secs(60));
+    assert!(!r.stderr.contains(&pg.password), "{}", r.stderr);
+    drop(pg);
+
+    assert_eq!(
+        recover_latest(
+            dir.path(),
+            &d,
+            "SELECT string_agg(note, ',' ORDER BY id) FROM t"
+        ),
+        format!("{first},{second}")
+    );
+}
+
+/// The segment numbers of the WAL segments stored in `dir` (complete or partial).
+fn stored_segments(dir: &Path) -> Vec<(String, u64)> {
+    files(dir)
+        .iter()
+        .filter(|f| f.starts_with("_wal-") && f.ends_with(".manifest.json"))
+        .filter_map(|f| {
+            let seg = f.strip_prefix("_wal-")?.get(..24)?.to_string();
+            let n = u64::from_str_radix(&seg[8..16], 16).ok()? * 0x100
+                + u64::from_str_radix(&seg[16..], 16).ok()?;
+            Some((seg, n))
+        })
+        .collect()
+}
+
+fn segment_of_lsn(lsn: &str) -> u64 {
+    let (hi, lo) = lsn.split_once('/').unwrap();
+    ((u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()) >> 24
+}
+
+#[test]
+fn retention_keeps_the_wal_of_the_oldest_base_backup_kept_and_deletes_older_wal() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let s3 = S3::shared();
+    let bucket = s3.bucket();
+    let mut e = s3_env(s3, &bucket, "walret");
+    e.extend(env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+    ]));
+    let child = start_daemon(&e);
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop_daemon(child).stderr);
+    }
+    let stored = |n: u32| {
+        let seg = complete_a_segment(&pg, n);
+        if !dockhand_tests::wait_until(Duration::from_secs(60), || !stored_wal(&d, &seg).is_empty())
+        {
+            panic!("{seg} not stored: {:?}", files(&d));
+        }
+        seg
+    };
+    let old = stored(1);
+    let base = |e: &[(String, String)]| {
+        let r = backup(&["base"], e);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        let name = r.stdout.trim().to_string();
+        manifest(&d.join(format!("{name}.manifest.json")))
+    };
+    let first = base(&e);
+    stored(2);
+    let second = base(&e);
+    let after = stored(3);
+    let r = stop_daemon(child);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let start = segment_of_lsn(&second.wal.as_ref().unwrap().start);
+    assert!(segment_of_lsn(&first.wal.as_ref().unwrap().start) < start);
+    let before = stored_segments(&d);
+    assert!(before.iter().any(|(_, n)| *n < start), "{before:?}");
+
+    let mut keep_one = e.clone();
+    keep_one.push(("BACKUP_KEEP_LAST".into(), "1".into()));
+    // A dry run names the WAL that goes, and deletes nothing.
+    let r = backup(&["prune", "--dry-run"], &keep_one);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout.contains(&format!("would delete  _wal-{old}-")) && r.stdout.contains(&second.name),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(stored_segments(&d), before);
+
+    let r = backup(&["prune"], &keep_one);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(!d.join(format!("{}.manifest.json", first.name)).exists());
+    let left = stored_segments(&d);
+    assert!(
+        left.iter().all(|(_, n)| *n >= start),
+        "{left:?}\n{}",
+        r.stdout
+    );
+    assert!(left.iter().any(|(_, n)| *n == start), "{left:?}");
+    assert!(!stored_wal(&d, &after).is_empty());
+    // S3 alike: the old segment's data and manifest are gone, the kept ones are there.
+    let (status, body) = s3.request("GET", &format!("/{bucket}?list-type=2&prefix=walret/"), b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains(&format!("_wal-{old}-")), "{body}");
+    assert!(body.contains(&format!("_wal-{after}-")), "{body}");
+
+    // Recovery from the base backup kept still works from what is left.
+    drop(pg);
+    assert_eq!(
+        recover_latest(dir.path(), &d, "SELECT count(*) FROM t"),
+        "3000"
+    );
+}
+
+/// The base backups in `dir`.
+fn base_backups(dir: &Path) -> Vec<String> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    files(dir)
+        .into_iter()
+        .filter(|f| f.starts_with("_base-") && f.ends_with(".manifest.json"))
+        .collect()
+}
+
+#[test]
+fn the_daemon_takes_base_backups_on_their_own_schedule_with_retention_after_each() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        ("BACKUP_BASE_SCHEDULE", "*/2 * * * * *"),
+        ("BACKUP_KEEP_LAST", "1"),
+        ("RUST_LOG", "info"),
+    ]);
+    let child = start_daemon(&e);
+    // A base backup made, then a later one, after which retention deleted the first.
+    let mut first: Option<String> = None;
+    let made = dockhand_tests::wait_until(Duration::from_secs(120), || {
+        let bases = base_backups(&d);
+        if first.is_none() {
+            first = bases.first().cloned();
+        }
+        first
+            .as_ref()
+            .is_some_and(|f| !bases.is_empty() && !bases.contains(f))
+    });
+    let r = stop_daemon(child);
+    assert!(made, "{:?}\n{}", files(&d), r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stderr.contains("next base backup at"), "{}", r.stderr);
+    assert_eq!(base_backups(&d).len(), 1, "{:?}\n{}", files(&d), r.stderr);
+
+    // Without WAL streaming, base backups would not recover: refused.
+    let mut off = e.clone();
+    off.retain(|(k, _)| k != "BACKUP_WAL");
+    let r = backup(&["list"], &off);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("BACKUP_BASE_SCHEDULE") && r.stderr.contains("BACKUP_WAL is off"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn the_slot_lag_and_gaps_in_the_stored_wal_reach_the_status_metrics_and_verify() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let status = dir.path().join("status.json");
+    let metrics = dir.path().join("metrics.prom");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        ("BACKUP_STATUS_FILE", status.to_str().unwrap()),
+        ("BACKUP_METRICS_FILE", metrics.to_str().unwrap()),
+    ]);
+    let child = start_daemon(&e);
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop_daemon(child).stderr);
+    }
+    let r = backup(&["base"], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let base = r.stdout.trim().to_string();
+    // The status file's `wal` object, as written (pretty-printed JSON).
+    let wal = || std::fs::read_to_string(&status).unwrap_or_default();
+    let metric = |name: &str| -> Option<String> {
+        std::fs::read_to_string(&metrics)
+            .ok()?
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    let segs: Vec<String> = (1..=3).map(|n| complete_a_segment(&pg, n)).collect();
+    let continuous = dockhand_tests::wait_until(Duration::from_secs(120), || {
+        segs.iter().all(|s| !stored_wal(&d, s).is_empty())
+            && wal().contains("\"continuous\": true")
+            && metric("dockhand_backup_wal_continuous").as_deref() == Some("1")
+    });
+    if !continuous {
+        panic!(
+            "{:?} {:?}\n{}",
+            std::fs::read_to_string(&status),
+            std::fs::read_to_string(&metrics),
+            stop_daemon(child).stderr
+        );
+    }
+    assert!(
+        !wal().contains("\"lag_bytes\": null") && wal().contains("\"lag_bytes\": "),
+        "{}",
+        wal()
+    );
+    assert!(metric("dockhand_backup_wal_lag_bytes").is_some());
+
+    // A stored segment goes missing: a gap, named.
+    let lost = &segs[1];
+    for f in files(&d) {
+        if f.starts_with(&format!("_wal-{lost}-")) {
+            std::fs::remove_file(d.join(f)).unwrap();
+        }
+    }
+    complete_a_segment(&pg, 4);
+    let gap = dockhand_tests::wait_until(Duration::from_secs(120), || {
+        wal().contains("\"continuous\": false")
+            && wal().contains(lost.as_str())
+            && metric("dockhand_backup_wal_continuous").as_deref() == Some("0")
+    });
+    let r = stop_daemon(child);
+    assert!(gap, "{:?}\n{}", std::fs::read_to_string(&status), r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("WAL missing after the base backup {base}")),
+        "{}",
+        r.stderr
+    );
+    // The run's metrics and the WAL's live side by side.
+    assert!(metric("dockhand_backup_wal_lag_bytes").is_some());
+
+    // verify of the base backup fails on the gap; of the WAL alone it is fine.
+    let r = backup(&["verify", &base, "--dir", d.to_str().unwrap()], &[]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains(lost.as_str()), "{}", r.stderr);
+}
+
+/// Starts the daemon with `e`, its log in `log`; waits until the log holds every one
+/// of `said`, stops it, and returns the log.
+fn daemon_says(e: &[(String, String)], log: &Path, said: &[&str]) -> String {
+    let env_ref: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let child = dockhand_tests::run::command(&bin("backup"), &["daemon"], &env_ref)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let text = || std::fs::read_to_string(log).unwrap_or_default();
+    let found = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        said.iter().all(|s| text().contains(s))
+    });
+    let r = stop_daemon(child);
+    assert_eq!(r.code, Some(0), "{}", text());
+    assert!(found, "{said:?} not in:\n{}", text());
+    text()
+}
+
+#[test]
+fn a_server_not_ready_for_wal_streaming_is_told_each_missing_piece() {
+    let mut pg = Postgres::start();
+    pg.psql("ALTER SYSTEM SET wal_level = minimal");
+    pg.psql("ALTER SYSTEM SET max_wal_senders = 0");
+    pg.stop_server();
+    pg.start_server();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+    ]);
+    let log = dir.path().join("daemon.log");
+    let text = daemon_says(
+        &e,
+        &log,
+        &[
+            "wal_level is minimal: set wal_level = replica",
+            "max_wal_senders is 0",
+            "the role \"app\" lacks REPLICATION: ALTER ROLE \"app\" REPLICATION",
+        ],
+    );
+    assert!(!text.contains(&pg.password), "{text}");
+
+    // Settings right, but no `replication` line in pg_hba.conf.
+    pg.psql("ALTER SYSTEM RESET wal_level");
+    pg.psql("ALTER SYSTEM RESET max_wal_senders");
+    pg.psql("ALTER ROLE app REPLICATION");
+    pg.stop_server();
+    pg.start_server();
+    pg.deny_replication_in_hba();
+    let text = daemon_says(
+        &e,
+        &log,
+        &[
+            "pg_hba.conf",
+            "`all` does not match replication connections",
+        ],
+    );
+    assert!(
+        !text.contains("wal_level is") && !text.contains("lacks REPLICATION"),
+        "{text}"
+    );
+
+    // All there: it streams.
+    pg.allow_replication();
+    let child = start_daemon(&e);
+    let up = dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg));
+    let r = stop_daemon(child);
+    assert!(up, "{}", r.stderr);
+}
+
+/// The replication slots on the server.
+fn slots(pg: &Postgres) -> String {
+    pg.psql("SELECT coalesce(string_agg(slot_name, ',' ORDER BY slot_name), '') FROM pg_replication_slots")
+}
+
+#[test]
+fn wal_drop_slot_drops_the_sidecars_slot_and_never_one_in_use() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+    ]);
+    let child = start_daemon(&e);
+    let up = dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg));
+    // In use: refused, the slot kept.
+    let r = backup(&["wal", "drop-slot"], &e);
+    let stopped = stop_daemon(child);
+    assert!(up, "{}", stopped.stderr);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("in use") && r.stderr.contains("stop the sidecar"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(slots(&pg), "dockhand");
+
+    // The daemon stopped: dropped, and the sidecar's settings without BACKUP_WAL work too.
+    let only_url = env(&[("DIRECT_URL", &pg.url())]);
+    let r = backup(&["wal", "drop-slot"], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("dropped the replication slot \"dockhand\""),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(slots(&pg), "");
+    let r = backup(&["wal", "drop-slot"], &only_url);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stderr.contains("nothing to drop"), "{}", r.stderr);
+    assert!(!r.stderr.contains(&pg.password), "{}", r.stderr);
+
+    // Another slot by name; other slots are never touched.
+    pg.psql("SELECT pg_create_physical_replication_slot('other')");
+    pg.psql("SELECT pg_create_physical_replication_slot('keep_me')");
+    let mut named = only_url.clone();
+    named.push(("BACKUP_WAL_SLOT".into(), "other".into()));
+    let r = backup(&["wal", "drop-slot"], &named);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(slots(&pg), "keep_me");
+
+    for args in [&["wal"][..], &["wal", "drop"], &["wal", "drop-slot", "x"]] {
+        let r = backup(args, &only_url);
+        assert_eq!(r.code, Some(2), "{args:?}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn with_s3_alone_the_continuity_is_read_from_the_listing() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    let dir = tempfile::tempdir().unwrap();
+    let status = dir.path().join("status.json");
+    let s3 = S3::shared();
+    let bucket = s3.bucket();
+    let mut e = s3_env(s3, &bucket, "only");
+    e.extend(env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        (
+            "BACKUP_WAL_SPOOL",
+            dir.path().join("spool").to_str().unwrap(),
+        ),
+        ("BACKUP_STATUS_FILE", status.to_str().unwrap()),
+    ]));
+    let child = start_daemon(&e);
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop_daemon(child).stderr);
+    }
+    let r = backup(&["base"], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let text = || std::fs::read_to_string(&status).unwrap_or_default();
+    let keys = || {
+        let (code, body) = s3.request("GET", &format!("/{bucket}?list-type=2&prefix=only/"), b"");
+        assert_eq!(code, 200, "{body}");
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next().map(String::from))
+            .collect::<Vec<_>>()
+    };
+    let segs: Vec<String> = (1..=3).map(|n| complete_a_segment(&pg, n)).collect();
+    let continuous = dockhand_tests::wait_until(Duration::from_secs(120), || {
+        let k = keys();
+        segs.iter()
+            .all(|s| k.iter().any(|k| k.contains(&format!("_wal-{s}-"))))
+            && text().contains("\"continuous\": true")
+    });
+    if !continuous {
+        panic!("{}\n{}", text(), stop_daemon(child).stderr);
+    }
+    // The middle segment's manifest is lost: without it, the segment is not stored.
+    let lost = &segs[1];
+    for k in keys() {
+        if k.contains(&format!("_wal-{lost}-")) && k.ends_with(".manifest.json") {
+            let (code, body) = s3.request("DELETE", &format!("/{bucket}/{k}"), b"");
+            assert!(code == 204 || code == 200, "{code} {body}");
+        }
+    }
+    complete_a_segment(&pg, 4);
+    let gap = dockhand_tests::wait_until(Duration::from_secs(120), || {
+        text().contains("\"continuous\": false") && text().contains(lost.as_str())
+    });
+    let r = stop_daemon(child);
+    assert!(gap, "{}\n{}", text(), r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+}

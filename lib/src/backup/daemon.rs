@@ -12,7 +12,9 @@
 //!
 //! Drills (`BACKUP_DRILL`, see [`super::drill`]): `after-backup` drills each database
 //! backup a run made, right after it; a cron expression drills the latest backup at
-//! its own times, between runs.
+//! its own times, between runs. Base backups (`BACKUP_BASE_SCHEDULE`, with WAL
+//! streaming) are taken at their own times between runs too, each followed by
+//! retention; nothing the daemon does on a schedule ever overlaps another.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
@@ -120,6 +122,41 @@ pub fn watch_signals(
     first
 }
 
+/// What the daemon does between runs, on a schedule of its own.
+#[derive(Debug, Clone, Copy)]
+enum Between {
+    Base,
+    Drill,
+}
+
+/// A scheduled base backup, then retention (which also lets go of the WAL that only
+/// older base backups needed).
+fn base_backup(runner: &Runner) {
+    match runner.base() {
+        Ok(o) => {
+            info!(
+                "base backup {}: {} stored in {}",
+                o.manifest.name,
+                super::catalog::human_size(o.manifest.size),
+                o.places()
+            );
+            for e in &o.errors {
+                warn!(
+                    "base backup {}: {e} (the copy in {} is kept)",
+                    o.manifest.name,
+                    o.places()
+                );
+            }
+            if !runner.settings.retention.is_empty() {
+                if let Err(e) = runner.prune(false) {
+                    warn!("retention after the base backup: {e}");
+                }
+            }
+        }
+        Err(e) => error!("base backup failed: {e}"),
+    }
+}
+
 /// Runs the daemon until stopped; returns the exit status (0).
 pub fn run(runner: &Runner, stop: &Stop) -> Result<i32, BackupError> {
     run_drilling(runner, stop, &DaemonDrills::default())
@@ -136,6 +173,10 @@ pub fn run_drilling(
     let drill_schedule = match &drills.when {
         When::Cron(expr) => Some(parse_schedule(expr).map_err(usage)?),
         _ => None,
+    };
+    let base_schedule = match &s.base_schedule {
+        Some(expr) => Some(parse_schedule(expr).map_err(usage)?),
+        None => None,
     };
     let tz = parse_timezone(&s.timezone).map_err(usage)?;
     info!(
@@ -209,20 +250,34 @@ pub fn run_drilling(
                 }
             },
         };
-        // A drill on its own schedule, when it comes before the next run.
-        if let Some(at) = drill_schedule
-            .as_ref()
-            .and_then(|d| next_after(d, tz, Utc::now()))
-            .filter(|at| *at < next)
-        {
+        // A drill or a base backup on its own schedule, when it comes before the next
+        // run (the earlier of the two; a base backup first at the same time).
+        let between = [
+            (base_schedule.as_ref(), Between::Base),
+            (drill_schedule.as_ref(), Between::Drill),
+        ]
+        .into_iter()
+        .filter_map(|(schedule, what)| Some((next_after(schedule?, tz, Utc::now())?, what)))
+        .filter(|(at, _)| *at < next)
+        .min_by_key(|(at, _)| *at);
+        if let Some((at, what)) = between {
             info!(
-                "next drill at {}",
+                "next {} at {}",
+                match what {
+                    Between::Base => "base backup",
+                    Between::Drill => "drill",
+                },
                 at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z")
             );
             if stop.sleep_until(SystemTime::from(at)) {
                 break;
             }
-            drill::daemon_drill(runner, "latest", drills);
+            match what {
+                Between::Base => base_backup(runner),
+                Between::Drill => {
+                    drill::daemon_drill(runner, "latest", drills);
+                }
+            }
             continue;
         }
         let is_retry = retry_at.is_some_and(|r| r == next) && scheduled != Some(next);

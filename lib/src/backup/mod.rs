@@ -21,12 +21,16 @@
 //! - [`run`]: one run (lock, dumps, verify, retention, status) and prune;
 //! - [`daemon`]: the cron schedule, one run at a time, and a graceful stop;
 //! - [`status`]: the status file whose modification time is the last success, ping URLs
-//!   and Prometheus metrics.
+//!   and Prometheus metrics;
+//! - point-in-time recovery: [`base`] backups, [`wal`] streaming, [`recover`], the
+//!   names of WAL files ([`walname`]) and the check for gaps in the stored WAL
+//!   ([`continuity`]).
 
 pub mod archive;
 pub mod base;
 pub mod catalog;
 pub mod codec;
+pub mod continuity;
 pub mod daemon;
 pub mod drill;
 pub mod dump;

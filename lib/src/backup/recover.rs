@@ -4,7 +4,7 @@
 //! The newest base backup that ended before T is unpacked (`tar`, fed through the same
 //! checked reader as a restore: a damaged backup stops before its end is written), and
 //! every stored WAL file it may need is fetched, checked and decoded into
-//! `DIR/dockhand_wal/`. `restore_command` is then a plain `cp` from there: PostgreSQL
+//! `DIR/dockhand_wal/` (a segment stored only as a partial, from its newest partial). `restore_command` is then a plain `cp` from there: PostgreSQL
 //! runs it itself, and this way the recovering server's image needs neither dockhand
 //! nor the backup credentials (S3 keys, the age identity) in its configuration. The
 //! price is room for the WAL up to now in the volume; the folder can be removed once
@@ -20,6 +20,7 @@ use tracing::info;
 
 use super::catalog::{self, Backup, Reading, Side};
 use super::manifest::Content;
+use super::walname::{segment, segment_of_lsn, stored_file};
 use super::{err, BackupError, Cancel};
 
 /// Where recovery stops.
@@ -50,24 +51,6 @@ pub fn parse_target(s: &str) -> Result<Target, crate::config::ConfigError> {
 pub struct Recovered {
     pub base: String,
     pub wal_files: usize,
-}
-
-/// The segment number of a 16 MiB WAL segment name, and its timeline.
-fn segment(file: &str) -> Option<(u32, u64)> {
-    if file.len() != 24 {
-        return None;
-    }
-    let tli = u32::from_str_radix(&file[..8], 16).ok()?;
-    let hi = u64::from_str_radix(&file[8..16], 16).ok()?;
-    let lo = u64::from_str_radix(&file[16..], 16).ok()?;
-    Some((tli, hi * 0x100 + lo))
-}
-
-/// The segment number holding `lsn` (`0/2000028`).
-fn segment_of_lsn(lsn: &str) -> Option<u64> {
-    let (hi, lo) = lsn.split_once('/')?;
-    let v = (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?;
-    Some(v >> 24)
 }
 
 /// Recovers into `dir` (which must be missing or empty).
@@ -131,25 +114,48 @@ pub fn recover(
     }
 
     // Every stored WAL file from the base backup's start on (any later timeline), and
-    // every history file: one copy of each.
+    // every history file: one copy of each. A segment stored only as a partial (the
+    // one being written when the sidecar last stored it) is taken from the newest
+    // partial, under the segment's own name: PostgreSQL replays it to its last
+    // complete record.
     let wal_dir = dir.join("dockhand_wal");
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&wal_dir)
         .map_err(super::io_err(&wal_dir))?;
-    let mut fetched = std::collections::BTreeSet::new();
+    let mut chosen: std::collections::BTreeMap<&str, &Backup> = std::collections::BTreeMap::new();
     for b in backups.iter().filter(|b| b.manifest.kind == Content::Wal) {
-        cancel.check()?;
-        let Some(file) = super::walname::file_of(&b.manifest.name) else {
+        let Some((file, partial)) = stored_file(&b.manifest.name) else {
             continue;
         };
         let wanted = match segment(file) {
             Some((tli, seg)) => tli >= wal.timeline && seg >= start,
             None => true, // a history file
         };
-        if !wanted || fetched.contains(file) {
+        if !wanted {
             continue;
         }
+        let better = match chosen.get(file) {
+            None => true,
+            Some(c) => match (
+                stored_file(&c.manifest.name).is_some_and(|(_, p)| p),
+                partial,
+            ) {
+                // a complete copy over any partial; the newest of the partials
+                (true, false) => true,
+                (true, true) => {
+                    (b.manifest.started, &b.manifest.name) > (c.manifest.started, &c.manifest.name)
+                }
+                (false, _) => false,
+            },
+        };
+        if better {
+            chosen.insert(file, b);
+        }
+    }
+    let mut fetched = std::collections::BTreeSet::new();
+    for (file, b) in chosen {
+        cancel.check()?;
         decode_into(r, b, side(b), &wal_dir.join(file))?;
         fetched.insert(file.to_string());
     }

@@ -7,6 +7,8 @@
 //! kept (the newest backup when none is verified), so retention never leaves a series
 //! without a restorable backup. Only backups with a dockhand manifest are ever
 //! considered: anything else in the folder or under the prefix is never touched.
+//! Stored WAL follows the base backups instead (run.rs: every segment from the
+//! oldest kept one's start on).
 
 use chrono::{DateTime, Datelike};
 

@@ -18,6 +18,7 @@ use super::retention::{self, Decision, Item};
 use super::s3::S3;
 use super::settings::{Databases, Settings};
 use super::status::{self, RunMetrics};
+use super::walname::{segment, segment_of_lsn, stored_file};
 use super::{dump, err, BackupError, Cancel};
 use crate::pg::PgTarget;
 
@@ -298,6 +299,11 @@ impl Runner {
             status::ping(self.rt.handle(), p, if success { "" } else { "/fail" });
         }
         result
+    }
+
+    /// The database's connection settings, when a URL is set.
+    pub fn target(&self) -> Option<&PgTarget> {
+        self.pool.as_ref().map(|(t, _)| t)
     }
 
     /// The database, its server and the client tools of its major (base backups and
@@ -619,11 +625,13 @@ impl Runner {
     }
 
     /// Applies the retention policy (or, with `dry_run`, only decides); returns each
-    /// backup's decision and where it was.
+    /// backup's decision and where it was. Stored WAL is kept by the base backups
+    /// kept: every segment from the oldest one's start on (see [`wal_to_delete`]).
     pub fn prune(&self, dry_run: bool) -> Result<Vec<(Decision, Backup)>, BackupError> {
-        let mut backups = self.backups(true)?;
-        // WAL is kept by the base backups that need it, never by these rules.
-        backups.retain(|b| b.manifest.kind != manifest::Content::Wal);
+        let (wal, backups): (Vec<Backup>, Vec<Backup>) = self
+            .backups(true)?
+            .into_iter()
+            .partition(|b| b.manifest.kind == manifest::Content::Wal);
         let items: Vec<Item> = backups
             .iter()
             .map(|b| Item {
@@ -642,12 +650,39 @@ impl Runner {
             }
             out.push((dec, b));
         }
+        if self.settings.retention.is_empty() {
+            return Ok(out);
+        }
+        let kept: Vec<&Manifest> = out
+            .iter()
+            .filter(|(d, _)| d.keep)
+            .map(|(_, b)| &b.manifest)
+            .collect();
+        let Some((start, why)) = wal_needed_from(&kept) else {
+            return Ok(out);
+        };
+        let mut deleted = 0;
+        for b in wal_to_delete(wal, start) {
+            if !dry_run {
+                self.delete(&b)?;
+                deleted += 1;
+            }
+            let dec = Decision {
+                name: b.manifest.name.clone(),
+                keep: false,
+                why: why.clone(),
+            };
+            out.push((dec, b));
+        }
+        if deleted > 0 {
+            info!("deleted {deleted} stored WAL file(s): {why}");
+        }
         Ok(out)
     }
 
     /// Deletes a backup: its manifest first (from then on it does not exist), then
     /// its data.
-    fn delete(&self, b: &Backup) -> Result<(), BackupError> {
+    pub(crate) fn delete(&self, b: &Backup) -> Result<(), BackupError> {
         let m = &b.manifest;
         if b.local {
             if let Some(dir) = &self.settings.dir {
@@ -671,6 +706,32 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// The first WAL segment recovery from the oldest of the `kept` base backups needs,
+/// and the reason older ones go; `None` when no base backup is kept (WAL is kept).
+pub fn wal_needed_from(kept: &[&Manifest]) -> Option<(u64, String)> {
+    let (start, name) = kept
+        .iter()
+        .filter(|m| m.kind == manifest::Content::Base)
+        .filter_map(|m| Some((segment_of_lsn(&m.wal.as_ref()?.start)?, &m.name)))
+        .min()?;
+    Some((
+        start,
+        format!("older than the WAL the oldest base backup kept ({name}) needs"),
+    ))
+}
+
+/// The stored WAL segments (complete or partial) before segment `start`, on any
+/// timeline; history files are always kept (tiny, and recovery follows them).
+pub fn wal_to_delete(wal: Vec<Backup>, start: u64) -> Vec<Backup> {
+    wal.into_iter()
+        .filter(|b| {
+            stored_file(&b.manifest.name)
+                .and_then(|(file, _)| segment(file))
+                .is_some_and(|(_, seg)| seg < start)
+        })
+        .collect()
 }
 
 /// Unix seconds of the stamp a data file's name starts with (`YYYYmmddTHHMMSS...`).

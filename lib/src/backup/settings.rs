@@ -37,7 +37,7 @@ table! {
     /// keys) are variables only: the command line is visible in `ps`.
     pub enum Flag in TABLE {
         Command = Setting::words(
-            "`daemon` (default), `now`, `base`, `list`, `verify`, `restore`, `prune`, `drill`, `recover`",
+            "`daemon` (default), `now`, `base`, `list`, `verify`, `restore`, `prune`, `drill`, `recover`, `wal drop-slot`",
             "the command",
         ),
         Dir = setting("dir", "DIR", "BACKUP_DIR", "the local backup folder"),
@@ -255,7 +255,7 @@ table! {
             "the physical replication slot the WAL is streamed on (created if missing; it keeps WAL on the server until received)",
         )
         .default("dockhand")
-        .commands(SCHEDULE),
+        .commands(&["daemon", "wal"]),
         WalSpool = setting(
             "wal-spool",
             "DIR",
@@ -271,6 +271,22 @@ table! {
             "warn when the slot holds more WAL than this on the server (the sidecar is behind, and the server's disk fills)",
         )
         .default("1GiB")
+        .commands(SCHEDULE),
+        WalRpo = setting(
+            "wal-rpo",
+            "DURATION",
+            "BACKUP_WAL_RPO",
+            "the segment being written is stored too, at most this often and only when it has grown: the committed work a lost host can lose offsite; a complete segment replaces it",
+        )
+        .default("60s")
+        .commands(SCHEDULE),
+        BaseSchedule = setting(
+            "base-schedule",
+            "CRON",
+            "BACKUP_BASE_SCHEDULE",
+            "base backups (`backup base`) on this schedule too, in the form of `BACKUP_SCHEDULE`; `off`: none",
+        )
+        .default("off")
         .commands(SCHEDULE),
         PgBin = Setting::var(
             "BACKUP_PG_BIN",
@@ -413,7 +429,22 @@ pub struct Settings {
     pub wal_spool: Option<PathBuf>,
     /// WAL the slot may hold on the server before a warning (`BACKUP_WAL_MAX_LAG`).
     pub wal_max_lag: u64,
+    /// How often the segment being written is stored, when it has grown
+    /// (`BACKUP_WAL_RPO`).
+    pub wal_rpo: Duration,
+    /// The daemon's base backups (`BACKUP_BASE_SCHEDULE`), a cron expression; `None`:
+    /// none.
+    pub base_schedule: Option<String>,
 }
+
+/// The settings that only mean something while the daemon streams WAL.
+const WAL_SETTINGS: [Flag; 5] = [
+    Flag::WalSlot,
+    Flag::WalSpool,
+    Flag::WalMaxLag,
+    Flag::WalRpo,
+    Flag::BaseSchedule,
+];
 
 /// The S3 settings other than the bucket: without a bucket they do nothing.
 const S3_SETTINGS: [Flag; 8] = [
@@ -669,6 +700,40 @@ impl Settings {
             let v = m.string(k)?.unwrap_or_default();
             crate::duration::parse(&v).map_err(|e| invalid(format!("{}: {e}", k.row().env)))
         };
+        let wal = boolean(m, Flag::Wal)?;
+        if !wal {
+            // `backup wal drop-slot` names the slot of a sidecar that streams no more.
+            let dropping = m
+                .words_utf8("")
+                .ok()
+                .is_some_and(|w| w.first().map(String::as_str) == Some("wal"));
+            for k in WAL_SETTINGS {
+                if m.is_set(k)? && !(dropping && k == Flag::WalSlot) {
+                    return Err(does_nothing(
+                        k,
+                        "BACKUP_WAL is off (base backups recover only with the WAL streamed beside them)",
+                        "or set BACKUP_WAL=on",
+                    ));
+                }
+            }
+        }
+        let wal_rpo = duration(Flag::WalRpo)?;
+        if wal_rpo.is_zero() {
+            return Err(invalid(
+                "BACKUP_WAL_RPO=0: use a duration of 1s or more, e.g. 60s",
+            ));
+        }
+        let base_schedule = match m.string(Flag::BaseSchedule)? {
+            Some(v) if v.trim() != "off" => {
+                super::schedule::parse_schedule(&v).map_err(|e| {
+                    e.map_message(|msg| {
+                        msg.replacen("BACKUP_SCHEDULE=", "BACKUP_BASE_SCHEDULE=", 1)
+                    })
+                })?;
+                Some(v)
+            }
+            _ => None,
+        };
         let wal_slot = m.string(Flag::WalSlot)?.unwrap_or_default();
         super::walname::check_slot_name(&wal_slot)?;
         let v = m.string(Flag::WalMaxLag)?.unwrap_or_default();
@@ -714,10 +779,12 @@ impl Settings {
             // stalling it silently until the next night.
             lock_wait_timeout: duration(Flag::LockWaitTimeout)?,
             retry_delay: duration(Flag::RetryDelay)?,
-            wal: boolean(m, Flag::Wal)?,
+            wal,
             wal_slot,
             wal_spool: m.explicit(Flag::WalSpool)?.map(PathBuf::from),
             wal_max_lag,
+            wal_rpo,
+            base_schedule,
         })
     }
 
@@ -785,6 +852,8 @@ mod tests {
         assert_eq!(s.wal_max_lag, 1 << 30);
         assert_eq!(s.timezone, "UTC");
         assert!(s.count_rows && !s.verify && !s.wal);
+        assert_eq!(s.wal_rpo, Duration::from_secs(60));
+        assert_eq!(s.base_schedule, None);
         let s = load(&[("DATABASE_URL", "postgres://u:p@h/db")]).unwrap();
         assert_eq!(s.url.unwrap().path, "/db");
         let e = load(&[("DATABASE_URL", "postgres://u:p@h:x/db")]).unwrap_err();
@@ -848,6 +917,31 @@ mod tests {
                 "holds no recipient",
             ),
             (&[("BACKUP_DIR", " ")][..], "BACKUP_DIR", "/backups"),
+            (
+                &[("BACKUP_WAL_SLOT", "mine")][..],
+                "BACKUP_WAL_SLOT",
+                "BACKUP_WAL is off",
+            ),
+            (
+                &[("BACKUP_WAL", "off"), ("BACKUP_WAL_RPO", "5s")][..],
+                "BACKUP_WAL_RPO",
+                "BACKUP_WAL=on",
+            ),
+            (
+                &[("BACKUP_BASE_SCHEDULE", "@daily")][..],
+                "BACKUP_BASE_SCHEDULE",
+                "BACKUP_WAL is off",
+            ),
+            (
+                &[("BACKUP_WAL", "on"), ("BACKUP_WAL_RPO", "0")][..],
+                "BACKUP_WAL_RPO",
+                "1s or more",
+            ),
+            (
+                &[("BACKUP_WAL", "on"), ("BACKUP_BASE_SCHEDULE", "61 * * * *")][..],
+                "BACKUP_BASE_SCHEDULE=",
+                "crontab",
+            ),
             (&[("BACKUP_DIR", "\t\n")][..], "BACKUP_DIR", "white space"),
             (
                 &[("DIRECT_URL", "postgres://u:SECRET@h/db?sslmode=bogus")][..],

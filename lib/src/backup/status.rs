@@ -9,11 +9,20 @@
 //! text-format metrics file.
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use super::manifest::{Drill, Manifest};
 use super::{io_err, unix_now as now, BackupError};
 use crate::files::{write_atomic_dated, write_atomic_public};
+
+/// Held while the status or the metrics file is read and written again: the daemon's
+/// runs and its WAL streaming both update them.
+static FILES: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    FILES.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn read(path: &Path) -> serde_json::Value {
     std::fs::read_to_string(path)
@@ -41,6 +50,7 @@ fn save(
 
 /// Records a successful run and the backups it made.
 pub fn success(path: &Path, made: &[Manifest]) -> Result<(), BackupError> {
+    let _held = lock();
     let mut v = read(path);
     let t = now();
     v["last_success"] = serde_json::json!({
@@ -84,6 +94,7 @@ fn dated(v: &serde_json::Value) -> SystemTime {
 /// Records a drill of `backup`: a failed one dates the file at [`DRILL_FAILED_SECS`] (unhealthy
 /// for any `max-age`) until a drill passes, which dates it at the last success again.
 pub fn drill(path: &Path, backup: &str, d: &Drill) -> Result<(), BackupError> {
+    let _held = lock();
     let mut v = read(path);
     v["last_drill"] = serde_json::json!({
         "time": crate::time::rfc3339(d.at, 0),
@@ -100,6 +111,7 @@ pub fn drill(path: &Path, backup: &str, d: &Drill) -> Result<(), BackupError> {
 /// Records a failure, keeping the file's modification time at the last success (or
 /// the epoch when there never was one).
 pub fn failure(path: &Path, reason: &str) -> Result<(), BackupError> {
+    let _held = lock();
     let mut v = read(path);
     v["last_failure"] = serde_json::json!({
         "time": crate::time::rfc3339(now(), 0),
@@ -144,6 +156,7 @@ pub struct RunMetrics {
 /// collector (or any file-reading scraper): last success and failure times, the last
 /// run's duration and size, and run counters (kept in the file itself). Mode 0644.
 pub fn metrics(path: &Path, run: &RunMetrics) -> Result<(), BackupError> {
+    let _held = lock();
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let value = |name: &str| -> f64 {
         old.lines()
@@ -182,9 +195,10 @@ pub fn metrics(path: &Path, run: &RunMetrics) -> Result<(), BackupError> {
          dockhand_backup_runs_total{{result=\"failure\"}} {failed}\n",
         run.seconds, run.bytes
     );
-    // the drill's lines, written by [`drill_metrics`], are kept
+    // the drill's and the WAL's lines, written by [`drill_metrics`] and
+    // [`wal_metrics`], are kept
     let mut text = text;
-    for l in old.lines().filter(|l| is_drill_line(l)) {
+    for l in old.lines().filter(|l| is_drill_line(l) || is_wal_line(l)) {
         text.push_str(l);
         text.push('\n');
     }
@@ -198,10 +212,70 @@ fn is_drill_line(l: &str) -> bool {
     l.contains("dockhand_backup_drill_") || l.contains("dockhand_backup_restore_rows_missing")
 }
 
+/// A line of the metrics file that [`wal_metrics`] writes.
+fn is_wal_line(l: &str) -> bool {
+    l.contains("dockhand_backup_wal_")
+}
+
+/// The health of WAL streaming: the slot's lag on the server and the continuity of
+/// the stored WAL (`None`: unknown, or no base backup to check from).
+#[derive(Debug, Clone, Default)]
+pub struct WalHealth {
+    pub lag_bytes: Option<i64>,
+    pub continuous: Option<bool>,
+    /// What the continuity check found, for a person.
+    pub continuity: Option<String>,
+}
+
+/// Records the WAL streaming's health in the status file (`wal`), keeping its date.
+pub fn wal(path: &Path, h: &WalHealth) -> Result<(), BackupError> {
+    let _held = lock();
+    let mut v = read(path);
+    let t = now();
+    v["wal"] = serde_json::json!({
+        "time": crate::time::rfc3339(t, 0),
+        "unix": t,
+        "lag_bytes": h.lag_bytes,
+        "continuous": h.continuous,
+        "continuity": h.continuity,
+    });
+    save(path, &v, Some(dated(&v)))
+}
+
+/// Writes the WAL streaming's metrics into the metrics file, keeping the others:
+/// `dockhand_backup_wal_lag_bytes` and `dockhand_backup_wal_continuous` (each only
+/// when known).
+pub fn wal_metrics(path: &Path, h: &WalHealth) -> Result<(), BackupError> {
+    let _held = lock();
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let mut text: String = old
+        .lines()
+        .filter(|l| !is_wal_line(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if let Some(lag) = h.lag_bytes {
+        text.push_str(&format!(
+            "# HELP dockhand_backup_wal_lag_bytes WAL the replication slot holds on the server, not yet received by the sidecar.\n\
+             # TYPE dockhand_backup_wal_lag_bytes gauge\n\
+             dockhand_backup_wal_lag_bytes {lag}\n"
+        ));
+    }
+    if let Some(c) = h.continuous {
+        text.push_str(&format!(
+            "# HELP dockhand_backup_wal_continuous Whether every WAL segment from the oldest base backup's start to the newest is stored (1) or not (0).\n\
+             # TYPE dockhand_backup_wal_continuous gauge\n\
+             dockhand_backup_wal_continuous {}\n",
+            u8::from(c)
+        ));
+    }
+    write_atomic_public(path, text.as_bytes()).map_err(io_err(path))
+}
+
 /// Writes the last drill's metrics into the metrics file, keeping the run's lines:
 /// whether it passed, when, how long the restore took (the measured recovery time),
 /// and the rows the restored copy lacked.
 pub fn drill_metrics(path: &Path, d: &Drill) -> Result<(), BackupError> {
+    let _held = lock();
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let mut text: String = old
         .lines()

@@ -6,23 +6,34 @@
 //! the folder and S3, a manifest) and leaves the spool only once stored everywhere.
 //! A child that exits (PostgreSQL restarted, the network gone) is restarted with
 //! backoff; a failed store is tried again on the next pass, so nothing is lost while
-//! the spool and the slot hold it.
+//! the spool and the slot hold it. Before each start the server's side is checked
+//! ([`server_lacks`]), so a server that cannot stream is told exactly what it lacks.
+//!
+//! The segment pg_receivewal is still writing (`.partial`, which it must find again
+//! when it restarts, so it never leaves the spool) is stored too, at most every
+//! `BACKUP_WAL_RPO` and only when it was written since its last store: a lost host
+//! then loses at most that much committed work offsite. Each stored partial replaces
+//! the segment's previous one, and the complete segment, once stored, replaces them
+//! all ([`Partials`]).
 //!
 //! Stored names are `_wal-<file>-<stamp>`, so a segment stored again after a crash
 //! between storing and removing it never collides with its first copy.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
-use super::archive::{self, Destinations, Dump};
+use super::archive::{self, Destinations, Dump, Outcome, Stored};
+use super::catalog::Backup;
 use super::daemon::Stop;
 use super::dump::{self, Server, Tools};
+use super::manifest::Content;
 use super::run::Runner;
-use super::walname::is_wal_file;
+use super::walname::{is_wal_file, partial_segment, stored_file};
 use super::BackupError;
 use crate::config::invalid;
 use crate::pg::PgTarget;
@@ -61,17 +72,27 @@ pub fn stream(runner: &Runner, stop: &Stop) {
     }
     let slot = runner.settings.wal_slot.clone();
     info!("WAL streaming on slot {slot:?} through {}", spool.display());
+    let mut partials = Partials::new(runner);
     let mut backoff = PASS;
     while !stop.is_requested() {
         let started = Instant::now();
         match runner.server() {
             Ok((target, server, tools)) => {
                 let target = target.clone();
-                match supervise(runner, stop, &target, &server, &tools, &spool, &slot) {
+                let wal = Wal {
+                    runner,
+                    target: &target,
+                    server: &server,
+                    tools: &tools,
+                    spool: &spool,
+                };
+                match supervise(&wal, stop, &slot, &mut partials) {
                     Ok(()) => {}
                     Err(e) => warn!("WAL streaming: {e}"),
                 }
-                ship(runner, &target, &server, &tools, &spool);
+                // What pg_receivewal flushed as it ended, the partial segment included.
+                wal.ship(&mut partials);
+                wal.ship_partial(&mut partials, true);
             }
             Err(e) => warn!("WAL streaming: {e}"),
         }
@@ -102,17 +123,31 @@ fn create_spool(spool: &Path) -> Result<(), BackupError> {
         .map_err(super::io_err(spool))
 }
 
+/// What storing the spool needs.
+struct Wal<'a> {
+    runner: &'a Runner,
+    target: &'a PgTarget,
+    server: &'a Server,
+    tools: &'a Tools,
+    spool: &'a Path,
+}
+
 /// Creates the slot if missing, runs pg_receivewal until it exits or `stop`, shipping
 /// the spool meanwhile.
 fn supervise(
-    runner: &Runner,
+    wal: &Wal,
     stop: &Stop,
-    target: &PgTarget,
-    server: &Server,
-    tools: &Tools,
-    spool: &Path,
     slot: &str,
+    partials: &mut Partials,
 ) -> Result<(), BackupError> {
+    let (runner, target, tools, spool) = (wal.runner, wal.target, wal.tools, wal.spool);
+    let lacks = runner.rt.block_on(server_lacks(target))?;
+    if !lacks.is_empty() {
+        return Err(super::err(format!(
+            "the server cannot stream WAL to the sidecar: {}",
+            lacks.join("; ")
+        )));
+    }
     let program = tools.pg_dump.with_file_name("pg_receivewal");
     let mut create = dump::libpq_command(&program, Some(target));
     create.args(["--create-slot", "--if-not-exists", "--no-password"]);
@@ -124,9 +159,11 @@ fn supervise(
             super::base::explain(&out.1)
         )));
     }
-    // Before receiving (what was held while the sidecar was away), then every minute.
-    check_lag(runner, target, slot);
-    let mut lag_checked = Instant::now();
+    // Before receiving (what was held while the sidecar was away), then every minute
+    // and soon after a segment was stored.
+    check_health(runner, target, slot);
+    let mut checked = Instant::now();
+    let mut stored_since = false;
     let mut cmd = dump::libpq_command(&program, Some(target));
     cmd.env("LC_MESSAGES", "C")
         .env_remove("LC_ALL")
@@ -147,10 +184,17 @@ fn supervise(
     })?;
     let messages = log_stderr(&mut child);
     loop {
-        ship(runner, target, server, tools, spool);
-        if lag_checked.elapsed() >= Duration::from_secs(60) {
-            check_lag(runner, target, slot);
-            lag_checked = Instant::now();
+        stored_since |= wal.ship(partials) > 0;
+        wal.ship_partial(partials, false);
+        let due = if stored_since {
+            HEALTH_AFTER_STORE
+        } else {
+            HEALTH
+        };
+        if checked.elapsed() >= due {
+            check_health(runner, target, slot);
+            checked = Instant::now();
+            stored_since = false;
         }
         match child.try_wait() {
             Ok(Some(status)) => {
@@ -176,6 +220,85 @@ fn supervise(
     }
 }
 
+/// What the server lacks for streaming WAL over a replication connection, each piece
+/// with what to change: `wal_level` (replica or logical), `max_wal_senders`, the
+/// role's REPLICATION. (The `pg_hba.conf` line shows only when the replication
+/// connection is made: pg_receivewal's refusal is explained then.)
+pub async fn server_lacks(target: &PgTarget) -> Result<Vec<String>, BackupError> {
+    let url = &target.url;
+    let client = target
+        .connect()
+        .await
+        .map_err(|e| super::err(format!("{url}: {e}")).with_source(e))?;
+    let row = client
+        .query_one(
+            "SELECT current_setting('wal_level'), current_setting('max_wal_senders')::int,
+                    (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
+                    current_user::text",
+            &[],
+        )
+        .await
+        .map_err(|e| super::err(format!("{url}: {}", crate::pg::classify(&e))))?;
+    let wal_level: String = row.get(0);
+    let senders: i32 = row.get(1);
+    let replication: Option<bool> = row.get(2);
+    let user: String = row.get(3);
+    let mut lacks = Vec::new();
+    if wal_level != "replica" && wal_level != "logical" {
+        lacks.push(format!(
+            "wal_level is {wal_level}: set wal_level = replica in postgresql.conf and restart PostgreSQL"
+        ));
+    }
+    if senders < 1 {
+        lacks.push(format!(
+            "max_wal_senders is {senders}: set it to 2 or more (PostgreSQL's default is 10) and restart PostgreSQL"
+        ));
+    }
+    if replication != Some(true) {
+        lacks.push(format!(
+            "the role {user:?} lacks REPLICATION: ALTER ROLE \"{}\" REPLICATION",
+            user.replace('"', "\"\"")
+        ));
+    }
+    Ok(lacks)
+}
+
+/// Drops the sidecar's slot (`backup wal drop-slot`, when removing the sidecar for
+/// good: the slot would keep WAL on the server without limit); `false` when there is
+/// none. A slot in use (the daemon still streams) is refused.
+pub async fn drop_slot(target: &PgTarget, slot: &str) -> Result<bool, BackupError> {
+    let url = &target.url;
+    let client = target
+        .connect()
+        .await
+        .map_err(|e| super::err(format!("{url}: {e}")).with_source(e))?;
+    let sql_err =
+        |e: tokio_postgres::Error| super::err(format!("{url}: {}", crate::pg::classify(&e)));
+    let row = client
+        .query_opt(
+            "SELECT active, active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(sql_err)?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let active: bool = row.get(0);
+    if active {
+        let pid: Option<i32> = row.get(1);
+        return Err(super::err(format!(
+            "the replication slot {slot:?} is in use (by server process {}): stop the sidecar's daemon first",
+            pid.map_or("?".to_string(), |p| p.to_string())
+        )));
+    }
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map_err(sql_err)?;
+    Ok(true)
+}
+
 /// WAL the slot holds on the server (`pg_current_wal_lsn() - restart_lsn`), in bytes.
 pub async fn slot_lag(target: &PgTarget, slot: &str) -> Result<Option<i64>, BackupError> {
     let client = target
@@ -192,19 +315,96 @@ pub async fn slot_lag(target: &PgTarget, slot: &str) -> Result<Option<i64>, Back
     Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)))
 }
 
+/// How often the slot's lag and the stored WAL's continuity are checked.
+const HEALTH: Duration = Duration::from_secs(60);
+/// ... and how soon after a segment was stored.
+const HEALTH_AFTER_STORE: Duration = Duration::from_secs(5);
+
+/// Checks the slot's lag and the continuity of the stored WAL (the folder's, else
+/// S3's), warns about either, and records both in the status and metrics files.
 /// Warns when the slot holds more than `BACKUP_WAL_MAX_LAG`: a slot keeps WAL without
 /// limit (`max_slot_wal_keep_size = -1` by default) while the sidecar is behind.
-fn check_lag(runner: &Runner, target: &PgTarget, slot: &str) {
-    let max = runner.settings.wal_max_lag;
-    match runner.rt.block_on(slot_lag(target, slot)) {
-        Ok(Some(lag)) if lag as u64 > max => warn!(
-            "the replication slot {slot:?} holds {} of WAL on the server, more than BACKUP_WAL_MAX_LAG {}: the sidecar is behind, and the server's disk fills until it catches up (set max_slot_wal_keep_size on the server to cap it; `SELECT pg_drop_replication_slot('{slot}')` when removing the sidecar for good)",
+fn check_health(runner: &Runner, target: &PgTarget, slot: &str) {
+    let s = &runner.settings;
+    let max = s.wal_max_lag;
+    let lag = match runner.rt.block_on(slot_lag(target, slot)) {
+        Ok(lag) => lag,
+        Err(e) => {
+            warn!("reading the lag of the replication slot {slot:?}: {e}");
+            None
+        }
+    };
+    if let Some(lag) = lag.filter(|l| *l as u64 > max) {
+        warn!(
+            "the replication slot {slot:?} holds {} of WAL on the server, more than BACKUP_WAL_MAX_LAG {}: the sidecar is behind, and the server's disk fills until it catches up (set max_slot_wal_keep_size on the server to cap it; `backup wal drop-slot` when removing the sidecar for good)",
             super::catalog::human_size(lag as u64),
             super::catalog::human_size(max)
-        ),
-        Ok(_) => {}
-        Err(e) => warn!("reading the lag of the replication slot {slot:?}: {e}"),
+        );
     }
+    if s.status_file.is_none() && s.metrics_file.is_none() {
+        return;
+    }
+    let continuity = match stored_wal(runner) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("listing the stored WAL for its continuity: {e}");
+            None
+        }
+    };
+    if let Some(c) = continuity.as_ref().filter(|c| !c.is_continuous()) {
+        warn!("{}", c.describe());
+    }
+    let health = super::status::WalHealth {
+        lag_bytes: lag,
+        continuous: continuity.as_ref().map(|c| c.is_continuous()),
+        continuity: continuity.as_ref().map(|c| c.describe()),
+    };
+    if let Some(path) = &s.status_file {
+        if let Err(e) = super::status::wal(path, &health) {
+            warn!("status file: {e}");
+        }
+    }
+    if let Some(path) = &s.metrics_file {
+        if let Err(e) = super::status::wal_metrics(path, &health) {
+            warn!("metrics file: {e}");
+        }
+    }
+}
+
+/// The continuity of the WAL stored in the folder, else in S3. In S3 only the base
+/// backups' manifests are read: a WAL file counts by its manifest's name (written
+/// after its data), so the check every minute costs one listing, not a request per
+/// segment.
+fn stored_wal(runner: &Runner) -> Result<Option<super::continuity::Continuity>, BackupError> {
+    use super::manifest::Manifest;
+    if let Some(dir) = &runner.settings.dir {
+        let all = super::catalog::list_local(dir)?;
+        let manifests: Vec<&Manifest> = all.iter().collect();
+        return Ok(super::continuity::check(&manifests, None));
+    }
+    let Some(s3) = &runner.s3 else {
+        return Ok(None);
+    };
+    runner.rt.block_on(async {
+        let objects = s3.list().await?;
+        let names: Vec<&str> = objects
+            .iter()
+            .filter_map(|o| o.file.strip_suffix(".manifest.json"))
+            .collect();
+        let mut bases = Vec::new();
+        for name in names.iter().filter(|n| n.starts_with("_base-")) {
+            let bytes = s3.get_bytes(&format!("{name}.manifest.json")).await?;
+            if let Some(m) = Manifest::from_json(&String::from_utf8_lossy(&bytes)) {
+                bases.push(m);
+            }
+        }
+        let bases: Vec<&Manifest> = bases.iter().collect();
+        let wal: Vec<&str> = names
+            .into_iter()
+            .filter(|n| n.starts_with("_wal-"))
+            .collect();
+        Ok(super::continuity::check_names(&bases, &wal, None))
+    })
 }
 
 /// Runs a short libpq program; success and its messages.
@@ -247,46 +447,202 @@ fn log_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
     })
 }
 
-/// Stores every completed file in the spool, oldest first; each leaves the spool once
-/// stored in every destination. A failure leaves it for the next pass.
-fn ship(runner: &Runner, target: &PgTarget, server: &Server, tools: &Tools, spool: &Path) {
-    let Ok(entries) = std::fs::read_dir(spool) else {
-        return;
-    };
-    let mut files: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| is_wal_file(n))
-        .collect();
-    files.sort();
-    let d = Destinations {
-        settings: &runner.settings,
-        rt: runner.rt.handle(),
-        s3: runner.s3.as_ref(),
-        cancel: &runner.cancel,
-    };
-    for f in files {
-        let path = spool.join(&f);
-        match archive::backup(&d, target, &Dump::Wal(path.clone()), tools, &server.version) {
-            Ok(o) if o.errors.is_empty() => {
-                if let Err(e) = std::fs::remove_file(&path) {
-                    warn!("WAL {f}: stored, but not removed from the spool: {e}");
+impl Wal<'_> {
+    fn destinations(&self) -> Destinations<'_> {
+        Destinations {
+            settings: &self.runner.settings,
+            rt: self.runner.rt.handle(),
+            s3: self.runner.s3.as_ref(),
+            cancel: &self.runner.cancel,
+        }
+    }
+
+    /// Stores every completed file in the spool, oldest first; each leaves the spool
+    /// once stored in every destination, and replaces the partials of its segment. A
+    /// failure leaves it for the next pass. Returns how many were stored.
+    fn ship(&self, partials: &mut Partials) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.spool) else {
+            return 0;
+        };
+        let mut stored = 0;
+        let mut files: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| is_wal_file(n))
+            .collect();
+        files.sort();
+        let d = self.destinations();
+        for f in files {
+            let path = self.spool.join(&f);
+            let kind = Dump::Wal(path.clone());
+            match archive::backup(&d, self.target, &kind, self.tools, &self.server.version) {
+                Ok(o) if o.errors.is_empty() => {
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        warn!("WAL {f}: stored, but not removed from the spool: {e}");
+                    }
+                    info!("WAL {f} stored in {}", o.places());
+                    partials.superseded(self.runner, &f, None);
+                    stored += 1;
                 }
-                info!("WAL {f} stored in {}", o.places());
-            }
-            Ok(o) => {
-                warn!(
-                    "WAL {f}: {} (kept in the spool; the copy in {} is stored)",
-                    o.errors.join("; "),
-                    o.places()
-                );
-                return;
-            }
-            Err(e) => {
-                warn!("WAL {f}: {e} (kept in the spool, tried again)");
-                return;
+                Ok(o) => {
+                    warn!(
+                        "WAL {f}: {} (kept in the spool; the copy in {} is stored)",
+                        o.errors.join("; "),
+                        o.places()
+                    );
+                    return stored;
+                }
+                Err(e) => {
+                    warn!("WAL {f}: {e} (kept in the spool, tried again)");
+                    return stored;
+                }
             }
         }
+        stored
+    }
+
+    /// Stores the segment pg_receivewal is writing when `BACKUP_WAL_RPO` has passed
+    /// since the last store (or `now`), if it was written since it was last stored.
+    fn ship_partial(&self, partials: &mut Partials, now: bool) {
+        if !now && partials.last.is_some_and(|t| t.elapsed() < partials.rpo) {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.spool) else {
+            return;
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| partial_segment(n).is_some())
+            .collect();
+        names.sort();
+        let d = self.destinations();
+        for name in names {
+            let Some(segment) = partial_segment(&name) else {
+                continue;
+            };
+            let path = self.spool.join(&name);
+            // Read before the file: a write after it makes the next pass store it again.
+            let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified()) else {
+                continue; // completed meanwhile: the next pass stores the segment
+            };
+            if partials.written.get(segment) == Some(&modified) {
+                continue;
+            }
+            let kind = Dump::Wal(path.clone());
+            match archive::backup(&d, self.target, &kind, self.tools, &self.server.version) {
+                Ok(o) => {
+                    tracing::debug!("partial WAL {segment} stored in {}", o.places());
+                    let complete = o.errors.is_empty();
+                    if complete {
+                        partials.written.insert(segment.to_string(), modified);
+                    } else {
+                        warn!(
+                            "partial WAL {segment}: {} (the copy in {} is stored; tried again)",
+                            o.errors.join("; "),
+                            o.places()
+                        );
+                    }
+                    let new = backup_of(&o);
+                    // The segment's older partials go once this one is everywhere.
+                    if complete {
+                        partials.superseded(self.runner, segment, Some(&new.manifest.name));
+                    }
+                    partials.stored.push(new);
+                }
+                Err(_) if !path.exists() => {} // completed meanwhile
+                Err(e) => warn!("partial WAL {segment}: {e} (tried again)"),
+            }
+        }
+        partials.last = Some(Instant::now());
+    }
+}
+
+/// A stored file as the catalog describes it.
+fn backup_of(o: &Outcome) -> Backup {
+    Backup {
+        manifest: o.manifest.clone(),
+        local: o.stored.iter().any(|s| matches!(s, Stored::Local(_))),
+        remote: o.stored.iter().any(|s| matches!(s, Stored::S3(_))),
+    }
+}
+
+/// The partial segments stored, so that each is deleted once replaced: by a newer
+/// partial of its segment, or by the complete segment.
+struct Partials {
+    rpo: Duration,
+    /// When partials were last looked at.
+    last: Option<Instant>,
+    /// Each segment's modification time in the spool when last stored everywhere.
+    written: HashMap<String, SystemTime>,
+    stored: Vec<Backup>,
+}
+
+impl Partials {
+    /// The partials already stored (an earlier run's); those a complete segment or a
+    /// newer partial replaces (a crash came between storing and deleting) go now.
+    fn new(runner: &Runner) -> Partials {
+        let mut p = Partials {
+            rpo: runner.settings.wal_rpo,
+            last: None,
+            written: HashMap::new(),
+            stored: Vec::new(),
+        };
+        let all = match runner.backups(true) {
+            Ok(all) => all,
+            Err(e) => {
+                warn!("listing the stored WAL: {e} (partial segments stored before are kept)");
+                return p;
+            }
+        };
+        let wal: Vec<(&str, bool, &Backup)> = all
+            .iter()
+            .filter(|b| b.manifest.kind == Content::Wal)
+            .filter_map(|b| stored_file(&b.manifest.name).map(|(f, partial)| (f, partial, b)))
+            .collect();
+        p.stored = wal
+            .iter()
+            .filter(|(_, partial, _)| *partial)
+            .map(|(_, _, b)| (*b).clone())
+            .collect();
+        for (file, partial, b) in &wal {
+            if !partial {
+                p.superseded(runner, file, None);
+            } else if let Some(newest) = wal
+                .iter()
+                .filter(|(f, partial, _)| *partial && f == file)
+                .map(|(_, _, b)| b)
+                .max_by_key(|b| (b.manifest.started, b.manifest.name.clone()))
+            {
+                if newest.manifest.name == b.manifest.name {
+                    p.superseded(runner, file, Some(&b.manifest.name));
+                }
+            }
+        }
+        p
+    }
+
+    /// Deletes the stored partials of `segment` but `keep` (folder and S3, manifest
+    /// first); one that cannot be deleted now is tried again next time.
+    fn superseded(&mut self, runner: &Runner, segment: &str, keep: Option<&str>) {
+        if keep.is_none() {
+            self.written.remove(segment);
+        }
+        self.stored.retain(|b| {
+            let name = &b.manifest.name;
+            let replaced = Some(name.as_str()) != keep
+                && stored_file(name).is_some_and(|(f, partial)| partial && f == segment);
+            if !replaced {
+                return true;
+            }
+            match runner.delete(b) {
+                Ok(()) => false,
+                Err(e) => {
+                    warn!("deleting the replaced partial WAL {name}: {e}");
+                    true
+                }
+            }
+        });
     }
 }
 
@@ -333,5 +689,21 @@ mod tests {
         );
         assert_eq!(file_of(&name), Some("000000010000000000000003"));
         assert_eq!(file_of("_wal-../x-1"), None);
+        // the segment being written, and its stored name
+        assert_eq!(
+            partial_segment("000000010000000000000003.partial"),
+            Some("000000010000000000000003")
+        );
+        assert_eq!(partial_segment("00000002.history.partial"), None);
+        let name = stored_name(
+            Path::new("/spool/000000010000000000000003.partial"),
+            "20260101T000000.000Z-abcd",
+        );
+        assert_eq!(stored_file(&name), Some(("000000010000000000000003", true)));
+        assert_eq!(file_of(&name), None);
+        assert_eq!(
+            stored_file("_wal-00000002.history-20260101T000000.000Z-abcd"),
+            Some(("00000002.history", false))
+        );
     }
 }

@@ -18,8 +18,8 @@ use crate::config::{invalid, ConfigError};
 use crate::flags::{parse_with, Matches, Parsed};
 
 /// The commands, in the order help and errors list them.
-const COMMANDS: [&str; 9] = [
-    "daemon", "now", "base", "list", "verify", "restore", "prune", "drill", "recover",
+const COMMANDS: [&str; 10] = [
+    "daemon", "now", "base", "list", "verify", "restore", "prune", "drill", "recover", "wal",
 ];
 
 const INTRO: &str = "\
@@ -40,6 +40,8 @@ Usage: backup [daemon]                 run on BACKUP_SCHEDULE until stopped
                                        table's rows with the backup's, drop it
        backup recover --to-time TIME|latest --data-dir DIR [--from local|s3]
                                        point-in-time recovery into an empty data directory
+       backup wal drop-slot            drop the sidecar's replication slot (when removing
+                                       the sidecar for good: the slot keeps WAL on the server)
 
 Options (flag, else environment variable; any variable may be given as NAME_FILE;
 each command takes only the flags that mean something to it):
@@ -88,6 +90,8 @@ pub enum Command {
         keep: bool,
         jobs: usize,
     },
+    /// Drops the sidecar's replication slot.
+    WalDropSlot,
     /// Point-in-time recovery into an empty data directory.
     Recover {
         to: crate::backup::recover::Target,
@@ -116,12 +120,19 @@ fn command_from(m: Matches<Flag>) -> Result<(Command, Matches<Flag>), ConfigErro
         (None, None) => "daemon",
         (None, Some(other)) => {
             return Err(invalid(format!(
-                "unknown command {other:?}: use daemon, now, base, list, verify, restore, prune, drill or recover"
+                "unknown command {other:?}: use daemon, now, base, list, verify, restore, prune, drill, recover or wal drop-slot"
             )))
         }
     };
     let needs_name = matches!(name, "verify" | "restore" | "drill");
+    if name == "wal" && words.get(1).map(String::as_str) != Some("drop-slot") {
+        return Err(invalid(match words.get(1) {
+            Some(other) => format!("backup wal {other:?}: the one wal command is drop-slot"),
+            None => "backup wal needs a command: drop-slot".to_string(),
+        }));
+    }
     match (words.get(1), words.get(2)) {
+        (Some(_), None) if name == "wal" => {}
         (_, Some(extra)) => return Err(invalid(format!("unexpected argument {extra:?}"))),
         (Some(extra), None) if !needs_name => {
             return Err(invalid(format!("unexpected argument {extra:?}")))
@@ -157,6 +168,7 @@ fn command_from(m: Matches<Flag>) -> Result<(Command, Matches<Flag>), ConfigErro
             remote: m.switch(Flag::Remote)?,
         },
         "verify" => Command::Verify { name: backup, from },
+        "wal" => Command::WalDropSlot,
         "restore" => Command::Restore {
             name: backup,
             from,
@@ -355,7 +367,10 @@ pub fn exec(command: &Command, m: &Matches<Flag>) -> Result<u8, BackupError> {
         }
         _ => {}
     }
-    if matches!(command, Command::Daemon | Command::Now | Command::Base) {
+    if matches!(
+        command,
+        Command::Daemon | Command::Now | Command::Base | Command::WalDropSlot
+    ) {
         settings.database_url().map_err(usage)?;
     }
     if matches!(
@@ -468,6 +483,21 @@ pub fn exec(command: &Command, m: &Matches<Flag>) -> Result<u8, BackupError> {
             );
             Ok(0)
         }
+        Command::WalDropSlot => {
+            let slot = &runner.settings.wal_slot;
+            let target = runner
+                .target()
+                .ok_or_else(|| usage(invalid("no database: set DIRECT_URL (or DATABASE_URL)")))?;
+            let dropped = runner
+                .rt
+                .block_on(crate::backup::wal::drop_slot(target, slot))?;
+            if dropped {
+                info!("dropped the replication slot {slot:?}: the server keeps no WAL for the sidecar any more");
+            } else {
+                info!("there is no replication slot {slot:?} on the server: nothing to drop");
+            }
+            Ok(0)
+        }
         Command::List { remote } => {
             let table = catalog::table(&runner.backups(*remote)?);
             Ok(crate::output::stdout(&table).exit_code("backup"))
@@ -495,7 +525,28 @@ pub fn exec(command: &Command, m: &Matches<Flag>) -> Result<u8, BackupError> {
             }
             let m = verified.map_err(|e| e.context("verify failed"))?;
             info!("{}: checksum and full read ok", m.file);
-            Ok(0)
+            // The WAL stored beside: a gap after a base backup ends its recovery there.
+            let backups = runner.backups_for_reading(*from)?;
+            let manifests: Vec<&crate::backup::manifest::Manifest> =
+                backups.iter().map(|b| &b.manifest).collect();
+            let base =
+                (m.kind == crate::backup::manifest::Content::Base).then_some(m.name.as_str());
+            // A gap fails a base backup's verify; no WAL at all (not streamed, or not
+            // yet) is said, as the backup itself is sound.
+            match crate::backup::continuity::check(&manifests, base) {
+                Some(c) if !c.gaps.is_empty() && c.newest.is_some() && base.is_some() => {
+                    Err(err(format!("verify failed: {}", c.describe())))
+                }
+                Some(c) if !c.is_continuous() => {
+                    warn!("{}", c.describe());
+                    Ok(0)
+                }
+                Some(c) => {
+                    info!("WAL {}", c.describe());
+                    Ok(0)
+                }
+                None => Ok(0),
+            }
         }
         Command::Drill {
             name,
