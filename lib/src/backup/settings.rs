@@ -583,35 +583,46 @@ fn s3_settings(m: &Source, bucket: String) -> Result<S3Settings, ConfigError> {
     })
 }
 
-impl Settings {
-    /// Reads every setting from `m` (see [`Source`]).
-    pub fn load(m: &Source) -> Result<Settings, ConfigError> {
-        let url = match m.explicit_from(Flag::DirectUrl)? {
-            Some((u, from)) => Some(Url::parse(&u).map_err(|e| invalid(format!("{from}: {e}")))?),
-            None => None,
-        };
-        if let Some(u) = &url {
-            if u.scheme != "postgres" && u.scheme != "postgresql" {
-                return Err(invalid(format!(
-                    "DIRECT_URL {u}: expected postgres://user:password@host:5432/database"
-                )));
-            }
-            // its parameters too, before anything runs (an unknown one is a typo)
-            crate::pg::PgTarget::from_url(u).map_err(|e| e.context(format!("DIRECT_URL {u}")))?;
+/// `DIRECT_URL` (else `DATABASE_URL`), checked with its parameters before anything
+/// runs (an unknown one is a typo).
+fn database_url(m: &Source) -> Result<Option<Url>, ConfigError> {
+    let url = match m.explicit_from(Flag::DirectUrl)? {
+        Some((u, from)) => Some(Url::parse(&u).map_err(|e| invalid(format!("{from}: {e}")))?),
+        None => None,
+    };
+    if let Some(u) = &url {
+        if u.scheme != "postgres" && u.scheme != "postgresql" {
+            return Err(invalid(format!(
+                "DIRECT_URL {u}: expected postgres://user:password@host:5432/database"
+            )));
         }
-        let databases = match m.explicit(Flag::Databases)? {
-            None => Databases::FromUrl,
-            Some(v) if v.trim() == "all" => Databases::All,
-            Some(v) => {
-                let list: Vec<String> = crate::config::split_list(&v).map(String::from).collect();
-                if list.is_empty() {
-                    Databases::FromUrl
-                } else {
-                    Databases::List(list)
-                }
+        // its parameters too, before anything runs (an unknown one is a typo)
+        crate::pg::PgTarget::from_url(u).map_err(|e| e.context(format!("DIRECT_URL {u}")))?;
+    }
+    Ok(url)
+}
+
+/// `BACKUP_DATABASES`: a list, `all`, or (unset or empty) the URL's database.
+fn databases(m: &Source) -> Result<Databases, ConfigError> {
+    Ok(match m.explicit(Flag::Databases)? {
+        None => Databases::FromUrl,
+        Some(v) if v.trim() == "all" => Databases::All,
+        Some(v) => {
+            let list: Vec<String> = crate::config::split_list(&v).map(String::from).collect();
+            if list.is_empty() {
+                Databases::FromUrl
+            } else {
+                Databases::List(list)
             }
-        };
-        let compression = match m.string(Flag::Compression)?.as_deref().map(str::trim) {
+        }
+    })
+}
+
+/// `BACKUP_COMPRESSION` and its level (and threads), refusing the other
+/// compressor's settings.
+fn compression(m: &Source) -> Result<Compression, ConfigError> {
+    Ok(
+        match m.string(Flag::Compression)?.as_deref().map(str::trim) {
             Some("zstd") => {
                 if m.is_set(Flag::GzipLevel)? {
                     return Err(does_nothing(
@@ -649,25 +660,92 @@ impl Settings {
                     other.unwrap_or_default()
                 )))
             }
-        };
-        let recipients: Vec<String> = match m.explicit(Flag::AgeRecipient)? {
-            None => Vec::new(),
-            Some(v) => {
-                let list: Vec<String> = crate::config::split_list(&v).map(String::from).collect();
-                // Set but empty (`,`, a blank line) would write unencrypted backups
-                // while the configuration says they are encrypted.
-                if list.is_empty() {
-                    return Err(invalid(format!(
-                        "BACKUP_AGE_RECIPIENT={v:?} holds no recipient: give the age public key(s), age1..., comma-separated (or unset it for unencrypted backups)"
-                    )));
-                }
-                list
+        },
+    )
+}
+
+/// `BACKUP_AGE_RECIPIENT`: the age public keys, each checked.
+fn recipients(m: &Source) -> Result<Vec<String>, ConfigError> {
+    let recipients: Vec<String> = match m.explicit(Flag::AgeRecipient)? {
+        None => Vec::new(),
+        Some(v) => {
+            let list: Vec<String> = crate::config::split_list(&v).map(String::from).collect();
+            // Set but empty (`,`, a blank line) would write unencrypted backups
+            // while the configuration says they are encrypted.
+            if list.is_empty() {
+                return Err(invalid(format!(
+                    "BACKUP_AGE_RECIPIENT={v:?} holds no recipient: give the age public key(s), age1..., comma-separated (or unset it for unencrypted backups)"
+                )));
             }
-        };
-        for r in &recipients {
-            super::codec::parse_recipient(r)
-                .map_err(|e| invalid(format!("BACKUP_AGE_RECIPIENT: {e}")))?;
+            list
         }
+    };
+    for r in &recipients {
+        super::codec::parse_recipient(r)
+            .map_err(|e| invalid(format!("BACKUP_AGE_RECIPIENT: {e}")))?;
+    }
+    Ok(recipients)
+}
+
+/// `BACKUP_PING_URL`: an http(s) URL, without its trailing slash.
+fn ping_url(m: &Source) -> Result<Option<String>, ConfigError> {
+    Ok(match m.explicit(Flag::PingUrl)? {
+        None => None,
+        Some(v) => {
+            let v = v.trim().trim_end_matches('/').to_string();
+            let u = Url::parse(&v).map_err(|e| invalid(format!("BACKUP_PING_URL: {e}")))?;
+            if u.scheme != "http" && u.scheme != "https" {
+                return Err(invalid(format!(
+                    "BACKUP_PING_URL={u}: expected an http(s):// URL"
+                )));
+            }
+            Some(v)
+        }
+    })
+}
+
+/// The WAL-only settings, refused while `BACKUP_WAL` is off (they would do nothing);
+/// `backup wal drop-slot` still names the slot of a sidecar that streams no more.
+fn refuse_wal_settings_unless(m: &Source, wal: bool) -> Result<(), ConfigError> {
+    if !wal {
+        // `backup wal drop-slot` names the slot of a sidecar that streams no more.
+        let dropping = m
+            .words_utf8("")
+            .ok()
+            .is_some_and(|w| w.first().map(String::as_str) == Some("wal"));
+        for k in WAL_SETTINGS {
+            if m.is_set(k)? && !(dropping && k == Flag::WalSlot) {
+                return Err(does_nothing(
+                    k,
+                    "BACKUP_WAL is off (base backups recover only with the WAL streamed beside them)",
+                    "or set BACKUP_WAL=on",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `BACKUP_BASE_SCHEDULE`: a schedule in `BACKUP_SCHEDULE`'s form, or `off`.
+fn base_schedule(m: &Source) -> Result<Option<String>, ConfigError> {
+    Ok(match m.string(Flag::BaseSchedule)? {
+        Some(v) if v.trim() != "off" => {
+            super::schedule::parse_schedule(&v).map_err(|e| {
+                e.map_message(|msg| msg.replacen("BACKUP_SCHEDULE=", "BACKUP_BASE_SCHEDULE=", 1))
+            })?;
+            Some(v)
+        }
+        _ => None,
+    })
+}
+
+impl Settings {
+    /// Reads every setting from `m` (see [`Source`]).
+    pub fn load(m: &Source) -> Result<Settings, ConfigError> {
+        let url = database_url(m)?;
+        let databases = databases(m)?;
+        let compression = compression(m)?;
+        let recipients = recipients(m)?;
         let s3 = match m.explicit(Flag::S3Bucket)? {
             None => {
                 for k in S3_SETTINGS {
@@ -683,57 +761,20 @@ impl Settings {
             }
             Some(bucket) => Some(s3_settings(m, bucket)?),
         };
-        let ping_url = match m.explicit(Flag::PingUrl)? {
-            None => None,
-            Some(v) => {
-                let v = v.trim().trim_end_matches('/').to_string();
-                let u = Url::parse(&v).map_err(|e| invalid(format!("BACKUP_PING_URL: {e}")))?;
-                if u.scheme != "http" && u.scheme != "https" {
-                    return Err(invalid(format!(
-                        "BACKUP_PING_URL={u}: expected an http(s):// URL"
-                    )));
-                }
-                Some(v)
-            }
-        };
+        let ping_url = ping_url(m)?;
         let duration = |k: Flag| -> Result<Duration, ConfigError> {
             let v = m.string(k)?.unwrap_or_default();
             crate::duration::parse(&v).map_err(|e| invalid(format!("{}: {e}", k.row().env)))
         };
         let wal = boolean(m, Flag::Wal)?;
-        if !wal {
-            // `backup wal drop-slot` names the slot of a sidecar that streams no more.
-            let dropping = m
-                .words_utf8("")
-                .ok()
-                .is_some_and(|w| w.first().map(String::as_str) == Some("wal"));
-            for k in WAL_SETTINGS {
-                if m.is_set(k)? && !(dropping && k == Flag::WalSlot) {
-                    return Err(does_nothing(
-                        k,
-                        "BACKUP_WAL is off (base backups recover only with the WAL streamed beside them)",
-                        "or set BACKUP_WAL=on",
-                    ));
-                }
-            }
-        }
+        refuse_wal_settings_unless(m, wal)?;
         let wal_rpo = duration(Flag::WalRpo)?;
         if wal_rpo.is_zero() {
             return Err(invalid(
                 "BACKUP_WAL_RPO=0: use a duration of 1s or more, e.g. 60s",
             ));
         }
-        let base_schedule = match m.string(Flag::BaseSchedule)? {
-            Some(v) if v.trim() != "off" => {
-                super::schedule::parse_schedule(&v).map_err(|e| {
-                    e.map_message(|msg| {
-                        msg.replacen("BACKUP_SCHEDULE=", "BACKUP_BASE_SCHEDULE=", 1)
-                    })
-                })?;
-                Some(v)
-            }
-            _ => None,
-        };
+        let base_schedule = base_schedule(m)?;
         let wal_slot = m.string(Flag::WalSlot)?.unwrap_or_default();
         super::walname::check_slot_name(&wal_slot)?;
         let v = m.string(Flag::WalMaxLag)?.unwrap_or_default();

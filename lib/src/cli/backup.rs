@@ -345,6 +345,51 @@ pub fn exec(command: &Command, m: &Matches<Flag>) -> Result<u8, BackupError> {
     if !matches!(command, Command::Daemon) {
         crate::backup::progress::for_a_person();
     }
+    check(command, &settings)?;
+    let (stop, cancel) = (Arc::new(Stop::default()), Arc::new(Cancel::new()));
+    let mode = match command {
+        Command::Daemon => OnSignal::StopAfter(settings.stop_grace),
+        _ => OnSignal::CancelNow,
+    };
+    let first_signal = daemon::watch_signals(mode, stop.clone(), cancel.clone());
+    let s = Session {
+        runner: Runner::new(settings, cancel.clone())?,
+        m,
+        cancel,
+        stop,
+        first_signal,
+    };
+    match command {
+        Command::Daemon => cmd_daemon(&s),
+        Command::Now => cmd_now(&s),
+        Command::Base => cmd_base(&s),
+        Command::Recover { to, data_dir, from } => cmd_recover(&s, to, data_dir, from),
+        Command::WalDropSlot => cmd_wal_drop_slot(&s),
+        Command::List { remote } => cmd_list(&s, remote),
+        Command::Prune { dry_run } => cmd_prune(&s, dry_run),
+        Command::Verify { name, from } => cmd_verify(&s, name, from),
+        Command::Drill {
+            name,
+            from,
+            into,
+            keep,
+            jobs,
+        } => cmd_drill(&s, name, from, into, keep, jobs),
+        Command::Restore {
+            name,
+            from,
+            to,
+            clean,
+            yes,
+            no_owner,
+            jobs,
+        } => cmd_restore(&s, name, from, to, clean, yes, no_owner, jobs),
+    }
+}
+
+/// What a command needs from the settings, checked before anything runs (exit 2): a
+/// destination to write to, a database to read, backups to read.
+fn check(command: &Command, settings: &Settings) -> Result<(), BackupError> {
     match command {
         Command::Daemon | Command::Now | Command::Base | Command::Prune { .. } => {
             settings.require_destination().map_err(usage)?;
@@ -387,304 +432,360 @@ pub fn exec(command: &Command, m: &Matches<Flag>) -> Result<u8, BackupError> {
             "no backups to read: set BACKUP_DIR and/or BACKUP_S3_BUCKET",
         )));
     }
-    let (stop, cancel) = (Arc::new(Stop::default()), Arc::new(Cancel::new()));
-    let mode = match command {
-        Command::Daemon => OnSignal::StopAfter(settings.stop_grace),
-        _ => OnSignal::CancelNow,
-    };
-    let first_signal = daemon::watch_signals(mode, stop.clone(), cancel.clone());
-    let runner = Runner::new(settings, cancel.clone())?;
-    let was_stopped = |message: &str| {
-        stopped(&first_signal)
+    Ok(())
+}
+
+/// What every command runs with: the runner, the command line, and how a stop is seen.
+struct Session<'a> {
+    runner: Runner,
+    m: &'a Matches<Flag>,
+    cancel: Arc<Cancel>,
+    stop: Arc<Stop>,
+    first_signal: Arc<Mutex<Option<i32>>>,
+}
+
+impl Session<'_> {
+    /// The error of a command stopped by a signal (exit 128+N), if one stopped it.
+    fn stopped(&self, message: &str) -> Option<BackupError> {
+        stopped(&self.first_signal)
             .map(|sig| BackupError::new(BackupKind::Stopped(sig), message.to_string()))
+    }
+}
+
+/// `daemon`: runs on the schedule until stopped, with WAL streaming beside it when on.
+fn cmd_daemon(s: &Session) -> Result<u8, BackupError> {
+    let runner = &s.runner;
+    let stop = &s.stop;
+    let m = s.m;
+    let drills = daemon_drills(m, &runner.settings)?;
+    if runner.settings.wal {
+        crate::backup::wal::spool_of(runner)?;
+    }
+    std::thread::scope(|sc| {
+        if runner.settings.wal {
+            sc.spawn(|| crate::backup::wal::stream(runner, stop));
+        }
+        let r = daemon::run_drilling(runner, stop, &drills);
+        // The WAL streaming ends with the daemon, whatever ended it.
+        stop.request();
+        Ok(r?.clamp(0, 255) as u8)
+    })
+}
+
+/// `now`: one run; the exit status says if it succeeded.
+fn cmd_now(s: &Session) -> Result<u8, BackupError> {
+    let runner = &s.runner;
+    let r = runner.run();
+    if let Some(f) = s.stopped(&r.failures.join("; ")) {
+        return Err(f);
+    }
+    if r.failures.is_empty() {
+        Ok(0)
+    } else {
+        Err(err(format!("backup failed: {}", r.failures.join("; "))))
+    }
+}
+
+/// `base`: a base backup of the cluster for point-in-time recovery.
+fn cmd_base(s: &Session) -> Result<u8, BackupError> {
+    let runner = &s.runner;
+    let made = runner.base();
+    if let Some(f) = s.stopped("base backup stopped") {
+        return Err(f);
+    }
+    let o = made?;
+    let wal = o.manifest.wal.as_ref();
+    info!(
+        "base backup {}: {} read, {} stored in {}; WAL {} to {} on timeline {}",
+        o.manifest.name,
+        catalog::human_size(o.manifest.dump_bytes),
+        catalog::human_size(o.manifest.size),
+        o.places(),
+        wal.map_or("?", |w| &w.start),
+        wal.map_or("?", |w| &w.end),
+        wal.map_or(0, |w| w.timeline)
+    );
+    for e in &o.errors {
+        tracing::warn!("{e} (the copy in {} is kept)", o.places());
+    }
+    println!("{}", o.manifest.name);
+    if o.errors.is_empty() {
+        Ok(0)
+    } else {
+        Err(err(format!(
+            "base backup incomplete: {}",
+            o.errors.join("; ")
+        )))
+    }
+}
+
+/// `recover`: point-in-time recovery into an empty data directory.
+fn cmd_recover(
+    s: &Session,
+    to: &crate::backup::recover::Target,
+    data_dir: &std::path::Path,
+    from: &Option<Side>,
+) -> Result<u8, BackupError> {
+    let runner = &s.runner;
+    let cancel = &s.cancel;
+    let m = s.m;
+    let ids = identities(m)?;
+    let backups = runner.backups_for_reading(*from)?;
+    let done = crate::backup::recover::recover(
+        &runner.reading(&ids),
+        &backups,
+        *from,
+        to,
+        data_dir,
+        cancel,
+    );
+    if let Some(f) = s.stopped("recover stopped") {
+        return Err(f);
+    }
+    let r = done.map_err(|e| e.context("recover failed"))?;
+    info!(
+        "{} ready: base backup {} and {} WAL files; start PostgreSQL on it to recover{}",
+        data_dir.display(),
+        r.base,
+        r.wal_files,
+        match to {
+            crate::backup::recover::Target::Latest => " to the end of the stored WAL".to_string(),
+            crate::backup::recover::Target::Time(..) => " to the time given".to_string(),
+        }
+    );
+    Ok(0)
+}
+
+/// `wal drop-slot`: drops the sidecar's replication slot.
+fn cmd_wal_drop_slot(s: &Session) -> Result<u8, BackupError> {
+    let runner = &s.runner;
+    let slot = &runner.settings.wal_slot;
+    let target = runner
+        .target()
+        .ok_or_else(|| usage(invalid("no database: set DIRECT_URL (or DATABASE_URL)")))?;
+    let dropped = runner
+        .rt
+        .block_on(crate::backup::wal::drop_slot(target, slot))?;
+    if dropped {
+        info!("dropped the replication slot {slot:?}: the server keeps no WAL for the sidecar any more");
+    } else {
+        info!("there is no replication slot {slot:?} on the server: nothing to drop");
+    }
+    Ok(0)
+}
+
+/// `list`: the backups, as a table on stdout.
+fn cmd_list(s: &Session, remote: &bool) -> Result<u8, BackupError> {
+    let runner = &s.runner;
+    let table = catalog::table(&runner.backups(*remote)?);
+    Ok(crate::output::stdout(&table).exit_code("backup"))
+}
+
+/// `prune`: applies retention now and prints what goes.
+fn cmd_prune(s: &Session, dry_run: &bool) -> Result<u8, BackupError> {
+    let runner = &s.runner;
+    let decisions = runner.prune(*dry_run)?;
+    if runner.settings.retention.is_empty() {
+        info!(
+            "no retention rule is set (BACKUP_RETENTION_DAYS, BACKUP_KEEP_*): everything is kept"
+        );
+    }
+    let mut out = String::new();
+    for (d, b) in decisions {
+        let verb = match (d.keep, dry_run) {
+            (true, _) => "keep",
+            (false, true) => "would delete",
+            (false, false) => "deleted",
+        };
+        out.push_str(&format!("{verb:<13} {:<40} {}\n", b.manifest.name, d.why));
+    }
+    Ok(crate::output::stdout(&out).exit_code("backup"))
+}
+
+/// `verify`: checksum and full read of one backup, and the continuity of the WAL beside it.
+fn cmd_verify(s: &Session, name: &str, from: &Option<Side>) -> Result<u8, BackupError> {
+    let runner = &s.runner;
+    let m = s.m;
+    let verified = runner.verify(name, *from, &identities(m)?);
+    if let Some(f) = s.stopped("verify stopped") {
+        return Err(f);
+    }
+    let m = verified.map_err(|e| e.context("verify failed"))?;
+    info!("{}: checksum and full read ok", m.file);
+    // The WAL stored beside: a gap after a base backup ends its recovery there.
+    let backups = runner.backups_for_reading(*from)?;
+    let manifests: Vec<&crate::backup::manifest::Manifest> =
+        backups.iter().map(|b| &b.manifest).collect();
+    let base = (m.kind == crate::backup::manifest::Content::Base).then_some(m.name.as_str());
+    // A gap fails a base backup's verify; no WAL at all (not streamed, or not
+    // yet) is said, as the backup itself is sound.
+    match crate::backup::continuity::check(&manifests, base) {
+        Some(c) if !c.gaps.is_empty() && c.newest.is_some() && base.is_some() => {
+            Err(err(format!("verify failed: {}", c.describe())))
+        }
+        Some(c) if !c.is_continuous() => {
+            warn!("{}", c.describe());
+            Ok(0)
+        }
+        Some(c) => {
+            info!("WAL {}", c.describe());
+            Ok(0)
+        }
+        None => Ok(0),
+    }
+}
+
+/// `drill`: restores a backup into a scratch database and compares every table.
+fn cmd_drill(
+    s: &Session,
+    name: &str,
+    from: &Option<Side>,
+    into: &Option<String>,
+    keep: &bool,
+    jobs: &usize,
+) -> Result<u8, BackupError> {
+    let runner = &s.runner;
+    let cancel = &s.cancel;
+    let m = s.m;
+    let ids = identities(m)?;
+    let into = match into {
+        Some(u) => Some(drill_url(u)?),
+        None => None,
     };
-    match command {
-        Command::Daemon => {
-            let drills = daemon_drills(m, &runner.settings)?;
-            if runner.settings.wal {
-                crate::backup::wal::spool_of(&runner)?;
-            }
-            std::thread::scope(|sc| {
-                if runner.settings.wal {
-                    sc.spawn(|| crate::backup::wal::stream(&runner, &stop));
-                }
-                let r = daemon::run_drilling(&runner, &stop, &drills);
-                // The WAL streaming ends with the daemon, whatever ended it.
-                stop.request();
-                Ok(r?.clamp(0, 255) as u8)
-            })
-        }
-        Command::Now => {
-            let r = runner.run();
-            if let Some(f) = was_stopped(&r.failures.join("; ")) {
-                return Err(f);
-            }
-            if r.failures.is_empty() {
-                Ok(0)
-            } else {
-                Err(err(format!("backup failed: {}", r.failures.join("; "))))
-            }
-        }
-        Command::Base => {
-            let made = runner.base();
-            if let Some(f) = was_stopped("base backup stopped") {
-                return Err(f);
-            }
-            let o = made?;
-            let wal = o.manifest.wal.as_ref();
-            info!(
-                "base backup {}: {} read, {} stored in {}; WAL {} to {} on timeline {}",
-                o.manifest.name,
-                catalog::human_size(o.manifest.dump_bytes),
-                catalog::human_size(o.manifest.size),
-                o.places(),
-                wal.map_or("?", |w| &w.start),
-                wal.map_or("?", |w| &w.end),
-                wal.map_or(0, |w| w.timeline)
+    let backups = runner.backups_for_reading(*from)?;
+    let req = DrillRequest {
+        name: name.to_string(),
+        from: *from,
+        into,
+        keep: *keep,
+        jobs: *jobs,
+        tmp_dir: m
+            .explicit(Flag::TmpDir)
+            .map_err(usage)?
+            .map(std::path::PathBuf::from),
+        sql: m
+            .explicit(Flag::DrillSql)
+            .map_err(usage)?
+            .map(std::path::PathBuf::from),
+    };
+    let done = drill::drill(
+        &runner.reading(&ids),
+        &backups,
+        &req,
+        runner.settings.url.as_ref(),
+        cancel,
+    );
+    if let Some(f) = s.stopped("drill stopped; the scratch database was dropped") {
+        return Err(f);
+    }
+    let o = done.map_err(|e| e.context("drill failed"))?;
+    // a drill of the latest backup is the sidecar's health, as the daemon's are
+    if name == "latest" {
+        drill::record(&runner.settings, &o.backup, &o.drill);
+    }
+    if o.kept {
+        if let crate::output::Written::Failed(e) =
+            crate::output::stdout(&format!("{}\n", o.database))
+        {
+            warn!(
+                "cannot write the kept database's name ({:?}) to stdout: {}",
+                o.database,
+                crate::error::io_reason(&e)
             );
-            for e in &o.errors {
-                tracing::warn!("{e} (the copy in {} is kept)", o.places());
-            }
-            println!("{}", o.manifest.name);
-            if o.errors.is_empty() {
-                Ok(0)
-            } else {
-                Err(err(format!(
-                    "base backup incomplete: {}",
-                    o.errors.join("; ")
-                )))
-            }
-        }
-        Command::Recover { to, data_dir, from } => {
-            let ids = identities(m)?;
-            let backups = runner.backups_for_reading(*from)?;
-            let done = crate::backup::recover::recover(
-                &runner.reading(&ids),
-                &backups,
-                *from,
-                to,
-                data_dir,
-                &cancel,
-            );
-            if let Some(f) = was_stopped("recover stopped") {
-                return Err(f);
-            }
-            let r = done.map_err(|e| e.context("recover failed"))?;
-            info!(
-                "{} ready: base backup {} and {} WAL files; start PostgreSQL on it to recover{}",
-                data_dir.display(),
-                r.base,
-                r.wal_files,
-                match to {
-                    crate::backup::recover::Target::Latest =>
-                        " to the end of the stored WAL".to_string(),
-                    crate::backup::recover::Target::Time(..) => " to the time given".to_string(),
-                }
-            );
-            Ok(0)
-        }
-        Command::WalDropSlot => {
-            let slot = &runner.settings.wal_slot;
-            let target = runner
-                .target()
-                .ok_or_else(|| usage(invalid("no database: set DIRECT_URL (or DATABASE_URL)")))?;
-            let dropped = runner
-                .rt
-                .block_on(crate::backup::wal::drop_slot(target, slot))?;
-            if dropped {
-                info!("dropped the replication slot {slot:?}: the server keeps no WAL for the sidecar any more");
-            } else {
-                info!("there is no replication slot {slot:?} on the server: nothing to drop");
-            }
-            Ok(0)
-        }
-        Command::List { remote } => {
-            let table = catalog::table(&runner.backups(*remote)?);
-            Ok(crate::output::stdout(&table).exit_code("backup"))
-        }
-        Command::Prune { dry_run } => {
-            let decisions = runner.prune(*dry_run)?;
-            if runner.settings.retention.is_empty() {
-                info!("no retention rule is set (BACKUP_RETENTION_DAYS, BACKUP_KEEP_*): everything is kept");
-            }
-            let mut out = String::new();
-            for (d, b) in decisions {
-                let verb = match (d.keep, dry_run) {
-                    (true, _) => "keep",
-                    (false, true) => "would delete",
-                    (false, false) => "deleted",
-                };
-                out.push_str(&format!("{verb:<13} {:<40} {}\n", b.manifest.name, d.why));
-            }
-            Ok(crate::output::stdout(&out).exit_code("backup"))
-        }
-        Command::Verify { name, from } => {
-            let verified = runner.verify(name, *from, &identities(m)?);
-            if let Some(f) = was_stopped("verify stopped") {
-                return Err(f);
-            }
-            let m = verified.map_err(|e| e.context("verify failed"))?;
-            info!("{}: checksum and full read ok", m.file);
-            // The WAL stored beside: a gap after a base backup ends its recovery there.
-            let backups = runner.backups_for_reading(*from)?;
-            let manifests: Vec<&crate::backup::manifest::Manifest> =
-                backups.iter().map(|b| &b.manifest).collect();
-            let base =
-                (m.kind == crate::backup::manifest::Content::Base).then_some(m.name.as_str());
-            // A gap fails a base backup's verify; no WAL at all (not streamed, or not
-            // yet) is said, as the backup itself is sound.
-            match crate::backup::continuity::check(&manifests, base) {
-                Some(c) if !c.gaps.is_empty() && c.newest.is_some() && base.is_some() => {
-                    Err(err(format!("verify failed: {}", c.describe())))
-                }
-                Some(c) if !c.is_continuous() => {
-                    warn!("{}", c.describe());
-                    Ok(0)
-                }
-                Some(c) => {
-                    info!("WAL {}", c.describe());
-                    Ok(0)
-                }
-                None => Ok(0),
-            }
-        }
-        Command::Drill {
-            name,
-            from,
-            into,
-            keep,
-            jobs,
-        } => {
-            let ids = identities(m)?;
-            let into = match into {
-                Some(u) => Some(drill_url(u)?),
-                None => None,
-            };
-            let backups = runner.backups_for_reading(*from)?;
-            let req = DrillRequest {
-                name: name.clone(),
-                from: *from,
-                into,
-                keep: *keep,
-                jobs: *jobs,
-                tmp_dir: m
-                    .explicit(Flag::TmpDir)
-                    .map_err(usage)?
-                    .map(std::path::PathBuf::from),
-                sql: m
-                    .explicit(Flag::DrillSql)
-                    .map_err(usage)?
-                    .map(std::path::PathBuf::from),
-            };
-            let done = drill::drill(
-                &runner.reading(&ids),
-                &backups,
-                &req,
-                runner.settings.url.as_ref(),
-                &cancel,
-            );
-            if let Some(f) = was_stopped("drill stopped; the scratch database was dropped") {
-                return Err(f);
-            }
-            let o = done.map_err(|e| e.context("drill failed"))?;
-            // a drill of the latest backup is the sidecar's health, as the daemon's are
-            if name == "latest" {
-                drill::record(&runner.settings, &o.backup, &o.drill);
-            }
-            if o.kept {
-                if let crate::output::Written::Failed(e) =
-                    crate::output::stdout(&format!("{}\n", o.database))
-                {
-                    warn!(
-                        "cannot write the kept database's name ({:?}) to stdout: {}",
-                        o.database,
-                        crate::error::io_reason(&e)
-                    );
-                }
-            }
-            if o.drill.ok {
-                info!(
-                    "drill of {} passed: restored in {:.1} s, every table's rows as in the backup{}",
-                    o.backup,
-                    o.drill.seconds,
-                    if o.kept { format!(", kept as database {:?}", o.database) } else { String::new() }
-                );
-                Ok(0)
-            } else {
-                Err(err(format!(
-                    "drill of {} failed: {}",
-                    o.backup,
-                    o.drill.problems.join("; ")
-                )))
-            }
-        }
-        Command::Restore {
-            name,
-            from,
-            to,
-            clean,
-            yes,
-            no_owner,
-            jobs,
-        } => {
-            let ids = identities(m)?;
-            let to = match to {
-                Some(u) => Some(target_url(u)?),
-                None => None,
-            };
-            let backups = runner.backups_for_reading(*from)?;
-            if let Some(w) = catalog::drill_warning(&backups, name) {
-                tracing::warn!("{w}");
-            }
-            let req = Request {
-                name: name.clone(),
-                from: *from,
-                to,
-                clean: *clean,
-                yes: *yes,
-                no_owner: *no_owner,
-                jobs: *jobs,
-                tmp_dir: m
-                    .explicit(Flag::TmpDir)
-                    .map_err(usage)?
-                    .map(std::path::PathBuf::from),
-                drill: false,
-            };
-            let done = restore::restore(
-                &runner.reading(&ids),
-                &backups,
-                &req,
-                runner.settings.url.as_ref(),
-                &cancel,
-                &confirm,
-            );
-            if let Some(f) = was_stopped("restore stopped; the target was left as it was") {
-                return Err(f);
-            }
-            let r = done.map_err(|e| e.context("restore failed"))?;
-            let globals = r.globals_lines();
-            if r.globals {
-                info!(
-                    "restored the globals {} into the cluster of database {:?}: {}",
-                    r.backup,
-                    r.database,
-                    globals.join("; ")
-                );
-                let out: String = globals.iter().map(|l| format!("{l}\n")).collect();
-                return Ok(crate::output::stdout(&out).exit_code("backup"));
-            }
-            info!(
-                "restored {} into {}database {:?}: tables {}, rows {}, in {:.1} s",
-                r.backup,
-                if r.created { "the new " } else { "" },
-                r.database,
-                r.tables,
-                r.rows,
-                r.seconds
-            );
-            Ok(crate::output::stdout(&format!("{}\n", r.database)).exit_code("backup"))
         }
     }
+    if o.drill.ok {
+        info!(
+            "drill of {} passed: restored in {:.1} s, every table's rows as in the backup{}",
+            o.backup,
+            o.drill.seconds,
+            if o.kept {
+                format!(", kept as database {:?}", o.database)
+            } else {
+                String::new()
+            }
+        );
+        Ok(0)
+    } else {
+        Err(err(format!(
+            "drill of {} failed: {}",
+            o.backup,
+            o.drill.problems.join("; ")
+        )))
+    }
+}
+
+/// `restore`: restores a backup into a new or given database.
+#[allow(clippy::too_many_arguments)] // (each is one of the command's own flags)
+fn cmd_restore(
+    s: &Session,
+    name: &str,
+    from: &Option<Side>,
+    to: &Option<String>,
+    clean: &bool,
+    yes: &bool,
+    no_owner: &bool,
+    jobs: &usize,
+) -> Result<u8, BackupError> {
+    let runner = &s.runner;
+    let cancel = &s.cancel;
+    let m = s.m;
+    let ids = identities(m)?;
+    let to = match to {
+        Some(u) => Some(target_url(u)?),
+        None => None,
+    };
+    let backups = runner.backups_for_reading(*from)?;
+    if let Some(w) = catalog::drill_warning(&backups, name) {
+        tracing::warn!("{w}");
+    }
+    let req = Request {
+        name: name.to_string(),
+        from: *from,
+        to,
+        clean: *clean,
+        yes: *yes,
+        no_owner: *no_owner,
+        jobs: *jobs,
+        tmp_dir: m
+            .explicit(Flag::TmpDir)
+            .map_err(usage)?
+            .map(std::path::PathBuf::from),
+        drill: false,
+    };
+    let done = restore::restore(
+        &runner.reading(&ids),
+        &backups,
+        &req,
+        runner.settings.url.as_ref(),
+        cancel,
+        &confirm,
+    );
+    if let Some(f) = s.stopped("restore stopped; the target was left as it was") {
+        return Err(f);
+    }
+    let r = done.map_err(|e| e.context("restore failed"))?;
+    let globals = r.globals_lines();
+    if r.globals {
+        info!(
+            "restored the globals {} into the cluster of database {:?}: {}",
+            r.backup,
+            r.database,
+            globals.join("; ")
+        );
+        let out: String = globals.iter().map(|l| format!("{l}\n")).collect();
+        return Ok(crate::output::stdout(&out).exit_code("backup"));
+    }
+    info!(
+        "restored {} into {}database {:?}: tables {}, rows {}, in {:.1} s",
+        r.backup,
+        if r.created { "the new " } else { "" },
+        r.database,
+        r.tables,
+        r.rows,
+        r.seconds
+    );
+    Ok(crate::output::stdout(&format!("{}\n", r.database)).exit_code("backup"))
 }
 
 #[cfg(test)]
