@@ -52,6 +52,267 @@ impl std::fmt::Debug for PgTarget {
     }
 }
 
+/// What a URL's query says beyond the settings it puts into the [`Config`] at once:
+/// read one parameter at a time by [`UrlQuery::apply`], then used by
+/// [`PgTarget::from_url`].
+struct UrlQuery {
+    /// The password: the URL's, `PGPASSWORD`'s, or the query's `password`.
+    password: Option<String>,
+    /// The database: the URL's path, or the query's `dbname` (empty: not named).
+    dbname: String,
+    sslmode: String,
+    root_file: Option<PathBuf>,
+    /// `host=`: a socket directory (starting with `/`) or a host name.
+    socket_dir: Option<String>,
+    /// `port=`, over the URL's ports.
+    port_override: Option<u16>,
+    /// Prisma's `sslcert` (its CA certificate), used when `sslrootcert` is not given.
+    prisma_root: Option<PathBuf>,
+    /// Prisma's `sslaccept=strict`.
+    strict: bool,
+}
+
+impl UrlQuery {
+    fn new(password: Option<String>, dbname: String) -> UrlQuery {
+        UrlQuery {
+            password,
+            dbname,
+            sslmode: "prefer".to_string(),
+            root_file: None,
+            socket_dir: None,
+            port_override: None,
+            prisma_root: None,
+            strict: false,
+        }
+    }
+
+    /// One query parameter: libpq's, then Prisma's, else refused or ignored.
+    fn apply(
+        &mut self,
+        k: &str,
+        v: &str,
+        url: &Url,
+        config: &mut Config,
+    ) -> Result<(), ConfigError> {
+        if self.libpq_param(k, v, config)? || self.prisma_param(k, v, url)? {
+            return Ok(());
+        }
+        unsupported_param(k, v)
+    }
+
+    /// A libpq parameter; false when `k` is none of those understood here.
+    fn libpq_param(&mut self, k: &str, v: &str, config: &mut Config) -> Result<bool, ConfigError> {
+        match k {
+            "sslmode" => self.sslmode = v.to_string(),
+            "sslrootcert" => self.root_file = (v != "system").then(|| PathBuf::from(v)),
+            "host" => self.socket_dir = Some(v.to_string()),
+            "port" => {
+                self.port_override = Some(
+                    v.parse()
+                        .map_err(|_| invalid(format!("port={v:?} is not a port number")))?,
+                )
+            }
+            "user" => {
+                config.user(v);
+            }
+            "password" => self.password = Some(v.to_string()),
+            "dbname" => self.dbname = v.to_string(),
+            "application_name" => {
+                config.application_name(v);
+            }
+            "options" => {
+                config.options(v);
+            }
+            "connect_timeout" => {
+                let secs: u64 = v.parse().map_err(|_| {
+                    invalid(format!("connect_timeout={v:?} is not a number of seconds"))
+                })?;
+                // 0 waits indefinitely, for libpq and Prisma alike
+                if secs > 0 {
+                    config.connect_timeout(Duration::from_secs(secs));
+                }
+            }
+            "target_session_attrs" => {
+                config.target_session_attrs(session_attrs(v)?);
+            }
+            "channel_binding" => {
+                config.channel_binding(channel_binding(v)?);
+            }
+            "gssencmode" | "sslcompression" | "keepalives" => {}
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// A parameter of Prisma's; false when `k` is none of those.
+    fn prisma_param(&mut self, k: &str, v: &str, url: &Url) -> Result<bool, ConfigError> {
+        match k {
+            // Prisma's: the schema its migrations and `_prisma_migrations` live in
+            // (see `schema`); PgBouncer mode (see `pgbouncer`).
+            "schema" => {
+                if v.is_empty() || v.chars().any(char::is_control) {
+                    return Err(invalid(format!(
+                        "schema={v:?}: name the schema (Prisma's default is public)"
+                    )));
+                }
+            }
+            "pgbouncer" => {
+                if v != "true" && v != "false" {
+                    return Err(invalid(format!(
+                        "pgbouncer={v:?}: use true or false (as Prisma does)"
+                    )));
+                }
+            }
+            // Prisma's TLS settings, read as Prisma reads them: `sslcert` is the CA
+            // certificate (libpq's client certificate comes with `sslkey`, which
+            // dockhand does not support), `sslaccept=strict` verifies the chain and
+            // the host name.
+            "sslcert" if !url.query.iter().any(|(k, _)| k == "sslkey") => {
+                self.prisma_root = Some(PathBuf::from(v));
+            }
+            "sslaccept" => match v {
+                "strict" => self.strict = true,
+                "accept_invalid_certs" => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "sslaccept={v:?}: use strict or accept_invalid_certs (Prisma's values), or sslmode=verify-full"
+                    )))
+                }
+            },
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// After the query: the user, application name, password and database the URL
+    /// left out, as libpq fills them in.
+    fn fill_in(&self, config: &mut Config, user: &str) {
+        if config.get_user().is_none() {
+            config.user(user);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name(APP_NAME.get().copied().unwrap_or("dockhand"));
+        }
+        if let Some(p) = &self.password {
+            config.password(p);
+        }
+        let dbname = if self.dbname.is_empty() {
+            std::env::var("PGDATABASE")
+                .unwrap_or_else(|_| config.get_user().unwrap_or("postgres").to_string())
+        } else {
+            self.dbname.clone()
+        };
+        config.dbname(&dbname);
+    }
+
+    /// The hosts to connect to: a socket directory (set in `config`, TLS off), the
+    /// query's `host`, or the URL's host list; TCP hosts with their ports.
+    fn hosts(&self, url: &Url, config: &mut Config) -> Vec<(String, u16)> {
+        let mut tcp_hosts = Vec::new();
+        match &self.socket_dir {
+            Some(dir) if dir.starts_with('/') => {
+                config.host_path(dir);
+                config.port(self.port_override.or(url.port()).unwrap_or(5432));
+                config.ssl_mode(SslMode::Disable);
+            }
+            Some(h) => {
+                tcp_hosts.push((h.clone(), self.port_override.or(url.port()).unwrap_or(5432)))
+            }
+            None => {
+                for hp in &url.hosts {
+                    tcp_hosts.push((
+                        hp.host.clone(),
+                        self.port_override.or(hp.port).unwrap_or(5432),
+                    ));
+                }
+            }
+        }
+        tcp_hosts
+    }
+}
+
+/// `target_session_attrs`'s value.
+fn session_attrs(v: &str) -> Result<tokio_postgres::config::TargetSessionAttrs, ConfigError> {
+    match v {
+        "any" => Ok(tokio_postgres::config::TargetSessionAttrs::Any),
+        "read-write" => Ok(tokio_postgres::config::TargetSessionAttrs::ReadWrite),
+        _ => Err(invalid(format!(
+            "target_session_attrs={v:?}: use any or read-write"
+        ))),
+    }
+}
+
+/// `channel_binding`'s value.
+fn channel_binding(v: &str) -> Result<tokio_postgres::config::ChannelBinding, ConfigError> {
+    use tokio_postgres::config::ChannelBinding;
+    match v {
+        "disable" => Ok(ChannelBinding::Disable),
+        "prefer" => Ok(ChannelBinding::Prefer),
+        "require" => Ok(ChannelBinding::Require),
+        _ => Err(invalid(format!(
+            "channel_binding={v:?}: use disable, prefer or require"
+        ))),
+    }
+}
+
+/// A parameter neither libpq's nor Prisma's as read here: a client certificate is
+/// refused, another tool's parameter is ignored, anything else is refused.
+fn unsupported_param(k: &str, v: &str) -> Result<(), ConfigError> {
+    match k {
+        "sslcert" | "sslkey" | "sslidentity" | "sslpassword" => Err(invalid(format!(
+            "{k}=: TLS client certificates are not supported; authenticate with a password (the URL, PGPASSWORD or PGPASSWORD_FILE)"
+        ))),
+        other => match crate::url::pg_foreign_param(other) {
+            Some(whose) => {
+                tracing::debug!("ignoring {other}={v:?} in the PostgreSQL URL ({whose})");
+                Ok(())
+            }
+            None => Err(invalid(format!(
+                "unknown parameter {other:?} in the PostgreSQL URL: libpq's parameters (sslmode, application_name, options, connect_timeout, ...), Prisma's (schema, connection_limit, pool_timeout, pgbouncer, ...) and node-postgres' are understood; remove it, or check its spelling"
+            ))),
+        },
+    }
+}
+
+/// How `sslmode` maps onto rustls verification and tokio-postgres' mode (the table
+/// at the top of this module).
+fn tls_mode(sslmode: &str, root_file: bool) -> Result<(Verify, SslMode), ConfigError> {
+    Ok(match sslmode {
+        "disable" => (Verify::None, SslMode::Disable),
+        "allow" | "prefer" => (Verify::None, SslMode::Prefer),
+        "require" if root_file => (Verify::ChainOnly, SslMode::Require),
+        "require" => (Verify::None, SslMode::Require),
+        "verify-ca" => (Verify::ChainOnly, SslMode::Require),
+        "verify-full" => (Verify::Full, SslMode::Require),
+        other => {
+            return Err(invalid(format!(
+                "sslmode={other:?}: use disable, prefer, require, verify-ca or verify-full"
+            )))
+        }
+    })
+}
+
+/// Refuses a target that names no host, or requires channel binding where TLS is
+/// never used.
+fn check_hosts_and_binding(
+    config: &Config,
+    tcp_hosts: &[(String, u16)],
+) -> Result<(), ConfigError> {
+    if tcp_hosts.is_empty() && config.get_hosts().is_empty() {
+        return Err(invalid("the PostgreSQL URL names no host"));
+    }
+    // Channel binding is a property of TLS: where TLS is never used it cannot
+    // happen, so say so now rather than fail every connection.
+    if config.get_channel_binding() == tokio_postgres::config::ChannelBinding::Require
+        && config.get_ssl_mode() == SslMode::Disable
+    {
+        return Err(invalid(
+            "channel_binding=require needs TLS, which sslmode=disable (or a Unix socket) never uses: use sslmode=require or verify-full over TCP, or drop channel_binding",
+        ));
+    }
+    Ok(())
+}
+
 impl PgTarget {
     /// Builds a target from a `postgres://` or `postgresql://` URL. `PGUSER`, `PGPASSWORD`
     /// (or `PGPASSWORD_FILE`) and `PGDATABASE` fill in what the URL leaves out, as libpq does.
@@ -66,181 +327,23 @@ impl PgTarget {
         if password.is_none() {
             password = crate::config::var("PGPASSWORD")?;
         }
-        let mut dbname = url
+        let dbname = url
             .decoded_path()
             .ok_or_else(|| invalid("bad %-escape in the database name"))?
             .trim_start_matches('/')
             .to_string();
-        let mut sslmode = "prefer".to_string();
-        let mut root_file = None;
-        let mut socket_dir: Option<String> = None;
-        let mut port_override: Option<u16> = None;
-        let mut prisma_root: Option<PathBuf> = None;
-        let mut strict = false;
+        let mut query = UrlQuery::new(password, dbname);
         for (k, v) in &url.query {
-            match k.as_str() {
-                "sslmode" => sslmode = v.clone(),
-                "sslrootcert" => root_file = (v != "system").then(|| PathBuf::from(v)),
-                "host" => socket_dir = Some(v.clone()),
-                "port" => {
-                    port_override = Some(
-                        v.parse()
-                            .map_err(|_| invalid(format!("port={v:?} is not a port number")))?,
-                    )
-                }
-                "user" => {
-                    config.user(v);
-                }
-                "password" => password = Some(v.clone()),
-                "dbname" => dbname = v.clone(),
-                "application_name" => {
-                    config.application_name(v);
-                }
-                "options" => {
-                    config.options(v);
-                }
-                "connect_timeout" => {
-                    let secs: u64 = v.parse().map_err(|_| {
-                        invalid(format!("connect_timeout={v:?} is not a number of seconds"))
-                    })?;
-                    // 0 waits indefinitely, for libpq and Prisma alike
-                    if secs > 0 {
-                        config.connect_timeout(Duration::from_secs(secs));
-                    }
-                }
-                "target_session_attrs" => {
-                    config.target_session_attrs(match v.as_str() {
-                        "any" => tokio_postgres::config::TargetSessionAttrs::Any,
-                        "read-write" => tokio_postgres::config::TargetSessionAttrs::ReadWrite,
-                        _ => {
-                            return Err(invalid(format!(
-                                "target_session_attrs={v:?}: use any or read-write"
-                            )))
-                        }
-                    });
-                }
-                "channel_binding" => {
-                    use tokio_postgres::config::ChannelBinding;
-                    config.channel_binding(match v.as_str() {
-                        "disable" => ChannelBinding::Disable,
-                        "prefer" => ChannelBinding::Prefer,
-                        "require" => ChannelBinding::Require,
-                        _ => {
-                            return Err(invalid(format!(
-                                "channel_binding={v:?}: use disable, prefer or require"
-                            )))
-                        }
-                    });
-                }
-                "gssencmode" | "sslcompression" | "keepalives" => {}
-                // Prisma's: the schema its migrations and `_prisma_migrations` live in
-                // (see `schema`); PgBouncer mode (see `pgbouncer`).
-                "schema" => {
-                    if v.is_empty() || v.chars().any(char::is_control) {
-                        return Err(invalid(format!(
-                            "schema={v:?}: name the schema (Prisma's default is public)"
-                        )));
-                    }
-                }
-                "pgbouncer" => {
-                    if v != "true" && v != "false" {
-                        return Err(invalid(format!(
-                            "pgbouncer={v:?}: use true or false (as Prisma does)"
-                        )));
-                    }
-                }
-                // Prisma's TLS settings, read as Prisma reads them: `sslcert` is the CA
-                // certificate (libpq's client certificate comes with `sslkey`, which
-                // dockhand does not support), `sslaccept=strict` verifies the chain and
-                // the host name.
-                "sslcert" if !url.query.iter().any(|(k, _)| k == "sslkey") => {
-                    prisma_root = Some(PathBuf::from(v));
-                }
-                "sslaccept" => match v.as_str() {
-                    "strict" => strict = true,
-                    "accept_invalid_certs" => {}
-                    _ => {
-                        return Err(invalid(format!(
-                            "sslaccept={v:?}: use strict or accept_invalid_certs (Prisma's values), or sslmode=verify-full"
-                        )))
-                    }
-                },
-                "sslcert" | "sslkey" | "sslidentity" | "sslpassword" => {
-                    return Err(invalid(format!(
-                        "{k}=: TLS client certificates are not supported; authenticate with a password (the URL, PGPASSWORD or PGPASSWORD_FILE)"
-                    )))
-                }
-                other => match crate::url::pg_foreign_param(other) {
-                    Some(whose) => {
-                        tracing::debug!("ignoring {other}={v:?} in the PostgreSQL URL ({whose})");
-                    }
-                    None => {
-                        return Err(invalid(format!(
-                            "unknown parameter {other:?} in the PostgreSQL URL: libpq's parameters (sslmode, application_name, options, connect_timeout, ...), Prisma's (schema, connection_limit, pool_timeout, pgbouncer, ...) and node-postgres' are understood; remove it, or check its spelling"
-                        )))
-                    }
-                },
-            }
+            query.apply(k, v, url, &mut config)?;
         }
-        if config.get_user().is_none() {
-            config.user(&user);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name(APP_NAME.get().copied().unwrap_or("dockhand"));
-        }
-        if root_file.is_none() {
-            root_file = prisma_root;
-        }
-        if let Some(p) = &password {
-            config.password(p);
-        }
-        if dbname.is_empty() {
-            dbname = std::env::var("PGDATABASE")
-                .unwrap_or_else(|_| config.get_user().unwrap_or("postgres").to_string());
-        }
-        config.dbname(&dbname);
-        let (verify, mode) = match sslmode.as_str() {
-            "disable" => (Verify::None, SslMode::Disable),
-            "allow" | "prefer" => (Verify::None, SslMode::Prefer),
-            "require" if root_file.is_some() => (Verify::ChainOnly, SslMode::Require),
-            "require" => (Verify::None, SslMode::Require),
-            "verify-ca" => (Verify::ChainOnly, SslMode::Require),
-            "verify-full" => (Verify::Full, SslMode::Require),
-            other => {
-                return Err(invalid(format!(
-                    "sslmode={other:?}: use disable, prefer, require, verify-ca or verify-full"
-                )))
-            }
-        };
+        query.fill_in(&mut config, &user);
+        let root_file = query.root_file.take().or(query.prisma_root.take());
+        let (verify, mode) = tls_mode(&query.sslmode, root_file.is_some())?;
         // Prisma's sslaccept=strict: whenever TLS is used, chain and host name.
-        let verify = if strict { Verify::Full } else { verify };
+        let verify = if query.strict { Verify::Full } else { verify };
         config.ssl_mode(mode);
-        let mut tcp_hosts = Vec::new();
-        match socket_dir {
-            Some(dir) if dir.starts_with('/') => {
-                config.host_path(&dir);
-                config.port(port_override.or(url.port()).unwrap_or(5432));
-                config.ssl_mode(SslMode::Disable);
-            }
-            Some(h) => tcp_hosts.push((h, port_override.or(url.port()).unwrap_or(5432))),
-            None => {
-                for hp in &url.hosts {
-                    tcp_hosts.push((hp.host.clone(), port_override.or(hp.port).unwrap_or(5432)));
-                }
-            }
-        }
-        if tcp_hosts.is_empty() && config.get_hosts().is_empty() {
-            return Err(invalid("the PostgreSQL URL names no host"));
-        }
-        // Channel binding is a property of TLS: where TLS is never used it cannot
-        // happen, so say so now rather than fail every connection.
-        if config.get_channel_binding() == tokio_postgres::config::ChannelBinding::Require
-            && config.get_ssl_mode() == SslMode::Disable
-        {
-            return Err(invalid(
-                "channel_binding=require needs TLS, which sslmode=disable (or a Unix socket) never uses: use sslmode=require or verify-full over TCP, or drop channel_binding",
-            ));
-        }
+        let tcp_hosts = query.hosts(url, &mut config);
+        check_hosts_and_binding(&config, &tcp_hosts)?;
         Ok(PgTarget {
             url: url.clone(),
             config,
@@ -293,29 +396,8 @@ impl PgTarget {
     /// and database filled in as libpq would, the host list or socket directory.
     /// `app_name` names the connection in `pg_stat_activity` unless the URL does.
     pub fn libpq_env(&self, app_name: &str) -> Vec<(&'static str, String)> {
-        use tokio_postgres::config::Host;
         let mut env = Vec::new();
-        let (hosts, ports): (Vec<String>, Vec<String>) = if self.tcp_hosts.is_empty() {
-            let ports = self.config.get_ports();
-            self.config
-                .get_hosts()
-                .iter()
-                .enumerate()
-                .map(|(i, h)| {
-                    let host = match h {
-                        Host::Tcp(name) => name.clone(),
-                        Host::Unix(dir) => dir.display().to_string(),
-                    };
-                    let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-                    (host, port.to_string())
-                })
-                .unzip()
-        } else {
-            self.tcp_hosts
-                .iter()
-                .map(|(h, p)| (h.clone(), p.to_string()))
-                .unzip()
-        };
+        let (hosts, ports) = self.libpq_hosts();
         env.push(("PGHOST", hosts.join(",")));
         env.push(("PGPORT", ports.join(",")));
         if let Some(u) = self.config.get_user() {
@@ -327,28 +409,8 @@ impl PgTarget {
         if let Some(d) = self.config.get_dbname() {
             env.push(("PGDATABASE", d.to_string()));
         }
-        let query = |k: &str| {
-            self.url
-                .query
-                .iter()
-                .rev()
-                .find(|(q, _)| q == k)
-                .map(|(_, v)| v.clone())
-        };
-        let sslmode = if self
-            .config
-            .get_hosts()
-            .iter()
-            .any(|h| matches!(h, Host::Unix(_)))
-        {
-            "disable".to_string()
-        } else if self.verify == Verify::Full && self.config.get_ssl_mode() == SslMode::Require {
-            // also Prisma's sslaccept=strict
-            "verify-full".to_string()
-        } else {
-            query("sslmode").unwrap_or_else(|| "prefer".into())
-        };
-        env.push(("PGSSLMODE", sslmode));
+        let query = |k: &str| self.url_param(k).map(str::to_string);
+        env.push(("PGSSLMODE", self.libpq_sslmode()));
         // also Prisma's sslcert (its CA certificate), never libpq's client certificate
         if let Some(root) = query("sslrootcert")
             .or_else(|| self.root_file.as_ref().map(|p| p.display().to_string()))
@@ -372,6 +434,52 @@ impl PgTarget {
             env.push(("PGCHANNELBINDING", c));
         }
         env
+    }
+
+    /// `PGHOST` and `PGPORT`'s lists: the TCP hosts with their ports, or the socket
+    /// directory with its port.
+    fn libpq_hosts(&self) -> (Vec<String>, Vec<String>) {
+        use tokio_postgres::config::Host;
+        if self.tcp_hosts.is_empty() {
+            let ports = self.config.get_ports();
+            self.config
+                .get_hosts()
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let host = match h {
+                        Host::Tcp(name) => name.clone(),
+                        Host::Unix(dir) => dir.display().to_string(),
+                    };
+                    let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                    (host, port.to_string())
+                })
+                .unzip()
+        } else {
+            self.tcp_hosts
+                .iter()
+                .map(|(h, p)| (h.clone(), p.to_string()))
+                .unzip()
+        }
+    }
+
+    /// `PGSSLMODE`: off over a socket, verify-full where this target verifies the host
+    /// name, else the URL's `sslmode`.
+    fn libpq_sslmode(&self) -> String {
+        use tokio_postgres::config::Host;
+        if self
+            .config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, Host::Unix(_)))
+        {
+            "disable".to_string()
+        } else if self.verify == Verify::Full && self.config.get_ssl_mode() == SslMode::Require {
+            // also Prisma's sslaccept=strict
+            "verify-full".to_string()
+        } else {
+            self.url_param("sslmode").unwrap_or("prefer").to_string()
+        }
     }
 
     /// The host names connected to, for messages (`db`, `db1, db2`).

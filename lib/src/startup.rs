@@ -101,6 +101,9 @@ fn migrate_failed(e: MigrateError) -> StartupError {
         .context("migration failed, the app was not started")
 }
 
+/// The migration to run: the raw migration URL and its target, and the source.
+type Migration = ((String, PgTarget), Source);
+
 /// Runs the plan.
 pub fn run(plan: &Plan) -> Result<(), StartupError> {
     let stop_signals = stop_signalfd().map_err(|e| config(format!("cannot watch signals: {e}")))?;
@@ -112,58 +115,14 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
             .map(|i| i.ssi_signo as i32)
     };
     crate::secrets::require(&plan.require_env).map_err(|e| e.into_kind(StartupKind::Config))?;
-    if let Some(user) = &plan.user {
-        for p in &plan.chown {
-            let mut signal = None;
-            let result = crate::privileges::chown_recursive(p, user, || {
-                signal = signal.or_else(stopped);
-                signal.is_some()
-            });
-            if let Some(sig) = signal {
-                return Err(stopped_by(sig));
-            }
-            let n = result.map_err(|e| e.into_kind(StartupKind::Privileges))?;
-            info!(
-                "handed {} ({n} entries) to uid {} gid {}",
-                p.display(),
-                user.uid,
-                user.gid
-            );
-        }
-    } else if !plan.chown.is_empty() {
-        return Err(config("--chown needs --user (whom to give the paths to)"));
-    }
+    hand_over_paths(plan, &stopped)?;
     if let Some(sig) = stopped() {
         return Err(stopped_by(sig));
     }
     if !plan.needs_runtime() {
         return Ok(());
     }
-    // Resolve the configuration before waiting on anything; the migration URL (and
-    // its warnings) only when something uses it.
-    let needs_direct = plan.migrate.is_some() || plan.wait.iter().any(|w| w == "postgres");
-    let direct = if needs_direct {
-        migrate::direct_url().map_err(|e| e.into_kind(StartupKind::Config))?
-    } else {
-        None
-    };
-    let direct_target = |what: &str| direct_target(direct.as_deref(), what);
-    let mut targets = Vec::new();
-    for w in &plan.wait {
-        if w == "postgres" {
-            targets.push(Target::Postgres(Box::new(
-                direct_target("--wait postgres")?.1,
-            )));
-        } else {
-            targets.push(
-                Target::parse(w).map_err(|e| e.into_kind(StartupKind::Config).context("--wait"))?,
-            );
-        }
-    }
-    let migration = match &plan.migrate {
-        Some(source) => Some((direct_target("migrating")?, source.clone())),
-        None => None,
-    };
+    let (targets, migration) = resolve_targets(plan)?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -190,46 +149,114 @@ pub fn run(plan: &Plan) -> Result<(), StartupError> {
         }
         Ok(())
     };
-    let result = rt.block_on(async {
-        let mut signals = Signals::new(stop_signals);
-        tokio::pin!(phases);
-        let sig = tokio::select! {
-            r = &mut phases => return r,
-            sig = signals.next() => sig,
-        };
-        if !running.is_running() {
-            return Err(stopped_by(sig));
-        }
-        // The migration command is running under our lock: it gets the signal, and
-        // the lock is held until it has exited.
-        info!(
-            "received {} during --migrate-cmd: passing it on and waiting up to {} for the command (the migration lock stays held)",
-            signal_name(sig),
-            crate::duration::format(plan.grace)
-        );
-        pass_on(&running, sig);
-        let deadline = tokio::time::sleep(plan.grace);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = &mut phases => return Err(stopped_by(sig)),
-                _ = &mut deadline => break,
-                again = signals.next() => {
-                    info!("received {}: passing it on to the migration command", signal_name(again));
-                    pass_on(&running, again);
-                }
-            }
-        }
-        tracing::warn!(
-            "the migration command did not exit within {}: killing it",
-            crate::duration::format(plan.grace)
-        );
-        pass_on(&running, libc::SIGKILL);
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut phases).await;
-        Err(stopped_by(sig))
-    });
+    let result = rt.block_on(until_stopped(plan, phases, &running, stop_signals));
     rt.shutdown_background();
     result
+}
+
+/// `--chown`: hands each path to `--user`, stopping between entries when `stopped`
+/// says a stop signal arrived.
+fn hand_over_paths(plan: &Plan, stopped: &impl Fn() -> Option<i32>) -> Result<(), StartupError> {
+    let Some(user) = &plan.user else {
+        if !plan.chown.is_empty() {
+            return Err(config("--chown needs --user (whom to give the paths to)"));
+        }
+        return Ok(());
+    };
+    for p in &plan.chown {
+        let mut signal = None;
+        let result = crate::privileges::chown_recursive(p, user, || {
+            signal = signal.or_else(stopped);
+            signal.is_some()
+        });
+        if let Some(sig) = signal {
+            return Err(stopped_by(sig));
+        }
+        let n = result.map_err(|e| e.into_kind(StartupKind::Privileges))?;
+        info!(
+            "handed {} ({n} entries) to uid {} gid {}",
+            p.display(),
+            user.uid,
+            user.gid
+        );
+    }
+    Ok(())
+}
+
+/// The services to wait for and the migration to run, resolved before waiting on
+/// anything; the migration URL (and its warnings) only when something uses it.
+fn resolve_targets(plan: &Plan) -> Result<(Vec<Target>, Option<Migration>), StartupError> {
+    let needs_direct = plan.migrate.is_some() || plan.wait.iter().any(|w| w == "postgres");
+    let direct = if needs_direct {
+        migrate::direct_url().map_err(|e| e.into_kind(StartupKind::Config))?
+    } else {
+        None
+    };
+    let direct_target = |what: &str| direct_target(direct.as_deref(), what);
+    let mut targets = Vec::new();
+    for w in &plan.wait {
+        if w == "postgres" {
+            targets.push(Target::Postgres(Box::new(
+                direct_target("--wait postgres")?.1,
+            )));
+        } else {
+            targets.push(
+                Target::parse(w).map_err(|e| e.into_kind(StartupKind::Config).context("--wait"))?,
+            );
+        }
+    }
+    let migration = match &plan.migrate {
+        Some(source) => Some((direct_target("migrating")?, source.clone())),
+        None => None,
+    };
+    Ok((targets, migration))
+}
+
+/// Runs the start-up `phases` until they end or a stop signal arrives. A signal while
+/// a `--migrate-cmd` runs is passed on to it, and the command gets `--grace` to exit
+/// (under our lock) before it is killed; start-up stops with the signal either way.
+async fn until_stopped(
+    plan: &Plan,
+    phases: impl std::future::Future<Output = Result<(), StartupError>>,
+    running: &ChildGroup,
+    stop_signals: SignalFd,
+) -> Result<(), StartupError> {
+    let mut signals = Signals::new(stop_signals);
+    tokio::pin!(phases);
+    let sig = tokio::select! {
+        r = &mut phases => return r,
+        sig = signals.next() => sig,
+    };
+    if !running.is_running() {
+        return Err(stopped_by(sig));
+    }
+    // The migration command is running under our lock: it gets the signal, and
+    // the lock is held until it has exited.
+    info!(
+        "received {} during --migrate-cmd: passing it on and waiting up to {} for the command (the migration lock stays held)",
+        signal_name(sig),
+        crate::duration::format(plan.grace)
+    );
+    pass_on(running, sig);
+    let deadline = tokio::time::sleep(plan.grace);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut phases => return Err(stopped_by(sig)),
+            _ = &mut deadline => break,
+            again = signals.next() => {
+                info!("received {}: passing it on to the migration command", signal_name(again));
+                pass_on(running, again);
+            }
+        }
+    }
+    tracing::warn!(
+        "the migration command did not exit within {}: killing it",
+        crate::duration::format(plan.grace)
+    );
+    pass_on(running, libc::SIGKILL);
+    let _ = tokio::time::timeout(Duration::from_secs(5), &mut phases).await;
+    Err(stopped_by(sig))
 }
 
 /// `--migrate-status`: prints each migration of the folder as applied, pending or
@@ -239,6 +266,45 @@ pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
     let Some(Source::Folder { dir, format }) = &plan.migrate else {
         return Err(config("--migrate-status needs --migrations DIR"));
     };
+    let (format, states, findings) = read_status(plan, dir, *format)?;
+    // a failed migration counts as not applied: exit 1, as for a pending one
+    let pending = states
+        .iter()
+        .filter(|s| !s.applied || s.failed.is_some())
+        .count();
+    let out = status_report(plan, dir, format, &states, &findings, pending);
+    // A closed pipe or a full disk must not hide the answer: the exit status (pending
+    // or not) still says it; a write failure is said on stderr.
+    if let crate::output::Written::Failed(e) = crate::output::stdout(&out) {
+        tracing::warn!(
+            "cannot write the status to stdout: {}",
+            crate::error::io_reason(&e)
+        );
+    }
+    // CI fails the build on what a start would refuse: exit 4, as the start would.
+    if plan.lint.mode == migrate::lint::Mode::Error && findings.iter().any(|f| f.blocks) {
+        return Err(migrate_failed(migrate::MigrateError::new(
+            migrate::MigrateKind::Failed,
+            "--migrate-lint error: a pending statement would lock a table larger than --lint-min-size (see the findings above)",
+        )));
+    }
+    Ok(pending)
+}
+
+/// The folder's format, each migration's state in the database, and (unless lint is
+/// off) the lint findings for the pending ones.
+fn read_status(
+    plan: &Plan,
+    dir: &std::path::Path,
+    format: Option<migrate::Format>,
+) -> Result<
+    (
+        migrate::Format,
+        Vec<migrate::Status>,
+        Vec<migrate::lint::Finding>,
+    ),
+    StartupError,
+> {
     let direct = migrate::direct_url().map_err(|e| e.into_kind(StartupKind::Config))?;
     let (_, target) = direct_target(direct.as_deref(), "--migrate-status")?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -246,7 +312,7 @@ pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
         .build()
         .map_err(|e| config(format!("cannot start: {e}")))?;
     let result = rt.block_on(async {
-        let format = migrate::resolve_format(dir, *format).map_err(migrate_failed)?;
+        let format = migrate::resolve_format(dir, format).map_err(migrate_failed)?;
         let mut client = migrate::connect_for_status(&target)
             .await
             .map_err(migrate_failed)?;
@@ -269,14 +335,21 @@ pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
         Ok::<_, StartupError>((format, states, findings))
     });
     rt.shutdown_background();
-    let (format, states, findings) = result?;
-    // a failed migration counts as not applied: exit 1, as for a pending one
-    let pending = states
-        .iter()
-        .filter(|s| !s.applied || s.failed.is_some())
-        .count();
+    result
+}
+
+/// The text `--migrate-status` prints: each migration's state, the counts, and the
+/// lint findings when something is pending.
+fn status_report(
+    plan: &Plan,
+    dir: &std::path::Path,
+    format: migrate::Format,
+    states: &[migrate::Status],
+    findings: &[migrate::lint::Finding],
+    pending: usize,
+) -> String {
     let mut out = format!("{} migrations in {}:\n", format.name(), dir.display());
-    for s in &states {
+    for s in states {
         let state = match (&s.failed, s.applied) {
             (Some(_), _) => "failed",
             (None, true) => "applied",
@@ -300,26 +373,11 @@ pub fn migrate_status(plan: &Plan) -> Result<usize, StartupError> {
     ));
     if plan.lint.mode != migrate::lint::Mode::Off && pending > 0 {
         out.push_str(&format!("migration lint: {} finding(s)\n", findings.len()));
-        for f in &findings {
+        for f in findings {
             out.push_str(&format!("  {}{f}\n", if f.blocks { "BLOCKS " } else { "" }));
         }
     }
-    // A closed pipe or a full disk must not hide the answer: the exit status (pending
-    // or not) still says it; a write failure is said on stderr.
-    if let crate::output::Written::Failed(e) = crate::output::stdout(&out) {
-        tracing::warn!(
-            "cannot write the status to stdout: {}",
-            crate::error::io_reason(&e)
-        );
-    }
-    // CI fails the build on what a start would refuse: exit 4, as the start would.
-    if plan.lint.mode == migrate::lint::Mode::Error && findings.iter().any(|f| f.blocks) {
-        return Err(migrate_failed(migrate::MigrateError::new(
-            migrate::MigrateKind::Failed,
-            "--migrate-lint error: a pending statement would lock a table larger than --lint-min-size (see the findings above)",
-        )));
-    }
-    Ok(pending)
+    out
 }
 
 /// The migration connection: the raw `DIRECT_URL` (or `DATABASE_URL`) and its target;

@@ -46,6 +46,12 @@ struct Token {
     end: usize,
 }
 
+impl Token {
+    fn new(tok: Tok, start: usize, end: usize) -> Token {
+        Token { tok, start, end }
+    }
+}
+
 /// One statement (with the whitespace and comments before it) or a psql meta-command.
 #[derive(Debug)]
 struct Piece<'a> {
@@ -55,9 +61,22 @@ struct Piece<'a> {
     tokens: Vec<Token>,
 }
 
+impl<'a> Piece<'a> {
+    /// The script's text from `start` to `end`, with its tokens.
+    fn new(script: &'a str, start: usize, end: usize, tokens: Vec<Token>) -> Piece<'a> {
+        Piece {
+            text: &script[start..end],
+            at: start,
+            tokens,
+        }
+    }
+}
+
 /// Splits a psql script into statements at top-level semicolons, reading string
 /// literals (`'..'`, `E'..'`, dollar quotes), quoted identifiers and comments so a
-/// semicolon inside any of them does not end a statement.
+/// semicolon inside any of them does not end a statement. The loop is the lexer's one
+/// state machine, on the byte that starts each token; each token's scan is a function
+/// of its own.
 fn split(script: &str) -> Result<Vec<Piece<'_>>, String> {
     let b = script.as_bytes();
     let mut out = Vec::new();
@@ -70,39 +89,18 @@ fn split(script: &str) -> Result<Vec<Piece<'_>>, String> {
     };
     while i < b.len() {
         let c = b[i];
+        let from = i;
         if c == b'-' && b.get(i + 1) == Some(&b'-') {
-            i = script[i..].find('\n').map_or(b.len(), |n| i + n + 1);
+            i = line_end(script, i);
         } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            let (from, mut depth) = (i, 0usize);
-            loop {
-                if i + 1 >= b.len() {
-                    return Err(unterminated("comment", from));
-                }
-                if b[i] == b'/' && b[i + 1] == b'*' {
-                    depth += 1;
-                    i += 2;
-                } else if b[i] == b'*' && b[i + 1] == b'/' {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
+            i = comment_end(b, i).ok_or_else(|| unterminated("comment", from))?;
         } else if c == b'\\' && tokens.is_empty() {
             // A psql meta-command (`\restrict KEY`): the rest of the line.
-            let end = script[i..].find('\n').map_or(b.len(), |n| i + n + 1);
-            out.push(Piece {
-                text: &script[start..end],
-                at: start,
-                tokens: Vec::new(),
-            });
+            let end = line_end(script, i);
+            out.push(Piece::new(script, start, end, Vec::new()));
             i = end;
             start = end;
         } else if c == b'\'' {
-            let from = i;
             let e_prefix = tokens
                 .last()
                 .is_some_and(|t| t.end == i && t.tok == Tok::Word("e".into()));
@@ -110,94 +108,39 @@ fn split(script: &str) -> Result<Vec<Piece<'_>>, String> {
                 tokens.pop(); // E'...': a string with backslash escapes
             }
             let escapes = e_prefix || !std_strings;
-            i += 1;
-            loop {
-                match b.get(i) {
-                    None => return Err(unterminated("string", from)),
-                    Some(b'\\') if escapes => i += 2,
-                    Some(b'\'') if b.get(i + 1) == Some(&b'\'') => i += 2,
-                    Some(b'\'') => break,
-                    Some(_) => i += 1,
-                }
-            }
-            i += 1;
-            tokens.push(Token {
-                tok: Tok::Str,
-                start: from,
-                end: i,
-            });
+            i = string_end(b, i, escapes).ok_or_else(|| unterminated("string", from))?;
+            tokens.push(Token::new(Tok::Str, from, i));
         } else if c == b'"' {
-            let from = i;
-            let mut name = Vec::new();
-            i += 1;
-            loop {
-                match b.get(i) {
-                    None => return Err(unterminated("quoted identifier", from)),
-                    Some(b'"') if b.get(i + 1) == Some(&b'"') => {
-                        name.push(b'"');
-                        i += 2;
-                    }
-                    Some(b'"') => break,
-                    Some(&x) => {
-                        name.push(x);
-                        i += 1;
-                    }
-                }
-            }
-            i += 1;
-            tokens.push(Token {
-                tok: Tok::Quoted(String::from_utf8_lossy(&name).into_owned()),
-                start: from,
-                end: i,
-            });
+            let (end, name) =
+                quoted_identifier(b, i).ok_or_else(|| unterminated("quoted identifier", from))?;
+            i = end;
+            tokens.push(Token::new(Tok::Quoted(name), from, i));
         } else if c == b'$' && dollar_tag(&script[i..]).is_some() {
-            let from = i;
             let tag = dollar_tag(&script[i..]).unwrap_or("$$");
             let body = i + tag.len();
             let close = script[body..]
                 .find(tag)
                 .ok_or_else(|| unterminated("dollar-quoted string", from))?;
             i = body + close + tag.len();
-            tokens.push(Token {
-                tok: Tok::Str,
-                start: from,
-                end: i,
-            });
+            tokens.push(Token::new(Tok::Str, from, i));
         } else if c == b';' {
             i += 1;
-            let piece = Piece {
-                text: &script[start..i],
-                at: start,
-                tokens: std::mem::take(&mut tokens),
-            };
-            if let [Tok::Word(set), Tok::Word(name), _, value] = kinds(&piece).as_slice() {
-                if set == "set" && name == "standard_conforming_strings" {
-                    std_strings = *value != Tok::Word("off".into());
-                }
-            }
+            let piece = Piece::new(script, start, i, std::mem::take(&mut tokens));
+            std_strings = sets_standard_strings(&piece).unwrap_or(std_strings);
             out.push(piece);
             start = i;
         } else if c.is_ascii_whitespace() {
             i += 1;
         } else if c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80 {
-            let from = i;
-            while i < b.len()
-                && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80)
-            {
-                i += 1;
-            }
-            tokens.push(Token {
-                tok: Tok::Word(script[from..i].to_ascii_lowercase()),
-                start: from,
-                end: i,
-            });
+            i = word_end(b, i);
+            tokens.push(Token::new(
+                Tok::Word(script[from..i].to_ascii_lowercase()),
+                from,
+                i,
+            ));
         } else {
             let ch = script[i..].chars().next().unwrap_or('?');
-            tokens.push(Token {
-                tok: Tok::Other(ch),
-                start: i,
-                end: i + ch.len_utf8(),
-            });
+            tokens.push(Token::new(Tok::Other(ch), i, i + ch.len_utf8()));
             i += ch.len_utf8();
         }
     }
@@ -209,6 +152,92 @@ fn split(script: &str) -> Result<Vec<Piece<'_>>, String> {
         });
     }
     Ok(out)
+}
+
+/// Just past the end of the line `i` is on (the script's end on its last line).
+fn line_end(script: &str, i: usize) -> usize {
+    script[i..].find('\n').map_or(script.len(), |n| i + n + 1)
+}
+
+/// Just past the block comment opening at `i` (`/* ... */`, nested ones counted);
+/// `None` when it is not closed.
+fn comment_end(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    loop {
+        if i + 1 >= b.len() {
+            return None;
+        }
+        if b[i] == b'/' && b[i + 1] == b'*' {
+            depth += 1;
+            i += 2;
+        } else if b[i] == b'*' && b[i + 1] == b'/' {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return Some(i);
+            }
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Just past the string literal opening at `i` (`''` is a quote inside it; with
+/// `escapes`, a backslash escapes the next byte); `None` when it is not closed.
+fn string_end(b: &[u8], mut i: usize, escapes: bool) -> Option<usize> {
+    i += 1;
+    loop {
+        match b.get(i) {
+            None => return None,
+            Some(b'\\') if escapes => i += 2,
+            Some(b'\'') if b.get(i + 1) == Some(&b'\'') => i += 2,
+            Some(b'\'') => return Some(i + 1),
+            Some(_) => i += 1,
+        }
+    }
+}
+
+/// Just past the quoted identifier opening at `i`, and the name it spells (`""` is
+/// a quote); `None` when it is not closed.
+fn quoted_identifier(b: &[u8], mut i: usize) -> Option<(usize, String)> {
+    let mut name = Vec::new();
+    i += 1;
+    loop {
+        match b.get(i) {
+            None => return None,
+            Some(b'"') if b.get(i + 1) == Some(&b'"') => {
+                name.push(b'"');
+                i += 2;
+            }
+            Some(b'"') => return Some((i + 1, String::from_utf8_lossy(&name).into_owned())),
+            Some(&x) => {
+                name.push(x);
+                i += 1;
+            }
+        }
+    }
+}
+
+/// The end of the keyword or unquoted identifier starting at `i`.
+fn word_end(b: &[u8], mut i: usize) -> usize {
+    while i < b.len()
+        && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80)
+    {
+        i += 1;
+    }
+    i
+}
+
+/// What `SET standard_conforming_strings = value` sets, when `piece` is that.
+fn sets_standard_strings(piece: &Piece) -> Option<bool> {
+    match kinds(piece).as_slice() {
+        [Tok::Word(set), Tok::Word(name), _, value]
+            if set == "set" && name == "standard_conforming_strings" =>
+        {
+            Some(*value != Tok::Word("off".into()))
+        }
+        _ => None,
+    }
 }
 
 /// `$tag$` at the start of `s`, if it opens a dollar quote.
@@ -239,6 +268,34 @@ fn name_of(t: &Tok) -> Option<String> {
 
 fn word(t: &Tok, w: &str) -> bool {
     matches!(t, Tok::Word(x) if x == w)
+}
+
+impl Plan {
+    /// `CREATE TABLESPACE name OWNER owner LOCATION location` (as written in the
+    /// script): a missing tablespace is created before the transaction, its owner is
+    /// set inside it.
+    fn tablespace(
+        &mut self,
+        name: String,
+        raw_name: &str,
+        owner: &str,
+        location: &str,
+        lead: &str,
+        tablespaces: &HashSet<String>,
+    ) {
+        if tablespaces.contains(&name) {
+            self.tablespaces_updated.push(name);
+        } else {
+            self.create_tablespaces.push((
+                name.clone(),
+                format!("CREATE TABLESPACE {raw_name} LOCATION {location}"),
+            ));
+            self.tablespaces_created.push(name);
+        }
+        self.script.push_str(lead);
+        self.script
+            .push_str(&format!("ALTER TABLESPACE {raw_name} OWNER TO {owner};"));
+    }
 }
 
 /// Plans the restore of `script` into a cluster that has `roles` and `tablespaces`,
@@ -293,18 +350,7 @@ pub fn plan(
                 let (Some(name), Some(_)) = (name_of(n), name_of(owner)) else {
                     return Err(format!("unexpected statement: {}", piece.text.trim()));
                 };
-                if tablespaces.contains(&name) {
-                    p.tablespaces_updated.push(name);
-                } else {
-                    p.create_tablespaces.push((
-                        name.clone(),
-                        format!("CREATE TABLESPACE {} LOCATION {}", raw(2), raw(6)),
-                    ));
-                    p.tablespaces_created.push(name);
-                }
-                p.script.push_str(lead);
-                p.script
-                    .push_str(&format!("ALTER TABLESPACE {} OWNER TO {};", raw(2), raw(4)));
+                p.tablespace(name, raw(2), raw(4), raw(6), lead, tablespaces);
             }
             [c, s, ..] if word(c, "create") && word(s, "tablespace") => {
                 return Err(format!(

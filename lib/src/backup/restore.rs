@@ -111,23 +111,7 @@ pub fn restore(
     let clock = Instant::now();
     let b = catalog::find(backups, &req.name)?;
     let m = &b.manifest;
-    let from = match req.from {
-        Some(Side::Local) if !b.local => {
-            return Err(err(format!(
-                "{}: there is no local copy (try --from s3)",
-                m.name
-            )))
-        }
-        Some(Side::S3) if !b.remote => {
-            return Err(err(format!(
-                "{}: there is no copy in S3 (try --from local)",
-                m.name
-            )))
-        }
-        Some(f) => f,
-        None if b.local => Side::Local,
-        None => Side::S3,
-    };
+    let from = copy_to_read(b, req)?;
     if m.kind == Content::Base {
         return Err(err(format!(
             "{}: a base backup of the whole cluster (for point-in-time recovery) is not restored into a database",
@@ -143,57 +127,14 @@ pub fn restore(
         }
         return restore_globals(r, m, from, req, backup_url, cancel, clock);
     }
-    let drill_server = if req.drill {
-        req.to.as_ref().or(backup_url)
-    } else {
-        None
-    };
-    let (target, created, server) = match (&req.to, backup_url) {
-        _ if drill_server.is_some() => {
-            let u = drill_server.expect("checked");
-            let template = PgTarget::from_url(u).map_err(super::usage)?;
-            let (target, server) = r.rt.block_on(claim_new(&template, &m.database, "_drill_"))?;
-            (target, true, server)
-        }
-        (Some(u), _) => {
-            let (target, created, server) = r.rt.block_on(existing_target(u, m, backup_url))?;
-            if !created {
-                let database = target.dbname();
-                let nonempty = r.rt.block_on(is_nonempty(&target))?;
-                if nonempty {
-                    if !req.clean {
-                        return Err(err(format!(
-                            "database {database:?} is not empty: restore into a new database (leave out --to), or pass --clean to drop the backup's objects in it first"
-                        )));
-                    }
-                    if !req.yes && !confirm(database)? {
-                        return Err(err(format!("not confirmed: {database:?} left as it was")));
-                    }
-                }
-            }
-            (target, created, server)
-        }
-        (None, Some(u)) => {
-            let template = PgTarget::from_url(u).map_err(super::usage)?;
-            let (target, server) = r.rt.block_on(claim_new(&template, &m.database, "_restore_"))?;
-            (target, true, server)
-        }
-        (None, None) => {
-            return Err(err(
-                "no target: pass --to postgres://... or set DIRECT_URL (a new database is created on its server)",
-            ))
-        }
-    };
+    let (target, created, server) = restore_target(r, m, req, backup_url, confirm)?;
     let database = target.dbname().to_string();
-    let tools = match dump::find_tools(server.major.max(m.pg_dump_major())) {
-        Ok(t) => t,
-        Err(e) => {
-            if created {
-                drop_database(r, &target);
-            }
-            return Err(e);
-        }
-    };
+    let tools = dropped_on_error(
+        r,
+        &target,
+        created,
+        dump::find_tools(server.major.max(m.pg_dump_major())),
+    )?;
     // Parallel only into a database this restore created: `pg_restore -j` cannot run
     // in one transaction, and a failure there is undone by dropping the database. An
     // existing target is restored by one job in one transaction, as it must be.
@@ -202,65 +143,13 @@ pub fn restore(
             "restoring into the existing database {database:?} with one job, in one transaction (--jobs applies to a database the restore creates)"
         );
     }
-    let result = (|| {
-        let parallel = if req.jobs > 1 && created {
-            let dir = req.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
-            decode_to_file(r, m, from, &dir, cancel)?
-        } else {
-            None
-        };
-        // The connection settings travel in the environment; pg_restore insists on a
-        // --dbname, given as a quoted conninfo (a bare name holding '=' would be read
-        // as a connection string).
-        let mut cmd = dump::libpq_command(&tools.pg_restore, Some(&target));
-        cmd.arg("--no-password")
-            .arg(format!("--dbname={}", dump::conninfo_dbname(&database)));
-        // A drill goes on past errors to see every table that fails.
-        if !req.drill {
-            cmd.arg("--exit-on-error");
-            if parallel.is_none() {
-                cmd.arg("--single-transaction");
-            }
-        }
-        if req.clean {
-            cmd.args(["--clean", "--if-exists"]);
-        }
-        if req.no_owner {
-            cmd.args(["--no-owner", "--no-privileges"]);
-        }
-        cmd.stdout(Stdio::null());
-        let _watch = watch_tables(r, &target);
-        let (status, messages) = match &parallel {
-            Some(file) => {
-                cmd.arg(format!("--jobs={}", req.jobs))
-                    .arg(&file.path)
-                    .stdin(Stdio::null());
-                info!("{}: pg_restore with {} jobs", m.file, req.jobs);
-                Tool::spawn(cmd, cancel)?.finish(cancel)?
-            }
-            None => {
-                let opened = catalog::open(r, m, from)?;
-                catalog::feed(cmd, opened, m, cancel)?
-            }
-        };
-        drop(parallel);
-        if !status.success() && !req.drill {
-            return Err(err(format!(
-                "pg_restore failed ({status}): {}",
-                messages.trim().replace('\n', "; ")
-            )));
-        }
-        Ok((!status.success(), messages))
-    })();
-    let (restore_failed, messages) = match result {
-        Ok(done) => done,
-        Err(e) => {
-            if created {
-                drop_database(r, &target);
-            }
-            return Err(e);
-        }
+    let into = RestoreInto {
+        target: &target,
+        database: &database,
+        created,
     };
+    let ran = run_pg_restore(r, m, from, req, &into, &tools, cancel);
+    let (restore_failed, messages) = dropped_on_error(r, &target, created, ran)?;
     let restored_in = clock.elapsed().as_secs_f64();
     let counts = match r.rt.block_on(count_restored(&target)) {
         Ok(c) => c,
@@ -288,6 +177,178 @@ pub fn restore(
         restore_failed,
         messages,
     })
+}
+
+/// `result`; when it is an error, the database this restore created is dropped
+/// first (an existing one is left as it is).
+fn dropped_on_error<T>(
+    r: &Reading,
+    target: &PgTarget,
+    created: bool,
+    result: Result<T, BackupError>,
+) -> Result<T, BackupError> {
+    if result.is_err() && created {
+        drop_database(r, target);
+    }
+    result
+}
+
+/// Which copy of `b` to read: the one `--from` names (refused when there is none),
+/// else the local one when there is one.
+fn copy_to_read(b: &Backup, req: &Request) -> Result<Side, BackupError> {
+    let m = &b.manifest;
+    Ok(match req.from {
+        Some(Side::Local) if !b.local => {
+            return Err(err(format!(
+                "{}: there is no local copy (try --from s3)",
+                m.name
+            )))
+        }
+        Some(Side::S3) if !b.remote => {
+            return Err(err(format!(
+                "{}: there is no copy in S3 (try --from local)",
+                m.name
+            )))
+        }
+        Some(f) => f,
+        None if b.local => Side::Local,
+        None => Side::S3,
+    })
+}
+
+/// The database to restore into, whether this restore created it, and its server: a
+/// new `<db>_drill_<time>` for a drill, `--to` (a non-empty one only with `--clean`,
+/// confirmed), else a new `<db>_restore_<time>` on the backup URL's server.
+fn restore_target(
+    r: &Reading,
+    m: &Manifest,
+    req: &Request,
+    backup_url: Option<&Url>,
+    confirm: &dyn Fn(&str) -> Result<bool, BackupError>,
+) -> Result<(PgTarget, bool, Server), BackupError> {
+    let drill_server = if req.drill {
+        req.to.as_ref().or(backup_url)
+    } else {
+        None
+    };
+    Ok(match (&req.to, backup_url) {
+        _ if drill_server.is_some() => {
+            let u = drill_server.expect("checked");
+            let template = PgTarget::from_url(u).map_err(super::usage)?;
+            let (target, server) = r.rt.block_on(claim_new(&template, &m.database, "_drill_"))?;
+            (target, true, server)
+        }
+        (Some(u), _) => {
+            let (target, created, server) = r.rt.block_on(existing_target(u, m, backup_url))?;
+            if !created {
+                may_restore_into(r, &target, req, confirm)?;
+            }
+            (target, created, server)
+        }
+        (None, Some(u)) => {
+            let template = PgTarget::from_url(u).map_err(super::usage)?;
+            let (target, server) = r.rt.block_on(claim_new(&template, &m.database, "_restore_"))?;
+            (target, true, server)
+        }
+        (None, None) => {
+            return Err(err(
+                "no target: pass --to postgres://... or set DIRECT_URL (a new database is created on its server)",
+            ))
+        }
+    })
+}
+
+/// An existing database is restored into when it is empty, or with `--clean` and
+/// `--yes` (or the user's confirmation).
+fn may_restore_into(
+    r: &Reading,
+    target: &PgTarget,
+    req: &Request,
+    confirm: &dyn Fn(&str) -> Result<bool, BackupError>,
+) -> Result<(), BackupError> {
+    let database = target.dbname();
+    let nonempty = r.rt.block_on(is_nonempty(target))?;
+    if nonempty {
+        if !req.clean {
+            return Err(err(format!(
+                "database {database:?} is not empty: restore into a new database (leave out --to), or pass --clean to drop the backup's objects in it first"
+            )));
+        }
+        if !req.yes && !confirm(database)? {
+            return Err(err(format!("not confirmed: {database:?} left as it was")));
+        }
+    }
+    Ok(())
+}
+
+/// The database a restore writes into.
+struct RestoreInto<'a> {
+    target: &'a PgTarget,
+    database: &'a str,
+    /// Created by this restore (so parallel jobs may be used).
+    created: bool,
+}
+
+/// Runs pg_restore into `into`: streamed from the backup in one transaction, or with
+/// `--jobs` from a decoded file. Returns whether it failed (a drill goes on past
+/// errors) and its messages.
+fn run_pg_restore(
+    r: &Reading,
+    m: &Manifest,
+    from: Side,
+    req: &Request,
+    into: &RestoreInto<'_>,
+    tools: &Tools,
+    cancel: &Cancel,
+) -> Result<(bool, String), BackupError> {
+    let parallel = if req.jobs > 1 && into.created {
+        let dir = req.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
+        decode_to_file(r, m, from, &dir, cancel)?
+    } else {
+        None
+    };
+    // The connection settings travel in the environment; pg_restore insists on a
+    // --dbname, given as a quoted conninfo (a bare name holding '=' would be read
+    // as a connection string).
+    let mut cmd = dump::libpq_command(&tools.pg_restore, Some(into.target));
+    cmd.arg("--no-password")
+        .arg(format!("--dbname={}", dump::conninfo_dbname(into.database)));
+    // A drill goes on past errors to see every table that fails.
+    if !req.drill {
+        cmd.arg("--exit-on-error");
+        if parallel.is_none() {
+            cmd.arg("--single-transaction");
+        }
+    }
+    if req.clean {
+        cmd.args(["--clean", "--if-exists"]);
+    }
+    if req.no_owner {
+        cmd.args(["--no-owner", "--no-privileges"]);
+    }
+    cmd.stdout(Stdio::null());
+    let _watch = watch_tables(r, into.target);
+    let (status, messages) = match &parallel {
+        Some(file) => {
+            cmd.arg(format!("--jobs={}", req.jobs))
+                .arg(&file.path)
+                .stdin(Stdio::null());
+            info!("{}: pg_restore with {} jobs", m.file, req.jobs);
+            Tool::spawn(cmd, cancel)?.finish(cancel)?
+        }
+        None => {
+            let opened = catalog::open(r, m, from)?;
+            catalog::feed(cmd, opened, m, cancel)?
+        }
+    };
+    drop(parallel);
+    if !status.success() && !req.drill {
+        return Err(err(format!(
+            "pg_restore failed ({status}): {}",
+            messages.trim().replace('\n', "; ")
+        )));
+    }
+    Ok((!status.success(), messages))
 }
 
 /// The decoded backup of a parallel restore, removed when dropped (on every path:
@@ -700,120 +761,14 @@ fn restore_globals(
     })?;
     let target = PgTarget::from_url(url).map_err(|e| err(format!("{url}: {e}")))?;
     let database = target.dbname().to_string();
-
-    let mut opened = catalog::open(r, m, from)?;
-    let mut script = Vec::new();
-    let read = (&mut opened.reader)
-        .take(GLOBALS_LIMIT + 1)
-        .read_to_end(&mut script);
-    if let Err(e) = read {
-        // the checksum says whether the backup is damaged; else the read error
-        opened.check(m)?;
-        return Err(err(format!("{}: cannot read the backup: {e}", m.file)));
-    }
-    if script.len() as u64 > GLOBALS_LIMIT {
-        return Err(err(format!(
-            "{}: the globals script is larger than {} MiB",
-            m.file,
-            GLOBALS_LIMIT >> 20
-        )));
-    }
-    opened.check(m)?;
-    cancel.check()?;
-    let script = String::from_utf8(script).map_err(|_| {
-        err(format!(
-            "{}: the globals script is not UTF-8 text; restore it with psql",
-            m.file
-        ))
-    })?;
-
-    let q = |e: tokio_postgres::Error| err(format!("{}: {}", target.url, crate::pg::classify(&e)));
-    let (admin, server, roles, tablespaces, user) = r.rt.block_on(async {
-        let admin = target
-            .connect()
-            .await
-            .map_err(|e| err(format!("{}: {e}", target.url)).with_source(e))?;
-        let server = dump::server_of(&admin, &target).await?;
-        let names = |rows: Vec<tokio_postgres::Row>| -> HashSet<String> {
-            rows.iter().map(|r| r.get::<_, String>(0)).collect()
-        };
-        let roles = names(
-            admin
-                .query("SELECT rolname::text FROM pg_roles", &[])
-                .await
-                .map_err(q)?,
-        );
-        let tablespaces = names(
-            admin
-                .query("SELECT spcname::text FROM pg_tablespace", &[])
-                .await
-                .map_err(q)?,
-        );
-        let user: String = admin
-            .query_one("SELECT current_user::text", &[])
-            .await
-            .map_err(q)?
-            .get(0);
-        Ok::<_, BackupError>((admin, server, roles, tablespaces, user))
-    })?;
-    let plan = globals::plan(&script, &roles, &tablespaces, &user)
+    let script = read_globals_script(r, m, from, cancel)?;
+    let cluster = r.rt.block_on(cluster_globals(&target))?;
+    let plan = globals::plan(&script, &cluster.roles, &cluster.tablespaces, &cluster.user)
         .map_err(|e| err(format!("{}: cannot restore the globals: {e}", m.file)))?;
-    let tools: Tools = dump::find_tools(server.major.max(m.pg_dump_major()))?;
-
-    // Tablespaces cannot be created in a transaction: first, each on its own.
-    let mut made: Vec<String> = Vec::new();
-    let drop_made = |made: &[String]| {
-        r.rt.block_on(async {
-            for name in made.iter().rev() {
-                let _ = admin
-                    .batch_execute(&format!("DROP TABLESPACE IF EXISTS {}", quote_ident(name)))
-                    .await;
-            }
-        })
-    };
-    for (name, sql) in &plan.create_tablespaces {
-        let created = cancel
-            .check()
-            .and_then(|()| r.rt.block_on(admin.batch_execute(sql)).map_err(|e| {
-                err(format!(
-                    "cannot create tablespace {name:?} (its directory must exist on the database server, empty and owned by the server's user): {}",
-                    crate::pg::classify(&e)
-                ))
-            }));
-        if let Err(e) = created {
-            drop_made(&made);
-            return Err(e);
-        }
-        made.push(name.clone());
-    }
-
-    let ran = (|| {
-        let mut cmd = dump::libpq_command(&tools.psql(), Some(&target));
-        cmd.args([
-            "--no-password",
-            "--quiet",
-            "--no-psqlrc",
-            "--single-transaction",
-            "--set=ON_ERROR_STOP=1",
-            "--file=-",
-        ]);
-        cmd.stdin(Stdio::piped()).stdout(Stdio::null());
-        let mut tool = Tool::spawn(cmd, cancel)?;
-        let mut stdin = tool.child.stdin.take().expect("piped");
-        // A write error means psql stopped reading: its own message says why.
-        let _ = stdin.write_all(plan.script.as_bytes());
-        drop(stdin);
-        let (status, messages) = tool.finish(cancel)?;
-        if !status.success() {
-            return Err(err(format!(
-                "psql failed ({status}): {}",
-                messages.trim().replace('\n', "; ")
-            )));
-        }
-        Ok(())
-    })();
-    if let Err(e) = ran {
-        drop_made(&made);
+    let tools: Tools = dump::find_tools(cluster.server.major.max(m.pg_dump_major()))?;
+    let made = create_tablespaces(r, &cluster.admin, &plan, cancel)?;
+    if let Err(e) = run_globals_script(&tools, &target, &plan.script, cancel) {
+        drop_tablespaces(r, &cluster.admin, &made);
         return Err(e);
     }
     let mut notes = Vec::new();
@@ -839,6 +794,160 @@ fn restore_globals(
         restore_failed: false,
         messages: String::new(),
     })
+}
+
+/// The globals script, read whole (up to [`GLOBALS_LIMIT`]) and its checksum matched
+/// before anything reaches the cluster.
+fn read_globals_script(
+    r: &Reading,
+    m: &Manifest,
+    from: Side,
+    cancel: &Cancel,
+) -> Result<String, BackupError> {
+    let mut opened = catalog::open(r, m, from)?;
+    let mut script = Vec::new();
+    let read = (&mut opened.reader)
+        .take(GLOBALS_LIMIT + 1)
+        .read_to_end(&mut script);
+    if let Err(e) = read {
+        // the checksum says whether the backup is damaged; else the read error
+        opened.check(m)?;
+        return Err(err(format!("{}: cannot read the backup: {e}", m.file)));
+    }
+    if script.len() as u64 > GLOBALS_LIMIT {
+        return Err(err(format!(
+            "{}: the globals script is larger than {} MiB",
+            m.file,
+            GLOBALS_LIMIT >> 20
+        )));
+    }
+    opened.check(m)?;
+    cancel.check()?;
+    String::from_utf8(script).map_err(|_| {
+        err(format!(
+            "{}: the globals script is not UTF-8 text; restore it with psql",
+            m.file
+        ))
+    })
+}
+
+/// The target cluster as a globals restore needs it: a connection, the server, the
+/// roles and tablespaces it has, and whom we connect as.
+struct ClusterGlobals {
+    admin: tokio_postgres::Client,
+    server: Server,
+    roles: HashSet<String>,
+    tablespaces: HashSet<String>,
+    user: String,
+}
+
+/// Connects to the target's cluster and reads what [`globals::plan`] compares with.
+async fn cluster_globals(target: &PgTarget) -> Result<ClusterGlobals, BackupError> {
+    let q = |e: tokio_postgres::Error| err(format!("{}: {}", target.url, crate::pg::classify(&e)));
+    let admin = target
+        .connect()
+        .await
+        .map_err(|e| err(format!("{}: {e}", target.url)).with_source(e))?;
+    let server = dump::server_of(&admin, target).await?;
+    let names = |rows: Vec<tokio_postgres::Row>| -> HashSet<String> {
+        rows.iter().map(|r| r.get::<_, String>(0)).collect()
+    };
+    let roles = names(
+        admin
+            .query("SELECT rolname::text FROM pg_roles", &[])
+            .await
+            .map_err(q)?,
+    );
+    let tablespaces = names(
+        admin
+            .query("SELECT spcname::text FROM pg_tablespace", &[])
+            .await
+            .map_err(q)?,
+    );
+    let user: String = admin
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .map_err(q)?
+        .get(0);
+    Ok(ClusterGlobals {
+        admin,
+        server,
+        roles,
+        tablespaces,
+        user,
+    })
+}
+
+/// Creates the plan's missing tablespaces, each on its own (a tablespace cannot be
+/// created in a transaction); returns their names. When one fails, those made are
+/// dropped again.
+fn create_tablespaces(
+    r: &Reading,
+    admin: &tokio_postgres::Client,
+    plan: &globals::Plan,
+    cancel: &Cancel,
+) -> Result<Vec<String>, BackupError> {
+    let mut made: Vec<String> = Vec::new();
+    for (name, sql) in &plan.create_tablespaces {
+        let created = cancel
+            .check()
+            .and_then(|()| r.rt.block_on(admin.batch_execute(sql)).map_err(|e| {
+                err(format!(
+                    "cannot create tablespace {name:?} (its directory must exist on the database server, empty and owned by the server's user): {}",
+                    crate::pg::classify(&e)
+                ))
+            }));
+        if let Err(e) = created {
+            drop_tablespaces(r, admin, &made);
+            return Err(e);
+        }
+        made.push(name.clone());
+    }
+    Ok(made)
+}
+
+/// Drops the tablespaces this restore created, last first (the restore failed).
+fn drop_tablespaces(r: &Reading, admin: &tokio_postgres::Client, made: &[String]) {
+    r.rt.block_on(async {
+        for name in made.iter().rev() {
+            let _ = admin
+                .batch_execute(&format!("DROP TABLESPACE IF EXISTS {}", quote_ident(name)))
+                .await;
+        }
+    })
+}
+
+/// Runs the globals script with psql, in one transaction, stopping at the first
+/// error.
+fn run_globals_script(
+    tools: &Tools,
+    target: &PgTarget,
+    script: &str,
+    cancel: &Cancel,
+) -> Result<(), BackupError> {
+    let mut cmd = dump::libpq_command(&tools.psql(), Some(target));
+    cmd.args([
+        "--no-password",
+        "--quiet",
+        "--no-psqlrc",
+        "--single-transaction",
+        "--set=ON_ERROR_STOP=1",
+        "--file=-",
+    ]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::null());
+    let mut tool = Tool::spawn(cmd, cancel)?;
+    let mut stdin = tool.child.stdin.take().expect("piped");
+    // A write error means psql stopped reading: its own message says why.
+    let _ = stdin.write_all(script.as_bytes());
+    drop(stdin);
+    let (status, messages) = tool.finish(cancel)?;
+    if !status.success() {
+        return Err(err(format!(
+            "psql failed ({status}): {}",
+            messages.trim().replace('\n', "; ")
+        )));
+    }
+    Ok(())
 }
 
 /// Connects to the first of `dbs` on the target's server that accepts; returns the

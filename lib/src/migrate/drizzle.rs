@@ -386,46 +386,53 @@ pub async fn apply(
     };
     let mut applied = Vec::new();
     for entry in pending {
-        let mut line = 0;
-        for stmt in entry.sql.split("--> statement-breakpoint") {
-            if !stmt.trim().is_empty() {
-                tx.batch_execute(stmt).await.map_err(|e| {
-                    db_fail(
-                        &e,
-                        &format!(
-                            "migration {} failed: {}",
-                            entry.name,
-                            db_error_text(&e, Some(stmt), line)
-                        ),
-                    )
-                })?;
-            }
-            line += stmt.matches('\n').count();
-        }
-        let recorded = if v1 {
-            tx.query_typed(
-                r#"INSERT INTO "drizzle"."__drizzle_migrations" ("hash", "created_at", "name") VALUES ($1, $2, $3)"#,
-                &[
-                    (&entry.hash, Type::TEXT),
-                    (&entry.millis, Type::INT8),
-                    (&entry.name, Type::TEXT),
-                ],
-            )
-            .await
-        } else {
-            tx.query_typed(
-                r#"INSERT INTO "drizzle"."__drizzle_migrations" ("hash", "created_at") VALUES ($1, $2)"#,
-                &[(&entry.hash, Type::TEXT), (&entry.millis, Type::INT8)],
-            )
-            .await
-        };
-        recorded.map_err(|e| db_fail(&e, "recording the migration"))?;
+        apply_entry(&tx, entry, v1).await?;
         applied.push(entry.name.clone());
     }
     tx.commit()
         .await
         .map_err(|e| db_fail(&e, "committing the migrations"))?;
     Ok(applied)
+}
+
+/// Runs one migration's statements (split at drizzle's `--> statement-breakpoint`) in
+/// the transaction and records it in the history table.
+async fn apply_entry(tx: &Transaction<'_>, entry: &Entry, v1: bool) -> Result<(), MigrateError> {
+    let mut line = 0;
+    for stmt in entry.sql.split("--> statement-breakpoint") {
+        if !stmt.trim().is_empty() {
+            tx.batch_execute(stmt).await.map_err(|e| {
+                db_fail(
+                    &e,
+                    &format!(
+                        "migration {} failed: {}",
+                        entry.name,
+                        db_error_text(&e, Some(stmt), line)
+                    ),
+                )
+            })?;
+        }
+        line += stmt.matches('\n').count();
+    }
+    let recorded = if v1 {
+        tx.query_typed(
+            r#"INSERT INTO "drizzle"."__drizzle_migrations" ("hash", "created_at", "name") VALUES ($1, $2, $3)"#,
+            &[
+                (&entry.hash, Type::TEXT),
+                (&entry.millis, Type::INT8),
+                (&entry.name, Type::TEXT),
+            ],
+        )
+        .await
+    } else {
+        tx.query_typed(
+            r#"INSERT INTO "drizzle"."__drizzle_migrations" ("hash", "created_at") VALUES ($1, $2)"#,
+            &[(&entry.hash, Type::TEXT), (&entry.millis, Type::INT8)],
+        )
+        .await
+    };
+    recorded.map_err(|e| db_fail(&e, "recording the migration"))?;
+    Ok(())
 }
 
 /// Upgrades a 0.x history table to 1.0's shape (drizzle-orm 1.0 `up-migrations/pg`):

@@ -414,30 +414,26 @@ mod check {
         (!col.is_empty() && !col.contains(' ')).then(|| key(col))
     }
 
+    /// What the statements read so far tell about later ones, across the scripts.
+    #[derive(Default)]
+    struct Seen {
+        /// Tables created earlier in the pending set: nothing waits on them.
+        created: HashSet<String>,
+        /// CHECK (col IS NOT NULL) constraints: name → (table, column), and validated ones
+        not_null_checks: HashMap<String, (String, String)>,
+        validated: HashSet<(String, String)>,
+    }
+
     /// Every statement of every script, as candidates (with the allow comments applied).
     pub(super) fn candidates(
         scripts: &[Script],
         ctx: &Context,
     ) -> Result<Vec<Candidate>, MigrateError> {
         let mut out = Vec::new();
-        let mut created: HashSet<String> = HashSet::new();
-        // CHECK (col IS NOT NULL) constraints: name → (table, column), and validated ones
-        let mut not_null_checks: HashMap<String, (String, String)> = HashMap::new();
-        let mut validated: HashSet<(String, String)> = HashSet::new();
+        let mut seen = Seen::default();
         for (fi, script) in scripts.iter().enumerate() {
             check_allows(&script.file, &script.sql)?;
-            let parse = SourceFile::parse(&script.sql);
-            if let Some(e) = parse.errors().first() {
-                let at = usize::from(e.range().start()).min(script.sql.len());
-                warn!(
-                    "migration lint: {}:{}: the SQL parser does not understand {:?}; statements it cannot read are not checked",
-                    script.file,
-                    script.sql[..at].matches('\n').count() + 1,
-                    e.message()
-                );
-            }
-            let file = parse.tree();
-            let stmts: Vec<ast::Stmt> = file.stmts().collect();
+            let stmts = statements(script);
             let lines: Vec<&str> = script.sql.lines().collect();
             // refinery and drizzle run every migration in a transaction; Prisma sends the
             // script as one simple query, an implicit transaction when it holds several.
@@ -446,153 +442,7 @@ mod check {
             let mut timeout = ctx.lock_timeout_set;
             for stmt in &stmts {
                 let line = start_line(&script.sql, stmt.syntax());
-                let mut found: Vec<(&'static str, String, String, Check)> = Vec::new();
-                let mut locks_table: Option<String> = None;
-                match stmt {
-                    ast::Stmt::Set(s) => {
-                        let t = text(s).to_lowercase();
-                        if t.contains("lock_timeout") {
-                            let value = t
-                                .split(['=', ' '])
-                                .rfind(|w| !w.is_empty() && *w != ";")
-                                .unwrap_or("")
-                                .trim_matches(|c| c == '\'' || c == ';' || c == '"');
-                            timeout = !(value == "0" || value == "default");
-                        }
-                    }
-                    ast::Stmt::Reset(s) => {
-                        let t = text(s).to_lowercase();
-                        if t.contains("lock_timeout") || t.contains(" all") {
-                            timeout = false;
-                        }
-                    }
-                    ast::Stmt::CreateTable(c) => {
-                        if let Some(name) = c.table_name().and_then(|n| n.path()) {
-                            created.insert(key(&text(&name)));
-                        }
-                    }
-                    ast::Stmt::CreateIndex(c) => {
-                        let table = c
-                            .table_relation_name()
-                            .and_then(|r| r.table_name_ref())
-                            .map(|t| text(&t))
-                            .unwrap_or_default();
-                        if c.concurrently_token().is_some() {
-                            if in_tx {
-                                found.push((
-                                    CONCURRENT_TX,
-                                    table,
-                                    "CREATE INDEX CONCURRENTLY".into(),
-                                    Check::None,
-                                ));
-                            }
-                        } else {
-                            found.push((INDEX, table.clone(), "CREATE INDEX".into(), Check::None));
-                            locks_table = Some(table);
-                        }
-                    }
-                    ast::Stmt::DropIndex(d) => {
-                        for idx in d.index_refs() {
-                            let idx = text(&idx);
-                            if d.concurrently_token().is_some() {
-                                if in_tx {
-                                    found.push((
-                                        CONCURRENT_TX,
-                                        idx,
-                                        "DROP INDEX CONCURRENTLY".into(),
-                                        Check::None,
-                                    ));
-                                }
-                            } else {
-                                found.push((
-                                    DROP_INDEX,
-                                    idx.clone(),
-                                    "DROP INDEX".into(),
-                                    Check::None,
-                                ));
-                                locks_table = Some(idx);
-                            }
-                        }
-                    }
-                    ast::Stmt::DropTable(d) => {
-                        for t in d.table_name_refs() {
-                            let t = text(&t);
-                            found.push((DROP_TABLE, t.clone(), "DROP TABLE".into(), Check::None));
-                            locks_table = Some(t);
-                        }
-                    }
-                    ast::Stmt::Vacuum(v) => {
-                        let full = v.full_token().is_some()
-                            || v.vacuum_option_list().is_some_and(|o| {
-                                o.vacuum_options().any(|o| {
-                                    let t = text(&o).to_lowercase();
-                                    t == "full" || t == "full true" || t == "full on"
-                                })
-                            });
-                        if full {
-                            let tables: Vec<String> = v
-                                .table_and_columns_list()
-                                .map(|l| {
-                                    l.table_and_columnss()
-                                        .filter_map(|t| t.table_relation_name())
-                                        .filter_map(|r| r.table_name_ref())
-                                        .map(|t| text(&t))
-                                        .collect()
-                                })
-                                .unwrap_or_default();
-                            if tables.is_empty() {
-                                found.push((
-                                    VACUUM_FULL,
-                                    String::new(),
-                                    "VACUUM FULL".into(),
-                                    Check::None,
-                                ));
-                            }
-                            for t in tables {
-                                found.push((VACUUM_FULL, t, "VACUUM FULL".into(), Check::None));
-                            }
-                        }
-                    }
-                    ast::Stmt::Cluster(c) => {
-                        let t = c.table_name_ref().map(|t| text(&t)).unwrap_or_default();
-                        found.push((CLUSTER, t.clone(), "CLUSTER".into(), Check::None));
-                        locks_table = Some(t);
-                    }
-                    ast::Stmt::Lock(l) => {
-                        for r in l
-                            .relation_list()
-                            .into_iter()
-                            .flat_map(|l| l.relation_names())
-                        {
-                            let t = r
-                                .relation_name_ref()
-                                .map(|t| text(&t))
-                                .unwrap_or_else(|| text(&r));
-                            found.push((LOCK_TABLE, t.clone(), "LOCK TABLE".into(), Check::None));
-                            locks_table = Some(t);
-                        }
-                    }
-                    ast::Stmt::AlterTable(a) => {
-                        let table = a
-                            .table_relation_name()
-                            .and_then(|r| r.table_name_ref())
-                            .map(|t| text(&t))
-                            .unwrap_or_default();
-                        locks_table = Some(table.clone());
-                        let tk = key(&table);
-                        for action in a.actions() {
-                            alter_action(
-                                &action,
-                                &table,
-                                &tk,
-                                &mut found,
-                                &mut not_null_checks,
-                                &mut validated,
-                            );
-                        }
-                    }
-                    _ => {}
-                }
+                let (mut found, locks_table) = statement(stmt, in_tx, &mut timeout, &mut seen);
                 if !timeout {
                     if let Some(t) = locks_table {
                         found.push((NO_TIMEOUT, t, "a locking statement".into(), Check::None));
@@ -611,7 +461,7 @@ mod check {
                         continue;
                     }
                     // nothing waits on a table created earlier in the same pending set
-                    if !relation.is_empty() && created.contains(&key(&relation)) {
+                    if !relation.is_empty() && seen.created.contains(&key(&relation)) {
                         continue;
                     }
                     out.push(Candidate {
@@ -632,138 +482,219 @@ mod check {
                 validated_here,
             } = &mut c.check
             {
-                *validated_here = validated.contains(&(key(&c.relation), column.clone()));
+                *validated_here = seen.validated.contains(&(key(&c.relation), column.clone()));
             }
         }
         Ok(out)
     }
 
+    /// The statements of a script, as far as the parser reads it (what it cannot read is
+    /// said once, and not checked).
+    fn statements(script: &Script) -> Vec<ast::Stmt> {
+        let parse = SourceFile::parse(&script.sql);
+        if let Some(e) = parse.errors().first() {
+            let at = usize::from(e.range().start()).min(script.sql.len());
+            warn!(
+                "migration lint: {}:{}: the SQL parser does not understand {:?}; statements it cannot read are not checked",
+                script.file,
+                script.sql[..at].matches('\n').count() + 1,
+                e.message()
+            );
+        }
+        parse.tree().stmts().collect()
+    }
+
+    /// One statement's candidates, and the table it locks (for the lock_timeout rule).
+    /// `timeout` follows `SET`/`RESET lock_timeout`; `seen` learns created tables and
+    /// NOT NULL checks.
+    fn statement(
+        stmt: &ast::Stmt,
+        in_tx: bool,
+        timeout: &mut bool,
+        seen: &mut Seen,
+    ) -> (Found, Option<String>) {
+        let mut found: Found = Vec::new();
+        let mut locks_table: Option<String> = None;
+        match stmt {
+            ast::Stmt::Set(s) => {
+                let t = text(s).to_lowercase();
+                if t.contains("lock_timeout") {
+                    let value = t
+                        .split(['=', ' '])
+                        .rfind(|w| !w.is_empty() && *w != ";")
+                        .unwrap_or("")
+                        .trim_matches(|c| c == '\'' || c == ';' || c == '"');
+                    *timeout = !(value == "0" || value == "default");
+                }
+            }
+            ast::Stmt::Reset(s) => {
+                let t = text(s).to_lowercase();
+                if t.contains("lock_timeout") || t.contains(" all") {
+                    *timeout = false;
+                }
+            }
+            ast::Stmt::CreateTable(c) => {
+                if let Some(name) = c.table_name().and_then(|n| n.path()) {
+                    seen.created.insert(key(&text(&name)));
+                }
+            }
+            ast::Stmt::CreateIndex(c) => locks_table = create_index(c, in_tx, &mut found),
+            ast::Stmt::DropIndex(d) => locks_table = drop_index(d, in_tx, &mut found),
+            ast::Stmt::DropTable(d) => {
+                for t in d.table_name_refs() {
+                    let t = text(&t);
+                    found.push((DROP_TABLE, t.clone(), "DROP TABLE".into(), Check::None));
+                    locks_table = Some(t);
+                }
+            }
+            ast::Stmt::Vacuum(v) => vacuum_full(v, &mut found),
+            ast::Stmt::Cluster(c) => {
+                let t = c.table_name_ref().map(|t| text(&t)).unwrap_or_default();
+                found.push((CLUSTER, t.clone(), "CLUSTER".into(), Check::None));
+                locks_table = Some(t);
+            }
+            ast::Stmt::Lock(l) => locks_table = lock_table(l, &mut found),
+            ast::Stmt::AlterTable(a) => {
+                let table = a
+                    .table_relation_name()
+                    .and_then(|r| r.table_name_ref())
+                    .map(|t| text(&t))
+                    .unwrap_or_default();
+                locks_table = Some(table.clone());
+                let tk = key(&table);
+                for action in a.actions() {
+                    alter_action(&action, &table, &tk, &mut found, seen);
+                }
+            }
+            _ => {}
+        }
+        (found, locks_table)
+    }
+
+    /// `CREATE INDEX`: the table it locks (none when `CONCURRENTLY`, which must not
+    /// run in a transaction).
+    fn create_index(c: &ast::CreateIndex, in_tx: bool, found: &mut Found) -> Option<String> {
+        let table = c
+            .table_relation_name()
+            .and_then(|r| r.table_name_ref())
+            .map(|t| text(&t))
+            .unwrap_or_default();
+        if c.concurrently_token().is_some() {
+            if in_tx {
+                found.push((
+                    CONCURRENT_TX,
+                    table,
+                    "CREATE INDEX CONCURRENTLY".into(),
+                    Check::None,
+                ));
+            }
+            return None;
+        }
+        found.push((INDEX, table.clone(), "CREATE INDEX".into(), Check::None));
+        Some(table)
+    }
+
+    /// `DROP INDEX`: the (last) index it locks, as for `CREATE INDEX`.
+    fn drop_index(d: &ast::DropIndex, in_tx: bool, found: &mut Found) -> Option<String> {
+        let mut locks_table = None;
+        for idx in d.index_refs() {
+            let idx = text(&idx);
+            if d.concurrently_token().is_some() {
+                if in_tx {
+                    found.push((
+                        CONCURRENT_TX,
+                        idx,
+                        "DROP INDEX CONCURRENTLY".into(),
+                        Check::None,
+                    ));
+                }
+            } else {
+                found.push((DROP_INDEX, idx.clone(), "DROP INDEX".into(), Check::None));
+                locks_table = Some(idx);
+            }
+        }
+        locks_table
+    }
+
+    /// `VACUUM FULL`: each table named, or the whole database.
+    fn vacuum_full(v: &ast::Vacuum, found: &mut Found) {
+        let full = v.full_token().is_some()
+            || v.vacuum_option_list().is_some_and(|o| {
+                o.vacuum_options().any(|o| {
+                    let t = text(&o).to_lowercase();
+                    t == "full" || t == "full true" || t == "full on"
+                })
+            });
+        if !full {
+            return;
+        }
+        let tables: Vec<String> = v
+            .table_and_columns_list()
+            .map(|l| {
+                l.table_and_columnss()
+                    .filter_map(|t| t.table_relation_name())
+                    .filter_map(|r| r.table_name_ref())
+                    .map(|t| text(&t))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if tables.is_empty() {
+            found.push((
+                VACUUM_FULL,
+                String::new(),
+                "VACUUM FULL".into(),
+                Check::None,
+            ));
+        }
+        for t in tables {
+            found.push((VACUUM_FULL, t, "VACUUM FULL".into(), Check::None));
+        }
+    }
+
+    /// `LOCK TABLE`: each table; the last one locked.
+    fn lock_table(l: &ast::Lock, found: &mut Found) -> Option<String> {
+        let mut locks_table = None;
+        for r in l
+            .relation_list()
+            .into_iter()
+            .flat_map(|l| l.relation_names())
+        {
+            let t = r
+                .relation_name_ref()
+                .map(|t| text(&t))
+                .unwrap_or_else(|| text(&r));
+            found.push((LOCK_TABLE, t.clone(), "LOCK TABLE".into(), Check::None));
+            locks_table = Some(t);
+        }
+        locks_table
+    }
+
     type Found = Vec<(&'static str, String, String, Check)>;
 
+    /// One action of `ALTER TABLE table` (`tk`: its key).
     fn alter_action(
         action: &ast::AlterTableAction,
         table: &str,
         tk: &str,
         found: &mut Found,
-        not_null_checks: &mut HashMap<String, (String, String)>,
-        validated: &mut HashSet<(String, String)>,
+        seen: &mut Seen,
     ) {
         let t = || table.to_string();
         match action {
-            ast::AlterTableAction::AlterColumn(ac) => {
-                let column = ac.column_name_ref().map(|c| key(&text(&c)));
-                match ac.option() {
-                    Some(ast::AlterColumnOption::SetType(st)) => found.push((
-                        TYPE_CHANGE,
-                        t(),
-                        format!("ALTER COLUMN {} TYPE", column.clone().unwrap_or_default()),
-                        Check::TypeChange {
-                            column: column.unwrap_or_default(),
-                            new_type: st.ty().map(|t| text(&t)).unwrap_or_default(),
-                            using: st.using_expr().is_some(),
-                        },
-                    )),
-                    Some(ast::AlterColumnOption::SetNotNull(_)) => found.push((
-                        NOT_NULL,
-                        t(),
-                        format!(
-                            "ALTER COLUMN {} SET NOT NULL",
-                            column.clone().unwrap_or_default()
-                        ),
-                        Check::SetNotNull {
-                            column: column.unwrap_or_default(),
-                            validated_here: false,
-                        },
-                    )),
-                    _ => {}
-                }
-            }
+            ast::AlterTableAction::AlterColumn(ac) => alter_column(ac, table, found),
             ast::AlterTableAction::AddConstraint(ac) => {
-                let Some(constraint) = ac.constraint() else {
-                    return;
-                };
-                let not_valid = constraint.is_not_valid();
-                match &constraint {
-                    ast::Constraint::CheckConstraint(c) => {
-                        if let Some(col) = c.expr().as_ref().and_then(not_null_column) {
-                            let name = c
-                                .constraint_name_clause()
-                                .map(|n| text(&n))
-                                .and_then(|n| n.split_whitespace().last().map(key))
-                                .unwrap_or_default();
-                            if not_valid {
-                                not_null_checks.insert(name, (tk.to_string(), col));
-                            } else {
-                                validated.insert((tk.to_string(), col));
-                            }
-                        }
-                        if !not_valid {
-                            found.push((NOT_VALID, t(), "ADD CHECK".into(), Check::None));
-                        }
-                    }
-                    ast::Constraint::ForeignKeyConstraint(_) if !not_valid => {
-                        found.push((NOT_VALID, t(), "ADD FOREIGN KEY".into(), Check::None));
-                    }
-                    ast::Constraint::UniqueConstraint(u) if u.using_index().is_none() => {
-                        found.push((UNIQUE, t(), "ADD UNIQUE".into(), Check::None));
-                    }
-                    ast::Constraint::PrimaryKeyConstraint(p) if p.using_index().is_none() => {
-                        found.push((UNIQUE, t(), "ADD PRIMARY KEY".into(), Check::None));
-                    }
-                    _ => {}
+                if let Some(constraint) = ac.constraint() {
+                    add_constraint(&constraint, table, tk, found, seen);
                 }
             }
             ast::AlterTableAction::ValidateConstraint(v) => {
                 if let Some(name) = v.constraint_name_ref() {
-                    if let Some(tc) = not_null_checks.get(&key(&text(&name))) {
-                        validated.insert(tc.clone());
+                    if let Some(tc) = seen.not_null_checks.get(&key(&text(&name))) {
+                        seen.validated.insert(tc.clone());
                     }
                 }
             }
-            ast::AlterTableAction::AddColumn(ac) => {
-                let ty = ac.ty().map(|t| text(&t).to_lowercase()).unwrap_or_default();
-                let serial = matches!(
-                    ty.as_str(),
-                    "serial" | "bigserial" | "smallserial" | "serial2" | "serial4" | "serial8"
-                );
-                let column = ac.column_name().map(|c| text(&c)).unwrap_or_default();
-                let mut default = None;
-                for c in ac.constraints() {
-                    match c {
-                        ast::Constraint::DefaultConstraint(d) => {
-                            if let Some(e) = d.expr() {
-                                let is_null = text(&e).eq_ignore_ascii_case("null");
-                                if !is_null {
-                                    default = Some(functions(&e));
-                                }
-                            }
-                        }
-                        ast::Constraint::GeneratedConstraint(_) => {
-                            default = Some(vec!["<generated>".into()]);
-                        }
-                        ast::Constraint::UniqueConstraint(_)
-                        | ast::Constraint::PrimaryKeyConstraint(_) => {
-                            found.push((
-                                UNIQUE,
-                                t(),
-                                format!("ADD COLUMN {column} UNIQUE"),
-                                Check::None,
-                            ));
-                        }
-                        _ => {}
-                    }
-                }
-                if serial || default.is_some() {
-                    let functions = default.unwrap_or_default();
-                    let always = serial || functions.iter().any(|f| f == "<generated>");
-                    found.push((
-                        DEFAULT,
-                        t(),
-                        format!("ADD COLUMN {column} with a default"),
-                        Check::Default { functions, always },
-                    ));
-                }
-            }
+            ast::AlterTableAction::AddColumn(ac) => add_column(ac, table, found),
             ast::AlterTableAction::RenameColumn(rc) => {
                 let from = rc.column_name_ref().map(|c| text(&c)).unwrap_or_default();
                 found.push((
@@ -784,6 +715,127 @@ mod check {
         }
     }
 
+    /// `ALTER COLUMN ... TYPE` and `SET NOT NULL`.
+    fn alter_column(ac: &ast::AlterColumn, table: &str, found: &mut Found) {
+        let t = || table.to_string();
+        let column = ac.column_name_ref().map(|c| key(&text(&c)));
+        match ac.option() {
+            Some(ast::AlterColumnOption::SetType(st)) => found.push((
+                TYPE_CHANGE,
+                t(),
+                format!("ALTER COLUMN {} TYPE", column.clone().unwrap_or_default()),
+                Check::TypeChange {
+                    column: column.unwrap_or_default(),
+                    new_type: st.ty().map(|t| text(&t)).unwrap_or_default(),
+                    using: st.using_expr().is_some(),
+                },
+            )),
+            Some(ast::AlterColumnOption::SetNotNull(_)) => found.push((
+                NOT_NULL,
+                t(),
+                format!(
+                    "ALTER COLUMN {} SET NOT NULL",
+                    column.clone().unwrap_or_default()
+                ),
+                Check::SetNotNull {
+                    column: column.unwrap_or_default(),
+                    validated_here: false,
+                },
+            )),
+            _ => {}
+        }
+    }
+
+    /// `ADD CONSTRAINT`: a CHECK or FOREIGN KEY without `NOT VALID`, a UNIQUE or
+    /// PRIMARY KEY without `USING INDEX`; a `col IS NOT NULL` check is remembered in
+    /// `seen` (for a later SET NOT NULL).
+    fn add_constraint(
+        constraint: &ast::Constraint,
+        table: &str,
+        tk: &str,
+        found: &mut Found,
+        seen: &mut Seen,
+    ) {
+        let t = || table.to_string();
+        let not_valid = constraint.is_not_valid();
+        match constraint {
+            ast::Constraint::CheckConstraint(c) => {
+                if let Some(col) = c.expr().as_ref().and_then(not_null_column) {
+                    let name = c
+                        .constraint_name_clause()
+                        .map(|n| text(&n))
+                        .and_then(|n| n.split_whitespace().last().map(key))
+                        .unwrap_or_default();
+                    if not_valid {
+                        seen.not_null_checks.insert(name, (tk.to_string(), col));
+                    } else {
+                        seen.validated.insert((tk.to_string(), col));
+                    }
+                }
+                if !not_valid {
+                    found.push((NOT_VALID, t(), "ADD CHECK".into(), Check::None));
+                }
+            }
+            ast::Constraint::ForeignKeyConstraint(_) if !not_valid => {
+                found.push((NOT_VALID, t(), "ADD FOREIGN KEY".into(), Check::None));
+            }
+            ast::Constraint::UniqueConstraint(u) if u.using_index().is_none() => {
+                found.push((UNIQUE, t(), "ADD UNIQUE".into(), Check::None));
+            }
+            ast::Constraint::PrimaryKeyConstraint(p) if p.using_index().is_none() => {
+                found.push((UNIQUE, t(), "ADD PRIMARY KEY".into(), Check::None));
+            }
+            _ => {}
+        }
+    }
+
+    /// `ADD COLUMN`: with a default (serial, generated, or an expression: the catalog
+    /// says whether it is volatile), or UNIQUE.
+    fn add_column(ac: &ast::AddColumn, table: &str, found: &mut Found) {
+        let t = || table.to_string();
+        let ty = ac.ty().map(|t| text(&t).to_lowercase()).unwrap_or_default();
+        let serial = matches!(
+            ty.as_str(),
+            "serial" | "bigserial" | "smallserial" | "serial2" | "serial4" | "serial8"
+        );
+        let column = ac.column_name().map(|c| text(&c)).unwrap_or_default();
+        let mut default = None;
+        for c in ac.constraints() {
+            match c {
+                ast::Constraint::DefaultConstraint(d) => {
+                    if let Some(e) = d.expr() {
+                        let is_null = text(&e).eq_ignore_ascii_case("null");
+                        if !is_null {
+                            default = Some(functions(&e));
+                        }
+                    }
+                }
+                ast::Constraint::GeneratedConstraint(_) => {
+                    default = Some(vec!["<generated>".into()]);
+                }
+                ast::Constraint::UniqueConstraint(_) | ast::Constraint::PrimaryKeyConstraint(_) => {
+                    found.push((
+                        UNIQUE,
+                        t(),
+                        format!("ADD COLUMN {column} UNIQUE"),
+                        Check::None,
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if serial || default.is_some() {
+            let functions = default.unwrap_or_default();
+            let always = serial || functions.iter().any(|f| f == "<generated>");
+            found.push((
+                DEFAULT,
+                t(),
+                format!("ADD COLUMN {column} with a default"),
+                Check::Default { functions, always },
+            ));
+        }
+    }
+
     /// A relation as the catalog knows it.
     #[derive(Debug, Clone, Default)]
     struct Relation {
@@ -794,18 +846,72 @@ mod check {
         checks: Vec<String>,
     }
 
+    /// A catalog query that failed, as the lint reports it.
+    fn catalog_error(e: tokio_postgres::Error) -> MigrateError {
+        err(format!("migration lint: {}", classify(&e)))
+    }
+
+    /// The candidates the catalog confirms, as findings: each with its table's size
+    /// and rows, blocking when the table is larger than `--lint-min-size`.
     async fn join(
         client: &Client,
         scripts: &[Script],
         candidates: Vec<Candidate>,
         ctx: &Context,
     ) -> Result<Vec<Finding>, MigrateError> {
-        let q = |e: tokio_postgres::Error| err(format!("migration lint: {}", classify(&e)));
         let version: i32 = client
             .query_typed_one("SELECT current_setting('server_version_num')::int4", &[])
             .await
-            .map_err(q)?
+            .map_err(catalog_error)?
             .get(0);
+        let relations = relations(client, &candidates).await?;
+        let whole_db: i64 = if candidates.iter().any(|c| c.relation.is_empty()) {
+            client
+                .query_typed_one("SELECT pg_database_size(current_database())", &[])
+                .await
+                .map_err(catalog_error)?
+                .get(0)
+        } else {
+            0
+        };
+        let volatile = volatile_functions(client, &candidates).await?;
+        let mut out = Vec::new();
+        for c in candidates {
+            let rel = relations
+                .get(&c.relation)
+                .cloned()
+                .unwrap_or_else(|| Relation {
+                    name: if c.relation.is_empty() {
+                        "every table of the database".into()
+                    } else {
+                        c.relation.clone()
+                    },
+                    size: whole_db.max(0) as u64,
+                    ..Relation::default()
+                });
+            if !confirmed(client, &c, &rel, version, &volatile).await? {
+                continue;
+            }
+            let blocks = c.rule == CONCURRENT_TX || rel.size > ctx.min_size;
+            out.push(Finding {
+                rule: rule(c.rule).expect("every candidate's rule is in RULES"),
+                file: scripts[c.file].file.clone(),
+                line: c.line,
+                table: rel.name,
+                size: rel.size,
+                rows: rel.rows,
+                what: c.what,
+                blocks,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The candidates' relations as the catalog knows them, by the name written.
+    async fn relations(
+        client: &Client,
+        candidates: &[Candidate],
+    ) -> Result<HashMap<String, Relation>, MigrateError> {
         let names: Vec<String> = candidates
             .iter()
             .map(|c| c.relation.clone())
@@ -827,7 +933,7 @@ mod check {
                 &[(&names, Type::TEXT_ARRAY)],
             )
             .await
-            .map_err(q)?;
+            .map_err(catalog_error)?;
         let mut relations: HashMap<String, Relation> = HashMap::new();
         for r in rows {
             relations.insert(
@@ -840,15 +946,14 @@ mod check {
                 },
             );
         }
-        let whole_db: i64 = if candidates.iter().any(|c| c.relation.is_empty()) {
-            client
-                .query_typed_one("SELECT pg_database_size(current_database())", &[])
-                .await
-                .map_err(q)?
-                .get(0)
-        } else {
-            0
-        };
+        Ok(relations)
+    }
+
+    /// Which of the functions the candidates' defaults call are volatile.
+    async fn volatile_functions(
+        client: &Client,
+        candidates: &[Candidate],
+    ) -> Result<HashSet<String>, MigrateError> {
         let called: Vec<String> = candidates
             .iter()
             .flat_map(|c| match &c.check {
@@ -856,92 +961,73 @@ mod check {
                 _ => Vec::new(),
             })
             .collect();
-        let volatile: HashSet<String> = if called.is_empty() {
-            HashSet::new()
-        } else {
-            client
-                .query_typed(
-                    "SELECT DISTINCT proname::text FROM pg_proc WHERE proname = ANY($1::text[]) AND provolatile = 'v'",
-                    &[(&called, Type::TEXT_ARRAY)],
-                )
-                .await
-                .map_err(q)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect()
-        };
-        let mut out = Vec::new();
-        for c in candidates {
-            let rel = relations
-                .get(&c.relation)
-                .cloned()
-                .unwrap_or_else(|| Relation {
-                    name: if c.relation.is_empty() {
-                        "every table of the database".into()
-                    } else {
-                        c.relation.clone()
-                    },
-                    size: whole_db.max(0) as u64,
-                    ..Relation::default()
-                });
-            let keep = match &c.check {
-                Check::None => true,
-                Check::TypeChange {
-                    column,
-                    new_type,
-                    using,
-                } => {
-                    let old: Option<String> = if plausible_name(&c.relation) {
-                        client
-                            .query_typed(
-                                "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped",
-                                &[(&c.relation, Type::TEXT), (column, Type::TEXT)],
-                            )
-                            .await
-                            .map_err(q)?
-                            .first()
-                            .map(|r| r.get(0))
-                    } else {
-                        None
-                    };
-                    *using || !old.is_some_and(|old| no_rewrite(&old, new_type))
-                }
-                Check::SetNotNull {
-                    column,
-                    validated_here,
-                } => {
-                    let checked = *validated_here
-                        || rel
-                            .checks
-                            .iter()
-                            .filter_map(|d| d.strip_prefix("CHECK "))
-                            .any(|d| {
-                                let d = d.trim_start_matches('(').trim_end_matches(')');
-                                d.strip_suffix(" IS NOT NULL")
-                                    .is_some_and(|col| key(col) == *column)
-                            });
-                    version < 120000 || !checked
-                }
-                Check::Default { functions, always } => {
-                    version < 110000 || *always || functions.iter().any(|f| volatile.contains(f))
-                }
-            };
-            if !keep {
-                continue;
-            }
-            let blocks = c.rule == CONCURRENT_TX || rel.size > ctx.min_size;
-            out.push(Finding {
-                rule: rule(c.rule).expect("every candidate's rule is in RULES"),
-                file: scripts[c.file].file.clone(),
-                line: c.line,
-                table: rel.name,
-                size: rel.size,
-                rows: rel.rows,
-                what: c.what,
-                blocks,
-            });
+        if called.is_empty() {
+            return Ok(HashSet::new());
         }
-        Ok(out)
+        Ok(client
+            .query_typed(
+                "SELECT DISTINCT proname::text FROM pg_proc WHERE proname = ANY($1::text[]) AND provolatile = 'v'",
+                &[(&called, Type::TEXT_ARRAY)],
+            )
+            .await
+            .map_err(catalog_error)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    /// Whether the catalog confirms candidate `c` on `rel` (server `version`): a type
+    /// change that rewrites, a SET NOT NULL no validated check spares, a default that
+    /// rewrites.
+    async fn confirmed(
+        client: &Client,
+        c: &Candidate,
+        rel: &Relation,
+        version: i32,
+        volatile: &HashSet<String>,
+    ) -> Result<bool, MigrateError> {
+        Ok(match &c.check {
+            Check::None => true,
+            Check::TypeChange {
+                column,
+                new_type,
+                using,
+            } => {
+                let old: Option<String> = if plausible_name(&c.relation) {
+                    client
+                        .query_typed(
+                            "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped",
+                            &[(&c.relation, Type::TEXT), (column, Type::TEXT)],
+                        )
+                        .await
+                        .map_err(catalog_error)?
+                        .first()
+                        .map(|r| r.get(0))
+                } else {
+                    None
+                };
+                *using || !old.is_some_and(|old| no_rewrite(&old, new_type))
+            }
+            Check::SetNotNull {
+                column,
+                validated_here,
+            } => {
+                let checked = *validated_here
+                    || rel
+                        .checks
+                        .iter()
+                        .filter_map(|d| d.strip_prefix("CHECK "))
+                        .any(|d| {
+                            let d = d.trim_start_matches('(').trim_end_matches(')');
+                            d.strip_suffix(" IS NOT NULL")
+                                .is_some_and(|col| key(col) == *column)
+                        });
+                version < 120000 || !checked
+            }
+            Check::Default { functions, always } => {
+                version < 110000 || *always || functions.iter().any(|f| volatile.contains(f))
+            }
+        })
     }
 
     /// True when `name` is a relation name `to_regclass` can read (one to three

@@ -568,38 +568,7 @@ async fn apply_script(
             )),
             "the script opens a transaction (BEGIN) that it never commits: rolled back".to_string(),
         )),
-        Err(e) => {
-            let failure = db_fail(
-                &e,
-                &format!(
-                    "migration {} failed: {}",
-                    m.name,
-                    db_error_text(&e, Some(&m.script), 0)
-                ),
-            );
-            if failure.kind() == MigrateKind::LockTimeout && atomic {
-                // Waiting for a lock is not a failed migration, and an all-or-nothing
-                // script left nothing behind: forget the attempt.
-                client
-                    .query_typed(
-                        "DELETE FROM _prisma_migrations WHERE id = $1",
-                        &[(&id, Type::VARCHAR)],
-                    )
-                    .await
-                    .map_err(|e| db_fail(&e, "forgetting the attempt"))?;
-                return Err(failure);
-            }
-            let logs = format!("{e}: {}", classify(&e).message());
-            let failure = if failure.kind() == MigrateKind::LockTimeout {
-                err(format!(
-                    "{}: the script commits part way, so it is not retried",
-                    failure.message()
-                ))
-            } else {
-                failure
-            };
-            Some((failure, logs))
-        }
+        Err(e) => Some(failed_script(client, m, &id, &e, atomic).await?),
     };
     if let Some((failure, logs)) = failure {
         let _ = client
@@ -610,6 +579,53 @@ async fn apply_script(
             .await;
         return Err(failure);
     }
+    record_applied(client, &id).await
+}
+
+/// The error of a script the server failed, and the logs recorded with it. A lock
+/// timeout of an all-or-nothing script is no failed migration: its row is deleted
+/// and the timeout comes back as `Err`, to be retried.
+async fn failed_script(
+    client: &Client,
+    m: &Migration,
+    id: &str,
+    e: &tokio_postgres::Error,
+    atomic: bool,
+) -> Result<(MigrateError, String), MigrateError> {
+    let failure = db_fail(
+        e,
+        &format!(
+            "migration {} failed: {}",
+            m.name,
+            db_error_text(e, Some(&m.script), 0)
+        ),
+    );
+    if failure.kind() == MigrateKind::LockTimeout && atomic {
+        // Waiting for a lock is not a failed migration, and an all-or-nothing
+        // script left nothing behind: forget the attempt.
+        client
+            .query_typed(
+                "DELETE FROM _prisma_migrations WHERE id = $1",
+                &[(&id, Type::VARCHAR)],
+            )
+            .await
+            .map_err(|e| db_fail(&e, "forgetting the attempt"))?;
+        return Err(failure);
+    }
+    let logs = format!("{e}: {}", classify(e).message());
+    let failure = if failure.kind() == MigrateKind::LockTimeout {
+        err(format!(
+            "{}: the script commits part way, so it is not retried",
+            failure.message()
+        ))
+    } else {
+        failure
+    };
+    Ok((failure, logs))
+}
+
+/// Records a script as applied: its step counted, its finish time set.
+async fn record_applied(client: &Client, id: &str) -> Result<(), MigrateError> {
     client
         .query_typed(
             "UPDATE _prisma_migrations SET applied_steps_count = applied_steps_count + 1 WHERE id = $1",

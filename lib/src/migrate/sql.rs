@@ -26,7 +26,9 @@ impl Statement<'_> {
 /// How many leading words are kept per statement (enough to classify it).
 const WORDS: usize = 32;
 
-/// The script's statements, empty ones (only blanks and comments) left out.
+/// The script's statements, empty ones (only blanks and comments) left out. The loop
+/// is the lexer's one state machine; each quoted or commented span is skipped by a
+/// function of its own.
 pub fn split(script: &str) -> Vec<Statement<'_>> {
     let b = script.as_bytes();
     let mut out = Vec::new();
@@ -36,24 +38,6 @@ pub fn split(script: &str) -> Vec<Statement<'_>> {
     // BEGIN/CASE ... END nesting inside CREATE FUNCTION/PROCEDURE (BEGIN ATOMIC bodies)
     let mut depth = 0usize;
     let mut word_start: Option<usize> = None;
-    let routine = |w: &[String]| {
-        w.first().is_some_and(|f| f == "CREATE")
-            && w.iter()
-                .skip(1)
-                .take(3)
-                .any(|x| x == "FUNCTION" || x == "PROCEDURE")
-    };
-    let end_word = |words: &mut Vec<String>, depth: &mut usize, s: usize, e: usize| {
-        let w = script[s..e].to_ascii_uppercase();
-        if routine(words) {
-            match w.as_str() {
-                "BEGIN" | "CASE" => *depth += 1,
-                "END" => *depth = depth.saturating_sub(1),
-                _ => {}
-            }
-        }
-        words.push(w);
-    };
     while i < b.len() {
         let c = b[i];
         let is_word = c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
@@ -65,67 +49,15 @@ pub fn split(script: &str) -> Vec<Statement<'_>> {
             continue;
         }
         if let Some(s) = word_start.take() {
-            end_word(&mut words, &mut depth, s, i);
+            end_word(&script[s..i], &mut words, &mut depth);
         }
         match c {
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 i = script[i..].find('\n').map_or(b.len(), |n| i + n + 1);
             }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                // nested, as PostgreSQL's are
-                let mut level = 0usize;
-                while i < b.len() {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        level += 1;
-                        i += 2;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                        level -= 1;
-                        i += 2;
-                        if level == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-            b'\'' | b'"' => {
-                // E'' strings escape with backslashes
-                let backslash = c == b'\''
-                    && i > 0
-                    && (b[i - 1] == b'E' || b[i - 1] == b'e')
-                    && (i < 2 || !(b[i - 2].is_ascii_alphanumeric() || b[i - 2] == b'_'));
-                i += 1;
-                while i < b.len() {
-                    if backslash && b[i] == b'\\' {
-                        i += 2;
-                    } else if b[i] == c {
-                        if b.get(i + 1) == Some(&c) {
-                            i += 2;
-                        } else {
-                            i += 1;
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-            b'$' => {
-                // $tag$ ... $tag$ (a $1 parameter is not a quote)
-                let tag_end = script[i + 1..]
-                    .find(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
-                    .map(|n| i + 1 + n);
-                match tag_end {
-                    Some(e) if b[e] == b'$' && !b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-                        let tag = &script[i..=e];
-                        i = script[e + 1..]
-                            .find(tag)
-                            .map_or(b.len(), |n| e + 1 + n + tag.len());
-                    }
-                    _ => i += 1,
-                }
-            }
+            b'/' if b.get(i + 1) == Some(&b'*') => i = comment_end(b, i),
+            b'\'' | b'"' => i = quoted_end(b, i),
+            b'$' => i = dollar_quote_end(script, i),
             b';' if depth == 0 => {
                 push(&mut out, &script[start..i], std::mem::take(&mut words));
                 i += 1;
@@ -135,10 +67,101 @@ pub fn split(script: &str) -> Vec<Statement<'_>> {
         }
     }
     if let Some(s) = word_start {
-        end_word(&mut words, &mut depth, s, b.len());
+        end_word(&script[s..], &mut words, &mut depth);
     }
     push(&mut out, &script[start..], words);
     out
+}
+
+/// A statement's word `w` has ended: it is kept (upper-cased), and inside
+/// CREATE FUNCTION/PROCEDURE it moves the BEGIN/CASE ... END `depth`.
+fn end_word(w: &str, words: &mut Vec<String>, depth: &mut usize) {
+    let w = w.to_ascii_uppercase();
+    if routine(words) {
+        match w.as_str() {
+            "BEGIN" | "CASE" => *depth += 1,
+            "END" => *depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    words.push(w);
+}
+
+/// True when the statement so far is a CREATE FUNCTION or PROCEDURE.
+fn routine(w: &[String]) -> bool {
+    w.first().is_some_and(|f| f == "CREATE")
+        && w.iter()
+            .skip(1)
+            .take(3)
+            .any(|x| x == "FUNCTION" || x == "PROCEDURE")
+}
+
+/// Just past the block comment opening at `i` (nested, as PostgreSQL's are); the end
+/// of the script when it is not closed.
+fn comment_end(b: &[u8], mut i: usize) -> usize {
+    let mut level = 0usize;
+    while i < b.len() {
+        if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+            level += 1;
+            i += 2;
+        } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+            level -= 1;
+            i += 2;
+            if level == 0 {
+                break;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    i
+}
+
+/// Just past the string literal or quoted identifier opening at `i` (its quote
+/// doubled is a quote inside it; an E'' string escapes with backslashes); the end of
+/// the script when it is not closed.
+fn quoted_end(b: &[u8], mut i: usize) -> usize {
+    let c = b[i];
+    // E'' strings escape with backslashes
+    let backslash = c == b'\''
+        && i > 0
+        && (b[i - 1] == b'E' || b[i - 1] == b'e')
+        && (i < 2 || !(b[i - 2].is_ascii_alphanumeric() || b[i - 2] == b'_'));
+    i += 1;
+    while i < b.len() {
+        if backslash && b[i] == b'\\' {
+            i += 2;
+        } else if b[i] == c {
+            if b.get(i + 1) == Some(&c) {
+                i += 2;
+            } else {
+                i += 1;
+                break;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    i
+}
+
+/// Just past the dollar quote opening at `i` (`$tag$ ... $tag$`; the end of the script
+/// when it is not closed); `i + 1` when the `$` opens none (a `$1` parameter is not a
+/// quote).
+fn dollar_quote_end(script: &str, i: usize) -> usize {
+    let b = script.as_bytes();
+    let tag_end = script[i + 1..]
+        .find(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
+        .map(|n| i + 1 + n);
+    match tag_end {
+        Some(e) if b[e] == b'$' && !b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+            let tag = &script[i..=e];
+            script[e + 1..]
+                .find(tag)
+                .map_or(b.len(), |n| e + 1 + n + tag.len())
+        }
+        _ => i + 1,
+    }
 }
 
 fn push<'a>(out: &mut Vec<Statement<'a>>, text: &'a str, mut words: Vec<String>) {

@@ -1,6 +1,7 @@
 //! PID 1: run the app as a child, forward signals to it, reap every zombie, and shut
 //! the container down in order. The whole of the entrypoint's init logic is in this
-//! file, read top to bottom:
+//! file, read top to bottom (reading /proc and shedding code pages, which it calls,
+//! are in the sibling modules):
 //!
 //! 1. [`crate::signals::block_all`] runs first in `main`: every asynchronous signal is blocked and
 //!    later read from a signalfd. As PID 1 the kernel drops signals that have no
@@ -47,6 +48,8 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
 
+use super::codepages::shed_code_pages;
+use super::proctable::{descendants, other_processes};
 use crate::privileges::Credentials;
 use crate::process::{self, prepare_child, spawn_error, SpawnError, SpawnKind};
 use crate::signals::{fault_pipe, fault_signals, read_fault_pipe, signal_name};
@@ -372,43 +375,10 @@ impl Supervisor<'_> {
         }
         match sig {
             libc::SIGTERM | libc::SIGINT => match state {
-                Shutdown::Running => {
-                    if sig == libc::SIGTERM && !self.opts.stop_delay.is_zero() {
-                        info!(
-                            "received SIGTERM; passing it on in {}",
-                            crate::duration::format(self.opts.stop_delay)
-                        );
-                        return Shutdown::Delayed {
-                            at: Instant::now() + self.opts.stop_delay,
-                            send,
-                        };
-                    }
-                    info!(
-                        "received {}; stopping the app, grace {}",
-                        signal_name(sig),
-                        crate::duration::format(self.opts.grace)
-                    );
-                    self.send(send);
-                    self.begin_shutdown()
-                }
-                Shutdown::Delayed { send: held, .. } => {
-                    // A second stop signal during the delay: no more waiting.
-                    self.send(held);
-                    if send != held {
-                        self.send(send);
-                    }
-                    self.begin_shutdown()
-                }
+                Shutdown::Running => self.stop_the_app(sig, send),
+                Shutdown::Delayed { send: held, .. } => self.end_the_delay(held, send),
                 Shutdown::Stopping { .. } | Shutdown::Killed => {
-                    if *interrupts >= 3 && state != Shutdown::Killed {
-                        let n = self.kill_everything(!app_exited);
-                        warn!("third SIGINT: killed {n} process(es) without waiting");
-                        return Shutdown::Killed;
-                    }
-                    if !app_exited {
-                        self.send(send);
-                    }
-                    state
+                    self.stop_signal_while_stopping(send, state, app_exited, *interrupts)
                 }
             },
             libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => {
@@ -420,16 +390,73 @@ impl Supervisor<'_> {
             }
             libc::SIGCONT => {
                 self.send(send);
-                if self.tty {
-                    if let Err(e) = nix::unistd::tcsetpgrp(std::io::stdin(), self.main) {
-                        warn!("cannot give the terminal back to the app: {e}");
-                    }
-                }
+                self.give_back_the_terminal();
                 state
             }
             _ => {
                 self.send(send);
                 state
+            }
+        }
+    }
+
+    /// The first SIGTERM or SIGINT: hold a SIGTERM for `--stop-delay`, or pass the
+    /// signal on and start the grace.
+    fn stop_the_app(&self, sig: i32, send: i32) -> Shutdown {
+        if sig == libc::SIGTERM && !self.opts.stop_delay.is_zero() {
+            info!(
+                "received SIGTERM; passing it on in {}",
+                crate::duration::format(self.opts.stop_delay)
+            );
+            return Shutdown::Delayed {
+                at: Instant::now() + self.opts.stop_delay,
+                send,
+            };
+        }
+        info!(
+            "received {}; stopping the app, grace {}",
+            signal_name(sig),
+            crate::duration::format(self.opts.grace)
+        );
+        self.send(send);
+        self.begin_shutdown()
+    }
+
+    /// A second stop signal during the delay: no more waiting. The held signal goes
+    /// first, then this one when it differs.
+    fn end_the_delay(&self, held: i32, send: i32) -> Shutdown {
+        self.send(held);
+        if send != held {
+            self.send(send);
+        }
+        self.begin_shutdown()
+    }
+
+    /// A stop signal once shutdown began: passed on to the app while it runs; the
+    /// third SIGINT kills everything at once.
+    fn stop_signal_while_stopping(
+        &self,
+        send: i32,
+        state: Shutdown,
+        app_exited: bool,
+        interrupts: u32,
+    ) -> Shutdown {
+        if interrupts >= 3 && state != Shutdown::Killed {
+            let n = self.kill_everything(!app_exited);
+            warn!("third SIGINT: killed {n} process(es) without waiting");
+            return Shutdown::Killed;
+        }
+        if !app_exited {
+            self.send(send);
+        }
+        state
+    }
+
+    /// After SIGCONT, the app's group is the terminal's foreground group again.
+    fn give_back_the_terminal(&self) {
+        if self.tty {
+            if let Err(e) = nix::unistd::tcsetpgrp(std::io::stdin(), self.main) {
+                warn!("cannot give the terminal back to the app: {e}");
             }
         }
     }
@@ -541,56 +568,6 @@ impl Supervisor<'_> {
     }
 }
 
-/// Drops this binary's clean code and constant pages from our resident set. Start-up
-/// touched far more of them than supervising needs, and the kernel maps them 64 KiB at
-/// a time; what the supervision loop uses faults back in from the page cache.
-///
-/// Only mappings of the executable that are read-only *and* hold no private copy of a
-/// page (smaps `Anonymous: 0 kB`) are dropped: a RELRO segment, relocated by the loader
-/// and then made read-only, would lose its relocations.
-fn shed_code_pages() {
-    // The ranges are collected first and dropped last, after every String is freed,
-    // so no parsing code runs (and faults back in) once they are gone.
-    let mut ranges = [(0usize, 0usize); 8];
-    let mut n = 0;
-    {
-        let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
-            return;
-        };
-        let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
-            return;
-        };
-        let mut current: Option<(usize, usize)> = None;
-        for line in smaps.lines() {
-            let mut f = line.split_whitespace();
-            let first = f.next().unwrap_or("");
-            if let Some((a, b)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
-                // A mapping's header: "start-end perms offset dev inode path".
-                let perms = f.next().unwrap_or("");
-                let path = f.nth(3).unwrap_or("");
-                current = match (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
-                    (Ok(a), Ok(b)) if !perms.contains('w') && std::path::Path::new(path) == exe => {
-                        Some((a, b))
-                    }
-                    _ => None,
-                };
-            } else if first == "Anonymous:" {
-                if let (Some(range), Some("0")) = (current.take(), f.next()) {
-                    if n < ranges.len() {
-                        ranges[n] = range;
-                        n += 1;
-                    }
-                }
-            }
-        }
-    }
-    for &(a, b) in &ranges[..n] {
-        // SAFETY: a read-only private mapping of our own executable with no private
-        // page: dropping it only makes the next access read the file again.
-        unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_DONTNEED) };
-    }
-}
-
 /// True when stdin is a terminal whose foreground process group is ours.
 fn terminal_in_foreground() -> bool {
     let stdin = std::io::stdin();
@@ -598,107 +575,11 @@ fn terminal_in_foreground() -> bool {
         && nix::unistd::tcgetpgrp(&stdin).is_ok_and(|g| g == nix::unistd::getpgrp())
 }
 
-/// Live processes in our PID namespace other than us (zombies excluded), from /proc.
-fn other_processes() -> Vec<i32> {
-    let me = std::process::id() as i32;
-    proc_table()
-        .into_iter()
-        .filter(|p| p.pid != me && !p.zombie)
-        .map(|p| p.pid)
-        .collect()
-}
-
-/// Live descendants of `root`, from /proc.
-fn descendants(root: i32) -> Vec<i32> {
-    let table = proc_table();
-    let mut out = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for p in table.iter().filter(|p| p.ppid == parent) {
-            if !p.zombie {
-                out.push(p.pid);
-            }
-            frontier.push(p.pid);
-        }
-    }
-    out
-}
-
 /// Suspends this process (the app was suspended from the terminal).
 fn stop_ourselves() {
     if let Err(e) = nix::sys::signal::raise(Signal::SIGSTOP) {
         warn!("cannot suspend: {e}");
     }
-}
-
-struct ProcEntry {
-    pid: i32,
-    ppid: i32,
-    zombie: bool,
-}
-
-fn proc_table() -> Vec<ProcEntry> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| {
-        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // "pid (comm) S ppid ...": comm may contain spaces and parentheses.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let mut fields = rest.split(' ');
-        let state = fields.next()?;
-        let ppid = fields.next()?.parse().ok()?;
-        Some(ProcEntry {
-            pid,
-            ppid,
-            zombie: state == "Z" || state == "X",
-        })
-    })
-    .collect()
-}
-
-/// As PID 1, runs this same program again, with the same arguments, as a supervised
-/// child (marked by the variable `worker`): the supervisor reaps every orphan in the
-/// container and forwards signals, the child does the work, and at shutdown the child
-/// gets `grace()` (read only when this process supervises). `None` when this
-/// process is not PID 1 or is that child already, or (with a warning on stderr
-/// naming `program`) when the signals cannot be blocked.
-///
-/// # Safety
-///
-/// Sets an environment variable: call it while this process has one thread, before
-/// anything else can read or write the environment.
-pub unsafe fn supervise_self(
-    program: &str,
-    worker: &str,
-    grace: impl FnOnce() -> Duration,
-) -> Option<Result<i32, SpawnError>> {
-    if std::process::id() != 1 || std::env::var_os(worker).is_some() {
-        return None;
-    }
-    let signals = match crate::signals::block_all() {
-        Ok(s) => s,
-        Err(e) => {
-            // as tini warns when it cannot reap: the work goes on, unsupervised
-            eprintln!("{program}: warning: cannot block signals ({e}): running as PID 1 without a supervisor, so orphans are not reaped");
-            return None;
-        }
-    };
-    // One thread, as the caller promises.
-    std::env::set_var(worker, "1");
-    let mut command = vec![OsString::from("/proc/self/exe")];
-    command.extend(std::env::args_os().skip(1));
-    let opts = Options {
-        command,
-        process_group: false,
-        rewrite: Vec::new(),
-        stop_delay: Duration::ZERO,
-        grace: grace(),
-        remap_exit: Vec::new(),
-        user: None,
-    };
-    Some(run(&opts, &signals))
 }
 
 #[cfg(test)]
