@@ -41,10 +41,9 @@ pub fn is_text() -> bool {
 
 /// Installs the logger for `program`, reading `RUST_LOG` and `LOG_FORMAT`.
 pub fn init(program: &'static str) -> Result<(), ConfigError> {
-    // through config::var, so RUST_LOG_FILE works as every NAME_FILE does
-    let max = match crate::config::var("RUST_LOG")? {
-        Some(v) if !v.trim().is_empty() => parse_level(&v)?,
-        _ => Level::INFO,
+    let max = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => parse_level(&v)?,
+        _ => level_from_file(program),
     };
     let format = match crate::config::var("LOG_FORMAT")?.as_deref() {
         None | Some("text") => Format::Text,
@@ -59,6 +58,35 @@ pub fn init(program: &'static str) -> Result<(), ConfigError> {
         next_span: AtomicU64::new(1),
     });
     Ok(())
+}
+
+/// The level in `RUST_LOG_FILE` (a secret file, as every `NAME_FILE`), read only when
+/// `RUST_LOG` is not set. The logger's variables come from the app's environment, where
+/// `RUST_LOG_FILE` may be the app's own (the file it logs to): a file that cannot be
+/// read or holds no level is never fatal, only a warning (that does not echo the
+/// file), and the level is `info`.
+fn level_from_file(program: &str) -> Level {
+    let Some(path) = std::env::var_os("RUST_LOG_FILE").filter(|p| !p.is_empty()) else {
+        return Level::INFO;
+    };
+    let path = std::path::Path::new(&path);
+    let level = crate::config::read_secret_file("RUST_LOG_FILE", path)
+        .map_err(|e| e.message().to_string())
+        .and_then(|v| {
+            parse_level(&v).map_err(|_| {
+                format!(
+                    "RUST_LOG_FILE: {} does not hold a log level (error, warn, info, debug or trace)",
+                    path.display()
+                )
+            })
+        });
+    level.unwrap_or_else(|e| {
+        let _ = writeln!(
+            std::io::stderr(),
+            "{program}: warning: {e}: logging at info"
+        );
+        Level::INFO
+    })
 }
 
 /// Parses a level; `RUST_LOG` values like `dockhand=debug` use the last level named.

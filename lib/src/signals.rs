@@ -15,7 +15,7 @@
 //! and given back to each child ([`restore_inherited`], [`inherited_blocked`]), so a
 //! signal the parent ignored or blocked reaches the app ignored or blocked.
 
-use std::io;
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use nix::libc;
@@ -184,7 +184,14 @@ pub fn carry_inherited() -> (&'static str, String) {
 /// process (forwarded to the app, see [`fault_signals`]) from a real fault of ours
 /// (default action: the process dies as it should).
 pub fn block_all() -> io::Result<SigSet> {
-    install_fault_handlers()?;
+    // Without them (no descriptor left for the pipe) only the forwarding of a fault
+    // signal another process sends with kill is lost: say so, and block the rest.
+    if let Err(e) = install_fault_handlers() {
+        let _ = writeln!(
+            io::stderr(),
+            "warning: cannot install the fault-signal handlers ({e}): SIGSEGV, SIGBUS and the like sent with kill are not passed on"
+        );
+    }
     let mut set = SigSet::all();
     for s in SYNCHRONOUS {
         set.remove(s);

@@ -669,29 +669,72 @@ fn help_and_listings_on_a_closed_or_full_stdout() {
     }
 }
 
-/// `RUST_LOG` is read as every setting is, so `RUST_LOG_FILE` works as `--help`
-/// promises (and a bad level in the file is named, as in the variable); the same for
+/// `RUST_LOG_FILE` gives the level as every `NAME_FILE` gives its value, when
+/// `RUST_LOG` is not set; as the app's environment may hold its own `RUST_LOG_FILE`
+/// (the file it logs to), one that holds no level is a warning that does not echo the
+/// file, never a failed start; a bad `RUST_LOG` itself still is (exit 2). The same for
 /// `backup`.
 #[test]
 fn the_log_level_also_comes_from_name_file() {
     let dir = tempfile::tempdir().unwrap();
-    let level = dir.path().join("level");
-    std::fs::write(&level, "loud\n").unwrap();
-    let level = level.to_str().unwrap();
-    let r = entrypoint(&["--", "true"], &[("RUST_LOG_FILE", level)]);
-    assert_eq!(r.code, Some(2), "{}", r.output());
-    assert!(r.stderr.contains("RUST_LOG=\"loud\""), "{}", r.stderr);
     let quiet = dir.path().join("quiet");
     std::fs::write(&quiet, "error\n").unwrap();
+    let quiet = quiet.to_str().unwrap();
+    // at error level, the start-up's info lines are not written
     let r = entrypoint(
         &["--", "sh", "-c", "exit 7"],
-        &[("RUST_LOG_FILE", quiet.to_str().unwrap())],
+        &[("RUST_LOG_FILE", quiet), ("ENTRYPOINT_STOP_DELAY", "0")],
     );
     assert_eq!(r.code, Some(7), "{}", r.output());
-    let r = run(
-        command(&bin("backup"), &["list"], &[("RUST_LOG_FILE", level)]),
-        LONG,
+    let loud = entrypoint(&["--", "sh", "-c", "kill -TERM $$"], &[]);
+    let quietened = entrypoint(
+        &["--", "sh", "-c", "kill -TERM $$"],
+        &[("RUST_LOG_FILE", quiet)],
+    );
+    assert!(
+        quietened.stderr.len() <= loud.stderr.len(),
+        "{}",
+        quietened.output()
+    );
+    // the app's own log file: a warning, and the app starts
+    let applog = dir.path().join("app.log");
+    std::fs::write(&applog, "2026-12-07 started\nsecret-ish line\n").unwrap();
+    let r = entrypoint(
+        &["--", "sh", "-c", "exit 3"],
+        &[("RUST_LOG_FILE", applog.to_str().unwrap())],
+    );
+    assert_eq!(r.code, Some(3), "{}", r.output());
+    assert!(
+        r.stderr.contains("does not hold a log level"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("secret-ish"), "{}", r.stderr);
+    let missing = dir.path().join("not-yet.log");
+    let r = entrypoint(
+        &["--", "sh", "-c", "exit 3"],
+        &[("RUST_LOG_FILE", missing.to_str().unwrap())],
+    );
+    assert_eq!(r.code, Some(3), "{}", r.output());
+    // RUST_LOG wins over the file, and a bad RUST_LOG is still an error
+    let r = entrypoint(
+        &["--", "true"],
+        &[("RUST_LOG", "loud"), ("RUST_LOG_FILE", quiet)],
     );
     assert_eq!(r.code, Some(2), "{}", r.output());
     assert!(r.stderr.contains("RUST_LOG=\"loud\""), "{}", r.stderr);
+    let r = run(
+        command(
+            &bin("backup"),
+            &["list"],
+            &[("RUST_LOG_FILE", applog.to_str().unwrap())],
+        ),
+        LONG,
+    );
+    assert_ne!(r.code, Some(101), "{}", r.output());
+    assert!(
+        r.stderr.contains("does not hold a log level"),
+        "{}",
+        r.stderr
+    );
 }

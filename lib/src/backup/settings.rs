@@ -714,7 +714,9 @@ fn refuse_wal_settings_unless(m: &Source, wal: bool) -> Result<(), ConfigError> 
             .ok()
             .is_some_and(|w| w.first().map(String::as_str) == Some("wal"));
         for k in WAL_SETTINGS {
-            if m.is_set(k)? && !(dropping && k == Flag::WalSlot) {
+            // (`BACKUP_BASE_SCHEDULE=off` spells out the default: it asks for nothing)
+            let off = k == Flag::BaseSchedule && m.string(k)?.is_some_and(|v| v.trim() == "off");
+            if m.is_set(k)? && !(dropping && k == Flag::WalSlot) && !off {
                 return Err(does_nothing(
                     k,
                     "BACKUP_WAL is off (base backups recover only with the WAL streamed beside them)",
@@ -899,6 +901,13 @@ mod tests {
         assert_eq!(s.url.unwrap().path, "/db");
         let e = load(&[("DATABASE_URL", "postgres://u:p@h:x/db")]).unwrap_err();
         assert!(e.message().starts_with("DATABASE_URL: "), "{e}");
+    }
+
+    #[test]
+    fn the_base_schedule_spelled_off_is_no_wal_setting() {
+        assert!(load(&[("BACKUP_BASE_SCHEDULE", "off")]).is_ok());
+        let e = load(&[("BACKUP_BASE_SCHEDULE", "@daily")]).unwrap_err();
+        assert!(e.message().contains("BACKUP_WAL is off"), "{e}");
     }
 
     #[test]
