@@ -546,25 +546,16 @@ impl<K: Key> Matches<K> {
     /// The value set by the user: the flag's (`true` for a switch given), else the
     /// variable's (else its second variable's), else `None`; never the default.
     pub fn explicit(&self, k: K) -> Result<Option<String>, ConfigError> {
-        let row = k.row();
-        if let Some((_, v)) = self.given.iter().rev().find(|(i, _)| *i == k.index()) {
-            return Ok(Some(v.clone().unwrap_or_else(|| "true".into())));
-        }
-        if row.env.is_empty() {
-            return Ok(None);
-        }
-        match self.var(row.env)? {
-            None if !row.also.is_empty() => self.var(row.also),
-            v => Ok(v),
-        }
+        Ok(self.explicit_from(k)?.map(|(v, _)| v))
     }
 
     /// [`Matches::explicit`], with where the value came from (`--to`, `DIRECT_URL`,
     /// `DATABASE_URL`), for an error about it.
     pub fn explicit_from(&self, k: K) -> Result<Option<(String, String)>, ConfigError> {
         let row = k.row();
-        if self.given.iter().any(|(i, _)| *i == k.index()) {
-            return Ok(self.explicit(k)?.map(|v| (v, row.name())));
+        if let Some((_, v)) = self.given.iter().rev().find(|(i, _)| *i == k.index()) {
+            let v = v.clone().unwrap_or_else(|| "true".into());
+            return Ok(Some((v, row.name())));
         }
         for env in [row.env, row.also] {
             if !env.is_empty() {

@@ -75,6 +75,21 @@ impl S3 {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The environment `backup` needs for `bucket` (under `prefix`) on this server.
+    pub fn backup_env(&self, bucket: &str, prefix: &str) -> Vec<(String, String)> {
+        [
+            ("BACKUP_S3_BUCKET", bucket),
+            ("BACKUP_S3_PREFIX", prefix),
+            ("BACKUP_S3_ENDPOINT", &self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", self.access_key),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key),
+            ("AWS_REGION", self.region),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
     /// Creates a fresh bucket and returns its name.
     pub fn bucket(&self) -> String {
         let name = format!("test-{}", crate::token(12));

@@ -27,17 +27,6 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn s3_env(s3: &S3, bucket: &str, prefix: &str) -> Vec<(String, String)> {
-    env(&[
-        ("BACKUP_S3_BUCKET", bucket),
-        ("BACKUP_S3_PREFIX", prefix),
-        ("BACKUP_S3_ENDPOINT", &s3.endpoint()),
-        ("AWS_ACCESS_KEY_ID", s3.access_key),
-        ("AWS_SECRET_ACCESS_KEY", s3.secret_key),
-        ("AWS_REGION", s3.region),
-    ])
-}
-
 /// The file names in `dir`.
 fn files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -92,7 +81,7 @@ fn a_base_backup_holds_the_cluster_and_its_wal_range_in_the_folder_and_s3() {
     let d = dir.path().join("backups");
     let s3 = S3::shared();
     let bucket = s3.bucket();
-    let mut e = s3_env(s3, &bucket, "pitr");
+    let mut e = s3.backup_env(&bucket, "pitr");
     e.push(("DIRECT_URL".into(), pg.url()));
     let r = backup(&["base", "--dir", d.to_str().unwrap()], &e);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
@@ -297,7 +286,7 @@ fn the_daemon_streams_completed_wal_segments_to_the_folder_and_s3_across_a_resta
     let d = dir.path().join("backups");
     let s3 = S3::shared();
     let bucket = s3.bucket();
-    let mut e = s3_env(s3, &bucket, "wal");
+    let mut e = s3.backup_env(&bucket, "wal");
     e.extend(env(&[
         ("DIRECT_URL", &pg.url()),
         ("BACKUP_DIR", d.to_str().unwrap()),
@@ -742,7 +731,7 @@ fn retention_keeps_the_wal_of_the_oldest_base_backup_kept_and_deletes_older_wal(
     let d = dir.path().join("backups");
     let s3 = S3::shared();
     let bucket = s3.bucket();
-    let mut e = s3_env(s3, &bucket, "walret");
+    let mut e = s3.backup_env(&bucket, "walret");
     e.extend(env(&[
         ("DIRECT_URL", &pg.url()),
         ("BACKUP_DIR", d.to_str().unwrap()),
@@ -1101,7 +1090,7 @@ fn with_s3_alone_the_continuity_is_read_from_the_listing() {
     let status = dir.path().join("status.json");
     let s3 = S3::shared();
     let bucket = s3.bucket();
-    let mut e = s3_env(s3, &bucket, "only");
+    let mut e = s3.backup_env(&bucket, "only");
     e.extend(env(&[
         ("DIRECT_URL", &pg.url()),
         ("BACKUP_SCHEDULE", "@yearly"),

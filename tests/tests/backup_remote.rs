@@ -39,18 +39,6 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The environment for a bucket on the test S3 server.
-fn s3_env(s3: &S3, bucket: &str, prefix: &str) -> Vec<(String, String)> {
-    env(&[
-        ("BACKUP_S3_BUCKET", bucket),
-        ("BACKUP_S3_PREFIX", prefix),
-        ("BACKUP_S3_ENDPOINT", &s3.endpoint()),
-        ("AWS_ACCESS_KEY_ID", s3.access_key),
-        ("AWS_SECRET_ACCESS_KEY", s3.secret_key),
-        ("AWS_REGION", s3.region),
-    ])
-}
-
 /// Keys in the bucket (one page is enough for these tests).
 fn keys(s3: &S3, bucket: &str) -> Vec<String> {
     let (status, body) = s3.request("GET", &format!("/{bucket}?list-type=2"), b"");
@@ -141,7 +129,7 @@ fn an_encrypted_backup_in_s3_and_locally_restores_to_the_same_data() {
     let (public, key) = age_keys(dir.path());
     let folder = dir.path().join("backups");
     let mut e = pg_env(&pg);
-    e.extend(s3_env(s3, &bucket, "nightly/app"));
+    e.extend(s3.backup_env(&bucket, "nightly/app"));
     // The S3 secret as a Docker secret file.
     let secret = dir.path().join("s3-secret");
     std::fs::write(&secret, format!("{}\n", s3.secret_key)).unwrap();
@@ -361,7 +349,7 @@ fn retention_deletes_only_its_own_old_backups_locally_and_in_s3() {
         &format!("/{bucket}/elsewhere/app-old01.dump.zst"),
         b"x",
     );
-    e.extend(s3_env(s3, &bucket, "p"));
+    e.extend(s3.backup_env(&bucket, "p"));
     e.extend(env(&[
         ("BACKUP_KEEP_LAST", "2"),
         ("BACKUP_KEEP_DAILY", "4"),
@@ -444,7 +432,7 @@ fn s3_down_keeps_the_local_copy_and_reports_the_failure() {
     let folder = dir.path().join("b");
     let mut e = pg_env(&pg);
     let s3 = S3::shared();
-    e.extend(s3_env(s3, "nobucket", ""));
+    e.extend(s3.backup_env("nobucket", ""));
     e.retain(|(k, _)| k != "BACKUP_S3_ENDPOINT");
     let closed = format!("http://127.0.0.1:{}", dockhand_tests::free_port());
     e.extend(env(&[
@@ -479,7 +467,7 @@ fn sigterm_mid_upload_aborts_the_multipart_upload() {
     let s3 = S3::shared();
     let bucket = s3.bucket();
     let mut e = pg_env(&pg);
-    e.extend(s3_env(s3, &bucket, "x"));
+    e.extend(s3.backup_env(&bucket, "x"));
     e.extend(env(&[
         ("BACKUP_S3_PART_SIZE", "5MiB"),
         ("BACKUP_ZSTD_LEVEL", "1"),
@@ -764,7 +752,7 @@ fn list_remote_reads_every_page_of_a_large_prefix() {
         assert_eq!(st, 200);
     }
     let mut e = pg_env(&pg);
-    e.extend(s3_env(s3, &bucket, "elsewhere"));
+    e.extend(s3.backup_env(&bucket, "elsewhere"));
     // Settings as flags override the environment.
     let r = backup(&["now", "--s3-prefix", "p"], &e);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
@@ -814,7 +802,7 @@ fn restore_jobs_restores_the_same_rows_and_never_leaves_its_temporary_file() {
     ]));
     assert_eq!(backup(&["now"], &p).code, Some(0));
     let mut e = pg_env(&pg);
-    e.extend(s3_env(s3, &bucket, "jobs"));
+    e.extend(s3.backup_env(&bucket, "jobs"));
     e.extend(env(&[
         ("BACKUP_DIR", dir.path().join("enc").to_str().unwrap()),
         ("BACKUP_AGE_RECIPIENT", &public),

@@ -234,6 +234,11 @@ pub fn supervisor_grace(args: impl IntoIterator<Item = OsString>) -> std::time::
     grace + std::time::Duration::from_secs(5)
 }
 
+/// A path setting the user gave (`BACKUP_TMP_DIR`, `BACKUP_DRILL_SQL`), if any.
+fn path(m: &Matches<Flag>, k: Flag) -> Result<Option<std::path::PathBuf>, BackupError> {
+    Ok(m.explicit(k).map_err(usage)?.map(std::path::PathBuf::from))
+}
+
 /// The signal that stopped a command, if one did.
 fn stopped(first_signal: &Mutex<Option<i32>>) -> Option<i32> {
     first_signal.lock().ok().and_then(|s| *s)
@@ -298,10 +303,7 @@ fn daemon_drills(m: &Matches<Flag>, settings: &Settings) -> Result<DaemonDrills,
         Some(u) => Some(drill_url(&u)?),
         None => None,
     };
-    let sql = m
-        .explicit(Flag::DrillSql)
-        .map_err(usage)?
-        .map(std::path::PathBuf::from);
+    let sql = path(m, Flag::DrillSql)?;
     if let Some(path) = &sql {
         std::fs::metadata(path).map_err(|e| {
             usage(invalid(format!(
@@ -323,10 +325,7 @@ fn daemon_drills(m: &Matches<Flag>, settings: &Settings) -> Result<DaemonDrills,
             name: "latest".into(),
             into,
             jobs: restore_jobs(m).map_err(usage)?,
-            tmp_dir: m
-                .explicit(Flag::TmpDir)
-                .map_err(usage)?
-                .map(std::path::PathBuf::from),
+            tmp_dir: path(m, Flag::TmpDir)?,
             sql,
             ..DrillRequest::default()
         },
@@ -659,14 +658,8 @@ fn cmd_drill(
         into,
         keep: *keep,
         jobs: *jobs,
-        tmp_dir: m
-            .explicit(Flag::TmpDir)
-            .map_err(usage)?
-            .map(std::path::PathBuf::from),
-        sql: m
-            .explicit(Flag::DrillSql)
-            .map_err(usage)?
-            .map(std::path::PathBuf::from),
+        tmp_dir: path(m, Flag::TmpDir)?,
+        sql: path(m, Flag::DrillSql)?,
     };
     let done = drill::drill(
         &runner.reading(&ids),
@@ -747,10 +740,7 @@ fn cmd_restore(
         yes: *yes,
         no_owner: *no_owner,
         jobs: *jobs,
-        tmp_dir: m
-            .explicit(Flag::TmpDir)
-            .map_err(usage)?
-            .map(std::path::PathBuf::from),
+        tmp_dir: path(m, Flag::TmpDir)?,
         drill: false,
     };
     let done = restore::restore(

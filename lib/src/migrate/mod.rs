@@ -402,20 +402,11 @@ async fn apply(
         (Source::Folder { dir, .. }, Some(Format::Refinery)) => {
             refinery::apply(client, dir, retry::local_lock_timeout(opts.limits())).await?
         }
-        (Source::Folder { dir, .. }, Some(Format::Drizzle)) => {
+        (Source::Folder { dir, .. }, Some(f @ (Format::Drizzle | Format::DrizzleV1))) => {
             drizzle::apply(
                 client,
                 dir,
-                false,
-                retry::local_lock_timeout(opts.limits()).as_deref(),
-            )
-            .await?
-        }
-        (Source::Folder { dir, .. }, Some(Format::DrizzleV1)) => {
-            drizzle::apply(
-                client,
-                dir,
-                true,
+                f == Format::DrizzleV1,
                 retry::local_lock_timeout(opts.limits()).as_deref(),
             )
             .await?
