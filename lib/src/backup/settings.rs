@@ -904,6 +904,13 @@ mod tests {
     }
 
     #[test]
+    fn count_rows_takes_a_boolean_and_names_itself_otherwise() {
+        assert!(!load(&[("BACKUP_COUNT_ROWS", "false")]).unwrap().count_rows);
+        let e = load(&[("BACKUP_COUNT_ROWS", "maybe")]).unwrap_err();
+        assert!(e.message().contains("BACKUP_COUNT_ROWS"), "{e}");
+    }
+
+    #[test]
     fn the_base_schedule_spelled_off_is_no_wal_setting() {
         assert!(load(&[("BACKUP_BASE_SCHEDULE", "off")]).is_ok());
         let e = load(&[("BACKUP_BASE_SCHEDULE", "@daily")]).unwrap_err();
