@@ -119,6 +119,26 @@ secs, rss = median3(f"{bk} now", {**s3env, "BACKUP_DIR": both}, one_backup("both
 results.append(("**dockhand `backup now`**, local folder and S3 at once", secs, rss, size(both)))
 moto.terminate()
 
+# The same upload to a lighter S3-compatible server (s3s-fs, Rust, files on disk; bench/backup.sh
+# installs it): what moto's own cost is on these 2 cores, and what is ours.
+s3s_bin = os.path.join(root, ".cache/tools/bin/s3s-fs")
+port = socket.socket(); port.bind(("127.0.0.1", 0)); s3s_port = port.getsockname()[1]; port.close()
+s3s_root = fresh("s3s")
+os.makedirs(os.path.join(s3s_root, "bench"))
+s3s = subprocess.Popen([s3s_bin, "--host", "127.0.0.1", "--port", str(s3s_port), "--access-key", "testing",
+                        "--secret-key", "testing", s3s_root], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+for _ in range(300):
+    try:
+        socket.create_connection(("127.0.0.1", s3s_port), 0.2).close(); break
+    except OSError:
+        time.sleep(0.1)
+s3s_env = {**s3env, "BACKUP_S3_ENDPOINT": f"http://127.0.0.1:{s3s_port}"}
+def empty_bucket(i):
+    subprocess.run(["rm", "-rf", os.path.join(s3s_root, "bench")]); os.makedirs(os.path.join(s3s_root, "bench"))
+secs, rss = median3(f"{bk} now", s3s_env, empty_bucket)
+results.append(("**dockhand `backup now`**, S3 (s3s-fs on loopback)", secs, rss, None))
+s3s.terminate()
+
 # Restore, side by side: pg_restore single and with 2 jobs from an uncompressed custom
 # file (the tools' own best case), against `backup restore --jobs 1` (streamed) and
 # `--jobs 2` (decoded to a temporary file, checked, then pg_restore -j 2), each from the
@@ -203,6 +223,12 @@ print(f"| **dockhand `backup drill latest --jobs 1`** (restore into a scratch da
 print(f"| **dockhand `backup drill latest --jobs 2`** | "
       f"{dr2_secs:.1f} s | {dr2_secs / rs_secs:.2f}x | {dr2_secs / rj_secs:.2f}x | {dr2_rss / 1024:.1f} MiB |")
 print()
+folder = next(r[1] for r in results if "the default" in r[0])
+on_moto = next(r[1] for r in results if "moto on loopback" in r[0])
+on_s3s = next(r[1] for r in results if "s3s-fs on loopback" in r[0])
+print(f"S3 against the folder: {on_moto / folder:.2f}x with moto (Python; it takes CPU from pg_dump and zstd on "
+      f"these 2 cores), {on_s3s / folder:.2f}x with s3s-fs: the difference, {on_moto - on_s3s:+.1f} s, is the "
+      f"server's; the rest, {on_s3s - folder:+.1f} s, is the upload's own cost (HTTP, signing, parts in flight).\n")
 counted = next(r[1] for r in results if "the default" in r[0])
 uncounted = next(r[1] for r in results if "no row counts" in r[0])
 print(f"The exact row counts (issue 20) cost {100 * (counted / uncounted - 1):+.0f}% on `backup now` "

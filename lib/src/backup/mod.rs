@@ -37,6 +37,7 @@ pub mod dump;
 pub mod globals;
 pub mod manifest;
 pub mod names;
+pub mod pgarchive;
 pub mod progress;
 pub mod recover;
 pub mod restore;

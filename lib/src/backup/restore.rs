@@ -447,6 +447,15 @@ fn decode_to_file(
             m.file
         )));
     }
+    // Checked: now the data offsets pg_dump could not write into a pipe, so that each
+    // pg_restore job seeks to its table instead of reading up to it.
+    match super::pgarchive::fill_offsets(&guard.path) {
+        Ok(f) => tracing::debug!("{}: {} data offsets filled in", m.file, f.set),
+        Err(e) => info!(
+            "{}: data offsets not filled in ({e}): pg_restore reads its way to each table",
+            m.file
+        ),
+    }
     Ok(Some(guard))
 }
 
