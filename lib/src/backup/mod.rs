@@ -14,6 +14,8 @@
 //! - [`retention`]: which backups a policy keeps, and pruning;
 //! - [`restore`]: a backup streamed back into a new (or, when confirmed, an existing)
 //!   database; [`globals`]: a globals backup restored into a cluster that has roles;
+//!   [`pgarchive`]: the data offsets a piped `pg_dump -Fc` lacks, filled in so that
+//!   `restore --jobs` runs `pg_restore -j` at the speed of a seekable archive;
 //! - [`drill`]: a backup restored into a scratch database and every table's rows
 //!   compared with the exact counts of the dump, which proves that it restores;
 //! - [`names`]: the names dockhand makes from database names, within PostgreSQL's
