@@ -413,30 +413,54 @@ fn decode_to_file(
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut opened = catalog::open(r, m, from)?;
     let mut reader = std::mem::replace(&mut opened.reader, Box::new(std::io::empty()));
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut written = 0u64;
-    loop {
-        cancel.check()?;
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                opened.reader = Box::new(reader);
-                opened.check(m)?;
-                return Err(err(format!("{}: cannot read the backup: {e}", m.file)));
+    // Reading (download, checksum, decryption, decompression) on one thread and
+    // writing on this one: pg_restore has not started, so both cores are ours.
+    let copied = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(4);
+        let from = &mut reader;
+        scope.spawn(move || loop {
+            let mut buf = vec![0u8; 1 << 20];
+            let n = match from.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            buf.truncate(n);
+            // the writer gone (a failure, a stop): stop reading
+            if tx.send(Ok(buf)).is_err() {
+                return;
             }
-        };
-        out.write_all(&buf[..n]).map_err(|e| {
-            err(format!(
-                "{}: writing the decoded backup ({} needed): {}",
-                guard.path.display(),
-                human_size(need),
-                crate::error::io_reason(&e)
-            ))
-        })?;
-        written += n as u64;
-    }
+        });
+        let mut written = 0u64;
+        for chunk in rx {
+            cancel.check().map_err(Decoding::Stopped)?;
+            let buf = chunk.map_err(Decoding::Read)?;
+            out.write_all(&buf).map_err(|e| {
+                Decoding::Stopped(err(format!(
+                    "{}: writing the decoded backup ({} needed): {}",
+                    guard.path.display(),
+                    human_size(need),
+                    crate::error::io_reason(&e)
+                )))
+            })?;
+            written += buf.len() as u64;
+        }
+        Ok(written)
+    });
+    let written = match copied {
+        Ok(n) => n,
+        Err(Decoding::Stopped(e)) => return Err(e),
+        Err(Decoding::Read(e)) => {
+            // a damaged or cut backup says so first; else the read error itself
+            opened.reader = Box::new(reader);
+            opened.check(m)?;
+            return Err(err(format!("{}: cannot read the backup: {e}", m.file)));
+        }
+    };
     out.flush().map_err(super::io_err(&guard.path))?;
     drop(out);
     opened.reader = Box::new(reader);
@@ -457,6 +481,14 @@ fn decode_to_file(
         ),
     }
     Ok(Some(guard))
+}
+
+/// How copying the decoded backup into its file ended early.
+enum Decoding {
+    /// Reading the backup failed.
+    Read(std::io::Error),
+    /// Stopped (a signal) or the file could not be written.
+    Stopped(BackupError),
 }
 
 /// Random bytes for a temporary file's name (its uniqueness, not secrecy: the file is
