@@ -926,6 +926,73 @@ mod tests {
     }
 
     #[test]
+    fn s3_settings_are_read_and_checked() {
+        let s3 = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("BACKUP_S3_BUCKET", " my-backups ")];
+            all.extend_from_slice(pairs);
+            load(&all).map(|s| s.s3.expect("a bucket is set"))
+        };
+        // the defaults: AWS itself (virtual-host style), no prefix, 8 MiB parts
+        let d = s3(&[]).unwrap();
+        assert_eq!(d.bucket, "my-backups");
+        assert_eq!(d.prefix, "");
+        assert!(!d.path_style && d.endpoint.is_none() && d.region.is_none());
+        assert_eq!(d.sse, None);
+        assert_eq!(d.part_size, 8 << 20);
+        // a prefix always ends in one slash; a bucket is a name, not a path
+        assert_eq!(s3(&[("BACKUP_S3_PREFIX", "db")]).unwrap().prefix, "db/");
+        assert_eq!(s3(&[("BACKUP_S3_PREFIX", "//")]).unwrap().prefix, "");
+        for bad in ["b/prod", "my backups"] {
+            let e = load(&[("BACKUP_S3_BUCKET", bad)]).unwrap_err();
+            assert!(e.message().contains("BACKUP_S3_PREFIX"), "{bad}: {e}");
+        }
+        // a custom endpoint: path style unless told otherwise; http(s) only
+        let e = s3(&[
+            ("BACKUP_S3_ENDPOINT", "https://s3.example.com"),
+            ("BACKUP_S3_PATH_STYLE", "false"),
+        ])
+        .unwrap();
+        assert!(!e.path_style);
+        let e = s3(&[("BACKUP_S3_ENDPOINT", "ftp://s3.example.com")]).unwrap_err();
+        assert!(e.message().contains("https://host[:port]"), "{e}");
+        // the bucket's own region wins over the AWS tools' one
+        let r = s3(&[
+            ("BACKUP_S3_REGION", "eu-west-3"),
+            ("AWS_REGION", "us-west-2"),
+        ]);
+        assert_eq!(r.unwrap().region.as_deref(), Some("eu-west-3"));
+        // server-side encryption: the two values S3 knows, and a key only for KMS
+        let k = s3(&[
+            ("BACKUP_S3_SSE", "aws:kms"),
+            ("BACKUP_S3_SSE_KMS_KEY_ID", "key-1"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (k.sse.as_deref(), k.sse_kms_key_id.as_deref()),
+            (Some("aws:kms"), Some("key-1"))
+        );
+        assert_eq!(
+            s3(&[("BACKUP_S3_SSE", " AES256 ")]).unwrap().sse.as_deref(),
+            Some("AES256")
+        );
+        let e = s3(&[("BACKUP_S3_SSE", "aes256")]).unwrap_err();
+        assert!(e.message().contains("AES256 or aws:kms"), "{e}");
+        // parts from 5 MiB to 5 GiB, the limits S3 sets
+        assert_eq!(
+            s3(&[("BACKUP_S3_PART_SIZE", "5MiB")]).unwrap().part_size,
+            5 << 20
+        );
+        assert_eq!(
+            s3(&[("BACKUP_S3_PART_SIZE", "5GiB")]).unwrap().part_size,
+            5 << 30
+        );
+        for bad in ["6GiB", "4MiB", "lots"] {
+            let e = s3(&[("BACKUP_S3_PART_SIZE", bad)]).unwrap_err();
+            assert!(e.message().contains("5MiB to 5GiB"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn settings_that_do_nothing_here_are_refused() {
         for (pairs, names, says) in [
             (

@@ -44,13 +44,9 @@ impl S3 {
             .build_https();
         let mut loader =
             aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
-        // A custom endpoint mostly ignores the region, but signing needs one: default
-        // it instead of asking the chain (which would try instance metadata).
-        let region = s
-            .region
-            .clone()
-            .or_else(|| s.endpoint.as_ref().map(|_| "us-east-1".to_string()));
-        if let Some(r) = region {
+        // With a custom endpoint the region is defaulted instead of asking the chain
+        // (which would try instance metadata).
+        if let Some(r) = s.signing_region() {
             loader = loader.region(aws_config::Region::new(r));
         }
         let shared = loader.load().await;
@@ -81,11 +77,11 @@ impl S3 {
 
     /// Where messages say a file is: `s3://bucket/prefix/file`.
     pub fn location(&self, file: &str) -> String {
-        format!("s3://{}/{}", self.settings.bucket, self.key(file))
+        self.settings.location(file)
     }
 
     pub(super) fn key(&self, file: &str) -> String {
-        format!("{}{file}", self.settings.prefix)
+        self.settings.key(file)
     }
 
     /// The objects directly under the prefix, every page of them.
@@ -109,7 +105,7 @@ impl S3 {
                 ))
             })?;
             for o in page.contents() {
-                if let Some(file) = o.key().and_then(|k| k.strip_prefix(&self.settings.prefix)) {
+                if let Some(file) = o.key().and_then(|k| self.settings.file_of(k)) {
                     out.push(Object {
                         file: file.to_string(),
                         modified: o.last_modified().map_or(0, |t| t.secs()),
@@ -182,7 +178,7 @@ impl S3 {
             .uploads()
             .iter()
             .filter_map(|u| {
-                let file = u.key()?.strip_prefix(&self.settings.prefix)?;
+                let file = self.settings.file_of(u.key()?)?;
                 let started = u.initiated().map_or(0, |t| t.secs());
                 Some((file.to_string(), u.upload_id()?.to_string(), started))
             })

@@ -429,3 +429,32 @@ fn joined(
         None => Err(err("upload task: nothing to wait for")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_s3::types::CompletedPart;
+
+    use super::joined;
+    use crate::backup::err;
+
+    #[test]
+    fn a_parts_task_gives_its_part_its_error_or_says_it_failed() {
+        let part = CompletedPart::builder().part_number(3).build();
+        assert_eq!(joined(Some(Ok(Ok(part.clone())))).unwrap(), part);
+        let e = joined(Some(Ok(Err(err("s3://b/x: part 3: HTTP 500"))))).unwrap_err();
+        assert_eq!(e.message(), "s3://b/x: part 3: HTTP 500");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let aborted = rt.block_on(async {
+            let t = tokio::spawn(std::future::pending::<Result<CompletedPart, _>>());
+            t.abort();
+            t.await
+        });
+        let e = joined(Some(aborted)).unwrap_err();
+        assert!(e.message().starts_with("upload task: "), "{e}");
+        assert!(e.message().contains("cancelled"), "{e}");
+        let e = joined(None).unwrap_err();
+        assert_eq!(e.message(), "upload task: nothing to wait for");
+    }
+}
