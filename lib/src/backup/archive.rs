@@ -21,12 +21,13 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
+use super::catalog::Backup;
 use super::codec::{self, Stage};
 use super::dump::{self, Tools};
 use super::manifest::{file_safe, unique_stamp, Content, Counts, Manifest, WalRange};
 use super::s3::{Upload, S3};
 use super::settings::Settings;
-use super::{err, hex, unix_now, BackupError, Cancel, Tool};
+use super::{err, hex, io_err, unix_now, BackupError, Cancel, Failures, Tool};
 use crate::files::{partial_name, sync_dir, write_atomic};
 use crate::pg::PgTarget;
 
@@ -71,7 +72,7 @@ pub struct Outcome {
     /// `/backups/NAME.dump.zst`, `s3://bucket/prefix/NAME.dump.zst`.
     pub stored: Vec<Stored>,
     /// Failures of single destinations (the backup exists elsewhere).
-    pub errors: Vec<String>,
+    pub errors: Failures<BackupError>,
 }
 
 /// Where a complete copy of a backup is.
@@ -98,6 +99,15 @@ impl Outcome {
         let places: Vec<String> = self.stored.iter().map(Stored::to_string).collect();
         places.join(" and ")
     }
+
+    /// The backup made, as the catalog describes it.
+    pub fn backup(&self) -> Backup {
+        Backup {
+            manifest: self.manifest.clone(),
+            local: self.stored.iter().any(|s| matches!(s, Stored::Local(_))),
+            remote: self.stored.iter().any(|s| matches!(s, Stored::S3(_))),
+        }
+    }
 }
 
 /// The local copy being written.
@@ -114,7 +124,7 @@ struct Tee {
     bytes: u64,
     local: Option<LocalCopy>,
     s3: Option<Upload>,
-    errors: Vec<String>,
+    errors: Failures<BackupError>,
 }
 
 impl Tee {
@@ -123,15 +133,14 @@ impl Tee {
         self.bytes += buf.len() as u64;
         if let Some(l) = &mut self.local {
             if let Err(e) = l.out.write_all(buf) {
-                let msg = format!("{}: {}", l.path.display(), crate::error::io_reason(&e));
                 let _ = std::fs::remove_file(&l.partial);
-                self.errors.push(msg);
+                self.errors.push(io_err(&l.path)(e));
                 self.local = None;
             }
         }
         if let Some(u) = &mut self.s3 {
             if let Err(e) = u.write(buf) {
-                self.errors.push(e.to_string());
+                self.errors.push(e);
                 if let Some(u) = self.s3.take() {
                     u.abort();
                 }
@@ -210,7 +219,7 @@ pub fn backup(
         bytes: 0,
         local: None,
         s3: None,
-        errors: Vec::new(),
+        errors: Failures::default(),
     };
     if let Some(dir) = &s.dir {
         let opened = std::fs::create_dir_all(dir).and_then(|_| {
@@ -229,18 +238,14 @@ pub fn backup(
         });
         match opened {
             Ok(l) => tee.local = Some(l),
-            Err(e) => tee.errors.push(format!(
-                "{}: {}",
-                dir.display(),
-                crate::error::io_reason(&e)
-            )),
+            Err(e) => tee.errors.push(io_err(dir)(e)),
         }
     }
     if let Some(s3) = d.s3 {
         tee.s3 = Some(s3.upload(d.rt, &file, d.cancel.clone()));
     }
     if tee.local.is_none() && tee.s3.is_none() {
-        return Err(err(tee.errors.join("; ")));
+        return Err(tee.errors.into_error());
     }
     let tee = Arc::new(Mutex::new(tee));
     let streamed = stream(d, target, kind, tools, tee.clone(), &name);
@@ -274,11 +279,7 @@ pub fn backup(
             Ok(()) => stored.push(Stored::Local(path)),
             Err(e) => {
                 let _ = std::fs::remove_file(&partial);
-                errors.push(format!(
-                    "{}: {}",
-                    path.display(),
-                    crate::error::io_reason(&e)
-                ));
+                errors.push(io_err(&path)(e));
             }
         }
     }
@@ -287,7 +288,7 @@ pub fn backup(
             Ok(()) => stored.push(Stored::S3(
                 d.s3.map(|s| s.location(&file)).unwrap_or_default(),
             )),
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => errors.push(e),
         }
     }
     let sha256 = hex(&tee.hash.clone().finalize());
@@ -335,6 +336,7 @@ pub fn backup(
                     dir.display(),
                     crate::error::io_reason(&e)
                 ))
+                .with_source(e)
             })
         };
         match written {
@@ -352,12 +354,12 @@ pub fn backup(
                         let _ = std::fs::remove_file(path);
                     }
                 }
-                errors.push(e.to_string());
+                errors.push(e);
             }
         }
     }
     if complete.is_empty() {
-        return Err(err(errors.join("; ")));
+        return Err(errors.into_error());
     }
     Ok(Outcome {
         manifest,

@@ -478,10 +478,11 @@ fn cmd_now(s: &Session) -> Result<u8, BackupError> {
     if let Some(f) = s.stopped(&r.failures.join("; ")) {
         return Err(f);
     }
-    if r.failures.is_empty() {
-        Ok(0)
-    } else {
-        Err(err(format!("backup failed: {}", r.failures.join("; "))))
+    match r.failures.iter().next() {
+        None => Ok(0),
+        Some(first) => {
+            Err(err(format!("backup failed: {}", r.failures.join("; "))).with_source(first.clone()))
+        }
     }
 }
 
