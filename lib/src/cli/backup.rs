@@ -109,41 +109,11 @@ pub fn command(
     parse_with(args, false, command_from)
 }
 
+/// The command the words and flags name, checked: its arguments, the flags it takes.
 fn command_from(m: Matches<Flag>) -> Result<(Command, Matches<Flag>), ConfigError> {
     let words = m.words_utf8("arguments must be UTF-8")?;
-    let name = COMMANDS
-        .iter()
-        .find(|c| Some(**c) == words.first().map(String::as_str))
-        .copied();
-    let name = match (name, words.first()) {
-        (Some(n), _) => n,
-        (None, None) => "daemon",
-        (None, Some(other)) => {
-            return Err(invalid(format!(
-                "unknown command {other:?}: use daemon, now, base, list, verify, restore, prune, drill, recover or wal drop-slot"
-            )))
-        }
-    };
-    let needs_name = matches!(name, "verify" | "restore" | "drill");
-    if name == "wal" && words.get(1).map(String::as_str) != Some("drop-slot") {
-        return Err(invalid(match words.get(1) {
-            Some(other) => format!("backup wal {other:?}: the one wal command is drop-slot"),
-            None => "backup wal needs a command: drop-slot".to_string(),
-        }));
-    }
-    match (words.get(1), words.get(2)) {
-        (Some(_), None) if name == "wal" => {}
-        (_, Some(extra)) => return Err(invalid(format!("unexpected argument {extra:?}"))),
-        (Some(extra), None) if !needs_name => {
-            return Err(invalid(format!("unexpected argument {extra:?}")))
-        }
-        (None, _) if needs_name => {
-            return Err(invalid(format!(
-                "backup {name} needs a backup name or `latest`"
-            )))
-        }
-        _ => {}
-    }
+    let name = command_name(&words)?;
+    check_arguments(name, &words)?;
     for s in m.given() {
         if !s.commands.is_empty() && !s.commands.contains(&name) {
             return Err(invalid(format!(
@@ -153,14 +123,63 @@ fn command_from(m: Matches<Flag>) -> Result<(Command, Matches<Flag>), ConfigErro
             )));
         }
     }
-    let from = match m.string(Flag::From)?.as_deref() {
-        None => None,
-        Some("local") => Some(Side::Local),
-        Some("s3") => Some(Side::S3),
-        Some(other) => return Err(invalid(format!("--from {other:?}: use local or s3"))),
-    };
     let backup = words.get(1).cloned().unwrap_or_default();
-    let command = match name {
+    let command = build(name, backup, &m)?;
+    Ok((command, m))
+}
+
+/// The command the first word names (`daemon` without one).
+fn command_name(words: &[String]) -> Result<&'static str, ConfigError> {
+    let name = COMMANDS
+        .iter()
+        .find(|c| Some(**c) == words.first().map(String::as_str))
+        .copied();
+    match (name, words.first()) {
+        (Some(n), _) => Ok(n),
+        (None, None) => Ok("daemon"),
+        (None, Some(other)) => Err(invalid(format!(
+            "unknown command {other:?}: use daemon, now, base, list, verify, restore, prune, drill, recover or wal drop-slot"
+        ))),
+    }
+}
+
+/// Checks the words after the command: `wal drop-slot`, a backup name for the
+/// commands that read one, nothing for the others.
+fn check_arguments(name: &str, words: &[String]) -> Result<(), ConfigError> {
+    let needs_name = matches!(name, "verify" | "restore" | "drill");
+    if name == "wal" && words.get(1).map(String::as_str) != Some("drop-slot") {
+        return Err(invalid(match words.get(1) {
+            Some(other) => format!("backup wal {other:?}: the one wal command is drop-slot"),
+            None => "backup wal needs a command: drop-slot".to_string(),
+        }));
+    }
+    match (words.get(1), words.get(2)) {
+        (Some(_), None) if name == "wal" => Ok(()),
+        (_, Some(extra)) => Err(invalid(format!("unexpected argument {extra:?}"))),
+        (Some(extra), None) if !needs_name => {
+            Err(invalid(format!("unexpected argument {extra:?}")))
+        }
+        (None, _) if needs_name => Err(invalid(format!(
+            "backup {name} needs a backup name or `latest`"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `--from`: which copy to read.
+fn from_side(m: &Matches<Flag>) -> Result<Option<Side>, ConfigError> {
+    match m.string(Flag::From)?.as_deref() {
+        None => Ok(None),
+        Some("local") => Ok(Some(Side::Local)),
+        Some("s3") => Ok(Some(Side::S3)),
+        Some(other) => Err(invalid(format!("--from {other:?}: use local or s3"))),
+    }
+}
+
+/// The command `name`, on the backup `backup` (empty when it takes none), with its flags.
+fn build(name: &str, backup: String, m: &Matches<Flag>) -> Result<Command, ConfigError> {
+    let from = from_side(m)?;
+    Ok(match name {
         "daemon" => Command::Daemon,
         "now" => Command::Now,
         "base" => Command::Base,
@@ -176,14 +195,14 @@ fn command_from(m: Matches<Flag>) -> Result<(Command, Matches<Flag>), ConfigErro
             clean: m.switch(Flag::Clean)?,
             yes: m.switch(Flag::Yes)?,
             no_owner: m.switch(Flag::NoOwner)?,
-            jobs: restore_jobs(&m)?,
+            jobs: restore_jobs(m)?,
         },
         "drill" => Command::Drill {
             name: backup,
             from,
             into: m.string(Flag::Into)?,
             keep: m.switch(Flag::Keep)?,
-            jobs: restore_jobs(&m)?,
+            jobs: restore_jobs(m)?,
         },
         "recover" => Command::Recover {
             to: crate::backup::recover::parse_target(&m.string(Flag::ToTime)?.ok_or_else(
@@ -200,8 +219,7 @@ fn command_from(m: Matches<Flag>) -> Result<(Command, Matches<Flag>), ConfigErro
         _ => Command::Prune {
             dry_run: m.switch(Flag::DryRun)?,
         },
-    };
-    Ok((command, m))
+    })
 }
 
 /// `--jobs`/`BACKUP_RESTORE_JOBS`: 1 to 64; by default the CPUs available, at most 8.
