@@ -6,7 +6,7 @@
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 
-use super::errors::reason;
+use super::errors::failed;
 use super::settings::S3Settings;
 use crate::backup::{err, BackupError};
 
@@ -97,12 +97,13 @@ impl S3 {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| {
-                err(format!(
-                    "listing s3://{}/{}: {}",
-                    self.settings.bucket,
-                    self.settings.prefix,
-                    reason(&e)
-                ))
+                failed(
+                    format!(
+                        "listing s3://{}/{}",
+                        self.settings.bucket, self.settings.prefix
+                    ),
+                    e,
+                )
             })?;
             for o in page.contents() {
                 if let Some(file) = o.key().and_then(|k| self.settings.file_of(k)) {
@@ -125,12 +126,12 @@ impl S3 {
             .key(self.key(file))
             .send()
             .await
-            .map_err(|e| err(format!("{}: {}", self.location(file), reason(&e))))?;
+            .map_err(|e| failed(self.location(file), e))?;
         let data = out
             .body
             .collect()
             .await
-            .map_err(|e| err(format!("{}: {e}", self.location(file))))?;
+            .map_err(|e| err(format!("{}: {e}", self.location(file))).with_source(e))?;
         Ok(data.into_bytes().to_vec())
     }
 
@@ -148,7 +149,7 @@ impl S3 {
             .set_ssekms_key_id(s.sse_kms_key_id.clone())
             .send()
             .await
-            .map_err(|e| err(format!("{}: {}", self.location(file), reason(&e))))?;
+            .map_err(|e| failed(self.location(file), e))?;
         Ok(())
     }
 
@@ -159,7 +160,7 @@ impl S3 {
             .key(self.key(file))
             .send()
             .await
-            .map_err(|e| err(format!("deleting {}: {}", self.location(file), reason(&e))))?;
+            .map_err(|e| failed(format!("deleting {}", self.location(file)), e))?;
         Ok(())
     }
 
@@ -173,7 +174,7 @@ impl S3 {
             .prefix(&self.settings.prefix)
             .send()
             .await
-            .map_err(|e| err(format!("listing uploads: {}", reason(&e))))?;
+            .map_err(|e| failed("listing uploads", e))?;
         Ok(out
             .uploads()
             .iter()
@@ -198,13 +199,8 @@ impl S3 {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| {
-                err(format!(
-                    "listing the parts of {}: {}",
-                    self.location(file),
-                    reason(&e)
-                ))
-            })?;
+            let page = page
+                .map_err(|e| failed(format!("listing the parts of {}", self.location(file)), e))?;
             for p in page.parts() {
                 if let Some(t) = p.last_modified() {
                     newest = newest.max(Some(t.secs()));
@@ -223,13 +219,7 @@ impl S3 {
             .upload_id(upload_id)
             .send()
             .await
-            .map_err(|e| {
-                err(format!(
-                    "aborting the upload of {}: {}",
-                    self.location(file),
-                    reason(&e)
-                ))
-            })?;
+            .map_err(|e| failed(format!("aborting the upload of {}", self.location(file)), e))?;
         Ok(())
     }
 }

@@ -13,8 +13,8 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 use super::bucket::S3;
-use super::errors::{cause_of, reason};
-use crate::backup::{err, BackupError};
+use super::errors::{cause_of, failed, reason};
+use crate::backup::BackupError;
 
 impl S3 {
     /// Streams `file` for reading from a thread outside the runtime. A download cut
@@ -33,7 +33,7 @@ impl S3 {
         let location = self.location(file);
         let first = rt
             .block_on(self.get_from(file, 0, None))
-            .map_err(|e| err(format!("{location}: {}", reason(&e))))?;
+            .map_err(|e| failed(&location, e))?;
         let total = first
             .content_length()
             .and_then(|n| u64::try_from(n).ok())

@@ -5,6 +5,21 @@
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 
+use crate::backup::{err, BackupError};
+
+/// The error of a request that failed: `what` (the object, or the step), the
+/// [`reason`], and the SDK's error kept as the cause.
+pub(super) fn failed<E, R>(
+    what: impl std::fmt::Display,
+    e: aws_sdk_s3::error::SdkError<E, R>,
+) -> BackupError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + HttpStatus + Send + Sync + 'static,
+{
+    err(format!("{what}: {}", reason(&e))).with_source(e)
+}
+
 /// One short line for an SDK error: the HTTP status and S3 error code when the server
 /// answered, else what failed on the way (connection refused, DNS, TLS, timeout), and
 /// what to check. Never a `Debug` dump.
@@ -113,7 +128,7 @@ mod tests {
     use aws_sdk_s3::operation::get_object::GetObjectError;
     use aws_sdk_s3::primitives::SdkBody;
 
-    use super::{cause_of, one_line, reason};
+    use super::{cause_of, failed, one_line, reason};
 
     type Failed = SdkError<GetObjectError, HttpResponse>;
 
@@ -201,6 +216,20 @@ mod tests {
         );
         let e = Failed::construction_failure("no bucket given");
         assert_eq!(reason(&e), "no bucket given");
+    }
+
+    #[test]
+    fn a_failed_request_says_what_failed_and_keeps_the_sdks_error_as_its_cause() {
+        let e = failed(
+            "s3://b/x.dump.zst",
+            Failed::timeout_error("attempt timeout"),
+        );
+        assert_eq!(
+            e.message(),
+            "s3://b/x.dump.zst: timed out: check BACKUP_S3_ENDPOINT and the network"
+        );
+        let cause = std::error::Error::source(&e).expect("the SDK's error");
+        assert!(cause.downcast_ref::<Failed>().is_some(), "{cause:?}");
     }
 
     #[test]

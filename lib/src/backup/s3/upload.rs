@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::bucket::S3;
-use super::errors::reason;
+use super::errors::failed;
 use crate::backup::{err, BackupError, Cancel};
 
 /// Parts handed to the uploader and not yet uploaded (in flight or queued); with the
@@ -155,7 +155,9 @@ impl Upload {
                 None => tokio::time::timeout(ABORT_WAIT, &mut t).await.ok(),
             };
             match joined {
-                Some(r) => r.unwrap_or_else(|e| Err(err(format!("the upload task failed: {e}")))),
+                Some(r) => r.unwrap_or_else(|e| {
+                    Err(err(format!("the upload task failed: {e}")).with_source(e))
+                }),
                 None => Err(err(
                     "cancelled; the upload is aborted in the background or by the next run",
                 )),
@@ -247,12 +249,7 @@ impl Multipart {
                 .send() => r,
             _ = cancel.cancelled() => return Err(err(format!("{location}: upload cancelled"))),
         }
-        .map_err(|e| {
-            err(format!(
-                "{location}: cannot start the upload: {}",
-                reason(&e)
-            ))
-        })?;
+        .map_err(|e| failed(format!("{location}: cannot start the upload"), e))?;
         let upload_id = created
             .upload_id()
             .ok_or_else(|| err(format!("{location}: the server gave no upload id")))?
@@ -364,7 +361,7 @@ impl Multipart {
                 .body(ByteStream::from(part))
                 .send()
                 .await
-                .map_err(|e| err(format!("{loc}: part {number}: {}", reason(&e))))?;
+                .map_err(|e| failed(format!("{loc}: part {number}"), e))?;
             // The request is gone: the buffer is ours alone again. Handed
             // back before the slot, so the writer finds it when it next waits.
             if let Ok(buf) = kept.try_into_mut() {
@@ -394,12 +391,7 @@ impl Multipart {
             )
             .send()
             .await
-            .map_err(|e| {
-                err(format!(
-                    "{location}: cannot complete the upload: {}",
-                    reason(&e)
-                ))
-            })?;
+            .map_err(|e| failed(format!("{location}: cannot complete the upload"), e))?;
         Ok(())
     }
 
@@ -425,7 +417,7 @@ fn joined(
 ) -> Result<CompletedPart, BackupError> {
     match r {
         Some(Ok(part)) => part,
-        Some(Err(e)) => Err(err(format!("upload task: {e}"))),
+        Some(Err(e)) => Err(err(format!("upload task: {e}")).with_source(e)),
         None => Err(err("upload task: nothing to wait for")),
     }
 }
