@@ -699,10 +699,9 @@ fn copy_into(
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                return Err(err(format!(
-                    "reading {what}: {}",
-                    crate::error::io_reason(&e)
-                )))
+                return Err(
+                    err(format!("reading {what}: {}", crate::error::io_reason(&e))).with_source(e),
+                )
             }
         }
     }

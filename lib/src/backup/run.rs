@@ -221,17 +221,18 @@ impl Runner {
             .worker_threads(2)
             .enable_all()
             .build()
-            .map_err(|e| err(format!("cannot start: {e}")))?;
+            .map_err(|e| err(format!("cannot start: {e}")).with_source(e))?;
         let s3 = match &settings.s3 {
             Some(s) => Some(rt.block_on(S3::connect(s))?),
             None => None,
         };
         let pool = match &settings.url {
             Some(url) => {
-                let target = PgTarget::from_url(url).map_err(|e| err(format!("{url}: {e}")))?;
+                let target = PgTarget::from_url(url)
+                    .map_err(|e| err(format!("{url}: {e}")).with_source(e))?;
                 let tls = target
                     .tls_config()
-                    .map_err(|e| err(format!("{url}: {e}")))?;
+                    .map_err(|e| err(format!("{url}: {e}")).with_source(e))?;
                 let manager = Manager::from_connect(
                     target.config().clone(),
                     Connector {
@@ -246,7 +247,7 @@ impl Runner {
                     .max_size(2)
                     .runtime(deadpool_postgres::Runtime::Tokio1)
                     .build()
-                    .map_err(|e| err(format!("connection pool: {e}")))?;
+                    .map_err(|e| err(format!("connection pool: {e}")).with_source(e))?;
                 Some((target, pool))
             }
             None => None,
@@ -349,7 +350,7 @@ impl Runner {
             };
             tokio::select! {
                 r = crate::wait::wait_all(&targets, &http, timeout) => {
-                    r.map_err(|e| err(format!("waiting for the database: {e}")))
+                    r.map_err(|e| err(format!("waiting for the database: {e}")).with_source(e))
                 }
                 _ = stop => Err(err("stopped while waiting for the database")),
             }
@@ -415,12 +416,7 @@ impl Runner {
     pub fn base(&self) -> Result<Outcome, BackupError> {
         let (target, server, tools) = self.server()?;
         self.clean_up_remote(&[]);
-        let d = Destinations {
-            settings: &self.settings,
-            rt: self.rt.handle(),
-            s3: self.s3.as_ref(),
-            cancel: &self.cancel,
-        };
+        let d = self.destinations();
         let lock = self.lock(target, &Dump::Base)?;
         if lock.folder.is_some() {
             self.remove_stale_partials(&Dump::Base);
@@ -428,6 +424,16 @@ impl Runner {
         let made = archive::backup(&d, target, &Dump::Base, &tools, &server.version);
         drop(lock);
         made.map_err(|e| e.context("base backup"))
+    }
+
+    /// Where this runner's dumps go.
+    fn destinations(&self) -> Destinations<'_> {
+        Destinations {
+            settings: &self.settings,
+            rt: self.rt.handle(),
+            s3: self.s3.as_ref(),
+            cancel: &self.cancel,
+        }
     }
 
     /// The run itself: plan, clean up after killed runs, each dump under its locks,
@@ -442,12 +448,7 @@ impl Runner {
             }
         };
         self.clean_up_remote(&plan.databases);
-        let d = Destinations {
-            settings: &self.settings,
-            rt: self.rt.handle(),
-            s3: self.s3.as_ref(),
-            cancel: &self.cancel,
-        };
+        let d = self.destinations();
         for kind in dumps(&plan.databases, self.settings.globals) {
             if let Err(e) = self.cancel.check() {
                 r.fail(Failure::Run(e));
