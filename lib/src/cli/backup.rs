@@ -826,4 +826,62 @@ mod tests {
             "backup list does not take --dry-run (it is for: prune)"
         );
     }
+    fn words(w: &[&str]) -> Vec<String> {
+        w.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_first_word_names_the_command_and_none_is_the_daemon() {
+        assert_eq!(command_name(&words(&[])).unwrap(), "daemon");
+        assert_eq!(command_name(&words(&["prune"])).unwrap(), "prune");
+        let e = command_name(&words(&["backup"])).unwrap_err();
+        assert!(
+            e.message()
+                .starts_with("unknown command \"backup\": use daemon, now"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn each_command_takes_the_words_it_needs_and_no_more() {
+        let check = |w: &[&str]| check_arguments(command_name(&words(w)).unwrap(), &words(w));
+        assert!(check(&["verify", "latest"]).is_ok());
+        assert!(check(&["wal", "drop-slot"]).is_ok());
+        assert!(check(&["now"]).is_ok());
+        let says = |w: &[&str]| check(w).unwrap_err().message().to_string();
+        assert_eq!(
+            says(&["restore"]),
+            "backup restore needs a backup name or `latest`"
+        );
+        assert_eq!(says(&["now", "x"]), "unexpected argument \"x\"");
+        assert_eq!(says(&["verify", "a", "b"]), "unexpected argument \"b\"");
+        assert_eq!(says(&["wal"]), "backup wal needs a command: drop-slot");
+        assert_eq!(
+            says(&["wal", "drop"]),
+            "backup wal \"drop\": the one wal command is drop-slot"
+        );
+        assert_eq!(
+            says(&["wal", "drop-slot", "x"]),
+            "unexpected argument \"x\""
+        );
+    }
+
+    #[test]
+    fn from_names_the_copy_to_read() {
+        let parse = |a: &[&str]| command(a.iter().map(OsString::from));
+        assert!(matches!(
+            parse(&["verify", "latest", "--from", "s3"]),
+            Ok(Parsed::Run((
+                Command::Verify {
+                    from: Some(Side::S3),
+                    ..
+                },
+                _
+            )))
+        ));
+        let e = parse(&["verify", "latest", "--from", "nas"]).unwrap_err();
+        assert_eq!(e.message(), "--from \"nas\": use local or s3");
+        let e = parse(&["recover", "--data-dir", "/d"]).unwrap_err();
+        assert!(e.message().contains("--to-time"), "{e}");
+    }
 }
