@@ -192,6 +192,7 @@ impl Tool {
                 "cannot run {program}: {}",
                 crate::error::io_reason(&e)
             ))
+            .with_source(e)
         })?;
         cancel.track(child.id());
         let mut stderr = child.stderr.take().expect("piped");
@@ -217,7 +218,7 @@ impl Tool {
         let status = self.child.wait();
         let messages = self.errors.join().unwrap_or_default();
         cancel.check()?;
-        let status = status.map_err(|e| err(format!("{}: {e}", self.program)))?;
+        let status = status.map_err(|e| err(format!("{}: {e}", self.program)).with_source(e))?;
         Ok((status, messages))
     }
 }
