@@ -147,7 +147,8 @@ impl Tee {
             }
         }
         if self.local.is_none() && self.s3.is_none() {
-            return Err(io::Error::other(self.errors.join("; ")));
+            // The same text as the errors joined, and each still reachable as a cause.
+            return Err(io::Error::other(self.errors.clone().into_error()));
         }
         Ok(())
     }

@@ -407,7 +407,7 @@ pub fn feed(
     let (status, messages) = tool.finish(cancel)?;
     checked?;
     if let Some(e) = read_error {
-        return Err(err(format!("{}: cannot read the backup: {e}", m.file)));
+        return Err(err(format!("{}: cannot read the backup: {e}", m.file)).with_source(e));
     }
     Ok((status, messages))
 }
