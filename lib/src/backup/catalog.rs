@@ -347,7 +347,8 @@ impl Opened {
                 m.file, d.bytes, m.size, m.sha256
             )));
         }
-        drained.map_err(|e| err(format!("{}: cannot read the backup: {e}", m.file)))?;
+        drained
+            .map_err(|e| err(format!("{}: cannot read the backup: {e}", m.file)).with_source(e))?;
         Ok(())
     }
 }
@@ -406,7 +407,7 @@ pub fn feed(
     let (status, messages) = tool.finish(cancel)?;
     checked?;
     if let Some(e) = read_error {
-        return Err(err(format!("{}: cannot read the backup: {e}", m.file)));
+        return Err(err(format!("{}: cannot read the backup: {e}", m.file)).with_source(e));
     }
     Ok((status, messages))
 }
@@ -458,6 +459,7 @@ pub(crate) fn update_manifest(
                     "updating the manifest: {}",
                     crate::error::io_reason(&e)
                 ))
+                .with_source(e)
             })?;
         }
     }

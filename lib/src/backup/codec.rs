@@ -126,12 +126,12 @@ pub fn encoder(
             .collect::<Result<Vec<_>, _>>()
             .map_err(super::usage)?;
         let enc = age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient))
-            .map_err(|e| err(format!("age: {e}")))?;
+            .map_err(|e| err(format!("age: {e}")).with_source(e))?;
         Box::new(Age(enc
             .wrap_output(out)
-            .map_err(|e| err(format!("age: {e}")))?))
+            .map_err(|e| err(format!("age: {e}")).with_source(e))?))
     };
-    let io = |e: io::Error| err(format!("compression: {e}"));
+    let io = |e: io::Error| err(format!("compression: {e}")).with_source(e);
     Ok(match *compression {
         Compression::Zstd { level, threads } => {
             let mut enc = zstd::stream::Encoder::new(out, level).map_err(io)?;
@@ -165,13 +165,15 @@ pub fn decoder(
                 "the backup is encrypted: give the age identity in BACKUP_AGE_IDENTITY or BACKUP_AGE_IDENTITY_FILE (the server only has the public key)",
             ));
         }
-        let dec = age::Decryptor::new(input).map_err(|e| err(format!("age: {e}")))?;
+        let dec =
+            age::Decryptor::new(input).map_err(|e| err(format!("age: {e}")).with_source(e))?;
         Box::new(
             dec.decrypt(identities.iter().map(|i| i as &dyn age::Identity))
                 .map_err(|e| {
                     err(format!(
                         "cannot decrypt: {e} (is it the identity for BACKUP_AGE_RECIPIENT?)"
                     ))
+                    .with_source(e)
                 })?,
         )
     } else {
@@ -179,7 +181,8 @@ pub fn decoder(
     };
     match compression {
         Algorithm::Zstd => Ok(Box::new(
-            zstd::stream::Decoder::new(plain).map_err(|e| err(format!("zstd: {e}")))?,
+            zstd::stream::Decoder::new(plain)
+                .map_err(|e| err(format!("zstd: {e}")).with_source(e))?,
         )),
         Algorithm::Gzip => Ok(Box::new(flate2::read::MultiGzDecoder::new(plain))),
     }

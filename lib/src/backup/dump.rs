@@ -30,7 +30,7 @@ pub async fn server_of(
             &[],
         )
         .await
-        .map_err(|e| err(format!("{}: {}", target.url, crate::pg::classify(&e))))?;
+        .map_err(|e| err(format!("{}: {}", target.url, crate::pg::classify(&e))).with_source(e))?;
     let num: i32 = row.get(0);
     Ok(Server {
         major: (num / 10000) as u32,

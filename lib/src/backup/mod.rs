@@ -110,6 +110,63 @@ pub(crate) fn io_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> Backu
     }
 }
 
+/// Several failures of one operation, each kept whole (kind and cause) until it is
+/// printed: one line, `; ` between them, is how logs, messages and the status file
+/// show them.
+#[derive(Debug, Clone)]
+pub struct Failures<T>(Vec<T>);
+
+impl<T> Default for Failures<T> {
+    fn default() -> Self {
+        Failures(Vec::new())
+    }
+}
+
+impl<T> Failures<T> {
+    pub fn push(&mut self, failure: T) {
+        self.0.push(failure);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+}
+
+impl<T: std::fmt::Display> Failures<T> {
+    /// The failures on one line, `sep` between them.
+    pub fn join(&self, sep: &str) -> String {
+        let all: Vec<String> = self.0.iter().map(T::to_string).collect();
+        all.join(sep)
+    }
+}
+
+impl Failures<BackupError> {
+    /// One error for them all: their messages joined, the first as its cause.
+    pub(crate) fn into_error(self) -> BackupError {
+        let message = self.join("; ");
+        match self.0.into_iter().next() {
+            Some(first) => err(message).with_source(first),
+            None => err(message),
+        }
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Failures<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 pub(crate) use crate::digest::hex;
 
 pub(crate) use crate::time::unix_now;
@@ -138,6 +195,7 @@ impl Tool {
                 "cannot run {program}: {}",
                 crate::error::io_reason(&e)
             ))
+            .with_source(e)
         })?;
         cancel.track(child.id());
         let mut stderr = child.stderr.take().expect("piped");
@@ -163,7 +221,7 @@ impl Tool {
         let status = self.child.wait();
         let messages = self.errors.join().unwrap_or_default();
         cancel.check()?;
-        let status = status.map_err(|e| err(format!("{}: {e}", self.program)))?;
+        let status = status.map_err(|e| err(format!("{}: {e}", self.program)).with_source(e))?;
         Ok((status, messages))
     }
 }

@@ -54,71 +54,18 @@ pub struct Decision {
 
 /// Decides for every item; the result follows the order of `items`.
 pub fn decide(items: &[Item], policy: &Policy, now: i64) -> Vec<Decision> {
+    // The rules that keep each item, by its index.
     let mut why: Vec<Vec<&'static str>> = vec![Vec::new(); items.len()];
-    let mut series: Vec<&str> = items.iter().map(|i| i.series.as_str()).collect();
-    series.sort();
-    series.dedup();
-    for s in series {
-        // newest first
-        let mut idx: Vec<usize> = (0..items.len()).filter(|&i| items[i].series == s).collect();
-        idx.sort_by_key(|&i| std::cmp::Reverse((items[i].started, items[i].name.clone())));
+    for idx in series_newest_first(items) {
         if policy.is_empty() {
             for &i in &idx {
                 why[i].push("no retention rule set");
             }
             continue;
         }
-        if let Some(last) = policy.last {
-            for &i in idx.iter().take(last as usize) {
-                why[i].push("last");
-            }
-        }
-        if let Some(days) = policy.days {
-            for &i in &idx {
-                if items[i].started >= now - i64::from(days) * 86_400 {
-                    why[i].push("days");
-                }
-            }
-        }
-        let buckets: [(Option<u32>, &'static str, Bucket); 3] = [
-            (policy.daily, "daily", |t| t.div_euclid(86_400)),
-            (policy.weekly, "weekly", |t| {
-                let d = DateTime::from_timestamp(t, 0)
-                    .unwrap_or_default()
-                    .iso_week();
-                i64::from(d.year()) * 100 + i64::from(d.week())
-            }),
-            (policy.monthly, "monthly", |t| {
-                let d = DateTime::from_timestamp(t, 0).unwrap_or_default();
-                i64::from(d.year()) * 100 + i64::from(d.month())
-            }),
-        ];
-        for (count, label, bucket) in buckets {
-            let Some(count) = count else { continue };
-            let mut seen: Vec<i64> = Vec::new();
-            for &i in &idx {
-                let b = bucket(items[i].started);
-                if !seen.contains(&b) {
-                    if seen.len() == count as usize {
-                        break;
-                    }
-                    seen.push(b);
-                    why[i].push(label);
-                }
-            }
-        }
-        let protected = idx
-            .iter()
-            .find(|&&i| items[i].verified)
-            .or(idx.first())
-            .copied();
-        if let Some(i) = protected {
-            why[i].push(if items[i].verified {
-                "newest verified"
-            } else {
-                "newest (none verified)"
-            });
-        }
+        keep_last_and_recent(items, &idx, policy, now, &mut why);
+        keep_per_period(items, &idx, policy, &mut why);
+        keep_newest_good(items, &idx, &mut why);
     }
     items
         .iter()
@@ -133,6 +80,92 @@ pub fn decide(items: &[Item], policy: &Policy, now: i64) -> Vec<Decision> {
             },
         })
         .collect()
+}
+
+/// The indexes of each series' items, newest first (by start, then name).
+fn series_newest_first(items: &[Item]) -> Vec<Vec<usize>> {
+    let mut series: Vec<&str> = items.iter().map(|i| i.series.as_str()).collect();
+    series.sort();
+    series.dedup();
+    series
+        .into_iter()
+        .map(|s| {
+            let mut idx: Vec<usize> = (0..items.len()).filter(|&i| items[i].series == s).collect();
+            idx.sort_by_key(|&i| std::cmp::Reverse((items[i].started, items[i].name.clone())));
+            idx
+        })
+        .collect()
+}
+
+/// `BACKUP_KEEP_LAST` and `BACKUP_RETENTION_DAYS` over one series (`idx`, newest first).
+fn keep_last_and_recent(
+    items: &[Item],
+    idx: &[usize],
+    policy: &Policy,
+    now: i64,
+    why: &mut [Vec<&'static str>],
+) {
+    if let Some(last) = policy.last {
+        for &i in idx.iter().take(last as usize) {
+            why[i].push("last");
+        }
+    }
+    if let Some(days) = policy.days {
+        for &i in idx {
+            if items[i].started >= now - i64::from(days) * 86_400 {
+                why[i].push("days");
+            }
+        }
+    }
+}
+
+/// `BACKUP_KEEP_DAILY/WEEKLY/MONTHLY` over one series (`idx`, newest first): the newest
+/// backup of each of the last N days, ISO weeks, months that have one, in UTC.
+fn keep_per_period(items: &[Item], idx: &[usize], policy: &Policy, why: &mut [Vec<&'static str>]) {
+    let buckets: [(Option<u32>, &'static str, Bucket); 3] = [
+        (policy.daily, "daily", |t| t.div_euclid(86_400)),
+        (policy.weekly, "weekly", |t| {
+            let d = DateTime::from_timestamp(t, 0)
+                .unwrap_or_default()
+                .iso_week();
+            i64::from(d.year()) * 100 + i64::from(d.week())
+        }),
+        (policy.monthly, "monthly", |t| {
+            let d = DateTime::from_timestamp(t, 0).unwrap_or_default();
+            i64::from(d.year()) * 100 + i64::from(d.month())
+        }),
+    ];
+    for (count, label, bucket) in buckets {
+        let Some(count) = count else { continue };
+        let mut seen: Vec<i64> = Vec::new();
+        for &i in idx {
+            let b = bucket(items[i].started);
+            if !seen.contains(&b) {
+                if seen.len() == count as usize {
+                    break;
+                }
+                seen.push(b);
+                why[i].push(label);
+            }
+        }
+    }
+}
+
+/// Whatever the rules say, the newest verified backup of a series (`idx`, newest
+/// first) is kept, the newest when none is verified.
+fn keep_newest_good(items: &[Item], idx: &[usize], why: &mut [Vec<&'static str>]) {
+    let protected = idx
+        .iter()
+        .find(|&&i| items[i].verified)
+        .or(idx.first())
+        .copied();
+    if let Some(i) = protected {
+        why[i].push(if items[i].verified {
+            "newest verified"
+        } else {
+            "newest (none verified)"
+        });
+    }
 }
 
 #[cfg(test)]

@@ -11,15 +11,16 @@ use std::time::Instant;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tracing::{info, warn};
 
-use super::archive::{self, Destinations, Dump, Outcome, Stored};
+use super::archive::{self, Destinations, Dump, Outcome};
 use super::catalog::{self, Backup, Reading, Side};
 use super::manifest::{self, Manifest};
 use super::retention::{self, Decision, Item};
+use super::s3::Object;
 use super::s3::S3;
 use super::settings::{Databases, Settings};
 use super::status::{self, RunMetrics};
 use super::walname::{segment, segment_of_lsn, stored_file};
-use super::{dump, err, BackupError, Cancel};
+use super::{dump, err, BackupError, Cancel, Failures};
 use crate::pg::PgTarget;
 
 /// Session advisory lock a dump holds in the database it dumps (whatever database the
@@ -111,7 +112,107 @@ pub struct Runner {
 #[derive(Debug, Default)]
 pub struct RunResult {
     pub made: Vec<Outcome>,
-    pub failures: Vec<String>,
+    pub failures: Failures<Failure>,
+}
+
+impl RunResult {
+    fn fail(&mut self, failure: Failure) {
+        self.failures.push(failure);
+    }
+
+    /// Records a dump of `what` that made a backup: the backup, and each destination
+    /// that failed it (the other copies are kept).
+    fn record(&mut self, what: &str, made: Outcome) {
+        for error in &made.errors {
+            self.fail(Failure::Copy {
+                what: what.to_string(),
+                kept: made.places(),
+                error: error.clone(),
+            });
+        }
+        self.made.push(made);
+    }
+
+    /// Whether nothing failed.
+    pub fn succeeded(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// The bytes stored by the backups made.
+    fn bytes(&self) -> u64 {
+        self.made.iter().map(|o| o.manifest.size).sum()
+    }
+}
+
+/// One failure of a run, with the error it failed with (kind and cause kept); shown
+/// as the run's messages and status file have always shown it.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// What stopped the run before or between its dumps: no database, a server that
+    /// cannot be reached or is behind a pooler, no pg_dump for its version, a stop.
+    Run(BackupError),
+    /// A dump of `what` (`database "app"`, `the globals`) that made no backup.
+    Dump { what: String, error: BackupError },
+    /// One destination of a dump of `what` failed; the copies in `kept` were made.
+    Copy {
+        what: String,
+        kept: String,
+        error: BackupError,
+    },
+    /// A backup made that did not verify.
+    Verify(BackupError),
+    /// Retention could not be applied.
+    Retention(BackupError),
+    /// The status file could not be written.
+    StatusFile(BackupError),
+}
+
+impl Failure {
+    /// The error behind it.
+    pub fn error(&self) -> &BackupError {
+        match self {
+            Failure::Run(e)
+            | Failure::Dump { error: e, .. }
+            | Failure::Copy { error: e, .. }
+            | Failure::Verify(e)
+            | Failure::Retention(e)
+            | Failure::StatusFile(e) => e,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match self {
+            Failure::Run(e) => e.to_string(),
+            Failure::Dump { what, error } => format!("{what}: {error}"),
+            Failure::Copy { what, kept, error } => {
+                format!("{what}: {error} (the copy in {kept} is kept)")
+            }
+            Failure::Verify(e) => format!("verify: {e}"),
+            Failure::Retention(e) => format!("retention: {e}"),
+            Failure::StatusFile(e) => return write!(f, "status file: {e}"),
+        };
+        f.write_str(&crate::redact::text(&text))
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.error())
+    }
+}
+
+/// Why a run or a base backup cannot start without a URL.
+const NO_DATABASE: &str = "no database: set DIRECT_URL (or DATABASE_URL)";
+
+/// What a run dumps with: the database's connection settings, its server, the client
+/// tools of the server's major, and the databases to dump.
+struct Plan<'a> {
+    target: &'a PgTarget,
+    server: dump::Server,
+    tools: dump::Tools,
+    databases: Vec<String>,
 }
 
 impl Runner {
@@ -120,17 +221,18 @@ impl Runner {
             .worker_threads(2)
             .enable_all()
             .build()
-            .map_err(|e| err(format!("cannot start: {e}")))?;
+            .map_err(|e| err(format!("cannot start: {e}")).with_source(e))?;
         let s3 = match &settings.s3 {
             Some(s) => Some(rt.block_on(S3::connect(s))?),
             None => None,
         };
         let pool = match &settings.url {
             Some(url) => {
-                let target = PgTarget::from_url(url).map_err(|e| err(format!("{url}: {e}")))?;
+                let target = PgTarget::from_url(url)
+                    .map_err(|e| err(format!("{url}: {e}")).with_source(e))?;
                 let tls = target
                     .tls_config()
-                    .map_err(|e| err(format!("{url}: {e}")))?;
+                    .map_err(|e| err(format!("{url}: {e}")).with_source(e))?;
                 let manager = Manager::from_connect(
                     target.config().clone(),
                     Connector {
@@ -145,7 +247,7 @@ impl Runner {
                     .max_size(2)
                     .runtime(deadpool_postgres::Runtime::Tokio1)
                     .build()
-                    .map_err(|e| err(format!("connection pool: {e}")))?;
+                    .map_err(|e| err(format!("connection pool: {e}")).with_source(e))?;
                 Some((target, pool))
             }
             None => None,
@@ -185,18 +287,7 @@ impl Runner {
         match from {
             Some(Side::Local) => Ok(catalog::merge(local()?, Vec::new())),
             Some(Side::S3) => Ok(catalog::merge(Vec::new(), remote()?)),
-            None => match (local(), remote()) {
-                (Ok(l), Ok(r)) => Ok(catalog::merge(l, r)),
-                (Ok(l), Err(e)) => {
-                    tracing::warn!("S3 cannot be listed ({e}): using the local copies");
-                    Ok(catalog::merge(l, Vec::new()))
-                }
-                (Err(e), Ok(r)) => {
-                    tracing::warn!("the folder cannot be listed ({e}): using the S3 copies");
-                    Ok(catalog::merge(Vec::new(), r))
-                }
-                (Err(a), Err(b)) => Err(err(format!("{a}; {b}"))),
-            },
+            None => either_side(local(), remote()),
         }
     }
 
@@ -259,7 +350,7 @@ impl Runner {
             };
             tokio::select! {
                 r = crate::wait::wait_all(&targets, &http, timeout) => {
-                    r.map_err(|e| err(format!("waiting for the database: {e}")))
+                    r.map_err(|e| err(format!("waiting for the database: {e}")).with_source(e))
                 }
                 _ = stop => Err(err("stopped while waiting for the database")),
             }
@@ -273,23 +364,23 @@ impl Runner {
             status::ping(self.rt.handle(), p, "/start");
         }
         let mut result = self.run_inner();
-        let success = result.failures.is_empty();
-        let made: Vec<Manifest> = result.made.iter().map(|o| o.manifest.clone()).collect();
+        let success = result.succeeded();
         if let Some(path) = &self.settings.status_file {
             let written = if success {
+                let made: Vec<Manifest> = result.made.iter().map(|o| o.manifest.clone()).collect();
                 status::success(path, &made)
             } else {
                 status::failure(path, &result.failures.join("; "))
             };
             if let Err(e) = written {
-                result.failures.push(format!("status file: {e}"));
+                result.fail(Failure::StatusFile(e));
             }
         }
         if let Some(path) = &self.settings.metrics_file {
             let m = RunMetrics {
                 success,
                 seconds: clock.elapsed().as_secs_f64(),
-                bytes: made.iter().map(|m| m.size).sum(),
+                bytes: result.bytes(),
             };
             if let Err(e) = status::metrics(path, &m) {
                 warn!("metrics file: {e}");
@@ -310,16 +401,10 @@ impl Runner {
     /// WAL streaming).
     pub fn server(&self) -> Result<(&PgTarget, dump::Server, dump::Tools), BackupError> {
         let Some((target, pool)) = &self.pool else {
-            return Err(err("no database: set DIRECT_URL (or DATABASE_URL)"));
+            return Err(err(NO_DATABASE));
         };
-        let url = &target.url;
         let server = self.rt.block_on(async {
-            let client = pool.get().await.map_err(|e| match e {
-                deadpool_postgres::PoolError::Backend(e) => {
-                    err(format!("{url}: {}", crate::pg::classify(&e)))
-                }
-                other => err(format!("{url}: {other}")),
-            })?;
+            let client = pooled(pool, target).await?;
             dump::server_of(&client, target).await
         })?;
         let tools = dump::find_tools(server.major)?;
@@ -331,12 +416,7 @@ impl Runner {
     pub fn base(&self) -> Result<Outcome, BackupError> {
         let (target, server, tools) = self.server()?;
         self.clean_up_remote(&[]);
-        let d = Destinations {
-            settings: &self.settings,
-            rt: self.rt.handle(),
-            s3: self.s3.as_ref(),
-            cancel: &self.cancel,
-        };
+        let d = self.destinations();
         let lock = self.lock(target, &Dump::Base)?;
         if lock.folder.is_some() {
             self.remove_stale_partials(&Dump::Base);
@@ -346,170 +426,148 @@ impl Runner {
         made.map_err(|e| e.context("base backup"))
     }
 
+    /// Where this runner's dumps go.
+    fn destinations(&self) -> Destinations<'_> {
+        Destinations {
+            settings: &self.settings,
+            rt: self.rt.handle(),
+            s3: self.s3.as_ref(),
+            cancel: &self.cancel,
+        }
+    }
+
+    /// The run itself: plan, clean up after killed runs, each dump under its locks,
+    /// verification, retention (only after a run where nothing failed).
     fn run_inner(&self) -> RunResult {
         let mut r = RunResult::default();
-        let fail = |r: &mut RunResult, e: String| {
-            r.failures.push(crate::redact::text(&e));
-        };
-        let Some((target, pool)) = &self.pool else {
-            fail(
-                &mut r,
-                "no database: set DIRECT_URL (or DATABASE_URL)".into(),
-            );
-            return r;
-        };
-        let url = &target.url;
-        let prepared = self.rt.block_on(async {
-            let session = target
-                .connect()
-                .await
-                .map_err(|e| err(format!("{url}: {e}")).with_source(e))?;
-            // Behind PgBouncer in transaction mode neither the locks nor pg_dump work.
-            if let Some(pid) = crate::pg::shared_backend(target, &session)
-                .await
-                .map_err(|e| err(format!("{url}: {e}")))?
-            {
-                return Err(err(format!(
-                    "{url} goes through a transaction pooler (PgBouncer?): two connections shared backend {pid}, and pg_dump needs a session of its own. Set DIRECT_URL to PostgreSQL itself"
-                )));
+        let plan = match self.plan() {
+            Ok(p) => p,
+            Err(e) => {
+                r.fail(Failure::Run(e));
+                return r;
             }
-            drop(session);
-            let client = pool.get().await.map_err(|e| match e {
-                deadpool_postgres::PoolError::Backend(e) => {
-                    err(format!("{url}: {}", crate::pg::classify(&e)))
-                }
-                other => err(format!("{url}: {other}")),
-            })?;
-            let server = dump::server_of(&client, target).await?;
-            let databases: Vec<String> = match &self.settings.databases {
-                Databases::FromUrl => vec![target.dbname().to_string()],
-                Databases::List(l) => l.clone(),
-                Databases::All => client
+        };
+        self.clean_up_remote(&plan.databases);
+        let d = self.destinations();
+        for kind in dumps(&plan.databases, self.settings.globals) {
+            if let Err(e) = self.cancel.check() {
+                r.fail(Failure::Run(e));
+                break;
+            }
+            self.dump_one(&d, &plan, &kind, &mut r);
+        }
+        if self.settings.verify {
+            self.verify_made(&plan.tools, &mut r);
+        }
+        if r.succeeded() && !self.settings.retention.is_empty() {
+            if let Err(e) = self.prune(false) {
+                r.fail(Failure::Retention(e));
+            }
+        }
+        r
+    }
+
+    /// The server this run dumps, its tools, and the databases to dump.
+    fn plan(&self) -> Result<Plan<'_>, BackupError> {
+        let Some((target, pool)) = &self.pool else {
+            return Err(err(NO_DATABASE));
+        };
+        let (server, databases) = self.rt.block_on(self.survey(target, pool))?;
+        let tools = dump::find_tools(server.major)?;
+        Ok(Plan {
+            target,
+            server,
+            tools,
+            databases,
+        })
+    }
+
+    /// Checks that `target` reaches PostgreSQL itself, then reads the server's version
+    /// and the databases to dump.
+    async fn survey(
+        &self,
+        target: &PgTarget,
+        pool: &Pool,
+    ) -> Result<(dump::Server, Vec<String>), BackupError> {
+        refuse_pooler(target).await?;
+        let client = pooled(pool, target).await?;
+        let server = dump::server_of(&client, target).await?;
+        let databases = match &self.settings.databases {
+            Databases::FromUrl => vec![target.dbname().to_string()],
+            Databases::List(l) => l.clone(),
+            Databases::All => {
+                let url = &target.url;
+                client
                     .query(
                         "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname",
                         &[],
                     )
                     .await
-                    .map_err(|e| err(format!("{url}: {}", crate::pg::classify(&e))))?
+                    .map_err(|e| err(format!("{url}: {}", crate::pg::classify(&e))).with_source(e))?
                     .iter()
                     .map(|row| row.get(0))
-                    .collect(),
-            };
-            Ok::<_, BackupError>((server, databases))
-        });
-        let (server, databases) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                fail(&mut r, e.to_string());
-                return r;
+                    .collect()
             }
         };
-        let tools = match dump::find_tools(server.major) {
-            Ok(t) => t,
-            Err(e) => {
-                fail(&mut r, e.to_string());
-                return r;
-            }
+        Ok((server, databases))
+    }
+
+    /// One dump under its locks, recorded in `r`: the backup made, or why not.
+    fn dump_one(&self, d: &Destinations, plan: &Plan, kind: &Dump, r: &mut RunResult) {
+        let what = what(kind);
+        let lock = match self.lock(plan.target, kind) {
+            Ok(l) => l,
+            Err(error) => return r.fail(Failure::Dump { what, error }),
         };
-        self.clean_up_remote(&databases);
-        let d = Destinations {
-            settings: &self.settings,
-            rt: self.rt.handle(),
-            s3: self.s3.as_ref(),
-            cancel: &self.cancel,
-        };
-        let mut kinds: Vec<Dump> = databases.into_iter().map(Dump::Database).collect();
-        if self.settings.globals {
-            kinds.push(Dump::Globals);
+        if lock.folder.is_some() {
+            self.remove_stale_partials(kind);
         }
-        for kind in kinds {
-            if let Err(e) = self.cancel.check() {
-                fail(&mut r, e.to_string());
-                break;
+        let made = archive::backup(d, plan.target, kind, &plan.tools, &plan.server.version);
+        drop(lock);
+        match made {
+            Ok(o) => {
+                info!(
+                    "backup {} of {what}: {} dumped, {} stored in {}",
+                    o.manifest.name,
+                    catalog::human_size(o.manifest.dump_bytes),
+                    catalog::human_size(o.manifest.size),
+                    o.places()
+                );
+                r.record(&what, o);
             }
-            let what = match &kind {
-                Dump::Database(db) => format!("database {db:?}"),
-                Dump::Globals => "the globals".to_string(),
-                Dump::Base => "the base backup".to_string(),
-                Dump::Wal(p) => format!("WAL {}", p.display()),
-            };
-            let lock = match self.lock(target, &kind) {
-                Ok(l) => l,
-                Err(e) => {
-                    fail(&mut r, format!("{what}: {e}"));
-                    continue;
-                }
-            };
-            if lock.folder.is_some() {
-                self.remove_stale_partials(&kind);
-            }
-            let made = archive::backup(&d, target, &kind, &tools, &server.version);
-            drop(lock);
-            match made {
-                Ok(o) => {
-                    info!(
-                        "backup {} of {what}: {} dumped, {} stored in {}",
-                        o.manifest.name,
-                        catalog::human_size(o.manifest.dump_bytes),
-                        catalog::human_size(o.manifest.size),
-                        o.places()
-                    );
-                    for e in &o.errors {
-                        fail(
-                            &mut r,
-                            format!("{what}: {e} (the copy in {} is kept)", o.places()),
-                        );
-                    }
-                    r.made.push(o);
-                }
-                Err(e) => fail(&mut r, format!("{what}: {e}")),
+            Err(error) => r.fail(Failure::Dump { what, error }),
+        }
+    }
+
+    /// Verifies each backup the run made (checksum and a full read), from the local
+    /// copy when there is one.
+    fn verify_made(&self, tools: &dump::Tools, r: &mut RunResult) {
+        let mut failed = Vec::new();
+        for o in &r.made {
+            let b = o.backup();
+            let from = if b.local { Side::Local } else { Side::S3 };
+            let reading = self.reading(&[]);
+            match catalog::verify(&reading, &b, from, &tools.pg_restore, &self.cancel) {
+                Ok(()) => info!("{}: verified (checksum and full read)", o.manifest.name),
+                Err(e) => failed.push(Failure::Verify(e)),
             }
         }
-        if self.settings.verify {
-            for o in &r.made.clone() {
-                let b = Backup {
-                    manifest: o.manifest.clone(),
-                    local: o.stored.iter().any(|s| matches!(s, Stored::Local(_))),
-                    remote: o.stored.iter().any(|s| matches!(s, Stored::S3(_))),
-                };
-                let from = if b.local { Side::Local } else { Side::S3 };
-                match catalog::verify(
-                    &self.reading(&[]),
-                    &b,
-                    from,
-                    &tools.pg_restore,
-                    &self.cancel,
-                ) {
-                    Ok(()) => info!("{}: verified (checksum and full read)", o.manifest.name),
-                    Err(e) => fail(&mut r, format!("verify: {e}")),
-                }
-            }
+        for f in failed {
+            r.fail(f);
         }
-        if r.failures.is_empty() && !self.settings.retention.is_empty() {
-            if let Err(e) = self.prune(false) {
-                fail(&mut r, format!("retention: {e}"));
-            }
-        }
-        r
     }
 
     /// Takes the locks one dump holds (see [`DumpLock`]); when another run holds one,
     /// says which run that is. A folder that cannot hold a lock file is left to the
     /// dump, which reports the folder's own error and still makes the S3 copy.
     fn lock(&self, target: &PgTarget, kind: &Dump) -> Result<DumpLock, BackupError> {
-        let safe = match kind {
-            Dump::Database(db) => manifest::file_safe(db),
-            // The globals are read, never locked, in PostgreSQL: only their files need it.
-            Dump::Globals => "_globals".to_string(),
-            Dump::Base => "_base".to_string(),
-            Dump::Wal(_) => "_wal".to_string(),
-        };
         let session = match kind {
             Dump::Database(db) => Some(self.rt.block_on(lock_database(target, db))?),
+            // The globals are read, never locked, in PostgreSQL: only their files need it.
             Dump::Globals | Dump::Base | Dump::Wal(_) => None,
         };
         let folder = match &self.settings.dir {
-            Some(dir) => lock_folder(dir, &safe)?,
+            Some(dir) => lock_folder(dir, &file_stem(kind))?,
             None => None,
         };
         Ok(DumpLock {
@@ -527,12 +585,7 @@ impl Runner {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
-        let prefix = match kind {
-            Dump::Database(db) => format!("{}-", manifest::file_safe(db)),
-            Dump::Globals => "_globals-".to_string(),
-            Dump::Base => "_base-".to_string(),
-            Dump::Wal(_) => "_wal-".to_string(),
-        };
+        let prefix = format!("{}-", file_stem(kind));
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let ours = name
@@ -554,11 +607,7 @@ impl Runner {
         let Some(s3) = &self.s3 else {
             return;
         };
-        let prefixes: Vec<String> = databases
-            .iter()
-            .map(|d| format!("{}-", manifest::file_safe(d)))
-            .chain(["_globals-".to_string(), "_base-".to_string()])
-            .collect();
+        let prefixes = own_prefixes(databases);
         let ours = |f: &str| {
             prefixes
                 .iter()
@@ -587,7 +636,7 @@ impl Runner {
     ) -> Result<(), BackupError> {
         // The last sign of life: the start in the name (our own clock: some servers
         // give every upload a made-up start), the server's dates, the newest part.
-        let stale = |times: &[i64]| now - times.iter().copied().max().unwrap_or(now) > STALE_AFTER;
+        let stale = |times: &[i64]| stale(now, times);
         for (file, id, started) in s3.incomplete_uploads().await? {
             let Some(named) = ours(&file) else {
                 continue;
@@ -600,26 +649,12 @@ impl Runner {
             }
         }
         let objects = s3.list().await?;
-        let manifests: std::collections::HashSet<&str> = objects
-            .iter()
-            .filter_map(|o| o.file.strip_suffix(".manifest.json"))
-            .collect();
-        for o in &objects {
-            let Some(named) = ours(&o.file) else {
-                continue;
-            };
-            let orphan = !manifests
-                .iter()
-                .any(|m| o.file.starts_with(&format!("{m}.")))
-                && o.modified > 0
-                && stale(&[named, o.modified]);
-            if orphan {
-                s3.delete(&o.file).await?;
-                warn!(
-                    "deleted {}: data without a manifest, left by an interrupted run",
-                    o.file
-                );
-            }
+        for o in orphans(&objects, ours, now) {
+            s3.delete(&o.file).await?;
+            warn!(
+                "deleted {}: data without a manifest, left by an interrupted run",
+                o.file
+            );
         }
         Ok(())
     }
@@ -752,6 +787,165 @@ fn stamp_secs(stamp: &str) -> Option<i64> {
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
+/// How a dump is named in messages: `database "app"`, `the globals`.
+fn what(kind: &Dump) -> String {
+    match kind {
+        Dump::Database(db) => format!("database {db:?}"),
+        Dump::Globals => "the globals".to_string(),
+        Dump::Base => "the base backup".to_string(),
+        Dump::Wal(p) => format!("WAL {}", p.display()),
+    }
+}
+
+/// The dumps of a run: each database, then the globals when asked.
+fn dumps(databases: &[String], globals: bool) -> Vec<Dump> {
+    let mut kinds: Vec<Dump> = databases.iter().cloned().map(Dump::Database).collect();
+    if globals {
+        kinds.push(Dump::Globals);
+    }
+    kinds
+}
+
+/// What the files of `kind` are named after in the folder: the lock `.STEM.lock`, the
+/// data files `STEM-STAMP...`.
+fn file_stem(kind: &Dump) -> String {
+    match kind {
+        Dump::Database(db) => manifest::file_safe(db),
+        Dump::Globals => "_globals".to_string(),
+        Dump::Base => "_base".to_string(),
+        Dump::Wal(_) => "_wal".to_string(),
+    }
+}
+
+/// The name prefixes of the files a run of `databases` owns in S3: theirs, the
+/// globals' and the base backups'.
+fn own_prefixes(databases: &[String]) -> Vec<String> {
+    databases
+        .iter()
+        .map(|d| Dump::Database(d.clone()))
+        .chain([Dump::Globals, Dump::Base])
+        .map(|k| format!("{}-", file_stem(&k)))
+        .collect()
+}
+
+/// Whether the newest of `times` (unix seconds, the last signs of life of something
+/// in S3) is more than [`STALE_AFTER`] before `now`.
+fn stale(now: i64, times: &[i64]) -> bool {
+    now - times.iter().copied().max().unwrap_or(now) > STALE_AFTER
+}
+
+/// The objects that are a killed run's data: own files (`ours` gives the time in an
+/// own file's name) without a manifest, stale by their name and their date. An
+/// object whose date the server did not give is never one.
+fn orphans<'o>(
+    objects: &'o [Object],
+    ours: &dyn Fn(&str) -> Option<i64>,
+    now: i64,
+) -> Vec<&'o Object> {
+    let manifests: std::collections::HashSet<&str> = objects
+        .iter()
+        .filter_map(|o| o.file.strip_suffix(".manifest.json"))
+        .collect();
+    objects
+        .iter()
+        .filter(|o| {
+            let Some(named) = ours(&o.file) else {
+                return false;
+            };
+            !manifests
+                .iter()
+                .any(|m| o.file.starts_with(&format!("{m}.")))
+                && o.modified > 0
+                && stale(now, &[named, o.modified])
+        })
+        .collect()
+}
+
+/// The backups of both sides, read without `--from`: one side that cannot be listed
+/// is a warning as long as the other answers.
+fn either_side(
+    local: Result<Vec<Manifest>, BackupError>,
+    remote: Result<Vec<Manifest>, BackupError>,
+) -> Result<Vec<Backup>, BackupError> {
+    match (local, remote) {
+        (Ok(l), Ok(r)) => Ok(catalog::merge(l, r)),
+        (Ok(l), Err(e)) => {
+            tracing::warn!("S3 cannot be listed ({e}): using the local copies");
+            Ok(catalog::merge(l, Vec::new()))
+        }
+        (Err(e), Ok(r)) => {
+            tracing::warn!("the folder cannot be listed ({e}): using the S3 copies");
+            Ok(catalog::merge(Vec::new(), r))
+        }
+        (Err(a), Err(b)) => Err(err(format!("{a}; {b}")).with_source(a)),
+    }
+}
+
+/// A pooled connection to `target`, or why there is none.
+async fn pooled(pool: &Pool, target: &PgTarget) -> Result<deadpool_postgres::Object, BackupError> {
+    let url = &target.url;
+    pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => {
+            err(format!("{url}: {}", crate::pg::classify(&e))).with_source(e)
+        }
+        other => err(format!("{url}: {other}")).with_source(other),
+    })
+}
+
+/// Refuses a `target` that goes through a transaction pooler: behind PgBouncer in
+/// transaction mode neither the locks nor pg_dump work.
+async fn refuse_pooler(target: &PgTarget) -> Result<(), BackupError> {
+    let url = &target.url;
+    let session = target
+        .connect()
+        .await
+        .map_err(|e| err(format!("{url}: {e}")).with_source(e))?;
+    let shared = crate::pg::shared_backend(target, &session)
+        .await
+        .map_err(|e| err(format!("{url}: {e}")).with_source(e))?;
+    match shared {
+        Some(pid) => Err(err(format!(
+            "{url} goes through a transaction pooler (PgBouncer?): two connections shared backend {pid}, and pg_dump needs a session of its own. Set DIRECT_URL to PostgreSQL itself"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The session holding [`RUN_LOCK`], as the message of a run that finds it held
+/// names it: its pid, and its application, address and start when known.
+fn holder(pid: i32, app: Option<String>, from: Option<String>, since: Option<i64>) -> String {
+    let mut s = format!("held by PostgreSQL session {pid}");
+    if let Some(app) = app.filter(|a| !a.is_empty()) {
+        s.push_str(&format!(" ({app:?})"));
+    }
+    if let Some(from) = from {
+        s.push_str(&format!(" from {from}"));
+    }
+    if let Some(since) = since {
+        s.push_str(&format!(
+            ", connected since {}",
+            crate::time::rfc3339(since, 0)
+        ));
+    }
+    s
+}
+
+/// The error of a run that finds the folder lock `path` held; `who` is what its
+/// holder wrote in it.
+fn folder_busy(dir: &std::path::Path, path: &std::path::Path, who: &str) -> BackupError {
+    let who = who.trim();
+    let who = if who.is_empty() {
+        String::new()
+    } else {
+        format!("{who}; ")
+    };
+    err(format!(
+        "another backup is writing these files in {} ({who}it holds {}): this one is skipped",
+        dir.display(),
+        path.display()
+    ))
+}
+
 /// Takes [`RUN_LOCK`] in `db` on a session of its own, or says which session holds it.
 async fn lock_database(target: &PgTarget, db: &str) -> Result<tokio_postgres::Client, BackupError> {
     let t = target.with_dbname(db);
@@ -763,32 +957,13 @@ async fn lock_database(target: &PgTarget, db: &str) -> Result<tokio_postgres::Cl
     let got: bool = session
         .query_one("SELECT pg_try_advisory_lock($1)", &[&RUN_LOCK])
         .await
-        .map_err(|e| err(format!("{url}: {}", crate::pg::classify(&e))))?
+        .map_err(|e| err(format!("{url}: {}", crate::pg::classify(&e))).with_source(e))?
         .get(0);
     if got {
         return Ok(session);
     }
     let holder = match session.query_opt(HOLDER, &[&RUN_LOCK]).await {
-        Ok(Some(row)) => {
-            let pid: i32 = row.get(0);
-            let app: Option<String> = row.get(1);
-            let from: Option<String> = row.get(2);
-            let since: Option<i64> = row.get(3);
-            let mut s = format!("held by PostgreSQL session {pid}");
-            if let Some(app) = app.filter(|a| !a.is_empty()) {
-                s.push_str(&format!(" ({app:?})"));
-            }
-            if let Some(from) = from {
-                s.push_str(&format!(" from {from}"));
-            }
-            if let Some(since) = since {
-                s.push_str(&format!(
-                    ", connected since {}",
-                    crate::time::rfc3339(since, 0)
-                ));
-            }
-            s
-        }
+        Ok(Some(row)) => holder(row.get(0), row.get(1), row.get(2), row.get(3)),
         _ => "its advisory lock is held".to_string(),
     };
     Err(err(format!(
@@ -843,17 +1018,7 @@ fn lock_folder(dir: &std::path::Path, safe: &str) -> Result<Option<FolderLock>, 
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
                 let mut who = String::new();
                 let _ = (&mut file).take(200).read_to_string(&mut who);
-                let who = who.trim();
-                let who = if who.is_empty() {
-                    String::new()
-                } else {
-                    format!("{who}; ")
-                };
-                return Err(err(format!(
-                    "another backup is writing these files in {} ({who}it holds {}): this one is skipped",
-                    dir.display(),
-                    path.display()
-                )));
+                return Err(folder_busy(dir, &path, &who));
             }
             Err(_) => return Ok(None),
         }
@@ -863,7 +1028,267 @@ fn lock_folder(dir: &std::path::Path, safe: &str) -> Result<Option<FolderLock>, 
 
 #[cfg(test)]
 mod tests {
-    use super::manifest::is_own_data_file;
+    use std::path::PathBuf;
+
+    use super::archive::{Dump, Outcome, Stored};
+    use super::manifest::{is_own_data_file, Content, Manifest, WalRange};
+    use super::*;
+    use crate::backup::Failures;
+
+    fn manifest(name: &str, kind: Content, size: u64) -> Manifest {
+        Manifest::from_json(&format!(
+            r#"{{"format":1,"name":"{name}","file":"{name}.{}.zst","kind":"{}","database":"","started":1,"finished":2,"dump_bytes":1,"size":{size},"sha256":"x"}}"#,
+            kind.ext(),
+            kind.name()
+        ))
+        .unwrap()
+    }
+
+    fn outcome(name: &str, size: u64, stored: Vec<Stored>, errors: &[&str]) -> Outcome {
+        let mut failed = Failures::default();
+        for e in errors {
+            failed.push(err(*e));
+        }
+        Outcome {
+            manifest: manifest(name, Content::Database, size),
+            stored,
+            errors: failed,
+        }
+    }
+
+    #[test]
+    fn a_run_records_its_backups_and_each_destination_that_failed_one() {
+        let mut r = RunResult::default();
+        assert!(r.succeeded());
+        r.record(
+            "database \"app\"",
+            outcome(
+                "app-1",
+                100,
+                vec![Stored::Local("/b/app-1.dump.zst".into())],
+                &[],
+            ),
+        );
+        assert!(r.succeeded());
+        r.record(
+            "database \"shop\"",
+            outcome(
+                "shop-1",
+                50,
+                vec![Stored::Local("/b/shop-1.dump.zst".into())],
+                &["s3://bk/shop-1.dump.zst: HTTP 503 SlowDown"],
+            ),
+        );
+        assert!(!r.succeeded());
+        assert_eq!(r.made.len(), 2, "a backup with one copy is still made");
+        assert_eq!(r.bytes(), 150);
+        assert_eq!(
+            r.failures.join("; "),
+            "database \"shop\": s3://bk/shop-1.dump.zst: HTTP 503 SlowDown (the copy in /b/shop-1.dump.zst is kept)"
+        );
+        let f = r.failures.iter().next().unwrap();
+        assert!(matches!(f, Failure::Copy { .. }));
+        assert_eq!(f.error().kind(), crate::backup::BackupKind::Failed);
+    }
+
+    #[test]
+    fn each_failure_reads_as_the_status_file_has_always_said_it() {
+        let e = || err("boom");
+        let all = [
+            (Failure::Run(e()), "boom"),
+            (
+                Failure::Dump {
+                    what: "the globals".into(),
+                    error: e(),
+                },
+                "the globals: boom",
+            ),
+            (Failure::Verify(e()), "verify: boom"),
+            (Failure::Retention(e()), "retention: boom"),
+            (Failure::StatusFile(e()), "status file: boom"),
+        ];
+        let mut failures = Failures::default();
+        for (f, says) in all {
+            assert_eq!(f.to_string(), says);
+            failures.push(f);
+        }
+        assert_eq!(
+            failures.join("; "),
+            "boom; the globals: boom; verify: boom; retention: boom; status file: boom"
+        );
+        // the error behind each is its cause, kind kept
+        let stopped = Failure::Run(crate::backup::cancelled("cancelled: SIGTERM"));
+        let source = std::error::Error::source(&stopped).unwrap();
+        assert_eq!(source.to_string(), "cancelled: SIGTERM");
+        assert_eq!(stopped.error().kind(), crate::backup::BackupKind::Cancelled);
+        // a password in what a dump is named never reaches the status file
+        let f = Failure::Dump {
+            what: "database \"postgres://u:secret@h/x\"".into(),
+            error: e(),
+        };
+        assert!(!f.to_string().contains("secret"), "{f}");
+    }
+
+    #[test]
+    fn a_dump_is_named_and_its_files_stemmed_by_its_kind() {
+        let db = Dump::Database("my app".into());
+        assert_eq!(what(&db), "database \"my app\"");
+        assert_eq!(what(&Dump::Globals), "the globals");
+        assert_eq!(what(&Dump::Base), "the base backup");
+        let wal = Dump::Wal(PathBuf::from("/spool/000000010000000000000003"));
+        assert_eq!(what(&wal), "WAL /spool/000000010000000000000003");
+        assert_eq!(file_stem(&db), manifest::file_safe("my app"));
+        assert_eq!(file_stem(&Dump::Database("app".into())), "app");
+        assert_eq!(file_stem(&Dump::Globals), "_globals");
+        assert_eq!(file_stem(&Dump::Base), "_base");
+        assert_eq!(file_stem(&wal), "_wal");
+        assert_eq!(
+            own_prefixes(&["app".into(), "a/b".into()]),
+            [
+                "app-".to_string(),
+                format!("{}-", manifest::file_safe("a/b")),
+                "_globals-".into(),
+                "_base-".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_run_dumps_each_database_then_the_globals_when_asked() {
+        let dbs = ["a".to_string(), "b".to_string()];
+        assert_eq!(
+            dumps(&dbs, true),
+            [
+                Dump::Database("a".into()),
+                Dump::Database("b".into()),
+                Dump::Globals
+            ]
+        );
+        assert_eq!(dumps(&dbs[..1], false), [Dump::Database("a".into())]);
+        assert_eq!(dumps(&[], true), [Dump::Globals]);
+    }
+
+    #[test]
+    fn only_own_stale_data_without_a_manifest_is_an_orphan() {
+        let now = 10 * STALE_AFTER;
+        let old = now - STALE_AFTER - 1;
+        let object = |file: &str, modified: i64| Object {
+            file: file.into(),
+            modified,
+        };
+        let objects = [
+            // a complete backup: its manifest is there
+            object("app-1.dump.zst", old),
+            object("app-1.manifest.json", old),
+            // a killed run's data
+            object("app-2.dump.zst", old),
+            // a run still writing, as far as anyone can tell
+            object("app-3.dump.zst", now - 60),
+            // no date from the server: never taken for dead
+            object("app-4.dump.zst", 0),
+            // another database's, or a foreign object
+            object("shop-5.dump.zst", old),
+        ];
+        let ours = |f: &str| f.strip_prefix("app-").map(|_| old);
+        let found: Vec<&str> = orphans(&objects, &ours, now)
+            .iter()
+            .map(|o| o.file.as_str())
+            .collect();
+        assert_eq!(found, ["app-2.dump.zst"]);
+        // a name stamped recently is a live run's, however old the server says it is
+        let recent = |f: &str| f.strip_prefix("app-").map(|_| now - 60);
+        assert!(orphans(&objects, &recent, now).is_empty());
+        assert!(stale(now, &[old]));
+        assert!(
+            !stale(now, &[old, now - STALE_AFTER]),
+            "the newest sign counts"
+        );
+        assert!(!stale(now, &[]));
+    }
+
+    #[test]
+    fn one_side_that_cannot_be_listed_leaves_the_other() {
+        let m = |n: &str| manifest(n, Content::Database, 1);
+        let both = either_side(Ok(vec![m("a")]), Ok(vec![m("a"), m("b")])).unwrap();
+        assert_eq!(both.len(), 2);
+        assert!(both[0].local && both[0].remote);
+        let local = either_side(Ok(vec![m("a")]), Err(err("s3 down"))).unwrap();
+        assert!(local[0].local && !local[0].remote);
+        let remote = either_side(Err(err("no folder")), Ok(vec![m("b")])).unwrap();
+        assert!(!remote[0].local && remote[0].remote);
+        let e = either_side(Err(err("no folder")), Err(err("s3 down"))).unwrap_err();
+        assert_eq!(e.message(), "no folder; s3 down");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn the_holder_of_a_lock_is_named_with_what_is_known_of_it() {
+        assert_eq!(
+            holder(42, None, None, None),
+            "held by PostgreSQL session 42"
+        );
+        assert_eq!(
+            holder(42, Some(String::new()), Some("10.0.0.5".into()), Some(0)),
+            "held by PostgreSQL session 42 from 10.0.0.5, connected since 1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            holder(7, Some("dockhand-backup".into()), None, None),
+            "held by PostgreSQL session 7 (\"dockhand-backup\")"
+        );
+        let dir = std::path::Path::new("/b");
+        let path = dir.join(".app.lock");
+        let e = folder_busy(dir, &path, "pid 9 on h1, since x\n");
+        assert_eq!(
+            e.message(),
+            "another backup is writing these files in /b (pid 9 on h1, since x; it holds /b/.app.lock): this one is skipped"
+        );
+        let e = folder_busy(dir, &path, " \n");
+        assert_eq!(
+            e.message(),
+            "another backup is writing these files in /b (it holds /b/.app.lock): this one is skipped"
+        );
+    }
+
+    #[test]
+    fn stored_wal_goes_once_older_than_the_oldest_base_backup_kept_needs() {
+        let mut base = manifest("_base-1", Content::Base, 1);
+        base.wal = Some(WalRange {
+            timeline: 1,
+            start: "0/5000028".into(),
+            end: "0/5000100".into(),
+        });
+        let dump = manifest("app-1", Content::Database, 1);
+        assert_eq!(
+            wal_needed_from(&[&dump]),
+            None,
+            "no base backup: WAL is kept"
+        );
+        let (start, why) = wal_needed_from(&[&dump, &base]).unwrap();
+        assert_eq!(start, 5);
+        assert!(why.contains("_base-1"), "{why}");
+        let seg = |name: &str| Backup {
+            manifest: manifest(name, Content::Wal, 1),
+            local: true,
+            remote: false,
+        };
+        let wal = vec![
+            seg("_wal-000000010000000000000004-20260101T000000.000Z-abcd"),
+            seg("_wal-000000010000000000000005-20260101T000000.000Z-abcd"),
+            seg("_wal-000000020000000000000003.partial-20260101T000000.000Z-abcd"),
+            seg("_wal-00000002.history-20260101T000000.000Z-abcd"),
+        ];
+        let gone: Vec<String> = wal_to_delete(wal, start)
+            .into_iter()
+            .map(|b| b.manifest.name)
+            .collect();
+        assert_eq!(
+            gone,
+            [
+                "_wal-000000010000000000000004-20260101T000000.000Z-abcd",
+                "_wal-000000020000000000000003.partial-20260101T000000.000Z-abcd"
+            ]
+        );
+    }
 
     #[test]
     fn a_stamp_is_read_back_as_the_time_it_was_made_at() {

@@ -741,67 +741,97 @@ fn base_schedule(m: &Source) -> Result<Option<String>, ConfigError> {
     })
 }
 
+/// The S3 settings when a bucket is set; without one, any other S3 setting is refused
+/// (it would do nothing).
+fn s3_or_none(m: &Source) -> Result<Option<S3Settings>, ConfigError> {
+    match m.explicit(Flag::S3Bucket)? {
+        None => {
+            for k in S3_SETTINGS {
+                if m.is_set(k)? {
+                    return Err(does_nothing(
+                        k,
+                        "no bucket is set",
+                        "or set BACKUP_S3_BUCKET (--s3-bucket)",
+                    ));
+                }
+            }
+            Ok(None)
+        }
+        Some(bucket) => Ok(Some(s3_settings(m, bucket)?)),
+    }
+}
+
+/// A duration setting (`30s`, `5m`...), named by its variable when it does not parse.
+fn duration(m: &Source, k: Flag) -> Result<Duration, ConfigError> {
+    let v = m.string(k)?.unwrap_or_default();
+    crate::duration::parse(&v).map_err(|e| invalid(format!("{}: {e}", k.row().env)))
+}
+
+/// `BACKUP_WAL_RPO`: a duration of 1s or more.
+fn wal_rpo(m: &Source) -> Result<Duration, ConfigError> {
+    let rpo = duration(m, Flag::WalRpo)?;
+    if rpo.is_zero() {
+        return Err(invalid(
+            "BACKUP_WAL_RPO=0: use a duration of 1s or more, e.g. 60s",
+        ));
+    }
+    Ok(rpo)
+}
+
+/// `BACKUP_WAL_MAX_LAG`: a size above zero.
+fn wal_max_lag(m: &Source) -> Result<u64, ConfigError> {
+    let v = m.string(Flag::WalMaxLag)?.unwrap_or_default();
+    let n = parse_size(&v).filter(|n| *n > 0).ok_or_else(|| {
+        invalid(format!(
+            "BACKUP_WAL_MAX_LAG={v:?}: use a size such as 1GiB or 512MiB"
+        ))
+    })?;
+    Ok(n as u64)
+}
+
+/// `BACKUP_SCHEDULE` and `TZ`, checked here so `backup now` also reports a broken
+/// schedule.
+fn schedule_and_timezone(m: &Source) -> Result<(String, String), ConfigError> {
+    let schedule = m.string(Flag::Schedule)?.unwrap_or_default();
+    let timezone = m.string(Flag::Tz)?.unwrap_or_default();
+    super::schedule::parse_schedule(&schedule)?;
+    super::schedule::parse_timezone(&timezone)?;
+    Ok((schedule, timezone))
+}
+
+/// `BACKUP_DIR`, when set: a folder name, not white space.
+fn backup_dir(m: &Source) -> Result<Option<PathBuf>, ConfigError> {
+    match m.explicit(Flag::Dir)? {
+        Some(d) if d.trim().is_empty() => Err(invalid(format!(
+            "BACKUP_DIR={d:?} is only white space: give the backup folder, e.g. /backups (or unset it to keep backups in S3 only)"
+        ))),
+        d => Ok(d.map(PathBuf::from)),
+    }
+}
+
 impl Settings {
-    /// Reads every setting from `m` (see [`Source`]).
+    /// Reads every setting from `m` (see [`Source`]), in the order their errors are
+    /// reported.
     pub fn load(m: &Source) -> Result<Settings, ConfigError> {
         let url = database_url(m)?;
         let databases = databases(m)?;
         let compression = compression(m)?;
         let recipients = recipients(m)?;
-        let s3 = match m.explicit(Flag::S3Bucket)? {
-            None => {
-                for k in S3_SETTINGS {
-                    if m.is_set(k)? {
-                        return Err(does_nothing(
-                            k,
-                            "no bucket is set",
-                            "or set BACKUP_S3_BUCKET (--s3-bucket)",
-                        ));
-                    }
-                }
-                None
-            }
-            Some(bucket) => Some(s3_settings(m, bucket)?),
-        };
+        let s3 = s3_or_none(m)?;
         let ping_url = ping_url(m)?;
-        let duration = |k: Flag| -> Result<Duration, ConfigError> {
-            let v = m.string(k)?.unwrap_or_default();
-            crate::duration::parse(&v).map_err(|e| invalid(format!("{}: {e}", k.row().env)))
-        };
         let wal = boolean(m, Flag::Wal)?;
         refuse_wal_settings_unless(m, wal)?;
-        let wal_rpo = duration(Flag::WalRpo)?;
-        if wal_rpo.is_zero() {
-            return Err(invalid(
-                "BACKUP_WAL_RPO=0: use a duration of 1s or more, e.g. 60s",
-            ));
-        }
+        let wal_rpo = wal_rpo(m)?;
         let base_schedule = base_schedule(m)?;
         let wal_slot = m.string(Flag::WalSlot)?.unwrap_or_default();
         super::walname::check_slot_name(&wal_slot)?;
-        let v = m.string(Flag::WalMaxLag)?.unwrap_or_default();
-        let wal_max_lag = parse_size(&v).filter(|n| *n > 0).ok_or_else(|| {
-            invalid(format!(
-                "BACKUP_WAL_MAX_LAG={v:?}: use a size such as 1GiB or 512MiB"
-            ))
-        })? as u64;
-        let schedule = m.string(Flag::Schedule)?.unwrap_or_default();
-        let timezone = m.string(Flag::Tz)?.unwrap_or_default();
-        // Checked here so `backup now` also reports a broken schedule.
-        super::schedule::parse_schedule(&schedule)?;
-        super::schedule::parse_timezone(&timezone)?;
+        let wal_max_lag = wal_max_lag(m)?;
+        let (schedule, timezone) = schedule_and_timezone(m)?;
         Ok(Settings {
             url,
             databases,
             globals: boolean(m, Flag::Globals)?,
-            dir: match m.explicit(Flag::Dir)? {
-                Some(d) if d.trim().is_empty() => {
-                    return Err(invalid(format!(
-                        "BACKUP_DIR={d:?} is only white space: give the backup folder, e.g. /backups (or unset it to keep backups in S3 only)"
-                    )))
-                }
-                d => d.map(PathBuf::from),
-            },
+            dir: backup_dir(m)?,
             s3,
             compression,
             recipients,
@@ -814,14 +844,14 @@ impl Settings {
             schedule,
             timezone,
             on_start: boolean(m, Flag::OnStart)?,
-            stop_grace: duration(Flag::StopGrace)?,
-            wait_timeout: duration(Flag::WaitTimeout)?,
+            stop_grace: duration(m, Flag::StopGrace)?,
+            wait_timeout: duration(m, Flag::WaitTimeout)?,
             // 5 minutes by default: an ordinary migration's ALTER finishes well within
             // it, while a transaction left open holding ACCESS EXCLUSIVE fails the run
             // (which is retried and reported with the blocker's name) instead of
             // stalling it silently until the next night.
-            lock_wait_timeout: duration(Flag::LockWaitTimeout)?,
-            retry_delay: duration(Flag::RetryDelay)?,
+            lock_wait_timeout: duration(m, Flag::LockWaitTimeout)?,
+            retry_delay: duration(m, Flag::RetryDelay)?,
             wal,
             wal_slot,
             wal_spool: m.explicit(Flag::WalSpool)?.map(PathBuf::from),
@@ -925,6 +955,75 @@ mod tests {
         assert_eq!(s.s3.unwrap().region.as_deref(), Some("eu-west-1"));
     }
 
+    #[test]
+    fn s3_settings_are_read_and_checked() {
+        let s3 = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("BACKUP_S3_BUCKET", " my-backups ")];
+            all.extend_from_slice(pairs);
+            load(&all).map(|s| s.s3.expect("a bucket is set"))
+        };
+        // the defaults: AWS itself (virtual-host style), no prefix, 8 MiB parts
+        let d = s3(&[]).unwrap();
+        assert_eq!(d.bucket, "my-backups");
+        assert_eq!(d.prefix, "");
+        assert!(!d.path_style && d.endpoint.is_none() && d.region.is_none());
+        assert_eq!(d.sse, None);
+        assert_eq!(d.part_size, 8 << 20);
+        // a prefix always ends in one slash; a bucket is a name, not a path
+        assert_eq!(s3(&[("BACKUP_S3_PREFIX", "db")]).unwrap().prefix, "db/");
+        assert_eq!(s3(&[("BACKUP_S3_PREFIX", "//")]).unwrap().prefix, "");
+        for bad in ["b/prod", "my backups"] {
+            let e = load(&[("BACKUP_S3_BUCKET", bad)]).unwrap_err();
+            assert!(e.message().contains("BACKUP_S3_PREFIX"), "{bad}: {e}");
+        }
+        // a custom endpoint: path style unless told otherwise; http(s) only
+        let e = s3(&[
+            ("BACKUP_S3_ENDPOINT", "https://s3.example.com"),
+            ("BACKUP_S3_PATH_STYLE", "false"),
+        ])
+        .unwrap();
+        assert!(!e.path_style);
+        let e = s3(&[("BACKUP_S3_ENDPOINT", "ftp://s3.example.com")]).unwrap_err();
+        assert!(e.message().contains("https://host[:port]"), "{e}");
+        // the bucket's own region wins over the AWS tools' one
+        let r = s3(&[
+            ("BACKUP_S3_REGION", "eu-west-3"),
+            ("AWS_REGION", "us-west-2"),
+        ]);
+        assert_eq!(r.unwrap().region.as_deref(), Some("eu-west-3"));
+        // server-side encryption: the two values S3 knows, and a key only for KMS
+        let k = s3(&[
+            ("BACKUP_S3_SSE", "aws:kms"),
+            ("BACKUP_S3_SSE_KMS_KEY_ID", "key-1"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (k.sse.as_deref(), k.sse_kms_key_id.as_deref()),
+            (Some("aws:kms"), Some("key-1"))
+        );
+        assert_eq!(
+            s3(&[("BACKUP_S3_SSE", " AES256 ")]).unwrap().sse.as_deref(),
+            Some("AES256")
+        );
+        let e = s3(&[("BACKUP_S3_SSE", "aes256")]).unwrap_err();
+        assert!(e.message().contains("AES256 or aws:kms"), "{e}");
+        // parts from 5 MiB to 5 GiB, the limits S3 sets
+        assert_eq!(
+            s3(&[("BACKUP_S3_PART_SIZE", "5MiB")]).unwrap().part_size,
+            5 << 20
+        );
+        assert_eq!(
+            s3(&[("BACKUP_S3_PART_SIZE", "5GiB")]).unwrap().part_size,
+            5 << 30
+        );
+        for bad in ["6GiB", "4MiB", "lots"] {
+            let e = s3(&[("BACKUP_S3_PART_SIZE", bad)]).unwrap_err();
+            assert!(e.message().contains("5MiB to 5GiB"), "{bad}: {e}");
+        }
+    }
+
+    /// One table of refused settings, read top to bottom: over 80 lines, and better
+    /// as one straight list than cut into pieces.
     #[test]
     fn settings_that_do_nothing_here_are_refused() {
         for (pairs, names, says) in [

@@ -109,41 +109,11 @@ pub fn command(
     parse_with(args, false, command_from)
 }
 
+/// The command the words and flags name, checked: its arguments, the flags it takes.
 fn command_from(m: Matches<Flag>) -> Result<(Command, Matches<Flag>), ConfigError> {
     let words = m.words_utf8("arguments must be UTF-8")?;
-    let name = COMMANDS
-        .iter()
-        .find(|c| Some(**c) == words.first().map(String::as_str))
-        .copied();
-    let name = match (name, words.first()) {
-        (Some(n), _) => n,
-        (None, None) => "daemon",
-        (None, Some(other)) => {
-            return Err(invalid(format!(
-                "unknown command {other:?}: use daemon, now, base, list, verify, restore, prune, drill, recover or wal drop-slot"
-            )))
-        }
-    };
-    let needs_name = matches!(name, "verify" | "restore" | "drill");
-    if name == "wal" && words.get(1).map(String::as_str) != Some("drop-slot") {
-        return Err(invalid(match words.get(1) {
-            Some(other) => format!("backup wal {other:?}: the one wal command is drop-slot"),
-            None => "backup wal needs a command: drop-slot".to_string(),
-        }));
-    }
-    match (words.get(1), words.get(2)) {
-        (Some(_), None) if name == "wal" => {}
-        (_, Some(extra)) => return Err(invalid(format!("unexpected argument {extra:?}"))),
-        (Some(extra), None) if !needs_name => {
-            return Err(invalid(format!("unexpected argument {extra:?}")))
-        }
-        (None, _) if needs_name => {
-            return Err(invalid(format!(
-                "backup {name} needs a backup name or `latest`"
-            )))
-        }
-        _ => {}
-    }
+    let name = command_name(&words)?;
+    check_arguments(name, &words)?;
     for s in m.given() {
         if !s.commands.is_empty() && !s.commands.contains(&name) {
             return Err(invalid(format!(
@@ -153,14 +123,63 @@ fn command_from(m: Matches<Flag>) -> Result<(Command, Matches<Flag>), ConfigErro
             )));
         }
     }
-    let from = match m.string(Flag::From)?.as_deref() {
-        None => None,
-        Some("local") => Some(Side::Local),
-        Some("s3") => Some(Side::S3),
-        Some(other) => return Err(invalid(format!("--from {other:?}: use local or s3"))),
-    };
     let backup = words.get(1).cloned().unwrap_or_default();
-    let command = match name {
+    let command = build(name, backup, &m)?;
+    Ok((command, m))
+}
+
+/// The command the first word names (`daemon` without one).
+fn command_name(words: &[String]) -> Result<&'static str, ConfigError> {
+    let name = COMMANDS
+        .iter()
+        .find(|c| Some(**c) == words.first().map(String::as_str))
+        .copied();
+    match (name, words.first()) {
+        (Some(n), _) => Ok(n),
+        (None, None) => Ok("daemon"),
+        (None, Some(other)) => Err(invalid(format!(
+            "unknown command {other:?}: use daemon, now, base, list, verify, restore, prune, drill, recover or wal drop-slot"
+        ))),
+    }
+}
+
+/// Checks the words after the command: `wal drop-slot`, a backup name for the
+/// commands that read one, nothing for the others.
+fn check_arguments(name: &str, words: &[String]) -> Result<(), ConfigError> {
+    let needs_name = matches!(name, "verify" | "restore" | "drill");
+    if name == "wal" && words.get(1).map(String::as_str) != Some("drop-slot") {
+        return Err(invalid(match words.get(1) {
+            Some(other) => format!("backup wal {other:?}: the one wal command is drop-slot"),
+            None => "backup wal needs a command: drop-slot".to_string(),
+        }));
+    }
+    match (words.get(1), words.get(2)) {
+        (Some(_), None) if name == "wal" => Ok(()),
+        (_, Some(extra)) => Err(invalid(format!("unexpected argument {extra:?}"))),
+        (Some(extra), None) if !needs_name => {
+            Err(invalid(format!("unexpected argument {extra:?}")))
+        }
+        (None, _) if needs_name => Err(invalid(format!(
+            "backup {name} needs a backup name or `latest`"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `--from`: which copy to read.
+fn from_side(m: &Matches<Flag>) -> Result<Option<Side>, ConfigError> {
+    match m.string(Flag::From)?.as_deref() {
+        None => Ok(None),
+        Some("local") => Ok(Some(Side::Local)),
+        Some("s3") => Ok(Some(Side::S3)),
+        Some(other) => Err(invalid(format!("--from {other:?}: use local or s3"))),
+    }
+}
+
+/// The command `name`, on the backup `backup` (empty when it takes none), with its flags.
+fn build(name: &str, backup: String, m: &Matches<Flag>) -> Result<Command, ConfigError> {
+    let from = from_side(m)?;
+    Ok(match name {
         "daemon" => Command::Daemon,
         "now" => Command::Now,
         "base" => Command::Base,
@@ -176,14 +195,14 @@ fn command_from(m: Matches<Flag>) -> Result<(Command, Matches<Flag>), ConfigErro
             clean: m.switch(Flag::Clean)?,
             yes: m.switch(Flag::Yes)?,
             no_owner: m.switch(Flag::NoOwner)?,
-            jobs: restore_jobs(&m)?,
+            jobs: restore_jobs(m)?,
         },
         "drill" => Command::Drill {
             name: backup,
             from,
             into: m.string(Flag::Into)?,
             keep: m.switch(Flag::Keep)?,
-            jobs: restore_jobs(&m)?,
+            jobs: restore_jobs(m)?,
         },
         "recover" => Command::Recover {
             to: crate::backup::recover::parse_target(&m.string(Flag::ToTime)?.ok_or_else(
@@ -200,8 +219,7 @@ fn command_from(m: Matches<Flag>) -> Result<(Command, Matches<Flag>), ConfigErro
         _ => Command::Prune {
             dry_run: m.switch(Flag::DryRun)?,
         },
-    };
-    Ok((command, m))
+    })
 }
 
 /// `--jobs`/`BACKUP_RESTORE_JOBS`: 1 to 64; by default the CPUs available, at most 8.
@@ -478,10 +496,11 @@ fn cmd_now(s: &Session) -> Result<u8, BackupError> {
     if let Some(f) = s.stopped(&r.failures.join("; ")) {
         return Err(f);
     }
-    if r.failures.is_empty() {
-        Ok(0)
-    } else {
-        Err(err(format!("backup failed: {}", r.failures.join("; "))))
+    match r.failures.iter().next() {
+        None => Ok(0),
+        Some(first) => {
+            Err(err(format!("backup failed: {}", r.failures.join("; "))).with_source(first.clone()))
+        }
     }
 }
 
@@ -806,5 +825,63 @@ mod tests {
             e.message(),
             "backup list does not take --dry-run (it is for: prune)"
         );
+    }
+    fn words(w: &[&str]) -> Vec<String> {
+        w.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_first_word_names_the_command_and_none_is_the_daemon() {
+        assert_eq!(command_name(&words(&[])).unwrap(), "daemon");
+        assert_eq!(command_name(&words(&["prune"])).unwrap(), "prune");
+        let e = command_name(&words(&["backup"])).unwrap_err();
+        assert!(
+            e.message()
+                .starts_with("unknown command \"backup\": use daemon, now"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn each_command_takes_the_words_it_needs_and_no_more() {
+        let check = |w: &[&str]| check_arguments(command_name(&words(w)).unwrap(), &words(w));
+        assert!(check(&["verify", "latest"]).is_ok());
+        assert!(check(&["wal", "drop-slot"]).is_ok());
+        assert!(check(&["now"]).is_ok());
+        let says = |w: &[&str]| check(w).unwrap_err().message().to_string();
+        assert_eq!(
+            says(&["restore"]),
+            "backup restore needs a backup name or `latest`"
+        );
+        assert_eq!(says(&["now", "x"]), "unexpected argument \"x\"");
+        assert_eq!(says(&["verify", "a", "b"]), "unexpected argument \"b\"");
+        assert_eq!(says(&["wal"]), "backup wal needs a command: drop-slot");
+        assert_eq!(
+            says(&["wal", "drop"]),
+            "backup wal \"drop\": the one wal command is drop-slot"
+        );
+        assert_eq!(
+            says(&["wal", "drop-slot", "x"]),
+            "unexpected argument \"x\""
+        );
+    }
+
+    #[test]
+    fn from_names_the_copy_to_read() {
+        let parse = |a: &[&str]| command(a.iter().map(OsString::from));
+        assert!(matches!(
+            parse(&["verify", "latest", "--from", "s3"]),
+            Ok(Parsed::Run((
+                Command::Verify {
+                    from: Some(Side::S3),
+                    ..
+                },
+                _
+            )))
+        ));
+        let e = parse(&["verify", "latest", "--from", "nas"]).unwrap_err();
+        assert_eq!(e.message(), "--from \"nas\": use local or s3");
+        let e = parse(&["recover", "--data-dir", "/d"]).unwrap_err();
+        assert!(e.message().contains("--to-time"), "{e}");
     }
 }

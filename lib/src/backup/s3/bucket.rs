@@ -6,7 +6,7 @@
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 
-use super::errors::reason;
+use super::errors::failed;
 use super::settings::S3Settings;
 use crate::backup::{err, BackupError};
 
@@ -44,13 +44,9 @@ impl S3 {
             .build_https();
         let mut loader =
             aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
-        // A custom endpoint mostly ignores the region, but signing needs one: default
-        // it instead of asking the chain (which would try instance metadata).
-        let region = s
-            .region
-            .clone()
-            .or_else(|| s.endpoint.as_ref().map(|_| "us-east-1".to_string()));
-        if let Some(r) = region {
+        // With a custom endpoint the region is defaulted instead of asking the chain
+        // (which would try instance metadata).
+        if let Some(r) = s.signing_region() {
             loader = loader.region(aws_config::Region::new(r));
         }
         let shared = loader.load().await;
@@ -81,11 +77,11 @@ impl S3 {
 
     /// Where messages say a file is: `s3://bucket/prefix/file`.
     pub fn location(&self, file: &str) -> String {
-        format!("s3://{}/{}", self.settings.bucket, self.key(file))
+        self.settings.location(file)
     }
 
     pub(super) fn key(&self, file: &str) -> String {
-        format!("{}{file}", self.settings.prefix)
+        self.settings.key(file)
     }
 
     /// The objects directly under the prefix, every page of them.
@@ -101,15 +97,16 @@ impl S3 {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| {
-                err(format!(
-                    "listing s3://{}/{}: {}",
-                    self.settings.bucket,
-                    self.settings.prefix,
-                    reason(&e)
-                ))
+                failed(
+                    format!(
+                        "listing s3://{}/{}",
+                        self.settings.bucket, self.settings.prefix
+                    ),
+                    e,
+                )
             })?;
             for o in page.contents() {
-                if let Some(file) = o.key().and_then(|k| k.strip_prefix(&self.settings.prefix)) {
+                if let Some(file) = o.key().and_then(|k| self.settings.file_of(k)) {
                     out.push(Object {
                         file: file.to_string(),
                         modified: o.last_modified().map_or(0, |t| t.secs()),
@@ -129,12 +126,12 @@ impl S3 {
             .key(self.key(file))
             .send()
             .await
-            .map_err(|e| err(format!("{}: {}", self.location(file), reason(&e))))?;
+            .map_err(|e| failed(self.location(file), e))?;
         let data = out
             .body
             .collect()
             .await
-            .map_err(|e| err(format!("{}: {e}", self.location(file))))?;
+            .map_err(|e| err(format!("{}: {e}", self.location(file))).with_source(e))?;
         Ok(data.into_bytes().to_vec())
     }
 
@@ -152,7 +149,7 @@ impl S3 {
             .set_ssekms_key_id(s.sse_kms_key_id.clone())
             .send()
             .await
-            .map_err(|e| err(format!("{}: {}", self.location(file), reason(&e))))?;
+            .map_err(|e| failed(self.location(file), e))?;
         Ok(())
     }
 
@@ -163,7 +160,7 @@ impl S3 {
             .key(self.key(file))
             .send()
             .await
-            .map_err(|e| err(format!("deleting {}: {}", self.location(file), reason(&e))))?;
+            .map_err(|e| failed(format!("deleting {}", self.location(file)), e))?;
         Ok(())
     }
 
@@ -177,12 +174,12 @@ impl S3 {
             .prefix(&self.settings.prefix)
             .send()
             .await
-            .map_err(|e| err(format!("listing uploads: {}", reason(&e))))?;
+            .map_err(|e| failed("listing uploads", e))?;
         Ok(out
             .uploads()
             .iter()
             .filter_map(|u| {
-                let file = u.key()?.strip_prefix(&self.settings.prefix)?;
+                let file = self.settings.file_of(u.key()?)?;
                 let started = u.initiated().map_or(0, |t| t.secs());
                 Some((file.to_string(), u.upload_id()?.to_string(), started))
             })
@@ -202,13 +199,8 @@ impl S3 {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| {
-                err(format!(
-                    "listing the parts of {}: {}",
-                    self.location(file),
-                    reason(&e)
-                ))
-            })?;
+            let page = page
+                .map_err(|e| failed(format!("listing the parts of {}", self.location(file)), e))?;
             for p in page.parts() {
                 if let Some(t) = p.last_modified() {
                     newest = newest.max(Some(t.secs()));
@@ -227,13 +219,7 @@ impl S3 {
             .upload_id(upload_id)
             .send()
             .await
-            .map_err(|e| {
-                err(format!(
-                    "aborting the upload of {}: {}",
-                    self.location(file),
-                    reason(&e)
-                ))
-            })?;
+            .map_err(|e| failed(format!("aborting the upload of {}", self.location(file)), e))?;
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::bucket::S3;
-use super::errors::reason;
+use super::errors::failed;
 use crate::backup::{err, BackupError, Cancel};
 
 /// Parts handed to the uploader and not yet uploaded (in flight or queued); with the
@@ -155,7 +155,9 @@ impl Upload {
                 None => tokio::time::timeout(ABORT_WAIT, &mut t).await.ok(),
             };
             match joined {
-                Some(r) => r.unwrap_or_else(|e| Err(err(format!("the upload task failed: {e}")))),
+                Some(r) => r.unwrap_or_else(|e| {
+                    Err(err(format!("the upload task failed: {e}")).with_source(e))
+                }),
                 None => Err(err(
                     "cancelled; the upload is aborted in the background or by the next run",
                 )),
@@ -247,12 +249,7 @@ impl Multipart {
                 .send() => r,
             _ = cancel.cancelled() => return Err(err(format!("{location}: upload cancelled"))),
         }
-        .map_err(|e| {
-            err(format!(
-                "{location}: cannot start the upload: {}",
-                reason(&e)
-            ))
-        })?;
+        .map_err(|e| failed(format!("{location}: cannot start the upload"), e))?;
         let upload_id = created
             .upload_id()
             .ok_or_else(|| err(format!("{location}: the server gave no upload id")))?
@@ -364,7 +361,7 @@ impl Multipart {
                 .body(ByteStream::from(part))
                 .send()
                 .await
-                .map_err(|e| err(format!("{loc}: part {number}: {}", reason(&e))))?;
+                .map_err(|e| failed(format!("{loc}: part {number}"), e))?;
             // The request is gone: the buffer is ours alone again. Handed
             // back before the slot, so the writer finds it when it next waits.
             if let Ok(buf) = kept.try_into_mut() {
@@ -394,12 +391,7 @@ impl Multipart {
             )
             .send()
             .await
-            .map_err(|e| {
-                err(format!(
-                    "{location}: cannot complete the upload: {}",
-                    reason(&e)
-                ))
-            })?;
+            .map_err(|e| failed(format!("{location}: cannot complete the upload"), e))?;
         Ok(())
     }
 
@@ -425,7 +417,36 @@ fn joined(
 ) -> Result<CompletedPart, BackupError> {
     match r {
         Some(Ok(part)) => part,
-        Some(Err(e)) => Err(err(format!("upload task: {e}"))),
+        Some(Err(e)) => Err(err(format!("upload task: {e}")).with_source(e)),
         None => Err(err("upload task: nothing to wait for")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_s3::types::CompletedPart;
+
+    use super::joined;
+    use crate::backup::err;
+
+    #[test]
+    fn a_parts_task_gives_its_part_its_error_or_says_it_failed() {
+        let part = CompletedPart::builder().part_number(3).build();
+        assert_eq!(joined(Some(Ok(Ok(part.clone())))).unwrap(), part);
+        let e = joined(Some(Ok(Err(err("s3://b/x: part 3: HTTP 500"))))).unwrap_err();
+        assert_eq!(e.message(), "s3://b/x: part 3: HTTP 500");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let aborted = rt.block_on(async {
+            let t = tokio::spawn(std::future::pending::<Result<CompletedPart, _>>());
+            t.abort();
+            t.await
+        });
+        let e = joined(Some(aborted)).unwrap_err();
+        assert!(e.message().starts_with("upload task: "), "{e}");
+        assert!(e.message().contains("cancelled"), "{e}");
+        let e = joined(None).unwrap_err();
+        assert_eq!(e.message(), "upload task: nothing to wait for");
     }
 }
