@@ -595,12 +595,18 @@ fn holds(path: &Path, needle: &str) -> bool {
 /// Recovers `d` to the end of its WAL into a new data directory and starts PostgreSQL
 /// there; the rows of `t` it has, once it opened.
 fn recover_latest(dir: &Path, d: &Path, sql: &str) -> String {
+    recover_to(dir, d, "latest", sql).1
+}
+
+/// Recovers `d` to `to` into a new data directory (`recovered`) and starts PostgreSQL
+/// there; what `recover` said, and `sql`'s answer once the server opened.
+fn recover_to(dir: &Path, d: &Path, to: &str, sql: &str) -> (Run, String) {
     let data = dir.join("recovered");
     let r = backup(
         &[
             "recover",
             "--to-time",
-            "latest",
+            to,
             "--data-dir",
             data.to_str().unwrap(),
             "--dir",
@@ -617,8 +623,149 @@ fn recover_latest(dir: &Path, d: &Path, sql: &str) -> String {
             && psql_at(&socket, port, "SELECT pg_is_in_recovery()").is_some_and(|r| r == "f")
     });
     let log = std::fs::read_to_string(socket.join("recovered.log")).unwrap_or_default();
-    assert!(open, "not recovered: {log}");
-    psql_at(&socket, port, sql).unwrap_or_else(|| panic!("{sql}: {log}"))
+    assert!(open, "not recovered: {log}\n{}", r.stderr);
+    let answer = psql_at(&socket, port, sql).unwrap_or_else(|| panic!("{sql}: {log}"));
+    (r, answer)
+}
+
+/// Now, as `recover --to-time` takes it (UTC, microseconds).
+fn utc_now() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%6NZ"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// PostgreSQL recovering to a time stops only on a transaction that ended after it;
+/// at the end of the WAL short of it, it refuses to start ("recovery ended before
+/// configured recovery target was reached"). A time past the last stored transaction
+/// therefore recovers to the end of the stored WAL, saying so and when that last
+/// transaction ended: the server opens with every row.
+#[test]
+fn a_time_past_the_end_of_the_stored_wal_recovers_to_its_end_and_says_so() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+    ]);
+    let child = start_daemon(&e);
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop_daemon(child).stderr);
+    }
+    let r = backup(&["base", "--dir", d.to_str().unwrap()], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    pg.psql_db("app", "INSERT INTO t SELECT generate_series(1, 100)");
+    let last = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("SELECT pg_switch_wal()");
+    let arrived = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        !stored_wal(&d, &last).is_empty()
+    });
+    let r = stop_daemon(child);
+    assert!(arrived, "{last} not stored: {:?}\n{}", files(&d), r.stderr);
+    drop(pg);
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = utc_now();
+
+    let (r, rows) = recover_to(dir.path(), &d, &t, "SELECT count(*), max(id) FROM t");
+    assert_eq!(rows, "100|100", "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("the stored WAL ends before that time: its last transaction ended at 20"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("to the end of the stored WAL"),
+        "{}",
+        r.stderr
+    );
+    let conf = std::fs::read_to_string(dir.path().join("recovered/postgresql.auto.conf")).unwrap();
+    assert!(!conf.contains("recovery_target_time"), "{conf}");
+}
+
+/// A scheduled base backup that fails shows in the status file (`last_base_backup`,
+/// `last_failure`) and the metrics as a failure, as a failed run does; one that then
+/// succeeds shows as a success.
+#[test]
+fn a_failed_scheduled_base_backup_reaches_the_status_and_metrics() {
+    let pg = Postgres::start();
+    // The role may replicate but pg_hba.conf has no replication line: pg_basebackup
+    // is refused.
+    pg.psql("ALTER ROLE app REPLICATION");
+    pg.deny_replication_in_hba();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let status = dir.path().join("status.json");
+    let metrics = dir.path().join("metrics.prom");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        ("BACKUP_BASE_SCHEDULE", "*/2 * * * * *"),
+        ("BACKUP_STATUS_FILE", status.to_str().unwrap()),
+        ("BACKUP_METRICS_FILE", metrics.to_str().unwrap()),
+        ("RUST_LOG", "info"),
+    ]);
+    let child = start_daemon(&e);
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let json = || serde_json::from_str::<serde_json::Value>(&read(&status)).ok();
+    let failed = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        json().is_some_and(|v| v["last_base_backup"]["ok"] == false)
+            && read(&metrics).contains("dockhand_backup_base_runs_total{result=\"failure\"} ")
+    });
+    if !failed {
+        panic!(
+            "no failed base backup recorded: {}\n{}\n{}",
+            read(&status),
+            read(&metrics),
+            stop_daemon(child).stderr
+        );
+    }
+    let v = json().unwrap();
+    let reason = v["last_base_backup"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("replication"), "{v}");
+    assert!(!reason.contains(&pg.password), "{v}");
+    let failure = v["last_failure"]["reason"].as_str().unwrap_or_default();
+    assert!(failure.starts_with("base backup: "), "{v}");
+    let m = read(&metrics);
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("dockhand_backup_base_last_failure_timestamp_seconds ")
+                && !l.ends_with(" 0")
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains("dockhand_backup_base_runs_total{result=\"success\"} 0"),
+        "{m}"
+    );
+
+    // Replication allowed: the next one succeeds, and says so.
+    pg.allow_replication();
+    let ok = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        json().is_some_and(|v| v["last_base_backup"]["ok"] == true)
+    });
+    let r = stop_daemon(child);
+    assert!(ok, "{}\n{}", read(&status), r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let v = json().unwrap();
+    let name = v["last_base_backup"]["name"].as_str().unwrap_or_default();
+    assert!(name.starts_with("_base-"), "{v}");
+    assert!(base_backups(&d).iter().any(|f| f.starts_with(name)), "{v}");
+    let m = read(&metrics);
+    assert!(
+        !m.contains("dockhand_backup_base_runs_total{result=\"success\"} 0\n"),
+        "{m}"
+    );
+    assert!(r.stderr.contains("base backup failed"), "{}", r.stderr);
 }
 
 #[test]
