@@ -1289,3 +1289,156 @@ fn with_s3_alone_the_continuity_is_read_from_the_listing() {
     assert!(gap, "{}\n{}", text(), r.stderr);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
 }
+
+/// A timeline switch: the volume lost, recovered to a time and promoted (timeline 2),
+/// with the sidecar stopped meanwhile as README's runbook says and started again with
+/// its folder and spool as they were (the spool still holding the old timeline's
+/// segment being written). It streams the new timeline: the history file and its
+/// segments are stored, the stored WAL is reported continuous, and a second
+/// recovery, to the end, finds the rows written after the promotion and none of the
+/// rows the first recovery left out.
+#[test]
+fn after_a_recovery_the_sidecar_streams_the_new_timeline_and_recovers_it() {
+    let mut pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let status = dir.path().join("status.json");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        ("BACKUP_STATUS_FILE", status.to_str().unwrap()),
+        ("RUST_LOG", "info"),
+    ]);
+    let child = start_daemon(&e);
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop_daemon(child).stderr);
+    }
+    let r = backup(&["base", "--dir", d.to_str().unwrap()], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let base = r.stdout.trim().to_string();
+    pg.psql_db("app", "INSERT INTO t SELECT generate_series(1, 100)");
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = utc_now();
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.psql_db("app", "INSERT INTO t SELECT generate_series(101, 200)");
+    let last = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("SELECT pg_switch_wal()");
+    let arrived = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        !stored_wal(&d, &last).is_empty()
+    });
+    // More rows, in the next segment: the spool holds it as a partial when stopped.
+    pg.psql_db("app", "INSERT INTO t SELECT generate_series(201, 210)");
+    let next = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let spooled = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        d.join(".wal-spool")
+            .join(format!("{next}.partial"))
+            .exists()
+    });
+    let first = stop_daemon(child);
+    assert!(
+        arrived,
+        "{last} not stored: {:?}\n{}",
+        files(&d),
+        first.stderr
+    );
+    assert!(
+        spooled,
+        "{next}.partial not in the spool: {:?}\n{}",
+        files(&d.join(".wal-spool")),
+        first.stderr
+    );
+
+    // The volume is lost: recovered to T in its place, and promoted.
+    pg.stop_server();
+    let data = pg.dir.path().join("data");
+    std::fs::remove_dir_all(&data).unwrap();
+    let r = backup(
+        &[
+            "recover",
+            "--to-time",
+            &t,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--dir",
+            d.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    chown_to_service(&data);
+    pg.start_server();
+    let promoted = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        pg.psql("SELECT pg_is_in_recovery()") == "f"
+    });
+    assert!(promoted, "not promoted");
+    assert_eq!(pg.psql_db("app", "SELECT count(*) FROM t"), "100");
+    let tl2 = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    assert!(tl2.starts_with("00000002"), "{tl2}");
+    pg.psql_db("app", "INSERT INTO t SELECT generate_series(1001, 1010)");
+
+    // The sidecar again, with its folder and spool: it follows timeline 2.
+    let child = start_daemon(&e);
+    if !dockhand_tests::wait_until(Duration::from_secs(120), || streaming(&pg)) {
+        panic!(
+            "not streaming timeline 2: {:?}\n{}",
+            files(&d.join(".wal-spool")),
+            stop_daemon(child).stderr
+        );
+    }
+    let seg = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("SELECT pg_switch_wal()");
+    let json = || {
+        std::fs::read_to_string(&status)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+    };
+    let stored = dockhand_tests::wait_until(Duration::from_secs(90), || {
+        !stored_wal(&d, &seg).is_empty()
+            && !stored_wal(&d, "00000002.history").is_empty()
+            && json().is_some_and(|v| {
+                v["wal"]["continuous"] == true
+                    && v["wal"]["continuity"]
+                        .as_str()
+                        .is_some_and(|c| c.contains(" to 00000002"))
+            })
+    });
+    let second = stop_daemon(child);
+    assert!(
+        stored,
+        "{seg} or the history file not stored, or not continuous: {:?}\n{:?}\n{}",
+        files(&d),
+        json(),
+        second.stderr
+    );
+    assert_eq!(second.code, Some(0), "{}", second.stderr);
+    assert!(
+        second.stderr.contains(&format!(
+            "the server's history forked before the spool's {next}"
+        )),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        !d.join(".wal-spool")
+            .join(format!("{next}.partial"))
+            .exists(),
+        "{:?}",
+        files(&d.join(".wal-spool"))
+    );
+    let v = backup(&["verify", &base, "--dir", d.to_str().unwrap()], &[]);
+    assert_eq!(v.code, Some(0), "{}", v.output());
+    drop(pg);
+
+    // Recovered to the end: timeline 2's rows, none of the rows left behind on 1.
+    let (r, rows) = recover_to(
+        dir.path(),
+        &d,
+        "latest",
+        "SELECT count(*), count(*) FILTER (WHERE id > 1000), max(id) FROM t",
+    );
+    assert_eq!(rows, "110|10|1010", "{}", r.stderr);
+}
