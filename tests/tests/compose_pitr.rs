@@ -4,8 +4,9 @@
 //! README's recovery runbook run line by line as README shows it: recovery to a time
 //! between two commits into a new volume finds exactly the rows committed before it,
 //! first from the sidecar's folder, then from S3 alone after the folder is deleted too.
-//! README's `wal drop-slot` commands then drop the slot. The test checks that README's
-//! runbook lines are the ones it ran.
+//! After each recovery the sidecar streams again from the recovered server, on its new
+//! timeline. README's `wal drop-slot` commands then drop the slot. The test checks that
+//! README's runbook lines are the ones it ran.
 
 use std::time::Duration;
 
@@ -283,13 +284,28 @@ fn the_pitr_stack_recovers_to_a_time_from_its_folder_and_from_s3_alone() {
             }
         }
     };
+    // The sidecar streams again from the recovered server, on its new timeline.
+    let streams_again = |round: &str| {
+        assert!(
+            dockhand_tests::wait_until(Duration::from_secs(120), streaming),
+            "{round}: the sidecar does not stream from the recovered server: {}",
+            p.0.ok(&["logs", "db-backup"])
+        );
+        assert_ne!(
+            p.psql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"),
+            "00000001",
+            "{round}: not a new timeline"
+        );
+    };
     recover(&[], "from the folder");
+    streams_again("from the folder");
 
     // Round 2: the sidecar's folder is gone too; from S3 alone.
     p.0.ok(&["stop", "db-backup"]);
     p.0.ok(&["rm", "-f", "db-backup"]);
     docker(&["volume", "rm", &format!("{name}_backups")]);
     recover(&["--from", "s3"], "from S3 alone");
+    streams_again("from S3 alone");
 
     // README's drop-slot commands: the slot is gone.
     for line in &RUNBOOK[..2] {
