@@ -158,3 +158,95 @@ pub fn docker0_address() -> String {
         .expect("docker0 has no IPv4 address")
         .to_string()
 }
+
+/// moto on the docker0 address, where containers reach the host (host-gateway, as
+/// `host.docker.internal`), stopped when dropped.
+pub struct HostS3 {
+    pub endpoint_for_containers: String,
+    pub host_url: String,
+    _moto: crate::proc::Service,
+}
+
+/// Starts [`HostS3`].
+pub fn host_s3() -> HostS3 {
+    let ip = docker0_address();
+    let port = crate::free_port();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--pdeathsig", "KILL", "--"])
+        .arg(crate::bins::root().join(".venv/bin/moto_server"))
+        .args(["-H", &ip, "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let moto = crate::proc::Service::spawn("moto_server", cmd, nix::sys::signal::Signal::SIGTERM);
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    assert!(crate::wait_until(
+        std::time::Duration::from_secs(60),
+        || {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+                .is_ok()
+        }
+    ));
+    HostS3 {
+        endpoint_for_containers: format!("http://host.docker.internal:{port}"),
+        host_url: format!("http://{ip}:{port}"),
+        _moto: moto,
+    }
+}
+
+impl HostS3 {
+    /// A new bucket (moto reads the key id, not the signature); returns its name.
+    pub fn bucket(&self) -> String {
+        let bucket = format!("backups-{}", crate::token(8));
+        let created = Command::new("curl")
+            .args(["-sf", "-X", "PUT", &format!("{}/{bucket}", self.host_url)])
+            .args(["-H", "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00"])
+            .status()
+            .unwrap();
+        assert!(created.success(), "creating the bucket {bucket}");
+        bucket
+    }
+}
+
+/// A compose project run with docker-compose (its `docker compose` commands as users
+/// type them), taken down with its volumes and local images when dropped.
+pub struct Project {
+    pub dir: PathBuf,
+    pub name: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl Project {
+    /// Runs `docker-compose -p NAME ARGS` in the project's folder with its environment.
+    pub fn compose(&self, args: &[&str]) -> Output {
+        Command::new("docker-compose")
+            .arg("-p")
+            .arg(&self.name)
+            .args(args)
+            .current_dir(&self.dir)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("DOCKER_BUILDKIT", "0")
+            .env("COMPOSE_DOCKER_CLI_BUILD", "0")
+            .stdin(Stdio::null())
+            .output()
+            .expect("docker-compose (scripts/setup installs it)")
+    }
+
+    /// [`Project::compose`], panicking with its output when it fails; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.compose(args);
+        assert!(
+            out.status.success(),
+            "docker-compose {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self.compose(&["down", "-v", "--rmi", "local", "-t", "1"]);
+    }
+}

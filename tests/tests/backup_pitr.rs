@@ -595,12 +595,18 @@ fn holds(path: &Path, needle: &str) -> bool {
 /// Recovers `d` to the end of its WAL into a new data directory and starts PostgreSQL
 /// there; the rows of `t` it has, once it opened.
 fn recover_latest(dir: &Path, d: &Path, sql: &str) -> String {
+    recover_to(dir, d, "latest", sql).1
+}
+
+/// Recovers `d` to `to` into a new data directory (`recovered`) and starts PostgreSQL
+/// there; what `recover` said, and `sql`'s answer once the server opened.
+fn recover_to(dir: &Path, d: &Path, to: &str, sql: &str) -> (Run, String) {
     let data = dir.join("recovered");
     let r = backup(
         &[
             "recover",
             "--to-time",
-            "latest",
+            to,
             "--data-dir",
             data.to_str().unwrap(),
             "--dir",
@@ -617,8 +623,149 @@ fn recover_latest(dir: &Path, d: &Path, sql: &str) -> String {
             && psql_at(&socket, port, "SELECT pg_is_in_recovery()").is_some_and(|r| r == "f")
     });
     let log = std::fs::read_to_string(socket.join("recovered.log")).unwrap_or_default();
-    assert!(open, "not recovered: {log}");
-    psql_at(&socket, port, sql).unwrap_or_else(|| panic!("{sql}: {log}"))
+    assert!(open, "not recovered: {log}\n{}", r.stderr);
+    let answer = psql_at(&socket, port, sql).unwrap_or_else(|| panic!("{sql}: {log}"));
+    (r, answer)
+}
+
+/// Now, as `recover --to-time` takes it (UTC, microseconds).
+fn utc_now() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%6NZ"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// PostgreSQL recovering to a time stops only on a transaction that ended after it;
+/// at the end of the WAL short of it, it refuses to start ("recovery ended before
+/// configured recovery target was reached"). A time past the last stored transaction
+/// therefore recovers to the end of the stored WAL, saying so and when that last
+/// transaction ended: the server opens with every row.
+#[test]
+fn a_time_past_the_end_of_the_stored_wal_recovers_to_its_end_and_says_so() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+    ]);
+    let child = start_daemon(&e);
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop_daemon(child).stderr);
+    }
+    let r = backup(&["base", "--dir", d.to_str().unwrap()], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    pg.psql_db("app", "INSERT INTO t SELECT generate_series(1, 100)");
+    let last = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("SELECT pg_switch_wal()");
+    let arrived = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        !stored_wal(&d, &last).is_empty()
+    });
+    let r = stop_daemon(child);
+    assert!(arrived, "{last} not stored: {:?}\n{}", files(&d), r.stderr);
+    drop(pg);
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = utc_now();
+
+    let (r, rows) = recover_to(dir.path(), &d, &t, "SELECT count(*), max(id) FROM t");
+    assert_eq!(rows, "100|100", "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("the stored WAL ends before that time: its last transaction ended at 20"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("to the end of the stored WAL"),
+        "{}",
+        r.stderr
+    );
+    let conf = std::fs::read_to_string(dir.path().join("recovered/postgresql.auto.conf")).unwrap();
+    assert!(!conf.contains("recovery_target_time"), "{conf}");
+}
+
+/// A scheduled base backup that fails shows in the status file (`last_base_backup`,
+/// `last_failure`) and the metrics as a failure, as a failed run does; one that then
+/// succeeds shows as a success.
+#[test]
+fn a_failed_scheduled_base_backup_reaches_the_status_and_metrics() {
+    let pg = Postgres::start();
+    // The role may replicate but pg_hba.conf has no replication line: pg_basebackup
+    // is refused.
+    pg.psql("ALTER ROLE app REPLICATION");
+    pg.deny_replication_in_hba();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let status = dir.path().join("status.json");
+    let metrics = dir.path().join("metrics.prom");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        ("BACKUP_BASE_SCHEDULE", "*/2 * * * * *"),
+        ("BACKUP_STATUS_FILE", status.to_str().unwrap()),
+        ("BACKUP_METRICS_FILE", metrics.to_str().unwrap()),
+        ("RUST_LOG", "info"),
+    ]);
+    let child = start_daemon(&e);
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let json = || serde_json::from_str::<serde_json::Value>(&read(&status)).ok();
+    let failed = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        json().is_some_and(|v| v["last_base_backup"]["ok"] == false)
+            && read(&metrics).contains("dockhand_backup_base_runs_total{result=\"failure\"} ")
+    });
+    if !failed {
+        panic!(
+            "no failed base backup recorded: {}\n{}\n{}",
+            read(&status),
+            read(&metrics),
+            stop_daemon(child).stderr
+        );
+    }
+    let v = json().unwrap();
+    let reason = v["last_base_backup"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("replication"), "{v}");
+    assert!(!reason.contains(&pg.password), "{v}");
+    let failure = v["last_failure"]["reason"].as_str().unwrap_or_default();
+    assert!(failure.starts_with("base backup: "), "{v}");
+    let m = read(&metrics);
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("dockhand_backup_base_last_failure_timestamp_seconds ")
+                && !l.ends_with(" 0")
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains("dockhand_backup_base_runs_total{result=\"success\"} 0"),
+        "{m}"
+    );
+
+    // Replication allowed: the next one succeeds, and says so.
+    pg.allow_replication();
+    let ok = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        json().is_some_and(|v| v["last_base_backup"]["ok"] == true)
+    });
+    let r = stop_daemon(child);
+    assert!(ok, "{}\n{}", read(&status), r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let v = json().unwrap();
+    let name = v["last_base_backup"]["name"].as_str().unwrap_or_default();
+    assert!(name.starts_with("_base-"), "{v}");
+    assert!(base_backups(&d).iter().any(|f| f.starts_with(name)), "{v}");
+    let m = read(&metrics);
+    assert!(
+        !m.contains("dockhand_backup_base_runs_total{result=\"success\"} 0\n"),
+        "{m}"
+    );
+    assert!(r.stderr.contains("base backup failed"), "{}", r.stderr);
 }
 
 #[test]
@@ -1141,4 +1288,157 @@ fn with_s3_alone_the_continuity_is_read_from_the_listing() {
     let r = stop_daemon(child);
     assert!(gap, "{}\n{}", text(), r.stderr);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
+}
+
+/// A timeline switch: the volume lost, recovered to a time and promoted (timeline 2),
+/// with the sidecar stopped meanwhile as README's runbook says and started again with
+/// its folder and spool as they were (the spool still holding the old timeline's
+/// segment being written). It streams the new timeline: the history file and its
+/// segments are stored, the stored WAL is reported continuous, and a second
+/// recovery, to the end, finds the rows written after the promotion and none of the
+/// rows the first recovery left out.
+#[test]
+fn after_a_recovery_the_sidecar_streams_the_new_timeline_and_recovers_it() {
+    let mut pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let status = dir.path().join("status.json");
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        ("BACKUP_STATUS_FILE", status.to_str().unwrap()),
+        ("RUST_LOG", "info"),
+    ]);
+    let child = start_daemon(&e);
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop_daemon(child).stderr);
+    }
+    let r = backup(&["base", "--dir", d.to_str().unwrap()], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let base = r.stdout.trim().to_string();
+    pg.psql_db("app", "INSERT INTO t SELECT generate_series(1, 100)");
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = utc_now();
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.psql_db("app", "INSERT INTO t SELECT generate_series(101, 200)");
+    let last = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("SELECT pg_switch_wal()");
+    let arrived = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        !stored_wal(&d, &last).is_empty()
+    });
+    // More rows, in the next segment: the spool holds it as a partial when stopped.
+    pg.psql_db("app", "INSERT INTO t SELECT generate_series(201, 210)");
+    let next = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let spooled = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        d.join(".wal-spool")
+            .join(format!("{next}.partial"))
+            .exists()
+    });
+    let first = stop_daemon(child);
+    assert!(
+        arrived,
+        "{last} not stored: {:?}\n{}",
+        files(&d),
+        first.stderr
+    );
+    assert!(
+        spooled,
+        "{next}.partial not in the spool: {:?}\n{}",
+        files(&d.join(".wal-spool")),
+        first.stderr
+    );
+
+    // The volume is lost: recovered to T in its place, and promoted.
+    pg.stop_server();
+    let data = pg.dir.path().join("data");
+    std::fs::remove_dir_all(&data).unwrap();
+    let r = backup(
+        &[
+            "recover",
+            "--to-time",
+            &t,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--dir",
+            d.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    chown_to_service(&data);
+    pg.start_server();
+    let promoted = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        pg.psql("SELECT pg_is_in_recovery()") == "f"
+    });
+    assert!(promoted, "not promoted");
+    assert_eq!(pg.psql_db("app", "SELECT count(*) FROM t"), "100");
+    let tl2 = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    assert!(tl2.starts_with("00000002"), "{tl2}");
+    pg.psql_db("app", "INSERT INTO t SELECT generate_series(1001, 1010)");
+
+    // The sidecar again, with its folder and spool: it follows timeline 2.
+    let child = start_daemon(&e);
+    if !dockhand_tests::wait_until(Duration::from_secs(120), || streaming(&pg)) {
+        panic!(
+            "not streaming timeline 2: {:?}\n{}",
+            files(&d.join(".wal-spool")),
+            stop_daemon(child).stderr
+        );
+    }
+    let seg = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    pg.psql("SELECT pg_switch_wal()");
+    let json = || {
+        std::fs::read_to_string(&status)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+    };
+    let stored = dockhand_tests::wait_until(Duration::from_secs(90), || {
+        !stored_wal(&d, &seg).is_empty()
+            && !stored_wal(&d, "00000002.history").is_empty()
+            && json().is_some_and(|v| {
+                v["wal"]["continuous"] == true
+                    && v["wal"]["continuity"]
+                        .as_str()
+                        .is_some_and(|c| c.contains(" to 00000002"))
+            })
+    });
+    let second = stop_daemon(child);
+    assert!(
+        stored,
+        "{seg} or the history file not stored, or not continuous: {:?}\n{:?}\n{}",
+        files(&d),
+        json(),
+        second.stderr
+    );
+    assert_eq!(second.code, Some(0), "{}", second.stderr);
+    assert!(
+        second.stderr.contains(&format!(
+            "the server's history forked before the spool's {next}"
+        )),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        !d.join(".wal-spool")
+            .join(format!("{next}.partial"))
+            .exists(),
+        "{:?}",
+        files(&d.join(".wal-spool"))
+    );
+    let v = backup(&["verify", &base, "--dir", d.to_str().unwrap()], &[]);
+    assert_eq!(v.code, Some(0), "{}", v.output());
+    drop(pg);
+
+    // Recovered to the end: timeline 2's rows, none of the rows left behind on 1.
+    let (r, rows) = recover_to(
+        dir.path(),
+        &d,
+        "latest",
+        "SELECT count(*), count(*) FILTER (WHERE id > 1000), max(id) FROM t",
+    );
+    assert_eq!(rows, "110|10|1010", "{}", r.stderr);
 }

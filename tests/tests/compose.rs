@@ -10,47 +10,8 @@ use std::time::{Duration, Instant};
 
 use dockhand_tests::bins::root;
 use dockhand_tests::docker::{
-    docker0_address, docker_text, dockhand_image, stack, test_images as images, unavailable,
+    docker_text, dockhand_image, host_s3, stack, test_images as images, unavailable, Project,
 };
-
-struct Project {
-    dir: std::path::PathBuf,
-    name: String,
-    env: Vec<(String, String)>,
-}
-
-impl Project {
-    fn compose(&self, args: &[&str]) -> std::process::Output {
-        Command::new("docker-compose")
-            .arg("-p")
-            .arg(&self.name)
-            .args(args)
-            .current_dir(&self.dir)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("DOCKER_BUILDKIT", "0")
-            .env("COMPOSE_DOCKER_CLI_BUILD", "0")
-            .output()
-            .expect("docker-compose (scripts/setup installs it)")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.compose(args);
-        assert!(
-            out.status.success(),
-            "docker-compose {}: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        let _ = self.compose(&["down", "-v", "--rmi", "local", "-t", "1"]);
-    }
-}
 
 #[test]
 fn the_minimal_stack_runs_as_written() {
@@ -114,35 +75,6 @@ fn the_minimal_stack_runs_as_written() {
     assert!(!all.contains(&password), "a password leaked into the logs");
 }
 
-/// moto on the docker0 address, where containers reach the host (host-gateway).
-struct HostS3 {
-    endpoint_for_containers: String,
-    host_url: String,
-    _moto: dockhand_tests::proc::Service,
-}
-
-fn host_s3() -> HostS3 {
-    let ip = docker0_address();
-    let port = dockhand_tests::free_port();
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--pdeathsig", "KILL", "--"])
-        .arg(root().join(".venv/bin/moto_server"))
-        .args(["-H", &ip, "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let moto =
-        dockhand_tests::proc::Service::spawn("moto_server", cmd, nix::sys::signal::Signal::SIGTERM);
-    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
-    assert!(dockhand_tests::wait_until(Duration::from_secs(60), || {
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-    }));
-    HostS3 {
-        endpoint_for_containers: format!("http://host.docker.internal:{port}"),
-        host_url: format!("http://{ip}:{port}"),
-        _moto: moto,
-    }
-}
-
 #[test]
 fn the_full_stack_runs_as_written() {
     if unavailable() {
@@ -176,14 +108,7 @@ fn the_full_stack_runs_as_written() {
         .find_map(|l| l.strip_prefix("# public key: ").map(String::from))
         .unwrap();
     let s3 = host_s3();
-    // the bucket (moto reads the key id, not the signature)
-    let bucket = format!("backups-{}", dockhand_tests::token(8));
-    let created = Command::new("curl")
-        .args(["-sf", "-X", "PUT", &format!("{}/{bucket}", s3.host_url)])
-        .args(["-H", "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00"])
-        .status()
-        .unwrap();
-    assert!(created.success());
+    let bucket = s3.bucket();
     let mut env = images();
     env.push(("DOCKHAND_IMAGE".into(), dockhand.image.clone()));
     env.push(("BACKUP_AGE_RECIPIENT".into(), recipient));

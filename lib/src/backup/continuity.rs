@@ -88,22 +88,56 @@ pub fn check_names(bases: &[&Manifest], wal: &[&str], base: Option<&str>) -> Opt
             Some((segment_of_lsn(&w.start)?, w.timeline, m.name.clone()))
         })
         .min()?;
-    let mut stored: Vec<(u64, u32)> = wal
+    let stored: std::collections::HashSet<(u64, u32)> = wal
         .iter()
         .filter_map(|name| segment(stored_file(name)?.0))
         .map(|(t, s)| (s, t))
         .filter(|(s, t)| *s >= start && *t >= tli)
         .collect();
-    stored.sort();
-    stored.dedup_by_key(|(s, _)| *s);
-    let newest = stored.last().map(|(s, t)| name(*t, *s));
-    let mut gaps = Vec::new();
-    let mut expected = start;
+    // After a timeline switch (a recovery that promoted), recovery follows the newest
+    // timeline from where it begins: each segment is expected on the newest timeline
+    // stored from that segment or before, and an older timeline's segments past that
+    // point belong to the history left behind.
+    let mut first_of: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
     for (s, t) in &stored {
-        if *s > expected {
-            gaps.push((name(*t, expected), name(*t, s - 1)));
+        let f = first_of.entry(*t).or_insert(*s);
+        *f = (*f).min(*s);
+    }
+    let expected_tli = |s: u64| {
+        first_of
+            .iter()
+            .filter(|(_, f)| **f <= s)
+            .map(|(t, _)| *t)
+            .max()
+            .unwrap_or(tli)
+    };
+    let last = stored
+        .iter()
+        .filter(|(s, t)| *t == expected_tli(*s))
+        .map(|(s, _)| *s)
+        .max();
+    let newest = last.map(|s| name(expected_tli(s), s));
+    let mut gaps: Vec<(String, String)> = Vec::new();
+    let mut open: Option<(u32, u64, u64)> = None;
+    for s in last.into_iter().flat_map(|last| start..=last) {
+        let t = expected_tli(s);
+        if stored.contains(&(s, t)) {
+            if let Some((t, a, b)) = open.take() {
+                gaps.push((name(t, a), name(t, b)));
+            }
+        } else {
+            open = match open {
+                Some((ot, a, _)) if ot == t => Some((t, a, s)),
+                Some((ot, a, b)) => {
+                    gaps.push((name(ot, a), name(ot, b)));
+                    Some((t, s, s))
+                }
+                None => Some((t, s, s)),
+            };
         }
-        expected = s + 1;
+    }
+    if let Some((t, a, b)) = open {
+        gaps.push((name(t, a), name(t, b)));
     }
     Some(Continuity { base, newest, gaps })
 }
@@ -161,6 +195,30 @@ mod tests {
         );
         let c = check(&[&base], None).unwrap();
         assert!(!c.is_continuous() && c.describe().contains("no WAL segment"));
+        // A recovery promoted timeline 2 in segment 4: from there on, timeline 2's
+        // segments are the ones recovery replays; timeline 1's later ones are left
+        // behind and fill no gap.
+        let on = |tli: u32, n: u32| {
+            m(
+                &format!("_wal-{tli:08X}0000000000000{n:03X}-20260101T000000.000Z-abcd"),
+                Content::Wal,
+            )
+        };
+        let (a3, a4, a5, a6) = (on(1, 3), on(1, 4), on(1, 5), on(1, 6));
+        let (b4, b5, b7) = (on(2, 4), on(2, 5), on(2, 7));
+        let c = check(&[&base, &a3, &a4, &a5, &a6, &b4, &b5], None).unwrap();
+        assert!(c.is_continuous(), "{c:?}");
+        assert_eq!(c.newest.as_deref(), Some("000000020000000000000005"));
+        let c = check(&[&base, &a3, &a4, &a5, &a6, &b4, &b7], None).unwrap();
+        assert_eq!(
+            c.gaps,
+            [(
+                "000000020000000000000005".to_string(),
+                "000000020000000000000006".to_string()
+            )],
+            "{c:?}"
+        );
+        assert_eq!(c.newest.as_deref(), Some("000000020000000000000007"));
         assert_eq!(check(&[&s3], None), None);
     }
 }

@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::catalog::{self, Backup, Reading, Side};
 use super::manifest::Content;
@@ -51,6 +51,9 @@ pub fn parse_target(s: &str) -> Result<Target, crate::config::ConfigError> {
 pub struct Recovered {
     pub base: String,
     pub wal_files: usize,
+    /// Set when the time given is past the last transaction stored: why recovery goes
+    /// to the end of the stored WAL instead.
+    pub to_end: Option<String>,
 }
 
 /// Recovers into `dir` (which must be missing or empty).
@@ -95,6 +98,10 @@ pub fn recover(
         .recursive(true)
         .mode(0o700)
         .create(dir)
+        .map_err(super::io_err(dir))?;
+    // PostgreSQL starts only on a data directory of mode 0700 or 0750; a new volume's
+    // root is often more open (the official image's PGDATA is 1777).
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .map_err(super::io_err(dir))?;
     info!(
         "recovering from base backup {} into {}",
@@ -169,12 +176,40 @@ pub fn recover(
         )));
     }
 
+    // PostgreSQL stops at a time only on a transaction that ended after it: a time past
+    // the last one stored would end recovery with "recovery ended before configured
+    // recovery target was reached" and a server that will not start. Everything stored
+    // was committed before such a time, so that is recovering to the end.
+    let mut to_end = None;
+    if let Target::Time(secs, micros) = target {
+        let wanted = i128::from(*secs) * 1_000_000 + i128::from(*micros);
+        match last_transaction(&wal_dir, &fetched, &m.server_version) {
+            LastTransaction::At(last) if last < wanted => {
+                let said = format!(
+                    "the stored WAL ends before that time: its last transaction ended at {}",
+                    format_micros(last)
+                );
+                warn!("{said}; recovering to the end of the stored WAL (everything stored was committed before the time given)");
+                to_end = Some(said);
+            }
+            LastTransaction::At(_) => {}
+            LastTransaction::None => {
+                let said = "no transaction ended in the stored WAL after the base backup".to_string();
+                warn!("{said}; recovering to the end of the stored WAL");
+                to_end = Some(said);
+            }
+            LastTransaction::Unknown(why) => warn!(
+                "cannot tell where the stored WAL ends ({why}): should PostgreSQL stop with \"recovery ended before configured recovery target was reached\", the time is past the end of the stored WAL: recover again with --to-time latest"
+            ),
+        }
+    }
+
     std::fs::write(dir.join("recovery.signal"), b"").map_err(super::io_err(dir))?;
     let mut conf = format!(
         "\n# dockhand recover, from base backup {}\nrestore_command = 'cp \"dockhand_wal/%f\" \"%p\"'\nrecovery_target_action = 'promote'\n",
         m.name
     );
-    if let Target::Time(secs, micros) = target {
+    if let (Target::Time(secs, micros), None) = (target, &to_end) {
         let t = chrono::DateTime::from_timestamp(*secs, micros * 1000).unwrap_or_default();
         conf.push_str(&format!(
             "recovery_target_time = '{}'\n",
@@ -192,7 +227,117 @@ pub fn recover(
     Ok(Recovered {
         base: m.name.clone(),
         wal_files: fetched.len(),
+        to_end,
     })
+}
+
+/// Where the stored WAL's transactions end.
+#[derive(Debug, PartialEq, Eq)]
+enum LastTransaction {
+    /// The last commit or abort, unix microseconds.
+    At(i128),
+    /// pg_waldump read every segment and found none.
+    None,
+    /// pg_waldump could not tell (missing, another major, a segment it cannot read).
+    Unknown(String),
+}
+
+/// The time of the last transaction (commit or abort: what `recovery_target_time`
+/// stops on) in the fetched segments, newest first, read with `pg_waldump` of the
+/// server's major (beside its `pg_dump`).
+fn last_transaction(
+    wal_dir: &Path,
+    fetched: &std::collections::BTreeSet<String>,
+    server_version: &str,
+) -> LastTransaction {
+    let Some(major) = server_version
+        .split(['.', ' '])
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+    else {
+        return LastTransaction::Unknown(format!(
+            "the base backup's server version {server_version:?}"
+        ));
+    };
+    let tools = match super::dump::find_tools(major) {
+        Ok(t) if t.major == major => t,
+        Ok(t) => {
+            return LastTransaction::Unknown(format!(
+                "pg_waldump {major} is not installed, only {}",
+                t.major
+            ))
+        }
+        Err(e) => return LastTransaction::Unknown(e.to_string()),
+    };
+    let waldump = tools.pg_dump.with_file_name("pg_waldump");
+    let mut segments: Vec<(u64, u32, &String)> = fetched
+        .iter()
+        .filter_map(|f| segment(f).map(|(tli, seg)| (seg, tli, f)))
+        .collect();
+    segments.sort();
+    for (_, _, file) in segments.iter().rev() {
+        let out = std::process::Command::new(&waldump)
+            .arg(wal_dir.join(file))
+            .env("TZ", "UTC")
+            .env("LC_ALL", "C")
+            .stdin(std::process::Stdio::null())
+            .output();
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                return LastTransaction::Unknown(format!(
+                    "{}: {}",
+                    waldump.display(),
+                    crate::error::io_reason(&e)
+                ))
+            }
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        // A segment stored as a partial ends in an error after its last record; a
+        // segment pg_waldump cannot read at all prints no record.
+        if !out.status.success() && !text.contains("rmgr: ") {
+            return LastTransaction::Unknown(format!(
+                "pg_waldump {file}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        if let Some(t) = text.lines().rev().find_map(transaction_end) {
+            return LastTransaction::At(t);
+        }
+    }
+    LastTransaction::None
+}
+
+/// The end time of a transaction in one line of pg_waldump's output (run with
+/// `TZ=UTC`): `desc: COMMIT 2026-12-07 16:05:00.123456 UTC`, or ABORT, or either of
+/// a prepared transaction; unix microseconds.
+fn transaction_end(line: &str) -> Option<i128> {
+    let desc = line.split_once("desc: ")?.1;
+    let rest = ["COMMIT ", "ABORT ", "COMMIT_PREPARED ", "ABORT_PREPARED "]
+        .iter()
+        .find_map(|k| desc.strip_prefix(k))?;
+    // COMMIT_PREPARED's description names the transaction first: "5: 2026-..."
+    let rest = rest.split_once(": ").map_or(rest, |(a, b)| {
+        if a.chars().all(|c| c.is_ascii_digit()) {
+            b
+        } else {
+            rest
+        }
+    });
+    let stamp = rest.get(..26)?;
+    let t = chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d %H:%M:%S%.6f").ok()?;
+    let t = t.and_utc();
+    Some(i128::from(t.timestamp()) * 1_000_000 + i128::from(t.timestamp_subsec_micros()))
+}
+
+/// Unix microseconds as RFC 3339 UTC.
+fn format_micros(t: i128) -> String {
+    let secs = i64::try_from(t.div_euclid(1_000_000)).unwrap_or_default();
+    let micros = u32::try_from(t.rem_euclid(1_000_000)).unwrap_or_default();
+    chrono::DateTime::from_timestamp(secs, micros * 1000)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
 }
 
 /// Decodes one stored file into `path`, checked against its manifest before it gets
@@ -243,5 +388,23 @@ mod tests {
         assert_eq!(segment("00000002.history"), None);
         assert_eq!(segment_of_lsn("1/3000028"), Some(0x103));
         assert_eq!(segment_of_lsn("0/2FFFFFF"), Some(2));
+    }
+
+    #[test]
+    fn transaction_ends_in_pg_waldump_lines() {
+        let commit = "rmgr: Transaction len (rec/tot):     34/    34, tx:        745, lsn: 0/03000108, prev 0/030000D0, desc: COMMIT 2026-12-07 16:05:00.123456 UTC";
+        let t = transaction_end(commit).unwrap();
+        assert_eq!(format_micros(t), "2026-12-07T16:05:00.123456Z");
+        let abort = "rmgr: Transaction len (rec/tot): 34/34, tx: 746, lsn: 0/03000140, prev 0/03000108, desc: ABORT 2026-12-07 16:05:01.000001 UTC";
+        assert_eq!(transaction_end(abort), Some(t + 1_000_000 - 123_455));
+        let prepared = "rmgr: Transaction len (rec/tot): 50/50, tx: 0, lsn: 0/03000180, prev 0/03000140, desc: COMMIT_PREPARED 747: 2026-12-07 16:05:02.000000 UTC";
+        assert!(transaction_end(prepared).is_some());
+        for other in [
+            "rmgr: Standby len (rec/tot): 50/50, tx: 0, lsn: 0/030001B0, prev 0/03000180, desc: RUNNING_XACTS nextXid 748",
+            "rmgr: Heap len (rec/tot): 54/54, tx: 745, desc: INSERT off: 3, flags: 0x08",
+            "pg_waldump: error: error in WAL record at 0/3000108: invalid record length",
+        ] {
+            assert_eq!(transaction_end(other), None, "{other}");
+        }
     }
 }

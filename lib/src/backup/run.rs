@@ -414,6 +414,36 @@ impl Runner {
     /// One base backup of the cluster (`backup base`): `pg_basebackup` of the server's
     /// major to every destination, under the folder lock of the base backups.
     pub fn base(&self) -> Result<Outcome, BackupError> {
+        let made = self.base_inner();
+        let s = &self.settings;
+        if s.status_file.is_some() || s.metrics_file.is_some() {
+            // A copy that failed in one destination is a failure too, as for a run.
+            let reason = match &made {
+                Ok(o) if o.errors.is_empty() => None,
+                Ok(o) => Some(format!(
+                    "{} incomplete: {}",
+                    o.manifest.name,
+                    o.errors.join("; ")
+                )),
+                Err(e) => Some(e.to_string()),
+            };
+            let recorded = status::base(
+                s.status_file.as_deref(),
+                s.metrics_file.as_deref(),
+                match (&made, &reason) {
+                    (Ok(o), None) => Ok(o.manifest.name.as_str()),
+                    (_, Some(r)) => Err(r.as_str()),
+                    (Err(_), None) => Err(""),
+                },
+            );
+            if let Err(e) = recorded {
+                warn!("recording the base backup in the status or metrics file: {e}");
+            }
+        }
+        made
+    }
+
+    fn base_inner(&self) -> Result<Outcome, BackupError> {
         let (target, server, tools) = self.server()?;
         self.clean_up_remote(&[]);
         let d = self.destinations();

@@ -195,16 +195,101 @@ pub fn metrics(path: &Path, run: &RunMetrics) -> Result<(), BackupError> {
          dockhand_backup_runs_total{{result=\"failure\"}} {failed}\n",
         run.seconds, run.bytes
     );
-    // the drill's and the WAL's lines, written by [`drill_metrics`] and
-    // [`wal_metrics`], are kept
+    // the drill's, the WAL's and the base backups' lines, written by
+    // [`drill_metrics`], [`wal_metrics`] and [`base`], are kept
     let mut text = text;
-    for l in old.lines().filter(|l| is_drill_line(l) || is_wal_line(l)) {
+    for l in old
+        .lines()
+        .filter(|l| is_drill_line(l) || is_wal_line(l) || is_base_line(l))
+    {
         text.push_str(l);
         text.push('\n');
     }
     // 0644: node_exporter usually runs as another user, and the file holds counts and
     // times only. (The status file, which may hold an error's text, stays 0600.)
     write_atomic_public(path, text.as_bytes()).map_err(io_err(path))
+}
+
+/// Records a base backup (`backup base`, or the daemon's `BACKUP_BASE_SCHEDULE`) in
+/// the status file (`last_base_backup`, and `last_failure` when it failed, as a failed
+/// run) and the metrics file (`dockhand_backup_base_*`), keeping the file's date:
+/// `made` is the backup's name, or `Err` with the reason it failed.
+pub fn base(
+    status: Option<&Path>,
+    metrics: Option<&Path>,
+    made: Result<&str, &str>,
+) -> Result<(), BackupError> {
+    let _held = lock();
+    let t = now();
+    if let Some(path) = status {
+        let mut v = read(path);
+        v["last_base_backup"] = match made {
+            Ok(name) => serde_json::json!({
+                "time": crate::time::rfc3339(t, 0),
+                "unix": t,
+                "ok": true,
+                "name": name,
+            }),
+            Err(reason) => serde_json::json!({
+                "time": crate::time::rfc3339(t, 0),
+                "unix": t,
+                "ok": false,
+                "reason": crate::redact::text(reason),
+            }),
+        };
+        if let Err(reason) = made {
+            v["last_failure"] = serde_json::json!({
+                "time": crate::time::rfc3339(t, 0),
+                "unix": t,
+                "reason": crate::redact::text(&format!("base backup: {reason}")),
+            });
+        }
+        save(path, &v, Some(dated(&v)))?;
+    }
+    if let Some(path) = metrics {
+        let old = std::fs::read_to_string(path).unwrap_or_default();
+        let value = |name: &str| -> f64 {
+            old.lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0.0)
+        };
+        let mut ok = value("dockhand_backup_base_runs_total{result=\"success\"}");
+        let mut failed = value("dockhand_backup_base_runs_total{result=\"failure\"}");
+        let mut last_ok = value("dockhand_backup_base_last_success_timestamp_seconds");
+        let mut last_fail = value("dockhand_backup_base_last_failure_timestamp_seconds");
+        if made.is_ok() {
+            ok += 1.0;
+            last_ok = t as f64;
+        } else {
+            failed += 1.0;
+            last_fail = t as f64;
+        }
+        let mut text: String = old
+            .lines()
+            .filter(|l| !is_base_line(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        text.push_str(&format!(
+            "# HELP dockhand_backup_base_last_success_timestamp_seconds Unix time of the last successful base backup.\n\
+             # TYPE dockhand_backup_base_last_success_timestamp_seconds gauge\n\
+             dockhand_backup_base_last_success_timestamp_seconds {last_ok}\n\
+             # HELP dockhand_backup_base_last_failure_timestamp_seconds Unix time of the last failed base backup.\n\
+             # TYPE dockhand_backup_base_last_failure_timestamp_seconds gauge\n\
+             dockhand_backup_base_last_failure_timestamp_seconds {last_fail}\n\
+             # HELP dockhand_backup_base_runs_total Base backups by result.\n\
+             # TYPE dockhand_backup_base_runs_total counter\n\
+             dockhand_backup_base_runs_total{{result=\"success\"}} {ok}\n\
+             dockhand_backup_base_runs_total{{result=\"failure\"}} {failed}\n"
+        ));
+        write_atomic_public(path, text.as_bytes()).map_err(io_err(path))?;
+    }
+    Ok(())
+}
+
+/// A line of the metrics file that [`base`] writes.
+fn is_base_line(l: &str) -> bool {
+    l.contains("dockhand_backup_base_")
 }
 
 /// A line of the metrics file that [`drill_metrics`] writes.

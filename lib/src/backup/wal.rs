@@ -199,6 +199,9 @@ fn supervise(
         match child.try_wait() {
             Ok(Some(status)) => {
                 let said = messages.join().unwrap_or_default();
+                if forked(&said) {
+                    wal.set_aside_forked(partials);
+                }
                 return Err(super::err(format!(
                     "pg_receivewal exited ({status}): {}",
                     super::base::explain(&said)
@@ -555,6 +558,57 @@ impl Wal<'_> {
             }
         }
         partials.last = Some(Instant::now());
+    }
+}
+
+/// True when pg_receivewal was refused because the spool's position is not on the
+/// server's history: the server was recovered to an earlier point and promoted (a new
+/// timeline forked before it), or is behind it.
+fn forked(said: &str) -> bool {
+    said.contains("not in this server's history")
+        || said.contains("ahead of the WAL flush position of this server")
+}
+
+impl Wal<'_> {
+    /// After a fork ([`forked`]): the spool's partial segments, which pg_receivewal
+    /// would start from again, belong to the old history. Each is stored (as it would
+    /// be at any stop) and then leaves the spool, so the next start begins at the
+    /// slot's position on the server's own timeline (pg_receivewal then fetches that
+    /// timeline's history file). One not stored everywhere is kept beside, renamed
+    /// `.forked`, for a person to look at.
+    fn set_aside_forked(&self, partials: &mut Partials) {
+        self.ship(partials);
+        partials.written.retain(|_, _| false);
+        self.ship_partial(partials, true);
+        let Ok(entries) = std::fs::read_dir(self.spool) else {
+            return;
+        };
+        for name in entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+        {
+            let Some(segment) = partial_segment(&name) else {
+                continue;
+            };
+            let path = self.spool.join(&name);
+            let stored = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| partials.written.get(segment) == Some(&m));
+            let done = if stored {
+                std::fs::remove_file(&path)
+            } else {
+                std::fs::rename(&path, self.spool.join(format!("{name}.forked")))
+            };
+            match done {
+                Ok(()) if stored => warn!(
+                    "WAL streaming: the server's history forked before the spool's {segment} (recovered and promoted?): it is stored, and streaming starts again on the server's timeline"
+                ),
+                Ok(()) => warn!(
+                    "WAL streaming: the server's history forked before the spool's {segment}, which could not be stored everywhere: kept as {name}.forked; streaming starts again on the server's timeline"
+                ),
+                Err(e) => warn!("WAL streaming: setting aside {name}: {e}"),
+            }
+        }
     }
 }
 

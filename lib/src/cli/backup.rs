@@ -566,9 +566,14 @@ fn cmd_recover(
         data_dir.display(),
         r.base,
         r.wal_files,
-        match to {
-            crate::backup::recover::Target::Latest => " to the end of the stored WAL".to_string(),
-            crate::backup::recover::Target::Time(..) => " to the time given".to_string(),
+        match (to, &r.to_end) {
+            (crate::backup::recover::Target::Latest, _) => {
+                " to the end of the stored WAL".to_string()
+            }
+            (crate::backup::recover::Target::Time(..), Some(why)) => {
+                format!(" to the end of the stored WAL ({why})")
+            }
+            (crate::backup::recover::Target::Time(..), None) => " to the time given".to_string(),
         }
     );
     Ok(0)
