@@ -112,7 +112,9 @@ pub fn fill_offsets(path: &Path) -> Result<Filled, OffsetError> {
         let Some(&at) = layout.blocks.get(&e.dump_id) else {
             continue;
         };
-        if e.flag != OFFSET_NOT_SET {
+        // an offset the field cannot hold (a narrower field than pg_dump's 8 bytes)
+        // stays unset: pg_restore then reads its way there
+        if e.flag != OFFSET_NOT_SET || (layout.off_size < 8 && at >> (8 * layout.off_size) != 0) {
             continue;
         }
         let mut field = vec![OFFSET_SET];
@@ -349,6 +351,10 @@ mod tests {
     /// An archive as pg_dump 17 writes it to a pipe: three entries, two with data
     /// (one of them large objects), the offsets not set.
     fn archive(minor: u8) -> Vec<u8> {
+        archive_with(minor, 8)
+    }
+
+    fn archive_with(minor: u8, off_size: u8) -> Vec<u8> {
         let mut a = Vec::new();
         let int = |a: &mut Vec<u8>, v: i64| {
             a.push(u8::from(v < 0));
@@ -366,7 +372,7 @@ mod tests {
             }
         };
         a.extend_from_slice(b"PGDMP");
-        a.extend_from_slice(&[1, minor, 0, 4, 8, FORMAT_CUSTOM]);
+        a.extend_from_slice(&[1, minor, 0, 4, off_size, FORMAT_CUSTOM]);
         if minor >= 15 {
             a.push(0);
         } else {
@@ -400,7 +406,7 @@ mod tests {
             string(&mut a, Some("1"));
             string(&mut a, None);
             a.push(if data { OFFSET_NOT_SET } else { OFFSET_NO_DATA });
-            a.extend_from_slice(&[0; 8]);
+            a.extend(std::iter::repeat_n(0, usize::from(off_size)));
         }
         a.push(BLK_DATA);
         int(&mut a, 2);
@@ -463,6 +469,19 @@ mod tests {
             // a second pass changes nothing
             assert_eq!(fill_offsets(&path).unwrap().set, 0);
         }
+    }
+
+    #[test]
+    fn an_offset_too_wide_for_its_field_stays_unset() {
+        // one-byte offset fields: every block starts past byte 255
+        let bytes = archive_with(16, 1);
+        let (_d, path) = written(&bytes);
+        assert_eq!(fill_offsets(&path).unwrap(), Filled { set: 0, blocks: 2 });
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        // two-byte fields hold them
+        let bytes = archive_with(16, 2);
+        let (_d, path) = written(&bytes);
+        assert_eq!(fill_offsets(&path).unwrap().set, 2);
     }
 
     #[test]
