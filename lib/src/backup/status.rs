@@ -152,18 +152,22 @@ pub struct RunMetrics {
     pub bytes: u64,
 }
 
+/// A counter or gauge's value in a metrics file written before (0 when absent), so
+/// that counters carry on across runs.
+fn metric_value(old: &str, name: &str) -> f64 {
+    old.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Writes Prometheus metrics in the text format, for node_exporter's textfile
 /// collector (or any file-reading scraper): last success and failure times, the last
 /// run's duration and size, and run counters (kept in the file itself). Mode 0644.
 pub fn metrics(path: &Path, run: &RunMetrics) -> Result<(), BackupError> {
     let _held = lock();
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    let value = |name: &str| -> f64 {
-        old.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let value = |name: &str| metric_value(&old, name);
     let now = now() as f64;
     let mut ok = value("dockhand_backup_runs_total{result=\"success\"}");
     let mut failed = value("dockhand_backup_runs_total{result=\"failure\"}");
@@ -248,12 +252,7 @@ pub fn base(
     }
     if let Some(path) = metrics {
         let old = std::fs::read_to_string(path).unwrap_or_default();
-        let value = |name: &str| -> f64 {
-            old.lines()
-                .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-                .unwrap_or(0.0)
-        };
+        let value = |name: &str| metric_value(&old, name);
         let mut ok = value("dockhand_backup_base_runs_total{result=\"success\"}");
         let mut failed = value("dockhand_backup_base_runs_total{result=\"failure\"}");
         let mut last_ok = value("dockhand_backup_base_last_success_timestamp_seconds");
