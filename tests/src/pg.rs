@@ -258,6 +258,13 @@ impl Postgres {
     }
 
     pub fn psql_db(&self, db: &str, sql: &str) -> String {
+        self.try_psql_db(db, sql)
+            .unwrap_or_else(|e| panic!("psql failed: {e}"))
+    }
+
+    /// As [`Postgres::psql_db`], with psql's error instead of a panic (for waiting on
+    /// a server that may not be up yet).
+    pub fn try_psql_db(&self, db: &str, sql: &str) -> Result<String, String> {
         let out = Command::new(bin_dir().join("psql"))
             .args([
                 "-X",
@@ -274,11 +281,15 @@ impl Postgres {
             .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
             .output()
             .expect("psql");
-        assert!(
-            out.status.success(),
-            "psql failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The server's log since it was last started (its stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("log-{}", self.port)))
+            .unwrap_or_else(|e| format!("(no log: {e})"))
     }
 }

@@ -321,8 +321,11 @@ fn the_daemon_streams_completed_wal_segments_to_the_folder_and_s3_across_a_resta
     let (status, body) = s3.request("GET", &format!("/{bucket}?list-type=2"), b"");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(&format!("wal/{}", m.file)), "{body}");
-    // Stored everywhere: gone from the spool.
-    assert!(!d.join(".wal-spool").join(&seg).exists());
+    // Stored everywhere: gone from the spool (just after its manifests are written).
+    let gone = dockhand_tests::wait_until(Duration::from_secs(30), || {
+        !d.join(".wal-spool").join(&seg).exists()
+    });
+    assert!(gone, "{seg} still in the spool");
 
     // PostgreSQL restarts: the child is started again and the stream goes on.
     pg.stop_server();
@@ -1371,10 +1374,22 @@ fn after_a_recovery_the_sidecar_streams_the_new_timeline_and_recovers_it() {
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     chown_to_service(&data);
     pg.start_server();
+    let mut last_error = String::new();
     let promoted = dockhand_tests::wait_until(Duration::from_secs(60), || {
-        pg.psql("SELECT pg_is_in_recovery()") == "f"
+        match pg.try_psql_db("postgres", "SELECT pg_is_in_recovery()") {
+            Ok(r) => r == "f",
+            Err(e) => {
+                last_error = e;
+                false
+            }
+        }
     });
-    assert!(promoted, "not promoted");
+    assert!(
+        promoted,
+        "not promoted: {last_error}\nserver log:\n{}\n{}",
+        pg.log(),
+        r.stderr
+    );
     assert_eq!(pg.psql_db("app", "SELECT count(*) FROM t"), "100");
     let tl2 = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
     assert!(tl2.starts_with("00000002"), "{tl2}");

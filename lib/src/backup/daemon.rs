@@ -19,7 +19,9 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use cron::Schedule;
 use tracing::{error, info, warn};
 
 use super::drill::{self, DaemonDrills, When};
@@ -129,6 +131,15 @@ enum Between {
     Drill,
 }
 
+impl Between {
+    fn noun(self) -> &'static str {
+        match self {
+            Between::Base => "base backup",
+            Between::Drill => "drill",
+        }
+    }
+}
+
 /// A scheduled base backup, then retention (which also lets go of the WAL that only
 /// older base backups needed).
 fn base_backup(runner: &Runner) {
@@ -168,45 +179,179 @@ pub fn run_drilling(
     stop: &Stop,
     drills: &DaemonDrills,
 ) -> Result<i32, BackupError> {
-    let s = &runner.settings;
-    let schedule = parse_schedule(&s.schedule).map_err(usage)?;
-    let drill_schedule = match &drills.when {
-        When::Cron(expr) => Some(parse_schedule(expr).map_err(usage)?),
-        _ => None,
-    };
-    let base_schedule = match &s.base_schedule {
-        Some(expr) => Some(parse_schedule(expr).map_err(usage)?),
-        None => None,
-    };
-    let tz = parse_timezone(&s.timezone).map_err(usage)?;
-    info!(
-        "backup daemon: schedule {:?} in {}, to {}",
-        s.schedule,
-        tz.name(),
-        [
+    let d = Daemon::new(runner, stop, drills)?;
+    d.announce();
+    // After a failed run, retries with backoff come before the next scheduled time.
+    let mut retry: Option<Duration> = None;
+    if runner.settings.on_start && !stop.is_requested() {
+        retry = d.next_retry(d.run_once(), None);
+    }
+    while !stop.is_requested() {
+        match d.next(retry) {
+            Next::Never => {
+                warn!("the schedule has no future time: nothing more to do");
+                // Stay up (a restarting container helps no one) until stopped.
+                stop.sleep_until(SystemTime::now() + Duration::from_secs(u32::MAX as u64));
+                break;
+            }
+            Next::Between(at, what) => {
+                d.log_next(what.noun(), at, "");
+                if stop.sleep_until(SystemTime::from(at)) {
+                    break;
+                }
+                match what {
+                    Between::Base => base_backup(runner),
+                    Between::Drill => {
+                        drill::daemon_drill(runner, "latest", drills);
+                    }
+                }
+            }
+            Next::Run(at, is_retry) => {
+                let why = if is_retry {
+                    " (a retry of the failed run)"
+                } else {
+                    ""
+                };
+                d.log_next("backup", at, why);
+                if stop.sleep_until(SystemTime::from(at)) {
+                    break;
+                }
+                let ok = d.run_once();
+                retry = d.next_retry(ok, if is_retry { retry } else { None });
+            }
+        }
+    }
+    info!("backup daemon stopped");
+    Ok(0)
+}
+
+/// The daemon's schedules, parsed once, and what it needs for a run.
+struct Daemon<'a> {
+    runner: &'a Runner,
+    stop: &'a Stop,
+    drills: &'a DaemonDrills,
+    schedule: Schedule,
+    base_schedule: Option<Schedule>,
+    drill_schedule: Option<Schedule>,
+    tz: Tz,
+}
+
+/// What the daemon does next.
+enum Next {
+    /// A run at this time; true when it retries a failed one.
+    Run(DateTime<Utc>, bool),
+    /// A base backup or a drill, before the next run.
+    Between(DateTime<Utc>, Between),
+    /// Nothing ever again (a schedule with no future time).
+    Never,
+}
+
+impl<'a> Daemon<'a> {
+    fn new(
+        runner: &'a Runner,
+        stop: &'a Stop,
+        drills: &'a DaemonDrills,
+    ) -> Result<Daemon<'a>, BackupError> {
+        let s = &runner.settings;
+        let parse = |expr: &str| parse_schedule(expr).map_err(usage);
+        Ok(Daemon {
+            runner,
+            stop,
+            drills,
+            schedule: parse(&s.schedule)?,
+            base_schedule: s.base_schedule.as_deref().map(parse).transpose()?,
+            drill_schedule: match &drills.when {
+                When::Cron(expr) => Some(parse(expr)?),
+                _ => None,
+            },
+            tz: parse_timezone(&s.timezone).map_err(usage)?,
+        })
+    }
+
+    /// The start-up line: the schedule, its zone, and where backups go.
+    fn announce(&self) {
+        let s = &self.runner.settings;
+        let places = [
             s.dir.as_ref().map(|d| d.display().to_string()),
             s.s3.as_ref()
                 .map(|b| format!("s3://{}/{}", b.bucket, b.prefix)),
+        ];
+        info!(
+            "backup daemon: schedule {:?} in {}, to {}",
+            s.schedule,
+            self.tz.name(),
+            places
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" and ")
+        );
+    }
+
+    fn log_next(&self, what: &str, at: DateTime<Utc>, why: &str) {
+        info!(
+            "next {what} at {}{why}",
+            at.with_timezone(&self.tz).format("%Y-%m-%d %H:%M:%S %Z")
+        );
+    }
+
+    /// The next run (scheduled, or the retry when earlier), unless a base backup or a
+    /// drill on its own schedule comes first (the earlier of the two; a base backup
+    /// first at the same time).
+    fn next(&self, retry: Option<Duration>) -> Next {
+        let now = Utc::now();
+        let scheduled = next_after(&self.schedule, self.tz, now);
+        let retry_at = retry.map(|d| now + chrono::Duration::from_std(d).unwrap_or_default());
+        let run = match (scheduled, retry_at) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => return Next::Never,
+        };
+        let between = [
+            (self.base_schedule.as_ref(), Between::Base),
+            (self.drill_schedule.as_ref(), Between::Drill),
         ]
         .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" and ")
-    );
-    // One run; true when it succeeded. Before it, PostgreSQL is waited for, so a cold
-    // `docker compose up` does not fail the first run on "connection refused".
-    let report = |runner: &Runner| -> bool {
-        if let Err(e) = runner.wait_for_database(s.wait_timeout, &|| stop.is_requested()) {
+        .filter_map(|(schedule, what)| Some((next_after(schedule?, self.tz, now)?, what)))
+        .filter(|(at, _)| *at < run)
+        .min_by_key(|(at, _)| *at);
+        match between {
+            Some((at, what)) => Next::Between(at, what),
+            None => Next::Run(
+                run,
+                retry_at.is_some_and(|r| r == run) && scheduled != Some(run),
+            ),
+        }
+    }
+
+    /// The retry delay after a run: none after a success (or with retries off), else
+    /// the first delay, doubled after each failed retry up to 15 minutes.
+    fn next_retry(&self, ok: bool, retry: Option<Duration>) -> Option<Duration> {
+        let first = self.runner.settings.retry_delay;
+        if ok || first.is_zero() {
+            None
+        } else {
+            Some(retry.map_or(first, |d| (d * 2).min(Duration::from_secs(900))))
+        }
+    }
+
+    /// One run, with its drills when `after-backup`; true when it succeeded. Before
+    /// it, PostgreSQL is waited for, so a cold `docker compose up` does not fail the
+    /// first run on "connection refused".
+    fn run_once(&self) -> bool {
+        let (runner, stop) = (self.runner, self.stop);
+        let timeout = runner.settings.wait_timeout;
+        if let Err(e) = runner.wait_for_database(timeout, &|| stop.is_requested()) {
             if stop.is_requested() {
                 return true;
             }
             warn!("{e}; trying the run anyway");
         }
         let r = runner.run();
-        if matches!(drills.when, When::AfterBackup) {
+        if matches!(self.drills.when, When::AfterBackup) {
             for o in &r.made {
                 if o.manifest.kind == super::manifest::Content::Database && !stop.is_requested() {
-                    drill::daemon_drill(runner, &o.manifest.name, drills);
+                    drill::daemon_drill(runner, &o.manifest.name, self.drills);
                 }
             }
         }
@@ -217,89 +362,5 @@ pub fn run_drilling(
             error!("run failed: {}", r.failures.join("; "));
             false
         }
-    };
-    // After a failed run, retries with backoff come before the next scheduled time.
-    let mut retry: Option<Duration> = None;
-    let next_retry = |ok: bool, retry: Option<Duration>| -> Option<Duration> {
-        if ok || s.retry_delay.is_zero() {
-            None
-        } else {
-            Some(retry.map_or(s.retry_delay, |d| (d * 2).min(Duration::from_secs(900))))
-        }
-    };
-    if s.on_start && !stop.is_requested() {
-        let ok = report(runner);
-        retry = next_retry(ok, retry);
     }
-    loop {
-        if stop.is_requested() {
-            break;
-        }
-        let scheduled = next_after(&schedule, tz, Utc::now());
-        let retry_at =
-            retry.map(|d| Utc::now() + chrono::Duration::from_std(d).unwrap_or_default());
-        let next = match (scheduled, retry_at) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => match a.or(b) {
-                Some(t) => t,
-                None => {
-                    warn!("the schedule has no future time: nothing more to do");
-                    // Stay up (a restarting container helps no one) until stopped.
-                    stop.sleep_until(SystemTime::now() + Duration::from_secs(u32::MAX as u64));
-                    break;
-                }
-            },
-        };
-        // A drill or a base backup on its own schedule, when it comes before the next
-        // run (the earlier of the two; a base backup first at the same time).
-        let between = [
-            (base_schedule.as_ref(), Between::Base),
-            (drill_schedule.as_ref(), Between::Drill),
-        ]
-        .into_iter()
-        .filter_map(|(schedule, what)| Some((next_after(schedule?, tz, Utc::now())?, what)))
-        .filter(|(at, _)| *at < next)
-        .min_by_key(|(at, _)| *at);
-        if let Some((at, what)) = between {
-            info!(
-                "next {} at {}",
-                match what {
-                    Between::Base => "base backup",
-                    Between::Drill => "drill",
-                },
-                at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z")
-            );
-            if stop.sleep_until(SystemTime::from(at)) {
-                break;
-            }
-            match what {
-                Between::Base => base_backup(runner),
-                Between::Drill => {
-                    drill::daemon_drill(runner, "latest", drills);
-                }
-            }
-            continue;
-        }
-        let is_retry = retry_at.is_some_and(|r| r == next) && scheduled != Some(next);
-        info!(
-            "next backup at {}{}",
-            next.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z"),
-            if is_retry {
-                " (a retry of the failed run)"
-            } else {
-                ""
-            }
-        );
-        if stop.sleep_until(SystemTime::from(next)) {
-            break;
-        }
-        let ok = report(runner);
-        retry = if is_retry {
-            next_retry(ok, retry)
-        } else {
-            next_retry(ok, None)
-        };
-    }
-    info!("backup daemon stopped");
-    Ok(0)
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
-use super::archive::{self, Destinations, Dump, Outcome, Stored};
+use super::archive::{self, Destinations, Dump};
 use super::catalog::Backup;
 use super::daemon::Stop;
 use super::dump::{self, Server, Tools};
@@ -140,49 +140,14 @@ fn supervise(
     slot: &str,
     partials: &mut Partials,
 ) -> Result<(), BackupError> {
-    let (runner, target, tools, spool) = (wal.runner, wal.target, wal.tools, wal.spool);
-    let lacks = runner.rt.block_on(server_lacks(target))?;
-    if !lacks.is_empty() {
-        return Err(super::err(format!(
-            "the server cannot stream WAL to the sidecar: {}",
-            lacks.join("; ")
-        )));
-    }
-    let program = tools.pg_dump.with_file_name("pg_receivewal");
-    let mut create = dump::libpq_command(&program, Some(target));
-    create.args(["--create-slot", "--if-not-exists", "--no-password"]);
-    create.arg(format!("--slot={slot}"));
-    let out = run_quietly(create)?;
-    if !out.0 {
-        return Err(super::err(format!(
-            "creating the replication slot {slot:?}: {}",
-            super::base::explain(&out.1)
-        )));
-    }
+    let (runner, target) = (wal.runner, wal.target);
+    wal.prepare_slot(slot)?;
     // Before receiving (what was held while the sidecar was away), then every minute
     // and soon after a segment was stored.
     check_health(runner, target, slot);
     let mut checked = Instant::now();
     let mut stored_since = false;
-    let mut cmd = dump::libpq_command(&program, Some(target));
-    cmd.env("LC_MESSAGES", "C")
-        .env_remove("LC_ALL")
-        .env_remove("LANGUAGE");
-    cmd.arg("--directory")
-        .arg(spool)
-        .arg(format!("--slot={slot}"))
-        .args(["--no-loop", "--no-password"]);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    crate::process::prepare_child(&mut cmd, None, false);
-    let mut child = cmd.spawn().map_err(|e| {
-        super::err(format!(
-            "cannot run pg_receivewal: {}",
-            crate::error::io_reason(&e)
-        ))
-    })?;
-    let messages = log_stderr(&mut child);
+    let (mut child, messages) = wal.receive(slot)?;
     loop {
         stored_since |= wal.ship(partials) > 0;
         wal.ship_partial(partials, false);
@@ -212,14 +177,67 @@ fn supervise(
         }
         if stop.sleep_until(std::time::SystemTime::now() + PASS) {
             // SIGTERM: pg_receivewal flushes what it received and exits.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            if let Err(e) = crate::process::kill(child.id() as i32, nix::libc::SIGTERM) {
+                warn!("stopping pg_receivewal: {e}");
+            }
             let _ = child.wait();
             let _ = messages.join();
             return Ok(());
         }
+    }
+}
+
+impl Wal<'_> {
+    /// Checks that the server can stream WAL to us, and creates the slot if missing.
+    fn prepare_slot(&self, slot: &str) -> Result<(), BackupError> {
+        let lacks = self.runner.rt.block_on(server_lacks(self.target))?;
+        if !lacks.is_empty() {
+            return Err(super::err(format!(
+                "the server cannot stream WAL to the sidecar: {}",
+                lacks.join("; ")
+            )));
+        }
+        let mut create = dump::libpq_command(&self.receivewal(), Some(self.target));
+        create.args(["--create-slot", "--if-not-exists", "--no-password"]);
+        create.arg(format!("--slot={slot}"));
+        let out = run_quietly(create)?;
+        if !out.0 {
+            return Err(super::err(format!(
+                "creating the replication slot {slot:?}: {}",
+                super::base::explain(&out.1)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The server major's `pg_receivewal`, beside its `pg_dump`.
+    fn receivewal(&self) -> PathBuf {
+        self.tools.pg_dump.with_file_name("pg_receivewal")
+    }
+
+    /// Starts pg_receivewal on `slot` into the spool (C messages, for [`forked`]);
+    /// the thread gathers what it says.
+    fn receive(&self, slot: &str) -> Result<(Child, std::thread::JoinHandle<String>), BackupError> {
+        let mut cmd = dump::libpq_command(&self.receivewal(), Some(self.target));
+        cmd.env("LC_MESSAGES", "C")
+            .env_remove("LC_ALL")
+            .env_remove("LANGUAGE");
+        cmd.arg("--directory")
+            .arg(self.spool)
+            .arg(format!("--slot={slot}"))
+            .args(["--no-loop", "--no-password"]);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        crate::process::prepare_child(&mut cmd, None, false);
+        let mut child = cmd.spawn().map_err(|e| {
+            super::err(format!(
+                "cannot run pg_receivewal: {}",
+                crate::error::io_reason(&e)
+            ))
+        })?;
+        let messages = log_stderr(&mut child);
+        Ok((child, messages))
     }
 }
 
@@ -546,7 +564,7 @@ impl Wal<'_> {
                             o.places()
                         );
                     }
-                    let new = backup_of(&o);
+                    let new = o.backup();
                     // The segment's older partials go once this one is everywhere.
                     if complete {
                         partials.superseded(self.runner, segment, Some(&new.manifest.name));
@@ -609,15 +627,6 @@ impl Wal<'_> {
                 Err(e) => warn!("WAL streaming: setting aside {name}: {e}"),
             }
         }
-    }
-}
-
-/// A stored file as the catalog describes it.
-fn backup_of(o: &Outcome) -> Backup {
-    Backup {
-        manifest: o.manifest.clone(),
-        local: o.stored.iter().any(|s| matches!(s, Stored::Local(_))),
-        remote: o.stored.iter().any(|s| matches!(s, Stored::S3(_))),
     }
 }
 
