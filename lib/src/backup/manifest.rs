@@ -1,11 +1,17 @@
 //! A backup's manifest, `NAME.manifest.json`, and the names dockhand gives backups: a
 //! leaf of the backup modules (archive writes manifests, catalog reads them, status
 //! and retention describe them), so that what a backup is (a database or the
-//! globals, zstd or gzip) is a type, not a string compared in five places.
+//! globals, zstd or gzip) is a type, not a string compared in five places. The JSON
+//! is serde's, from the types; only the `format` check is by hand, before them.
+
+use serde::{Deserialize, Serialize};
 
 /// What a backup holds: one database, or the cluster's globals (roles, tablespaces).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Manifests written before `kind` existed hold a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Content {
+    #[default]
     Database,
     Globals,
     /// A base backup of the whole cluster (`pg_basebackup`, tar), for point-in-time
@@ -26,16 +32,6 @@ impl Content {
         }
     }
 
-    fn parse(s: &str) -> Option<Content> {
-        match s {
-            "database" => Some(Content::Database),
-            "globals" => Some(Content::Globals),
-            "base" => Some(Content::Base),
-            "wal" => Some(Content::Wal),
-            _ => None,
-        }
-    }
-
     /// The data file's middle extension: a custom-format dump, or plain SQL.
     pub fn ext(self) -> &'static str {
         match self {
@@ -47,9 +43,11 @@ impl Content {
     }
 }
 
-/// How a backup's stream is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a backup's stream is compressed (zstd in manifests from before the choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Algorithm {
+    #[default]
     Zstd,
     Gzip,
 }
@@ -70,24 +68,20 @@ impl Algorithm {
             Algorithm::Gzip => "gz",
         }
     }
-
-    fn parse(s: &str) -> Option<Algorithm> {
-        match s {
-            "zstd" => Some(Algorithm::Zstd),
-            "gzip" => Some(Algorithm::Gzip),
-            _ => None,
-        }
-    }
 }
 
-/// A backup's description, stored beside it as `NAME.manifest.json`.
-#[derive(Debug, Clone, PartialEq)]
+/// A backup's description, stored beside it as `NAME.manifest.json`. Fields added
+/// after the first release have defaults, so older manifests keep reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub name: String,
     pub file: String,
+    #[serde(default)]
     pub kind: Content,
     pub database: String,
+    #[serde(default)]
     pub server_version: String,
+    #[serde(default)]
     pub pg_dump_version: String,
     /// Unix seconds.
     pub started: i64,
@@ -96,10 +90,13 @@ pub struct Manifest {
     pub dump_bytes: u64,
     pub size: u64,
     pub sha256: String,
+    #[serde(default)]
     pub compression: Algorithm,
+    #[serde(default)]
     pub level: i32,
     /// `age` (to the listed recipients) or none.
     pub encryption: Option<String>,
+    #[serde(default)]
     pub recipients: Vec<String>,
     /// Unix seconds of the last successful `verify`.
     pub verified: Option<i64>,
@@ -108,53 +105,68 @@ pub struct Manifest {
     pub counts: Option<Counts>,
     /// The last drill of this backup.
     pub drill: Option<Drill>,
-    /// A base backup's WAL range: what recovery from it needs.
+    /// A base backup's WAL range: what recovery from it needs (three top-level
+    /// fields, absent in other manifests).
+    #[serde(flatten)]
     pub wal: Option<WalRange>,
 }
 
 /// The WAL a base backup needs to be consistent: from `start` to `end` (LSNs as
 /// PostgreSQL writes them, `0/2000028`) on `timeline`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalRange {
     pub timeline: u32,
+    #[serde(rename = "wal_start")]
     pub start: String,
+    #[serde(rename = "wal_end")]
     pub end: String,
 }
 
 /// Rows per table and large objects, exactly as a dump holds them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
-    /// `(schema, table, rows)`, sorted by schema and table.
+    /// `(schema, table, rows)`, sorted by schema and table; stored as objects
+    /// `{"schema", "table", "rows"}`.
+    #[serde(with = "table_rows")]
     pub tables: Vec<(String, String, i64)>,
+    #[serde(default)]
     pub large_objects: i64,
 }
 
+/// [`Counts::tables`] as JSON objects.
+mod table_rows {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Row<S> {
+        schema: S,
+        table: S,
+        rows: i64,
+    }
+
+    pub(super) fn serialize<Z: Serializer>(
+        t: &[(String, String, i64)],
+        s: Z,
+    ) -> Result<Z::Ok, Z::Error> {
+        s.collect_seq(t.iter().map(|(schema, table, rows)| Row {
+            schema,
+            table,
+            rows: *rows,
+        }))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(String, String, i64)>, D::Error> {
+        let rows = Vec::<Row<String>>::deserialize(d)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.schema, r.table, r.rows))
+            .collect())
+    }
+}
+
 impl Counts {
-    fn to_value(&self) -> serde_json::Value {
-        serde_json::json!({
-            "tables": self.tables.iter().map(|(s, t, n)| serde_json::json!({"schema": s, "table": t, "rows": n})).collect::<Vec<_>>(),
-            "large_objects": self.large_objects,
-        })
-    }
-
-    fn from_value(v: &serde_json::Value) -> Option<Counts> {
-        let tables = v["tables"]
-            .as_array()?
-            .iter()
-            .map(|t| {
-                Some((
-                    t["schema"].as_str()?.to_string(),
-                    t["table"].as_str()?.to_string(),
-                    t["rows"].as_i64()?,
-                ))
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Counts {
-            tables,
-            large_objects: v["large_objects"].as_i64().unwrap_or(0),
-        })
-    }
-
     /// All rows of all tables.
     pub fn rows(&self) -> i64 {
         self.tables.iter().map(|t| t.2).sum()
@@ -163,79 +175,36 @@ impl Counts {
 
 /// What a drill found: when, whether the backup restored with every count equal,
 /// how long the restore took (the measured recovery time), and each difference.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Drill {
     /// Unix seconds when the drill finished.
     pub at: i64,
     pub ok: bool,
     /// Seconds the restore took.
+    #[serde(default)]
     pub seconds: f64,
     /// Rows the backup holds that the restored copy lacks (all tables).
+    #[serde(default)]
     pub rows_missing: i64,
     /// One line per difference or error; empty when ok.
+    #[serde(default)]
     pub problems: Vec<String>,
 }
 
-impl Drill {
-    fn to_value(&self) -> serde_json::Value {
-        serde_json::json!({
-            "at": self.at,
-            "ok": self.ok,
-            "seconds": self.seconds,
-            "rows_missing": self.rows_missing,
-            "problems": self.problems,
-        })
-    }
-
-    fn from_value(v: &serde_json::Value) -> Option<Drill> {
-        Some(Drill {
-            at: v["at"].as_i64()?,
-            ok: v["ok"].as_bool()?,
-            seconds: v["seconds"].as_f64().unwrap_or(0.0),
-            rows_missing: v["rows_missing"].as_i64().unwrap_or(0),
-            problems: v["problems"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|p| p.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        })
-    }
-}
-
 impl Manifest {
-    /// The JSON stored beside the backup.
+    /// The JSON stored beside the backup: `format` first, then the fields.
     pub fn to_json(&self) -> String {
-        let v = serde_json::json!({
-            "format": FORMAT,
-            "name": self.name,
-            "file": self.file,
-            "kind": self.kind.name(),
-            "database": self.database,
-            "server_version": self.server_version,
-            "pg_dump_version": self.pg_dump_version,
-            "started": self.started,
-            "finished": self.finished,
-            "dump_bytes": self.dump_bytes,
-            "size": self.size,
-            "sha256": self.sha256,
-            "compression": self.compression.name(),
-            "level": self.level,
-            "encryption": self.encryption,
-            "recipients": self.recipients,
-            "verified": self.verified,
-            "counts": self.counts.as_ref().map(Counts::to_value),
-            "drill": self.drill.as_ref().map(Drill::to_value),
-        });
-        let mut v = v;
-        if let Some(w) = &self.wal {
-            v["timeline"] = w.timeline.into();
-            v["wal_start"] = w.start.clone().into();
-            v["wal_end"] = w.end.clone().into();
+        #[derive(Serialize)]
+        struct Stored<'a> {
+            format: u64,
+            #[serde(flatten)]
+            manifest: &'a Manifest,
         }
-        serde_json::to_string_pretty(&v).unwrap_or_default()
+        serde_json::to_string_pretty(&Stored {
+            format: FORMAT,
+            manifest: self,
+        })
+        .unwrap_or_default()
     }
 
     /// Parses a manifest; `None` for anything that is not a well-formed dockhand
@@ -245,48 +214,10 @@ impl Manifest {
     pub fn from_json(text: &str) -> Option<Manifest> {
         let v: serde_json::Value = serde_json::from_str(text).ok()?;
         // Manifests before `format` existed are format 1.
-        if v["format"].as_u64().unwrap_or(1) != FORMAT {
+        if v.get("format").map_or(Some(1), serde_json::Value::as_u64) != Some(FORMAT) {
             return None;
         }
-        let m = Manifest {
-            name: v["name"].as_str()?.into(),
-            file: v["file"].as_str()?.into(),
-            kind: Content::parse(v["kind"].as_str().unwrap_or("database"))?,
-            database: v["database"].as_str()?.into(),
-            server_version: v["server_version"].as_str().unwrap_or("").into(),
-            pg_dump_version: v["pg_dump_version"].as_str().unwrap_or("").into(),
-            started: v["started"].as_i64()?,
-            finished: v["finished"].as_i64()?,
-            dump_bytes: v["dump_bytes"].as_u64()?,
-            size: v["size"].as_u64()?,
-            sha256: v["sha256"].as_str()?.into(),
-            compression: Algorithm::parse(v["compression"].as_str().unwrap_or("zstd"))?,
-            level: v["level"].as_i64().unwrap_or(0) as i32,
-            encryption: v["encryption"].as_str().map(String::from),
-            recipients: v["recipients"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|r| r.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            verified: v["verified"].as_i64(),
-            counts: Counts::from_value(&v["counts"]),
-            drill: Drill::from_value(&v["drill"]),
-            wal: match (
-                v["timeline"].as_u64(),
-                v["wal_start"].as_str(),
-                v["wal_end"].as_str(),
-            ) {
-                (Some(t), Some(s), Some(e)) => Some(WalRange {
-                    timeline: u32::try_from(t).ok()?,
-                    start: s.into(),
-                    end: e.into(),
-                }),
-                _ => None,
-            },
-        };
+        let m: Manifest = serde_json::from_value(v).ok()?;
         let plain =
             |s: &str| !s.is_empty() && !s.starts_with('.') && !s.contains('/') && !s.contains('\\');
         (plain(&m.name) && plain(&m.file) && m.file == m.expected_file()).then_some(m)
@@ -542,6 +473,42 @@ mod tests {
             ..m
         };
         assert_eq!(Manifest::from_json(&dump.to_json()), Some(dump));
+    }
+
+    /// The JSON of a manifest as the hand-written writer before serde wrote it (every
+    /// field in use): it reads, and is written back as the same JSON value.
+    #[test]
+    fn the_stored_json_is_unchanged_by_serde() {
+        let stored = r#"{"compression":"gzip","counts":{"large_objects":2,"tables":[
+            {"rows":25,"schema":"public","table":"a \"b\""}]},"database":"app",
+            "drill":{"at":5,"ok":false,"problems":["public.a: 25 rows in the backup, 0 restored"],
+            "rows_missing":25,"seconds":1.5},"dump_bytes":3,"encryption":"age",
+            "file":"_base-20240101T000000Z.tar.gz.age","finished":2,"format":1,"kind":"base",
+            "level":6,"name":"_base-20240101T000000Z","pg_dump_version":"pg_dump (PostgreSQL) 17.2",
+            "recipients":["age1x"],"server_version":"17.2","sha256":"00","size":4,"started":1,
+            "timeline":2,"verified":7,"wal_end":"0/3000000","wal_start":"0/2000028"}"#;
+        let m = Manifest::from_json(stored).expect("parses");
+        assert_eq!(m.wal.as_ref().map(|w| w.timeline), Some(2));
+        assert_eq!(m.counts.as_ref().map(|c| c.tables[0].2), Some(25));
+        let value = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+        assert_eq!(value(&m.to_json()), value(stored));
+        assert!(
+            m.to_json().starts_with("{\n  \"format\": 1,"),
+            "{}",
+            m.to_json()
+        );
+        // A manifest without the range, counts or drill writes nulls, never the range.
+        let plain = Manifest {
+            wal: None,
+            counts: None,
+            drill: None,
+            ..m
+        };
+        let v = value(&plain.to_json());
+        assert!(v.get("timeline").is_none() && v["counts"].is_null() && v["drill"].is_null());
+        // A half range is no range.
+        let half = stored.replace(r#""wal_end":"0/3000000","#, "");
+        assert_eq!(Manifest::from_json(&half).and_then(|m| m.wal), None);
     }
 
     #[test]
