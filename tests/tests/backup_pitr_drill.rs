@@ -275,6 +275,30 @@ fn a_gap_in_the_stored_wal_fails_the_drill_and_the_status_says_so() {
     assert_eq!(files(&tmp), Vec::<String>::new());
     assert_eq!(processes_naming(&tmp), Vec::<String>::new());
 
+    // A server that stops before it opens (its user cannot reach the directory):
+    // the end of its log says why.
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let mut e3 = e.clone();
+    e3.push(("BACKUP_TMP_DIR".into(), private.to_str().unwrap().into()));
+    let r = backup(&["drill", "--pitr"], &e3);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("PostgreSQL stopped before it finished recovery")
+            && r.stderr.contains("Permission denied")
+            && r.stderr.contains("who must be able to reach"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(files(&private), Vec::<String>::new());
+    assert_eq!(last_drill(&status)["ok"], false);
+
     // A sidecar with the client tools of the major but not the server: told what to
     // install, before anything is unpacked.
     let client_only = dir.path().join("client-only");

@@ -312,7 +312,15 @@ fn recover_and_check(
     prepare(scratch, s.user, s.cancel)?;
     let mut server = Server::start(s.postgres, scratch, s.user)?;
     let target = scratch.target(&s.who.user, &s.who.database)?;
-    wait_open(r, &mut server, &target, s.cancel)?;
+    wait_open(r, &mut server, &target, s.cancel).map_err(|e| match s.user {
+        Some(_) if e.message().contains("Permission denied") => e.map_message(|m| {
+            format!(
+                "{m} (the server runs as the user postgres, who must be able to reach {}: see BACKUP_TMP_DIR)",
+                scratch.path.parent().unwrap_or(Path::new("/")).display()
+            )
+        }),
+        _ => e,
+    })?;
     let open_seconds = started.elapsed().as_secs_f64();
     info!(
         "the drill's server has recovered {} and {} WAL files and opened",
@@ -386,7 +394,8 @@ fn wait_open(
     target: &PgTarget,
     cancel: &Cancel,
 ) -> Result<(), BackupError> {
-    let deadline = Instant::now() + OPEN_TIMEOUT;
+    let start = Instant::now();
+    let deadline = start + OPEN_TIMEOUT;
     loop {
         cancel.check()?;
         if let Some(status) = server.exited() {
@@ -413,7 +422,13 @@ fn wait_open(
                 server.log_tail()
             )));
         }
-        std::thread::sleep(Duration::from_millis(200));
+        // often at first (a small chain opens in a second), then every second
+        let pause = if start.elapsed() < Duration::from_secs(10) {
+            200
+        } else {
+            1000
+        };
+        std::thread::sleep(Duration::from_millis(pause));
     }
 }
 
@@ -629,7 +644,17 @@ impl Server {
             let _ = f.read_to_end(&mut bytes);
             text = String::from_utf8_lossy(&bytes).into_owned();
         }
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        // the refusals of the drill's own connections while it recovers say nothing
+        let noise = [
+            "not yet accepting connections",
+            "the database system is starting up",
+            "Consistent recovery state has not been yet reached",
+            "Hot standby mode is disabled",
+        ];
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !noise.iter().any(|n| l.contains(n)))
+            .collect();
         let tail = lines[lines.len().saturating_sub(8)..].join(" | ");
         if tail.is_empty() {
             "(empty)".to_string()
