@@ -168,9 +168,28 @@ fn compare(
     (problems, missing)
 }
 
+/// The queries of the `BACKUP_DRILL_SQL` file at `path` (none without one); a file
+/// that cannot be read is a usage error.
+pub(crate) fn read_checks(path: Option<&std::path::Path>) -> Result<Vec<String>, BackupError> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        BackupError::new(
+            super::BackupKind::Usage,
+            format!(
+                "BACKUP_DRILL_SQL {}: {}",
+                path.display(),
+                crate::error::io_reason(&e)
+            ),
+        )
+    })?;
+    Ok(queries(&text))
+}
+
 /// Runs each query of `BACKUP_DRILL_SQL` on the restored copy; a problem for each
 /// that does not return true.
-async fn run_checks(target: &PgTarget, queries: &[String]) -> Vec<String> {
+pub(crate) async fn run_checks(target: &PgTarget, queries: &[String]) -> Vec<String> {
     let client = match target.connect().await {
         Ok(c) => c,
         Err(e) => return vec![format!("BACKUP_DRILL_SQL: cannot connect: {e}")],
@@ -218,22 +237,7 @@ pub fn drill(
     backup_url: Option<&Url>,
     cancel: &Cancel,
 ) -> Result<Outcome, BackupError> {
-    let checks = match &req.sql {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                BackupError::new(
-                    super::BackupKind::Usage,
-                    format!(
-                        "BACKUP_DRILL_SQL {}: {}",
-                        path.display(),
-                        crate::error::io_reason(&e)
-                    ),
-                )
-            })?;
-            queries(&text)
-        }
-        None => Vec::new(),
-    };
+    let checks = read_checks(req.sql.as_deref())?;
     let server = req.into.as_ref().or(backup_url).ok_or_else(|| {
         err("no server to drill on: pass --into postgres://... (or set BACKUP_DRILL_URL or DIRECT_URL)")
     })?;

@@ -25,8 +25,9 @@
 //! - [`status`]: the status file whose modification time is the last success, ping URLs
 //!   and Prometheus metrics;
 //! - point-in-time recovery: [`base`] backups, [`wal`] streaming, [`recover`], the
-//!   names of WAL files ([`walname`]) and the check for gaps in the stored WAL
-//!   ([`continuity`]).
+//!   names of WAL files ([`walname`]), the check for gaps in the stored WAL
+//!   ([`continuity`]), and [`pitr_drill`]: a recovery to the latest point run by a
+//!   throwaway PostgreSQL, which proves the chain recovers.
 
 pub mod archive;
 pub mod base;
@@ -40,6 +41,7 @@ pub mod globals;
 pub mod manifest;
 pub mod names;
 pub mod pgarchive;
+pub mod pitr_drill;
 pub mod progress;
 pub mod recover;
 pub mod restore;

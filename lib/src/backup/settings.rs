@@ -335,7 +335,7 @@ table! {
         .commands(&["restore", "drill"]),
         TmpDir = Setting::var(
             "BACKUP_TMP_DIR",
-            "`restore --jobs`: where the decoded backup is written (mode 0600, removed after)",
+            "`restore --jobs`: where the decoded backup is written (mode 0600, removed after); `drill --pitr`: where its scratch data directory goes (mode 0700, removed after)",
         )
         .default_shown("`TMPDIR`, else `/tmp`"),
         Into = setting(
@@ -348,7 +348,12 @@ table! {
         .commands(&["drill"]),
         Keep = Setting::switch(
             "keep",
-            "`drill`: keep the scratch database and print its name",
+            "`drill`: keep the scratch database and print its name (with `--pitr`: the scratch data directory, its server stopped)",
+        )
+        .commands(&["drill"]),
+        Pitr = Setting::switch(
+            "pitr",
+            "`drill`: drill point-in-time recovery instead: the newest base backup and the WAL after it recovered to the latest point by a throwaway PostgreSQL of its major in `BACKUP_TMP_DIR` (the sidecar needs the server binaries); no backup name",
         )
         .commands(&["drill"]),
         DrillSql = Setting::var(

@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use crate::backup::catalog::{self, Side};
 use crate::backup::daemon::{self, OnSignal, Stop};
 use crate::backup::drill::{self, DaemonDrills, DrillRequest};
+use crate::backup::pitr_drill;
 use crate::backup::restore::{self, Request};
 use crate::backup::run::Runner;
 use crate::backup::settings::Settings;
@@ -38,6 +39,9 @@ Usage: backup [daemon]                 run on BACKUP_SCHEDULE until stopped
        backup drill NAME|latest        restore into a scratch database, compare every
               [--into URL] [--from local|s3] [--keep] [--jobs N]
                                        table's rows with the backup's, drop it
+       backup drill --pitr             recover the newest base backup and its WAL to the
+              [--from local|s3] [--keep]
+                                       latest point with a throwaway PostgreSQL, check it
        backup recover --to-time TIME|latest --data-dir DIR [--from local|s3]
                                        point-in-time recovery into an empty data directory
        backup wal drop-slot            drop the sidecar's replication slot (when removing
@@ -89,6 +93,8 @@ pub enum Command {
         into: Option<String>,
         keep: bool,
         jobs: usize,
+        /// Drill point-in-time recovery (the newest base backup and its WAL).
+        pitr: bool,
     },
     /// Drops the sidecar's replication slot.
     WalDropSlot,
@@ -113,7 +119,7 @@ pub fn command(
 fn command_from(m: Matches<Flag>) -> Result<(Command, Matches<Flag>), ConfigError> {
     let words = m.words_utf8("arguments must be UTF-8")?;
     let name = command_name(&words)?;
-    check_arguments(name, &words)?;
+    check_arguments(name, &words, name == "drill" && m.switch(Flag::Pitr)?)?;
     for s in m.given() {
         if !s.commands.is_empty() && !s.commands.contains(&name) {
             return Err(invalid(format!(
@@ -144,9 +150,15 @@ fn command_name(words: &[String]) -> Result<&'static str, ConfigError> {
 }
 
 /// Checks the words after the command: `wal drop-slot`, a backup name for the
-/// commands that read one, nothing for the others.
-fn check_arguments(name: &str, words: &[String]) -> Result<(), ConfigError> {
-    let needs_name = matches!(name, "verify" | "restore" | "drill");
+/// commands that read one (a PITR drill takes none, or `latest`), nothing for the
+/// others.
+fn check_arguments(name: &str, words: &[String], pitr: bool) -> Result<(), ConfigError> {
+    let needs_name = matches!(name, "verify" | "restore") || (name == "drill" && !pitr);
+    if let (true, Some(b)) = (pitr, words.get(1).filter(|b| *b != "latest")) {
+        return Err(invalid(format!(
+            "backup drill --pitr drills the newest base backup and the WAL stored after it, to the latest point: it takes no backup name ({b:?}); drill a dump backup without --pitr"
+        )));
+    }
     if name == "wal" && words.get(1).map(String::as_str) != Some("drop-slot") {
         return Err(invalid(match words.get(1) {
             Some(other) => format!("backup wal {other:?}: the one wal command is drop-slot"),
@@ -197,12 +209,24 @@ fn build(name: &str, backup: String, m: &Matches<Flag>) -> Result<Command, Confi
             no_owner: m.switch(Flag::NoOwner)?,
             jobs: restore_jobs(m)?,
         },
+        "drill" if m.switch(Flag::Pitr)? => {
+            pitr_flags(m)?;
+            Command::Drill {
+                name: "latest".into(),
+                from,
+                into: None,
+                keep: m.switch(Flag::Keep)?,
+                jobs: 1,
+                pitr: true,
+            }
+        }
         "drill" => Command::Drill {
             name: backup,
             from,
             into: m.string(Flag::Into)?,
             keep: m.switch(Flag::Keep)?,
             jobs: restore_jobs(m)?,
+            pitr: false,
         },
         "recover" => Command::Recover {
             to: crate::backup::recover::parse_target(&m.string(Flag::ToTime)?.ok_or_else(
@@ -220,6 +244,27 @@ fn build(name: &str, backup: String, m: &Matches<Flag>) -> Result<Command, Confi
             dry_run: m.switch(Flag::DryRun)?,
         },
     })
+}
+
+/// Refuses the dump drill's flags with `--pitr`: its server is a throwaway one of its
+/// own, and it restores no dump. (`BACKUP_DRILL_URL` and `BACKUP_RESTORE_JOBS` in the
+/// environment are for the daemon's dump drills, and left alone.)
+fn pitr_flags(m: &Matches<Flag>) -> Result<(), ConfigError> {
+    for (k, flag, why) in [
+        (
+            Flag::Into,
+            "into",
+            "it starts a throwaway PostgreSQL of its own",
+        ),
+        (Flag::Jobs, "jobs", "PostgreSQL replays the WAL itself"),
+    ] {
+        if !m.flags(k).is_empty() {
+            return Err(invalid(format!(
+                "backup drill --pitr does not take --{flag} ({why})"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `--jobs`/`BACKUP_RESTORE_JOBS`: 1 to 64; by default the CPUs available, at most 8.
@@ -386,11 +431,18 @@ pub fn exec(command: &Command, m: &Matches<Flag>) -> Result<u8, BackupError> {
         Command::Prune { dry_run } => cmd_prune(&s, dry_run),
         Command::Verify { name, from } => cmd_verify(&s, name, from),
         Command::Drill {
+            from,
+            keep,
+            pitr: true,
+            ..
+        } => cmd_pitr_drill(&s, from, keep),
+        Command::Drill {
             name,
             from,
             into,
             keep,
             jobs,
+            pitr: false,
         } => cmd_drill(&s, name, from, into, keep, jobs),
         Command::Restore {
             name,
@@ -414,6 +466,7 @@ fn check(command: &Command, settings: &Settings) -> Result<(), BackupError> {
         Command::Restore { to: Some(u), .. } => {
             target_url(u)?;
         }
+        Command::Drill { pitr: true, .. } => {}
         Command::Drill { into: Some(u), .. } => {
             drill_url(u)?;
         }
@@ -732,6 +785,79 @@ fn cmd_drill(
     }
 }
 
+/// `drill --pitr`: recovers the newest base backup and its WAL to the latest point with
+/// a throwaway PostgreSQL and checks it; recorded as the sidecar's drill, as a
+/// `drill latest` is.
+fn cmd_pitr_drill(s: &Session, from: &Option<Side>, keep: &bool) -> Result<u8, BackupError> {
+    let runner = &s.runner;
+    let m = s.m;
+    let ids = identities(m)?;
+    let backups = runner.backups_for_reading(*from)?;
+    let req = pitr_drill::Request {
+        from: *from,
+        keep: *keep,
+        tmp_dir: path(m, Flag::TmpDir)?,
+        sql: path(m, Flag::DrillSql)?,
+    };
+    let done = pitr_drill::drill(
+        &runner.reading(&ids),
+        &backups,
+        &req,
+        runner.settings.url.as_ref(),
+        &s.cancel,
+    );
+    if let Some(f) = s.stopped("drill stopped; its server was stopped and its directory removed") {
+        return Err(f);
+    }
+    let o = done.map_err(|e| e.context("drill failed"))?;
+    drill::record(&runner.settings, &o.base, &o.drill);
+    if let Some(dir) = &o.kept {
+        if let crate::output::Written::Failed(e) =
+            crate::output::stdout(&format!("{}\n", dir.display()))
+        {
+            warn!(
+                "cannot write the kept directory ({}) to stdout: {}",
+                dir.display(),
+                crate::error::io_reason(&e)
+            );
+        }
+    }
+    if !o.drill.ok {
+        return Err(err(format!(
+            "drill of {} failed: {}",
+            o.base,
+            o.drill.problems.join("; ")
+        )));
+    }
+    info!("drill of {} passed: {}", o.base, pitr_summary(&o));
+    Ok(0)
+}
+
+/// What a PITR drill that passed found, for its log line.
+fn pitr_summary(o: &pitr_drill::Outcome) -> String {
+    let point = o.point.as_ref();
+    let recovered = match point.and_then(|p| Some((p.time()?, p.behind_now()?))) {
+        Some((t, behind)) => format!(
+            "recovered to {t} ({} WAL files) in {:.1} s; that point is {:.1} s behind now",
+            o.wal_files, o.drill.seconds, behind
+        ),
+        None => format!(
+            "recovered to the end of the stored WAL at {} ({} WAL files; no transaction ended after the base backup) in {:.1} s",
+            point.map_or("?", |p| p.lsn.as_str()),
+            o.wal_files,
+            o.drill.seconds
+        ),
+    };
+    let databases = point.map_or(0, |p| p.databases);
+    match &o.kept {
+        Some(dir) => format!(
+            "{recovered}; {databases} databases connect; kept in {} (its server stopped)",
+            dir.display()
+        ),
+        None => format!("{recovered}; {databases} databases connect"),
+    }
+}
+
 /// `restore`: restores a backup into a new or given database.
 #[allow(clippy::too_many_arguments)] // (each is one of the command's own flags)
 fn cmd_restore(
@@ -849,7 +975,8 @@ mod tests {
 
     #[test]
     fn each_command_takes_the_words_it_needs_and_no_more() {
-        let check = |w: &[&str]| check_arguments(command_name(&words(w)).unwrap(), &words(w));
+        let check =
+            |w: &[&str]| check_arguments(command_name(&words(w)).unwrap(), &words(w), false);
         assert!(check(&["verify", "latest"]).is_ok());
         assert!(check(&["wal", "drop-slot"]).is_ok());
         assert!(check(&["now"]).is_ok());
