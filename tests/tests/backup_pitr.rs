@@ -771,6 +771,61 @@ fn a_failed_scheduled_base_backup_reaches_the_status_and_metrics() {
     assert!(r.stderr.contains("base backup failed"), "{}", r.stderr);
 }
 
+/// pg_receivewal fills a new `.partial` with zeros up to the segment size before it
+/// writes the first page: a copy taken meanwhile is short and all zeros, and recovery
+/// stops on it ("has wrong size"), as CI once saw when the daemon was stopped just
+/// after a segment switch. Such a file is never stored. Planted far ahead of the
+/// stream (pg_receivewal skips a partial of the wrong size), while the real partial
+/// is stored every second beside it.
+#[test]
+fn a_partial_still_being_created_is_never_stored() {
+    let pg = Postgres::start();
+    pg.allow_replication();
+    pg.psql_db("app", "SET ROLE app; CREATE TABLE t (id int);");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("backups");
+    let spool = d.join(".wal-spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let current = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let lo = u32::from_str_radix(&current[16..], 16).unwrap();
+    let planted = format!("{}{:08X}", &current[..16], lo + 0x40);
+    let zeros = std::fs::File::create(spool.join(format!("{planted}.partial"))).unwrap();
+    zeros.set_len(16_703_488).unwrap();
+    drop(zeros);
+    let e = env(&[
+        ("DIRECT_URL", &pg.url()),
+        ("BACKUP_DIR", d.to_str().unwrap()),
+        ("BACKUP_SCHEDULE", "@yearly"),
+        ("BACKUP_WAL", "on"),
+        ("BACKUP_WAL_RPO", "1s"),
+        ("RUST_LOG", "info"),
+    ]);
+    let child = start_daemon(&e);
+    if !dockhand_tests::wait_until(Duration::from_secs(60), || streaming(&pg)) {
+        panic!("no active slot: {}", stop_daemon(child).stderr);
+    }
+    pg.psql_db("app", "INSERT INTO t SELECT generate_series(1, 100)");
+    let stored = dockhand_tests::wait_until(Duration::from_secs(60), || {
+        stored_partials(&d).iter().any(|(s, _)| *s == current)
+    });
+    // Passes of a second each, all meeting the planted file.
+    std::thread::sleep(Duration::from_secs(3));
+    let out = stop_daemon(child);
+    assert!(
+        stored,
+        "{current} not stored: {:?}\n{}",
+        files(&d),
+        out.stderr
+    );
+    let names = files(&d);
+    assert!(
+        !names.iter().any(|f| f.contains(&planted)),
+        "{planted} stored: {names:?}\n{}",
+        out.stderr
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
 #[test]
 fn the_segment_being_written_is_stored_every_rpo_and_recovery_replays_it() {
     let pg = Postgres::start();

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use super::catalog::{self, Backup, Reading, Side};
 use super::manifest::Content;
-use super::walname::{segment, segment_of_lsn, stored_file};
+use super::walname::{check_segment, segment, segment_of_lsn, stored_file};
 use super::{err, BackupError, Cancel};
 
 /// Where recovery stops.
@@ -65,18 +65,7 @@ pub fn recover(
     dir: &Path,
     cancel: &Cancel,
 ) -> Result<Recovered, BackupError> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(err(format!(
-                    "{}: the data directory is not empty: recovery only writes into an empty one (a new volume)",
-                    dir.display()
-                )));
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(super::io_err(dir)(e)),
-    }
+    ensure_empty(dir)?;
     let before = match target {
         Target::Latest => i64::MAX,
         Target::Time(secs, _) => *secs,
@@ -93,7 +82,63 @@ pub fn recover(
     let start =
         segment_of_lsn(&wal.start).ok_or_else(|| err(format!("{}: bad wal_start", m.name)))?;
     let side = |b: &Backup| from.unwrap_or(if b.local { Side::Local } else { Side::S3 });
+    unpack(r, base, side(base), dir, cancel)?;
+    let wal_dir = dir.join("dockhand_wal");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&wal_dir)
+        .map_err(super::io_err(&wal_dir))?;
+    let mut fetched = std::collections::BTreeSet::new();
+    for (file, candidates) in wal_candidates(backups, wal.timeline, start) {
+        cancel.check()?;
+        if fetch_one(r, file, &candidates, &side, &wal_dir)? {
+            fetched.insert(file.to_string());
+        }
+    }
+    if !fetched
+        .iter()
+        .any(|f| segment(f).is_some_and(|(_, s)| s == start))
+    {
+        return Err(err(format!(
+            "the WAL segment the base backup {} starts in is not stored: it cannot be recovered (is BACKUP_WAL on?)",
+            m.name
+        )));
+    }
+    let to_end = match target {
+        Target::Time(secs, micros) => past_the_end(*secs, *micros, &wal_dir, &fetched, m),
+        Target::Latest => None,
+    };
+    write_recovery_conf(dir, &m.name, target, to_end.is_some())?;
+    Ok(Recovered {
+        base: m.name.clone(),
+        wal_files: fetched.len(),
+        to_end,
+    })
+}
 
+/// Refuses a data directory that holds anything: recovery writes only into a new one.
+fn ensure_empty(dir: &Path) -> Result<(), BackupError> {
+    match std::fs::read_dir(dir).map(|mut entries| entries.next().is_some()) {
+        Ok(true) => Err(err(format!(
+            "{}: the data directory is not empty: recovery only writes into an empty one (a new volume)",
+            dir.display()
+        ))),
+        Ok(false) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(super::io_err(dir)(e)),
+    }
+}
+
+/// Creates `dir` (mode 0700) and unpacks the base backup into it, through the checked
+/// reader: a damaged backup stops before its end is written.
+fn unpack(
+    r: &Reading,
+    base: &Backup,
+    side: Side,
+    dir: &Path,
+    cancel: &Cancel,
+) -> Result<(), BackupError> {
+    let m = &base.manifest;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -108,7 +153,7 @@ pub fn recover(
         m.name,
         dir.display()
     );
-    let opened = catalog::open(r, m, side(base))?;
+    let opened = catalog::open(r, m, side)?;
     let mut tar = std::process::Command::new("tar");
     tar.arg("-x").arg("-C").arg(dir);
     let (status, messages) = catalog::feed(tar, opened, m, cancel)?;
@@ -119,97 +164,126 @@ pub fn recover(
             messages.trim()
         )));
     }
+    Ok(())
+}
 
-    // Every stored WAL file from the base backup's start on (any later timeline), and
-    // every history file: one copy of each. A segment stored only as a partial (the
-    // one being written when the sidecar last stored it) is taken from the newest
-    // partial, under the segment's own name: PostgreSQL replays it to its last
-    // complete record.
-    let wal_dir = dir.join("dockhand_wal");
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&wal_dir)
-        .map_err(super::io_err(&wal_dir))?;
-    let mut chosen: std::collections::BTreeMap<&str, &Backup> = std::collections::BTreeMap::new();
+/// Every stored WAL file from the base backup's start on (any later timeline), and
+/// every history file, each with its stored copies best first: a complete copy, then
+/// the partials (stored while the segment was being written), newest first. A segment
+/// stored only as partials is recovered from one under the segment's own name:
+/// PostgreSQL replays it to its last complete record.
+fn wal_candidates(
+    backups: &[Backup],
+    timeline: u32,
+    start: u64,
+) -> std::collections::BTreeMap<&str, Vec<&Backup>> {
+    let mut all: std::collections::BTreeMap<&str, Vec<&Backup>> = Default::default();
     for b in backups.iter().filter(|b| b.manifest.kind == Content::Wal) {
-        let Some((file, partial)) = stored_file(&b.manifest.name) else {
+        let Some((file, _)) = stored_file(&b.manifest.name) else {
             continue;
         };
         let wanted = match segment(file) {
-            Some((tli, seg)) => tli >= wal.timeline && seg >= start,
+            Some((tli, seg)) => tli >= timeline && seg >= start,
             None => true, // a history file
         };
-        if !wanted {
-            continue;
+        if wanted {
+            all.entry(file).or_default().push(b);
         }
-        let better = match chosen.get(file) {
-            None => true,
-            Some(c) => match (
-                stored_file(&c.manifest.name).is_some_and(|(_, p)| p),
+    }
+    for copies in all.values_mut() {
+        copies.sort_by_key(|b| {
+            let partial = stored_file(&b.manifest.name).is_some_and(|(_, p)| p);
+            (
                 partial,
-            ) {
-                // a complete copy over any partial; the newest of the partials
-                (true, false) => true,
-                (true, true) => {
-                    (b.manifest.started, &b.manifest.name) > (c.manifest.started, &c.manifest.name)
-                }
-                (false, _) => false,
-            },
+                std::cmp::Reverse((b.manifest.started, b.manifest.name.clone())),
+            )
+        });
+    }
+    all
+}
+
+/// Fetches the first good copy of `file` into `wal_dir`: true when one was. A partial
+/// whose first page does not describe its segment (a copy taken while pg_receivewal
+/// was creating the file, by dockhand before 2026-12-08) is passed over for the next;
+/// a complete segment that fails the check is damaged, and recovery stops on it.
+fn fetch_one(
+    r: &Reading,
+    file: &str,
+    candidates: &[&Backup],
+    side: &dyn Fn(&Backup) -> Side,
+    wal_dir: &Path,
+) -> Result<bool, BackupError> {
+    for b in candidates {
+        let partial = stored_file(&b.manifest.name).is_some_and(|(_, p)| p);
+        let check = |bytes: &[u8]| match segment(file) {
+            Some(_) => check_segment(file, bytes, bytes.len() as u64),
+            None => Ok(()),
         };
-        if better {
-            chosen.insert(file, b);
+        match decode_into(r, b, side(b), &wal_dir.join(file), &check)? {
+            Ok(()) => return Ok(true),
+            Err(why) if partial => warn!("{}: left out: {why}", b.manifest.name),
+            Err(why) => {
+                return Err(err(format!(
+                    "{}: the stored segment is damaged: {why}",
+                    b.manifest.name
+                )))
+            }
         }
     }
-    let mut fetched = std::collections::BTreeSet::new();
-    for (file, b) in chosen {
-        cancel.check()?;
-        decode_into(r, b, side(b), &wal_dir.join(file))?;
-        fetched.insert(file.to_string());
-    }
-    if !fetched
-        .iter()
-        .any(|f| segment(f).is_some_and(|(_, s)| s == start))
-    {
-        return Err(err(format!(
-            "the WAL segment the base backup {} starts in is not stored: it cannot be recovered (is BACKUP_WAL on?)",
-            m.name
-        )));
-    }
+    Ok(false)
+}
 
-    // PostgreSQL stops at a time only on a transaction that ended after it: a time past
-    // the last one stored would end recovery with "recovery ended before configured
-    // recovery target was reached" and a server that will not start. Everything stored
-    // was committed before such a time, so that is recovering to the end.
-    let mut to_end = None;
-    if let Target::Time(secs, micros) = target {
-        let wanted = i128::from(*secs) * 1_000_000 + i128::from(*micros);
-        match last_transaction(&wal_dir, &fetched, &m.server_version) {
-            LastTransaction::At(last) if last < wanted => {
-                let said = format!(
-                    "the stored WAL ends before that time: its last transaction ended at {}",
-                    format_micros(last)
-                );
-                warn!("{said}; recovering to the end of the stored WAL (everything stored was committed before the time given)");
-                to_end = Some(said);
-            }
-            LastTransaction::At(_) => {}
-            LastTransaction::None => {
-                let said = "no transaction ended in the stored WAL after the base backup".to_string();
-                warn!("{said}; recovering to the end of the stored WAL");
-                to_end = Some(said);
-            }
-            LastTransaction::Unknown(why) => warn!(
+/// PostgreSQL stops at a time only on a transaction that ended after it: a time past
+/// the last one stored would end recovery with "recovery ended before configured
+/// recovery target was reached" and a server that will not start. Everything stored
+/// was committed before such a time, so that is recovering to the end: returns why,
+/// when so.
+fn past_the_end(
+    secs: i64,
+    micros: u32,
+    wal_dir: &Path,
+    fetched: &std::collections::BTreeSet<String>,
+    m: &super::manifest::Manifest,
+) -> Option<String> {
+    let wanted = i128::from(secs) * 1_000_000 + i128::from(micros);
+    match last_transaction(wal_dir, fetched, &m.server_version) {
+        LastTransaction::At(last) if last < wanted => {
+            let said = format!(
+                "the stored WAL ends before that time: its last transaction ended at {}",
+                format_micros(last)
+            );
+            warn!("{said}; recovering to the end of the stored WAL (everything stored was committed before the time given)");
+            Some(said)
+        }
+        LastTransaction::At(_) => None,
+        LastTransaction::None => {
+            let said = "no transaction ended in the stored WAL after the base backup".to_string();
+            warn!("{said}; recovering to the end of the stored WAL");
+            Some(said)
+        }
+        LastTransaction::Unknown(why) => {
+            warn!(
                 "cannot tell where the stored WAL ends ({why}): should PostgreSQL stop with \"recovery ended before configured recovery target was reached\", the time is past the end of the stored WAL: recover again with --to-time latest"
-            ),
+            );
+            None
         }
     }
+}
 
+/// `recovery.signal`, and the recovery settings appended to `postgresql.auto.conf`:
+/// `restore_command` a plain `cp` from `dockhand_wal/`, promote at the end, and the
+/// time unless recovery goes to the end.
+fn write_recovery_conf(
+    dir: &Path,
+    base: &str,
+    target: &Target,
+    to_end: bool,
+) -> Result<(), BackupError> {
     std::fs::write(dir.join("recovery.signal"), b"").map_err(super::io_err(dir))?;
     let mut conf = format!(
-        "\n# dockhand recover, from base backup {}\nrestore_command = 'cp \"dockhand_wal/%f\" \"%p\"'\nrecovery_target_action = 'promote'\n",
-        m.name
+        "\n# dockhand recover, from base backup {base}\nrestore_command = 'cp \"dockhand_wal/%f\" \"%p\"'\nrecovery_target_action = 'promote'\n"
     );
-    if let (Target::Time(secs, micros), None) = (target, &to_end) {
+    if let (Target::Time(secs, micros), false) = (target, to_end) {
         let t = chrono::DateTime::from_timestamp(*secs, micros * 1000).unwrap_or_default();
         conf.push_str(&format!(
             "recovery_target_time = '{}'\n",
@@ -223,12 +297,7 @@ pub fn recover(
         .mode(0o600)
         .open(&auto)
         .and_then(|mut f| f.write_all(conf.as_bytes()).and_then(|()| f.sync_all()))
-        .map_err(super::io_err(&auto))?;
-    Ok(Recovered {
-        base: m.name.clone(),
-        wal_files: fetched.len(),
-        to_end,
-    })
+        .map_err(super::io_err(&auto))
 }
 
 /// Where the stored WAL's transactions end.
@@ -342,8 +411,22 @@ fn format_micros(t: i128) -> String {
 
 /// Decodes one stored file into `path`, checked against its manifest before it gets
 /// its name.
-fn decode_into(r: &Reading, b: &Backup, from: Side, path: &Path) -> Result<(), BackupError> {
+fn decode_into(
+    r: &Reading,
+    b: &Backup,
+    from: Side,
+    path: &Path,
+    check: &dyn Fn(&[u8]) -> Result<(), String>,
+) -> Result<Result<(), String>, BackupError> {
     let m = &b.manifest;
+    let mut opened = catalog::open(r, m, from)?;
+    let mut buf = Vec::new();
+    let read = opened.reader.read_to_end(&mut buf);
+    read.map_err(|e| err(format!("{}: cannot read it: {e}", m.file)))?;
+    opened.check(m)?;
+    if let Err(why) = check(&buf) {
+        return Ok(Err(why));
+    }
     let partial = crate::files::partial_name(path);
     let mut out = std::fs::OpenOptions::new()
         .write(true)
@@ -351,19 +434,14 @@ fn decode_into(r: &Reading, b: &Backup, from: Side, path: &Path) -> Result<(), B
         .mode(0o600)
         .open(&partial)
         .map_err(super::io_err(&partial))?;
-    let mut opened = catalog::open(r, m, from)?;
-    let mut buf = Vec::new();
-    let read = opened.reader.read_to_end(&mut buf);
-    let checked = opened.check(m);
-    let done = read
-        .map_err(|e| err(format!("{}: cannot read it: {e}", m.file)))
-        .and(checked)
-        .and_then(|()| out.write_all(&buf).map_err(super::io_err(&partial)))
+    let done = out
+        .write_all(&buf)
+        .map_err(super::io_err(&partial))
         .and_then(|()| std::fs::rename(&partial, path).map_err(super::io_err(path)));
     if done.is_err() {
         let _ = std::fs::remove_file(&partial);
     }
-    done
+    done.map(Ok)
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use super::daemon::Stop;
 use super::dump::{self, Server, Tools};
 use super::manifest::Content;
 use super::run::Runner;
-use super::walname::{is_wal_file, partial_segment, stored_file};
+use super::walname::{check_segment, is_wal_file, partial_segment, stored_file};
 use super::BackupError;
 use crate::config::invalid;
 use crate::pg::PgTarget;
@@ -550,6 +550,12 @@ impl Wal<'_> {
             if partials.written.get(segment) == Some(&modified) {
                 continue;
             }
+            // Nothing visible before it is checked: a file pg_receivewal is still
+            // creating holds no page yet (its first page comes after the zeros).
+            if let Err(why) = segment_on_disk(&path, segment) {
+                tracing::debug!("partial WAL not stored yet: {why}");
+                continue;
+            }
             let kind = Dump::Wal(path.clone());
             match archive::backup(&d, self.target, &kind, self.tools, &self.server.version) {
                 Ok(o) => {
@@ -577,6 +583,20 @@ impl Wal<'_> {
         }
         partials.last = Some(Instant::now());
     }
+}
+
+/// [`check_segment`] on the spool file `path`, which holds `segment`.
+fn segment_on_disk(path: &Path, segment: &str) -> Result<(), String> {
+    use std::io::Read;
+    let read = || -> std::io::Result<(Vec<u8>, u64)> {
+        let mut f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        let mut head = Vec::with_capacity(40);
+        f.by_ref().take(40).read_to_end(&mut head)?;
+        Ok((head, len))
+    };
+    let (head, len) = read().map_err(|e| format!("{segment}: {}", crate::error::io_reason(&e)))?;
+    check_segment(segment, &head, len)
 }
 
 /// True when pg_receivewal was refused because the spool's position is not on the

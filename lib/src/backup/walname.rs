@@ -76,6 +76,69 @@ pub fn stored_file(stored: &str) -> Option<(&str, bool)> {
     }
 }
 
+/// Checks that `head` (a segment file's first 40 bytes at least) and its length `len`
+/// are a WAL segment's: the first page's long header names this file's timeline and
+/// position and a segment size equal to the file's. A file pg_receivewal is still
+/// creating is not: it first fills the new `.partial` with zeros up to the segment
+/// size, and only then writes the first page (so a copy taken meanwhile is shorter and
+/// all zeros, and PostgreSQL stops recovery on it with "has wrong size"). Read in
+/// either byte order, as the server wrote it.
+pub fn check_segment(file: &str, head: &[u8], len: u64) -> Result<(), String> {
+    const XLP_LONG_HEADER: u16 = 0x0002;
+    if file.len() != 24 || !hex(file) {
+        return Err(format!("{file} is not a segment name"));
+    }
+    let num = |r: std::ops::Range<usize>| u64::from_str_radix(&file[r], 16).unwrap_or(0);
+    let (tli, hi, lo) = (num(0..8), num(8..16), num(16..24));
+    if head.len() < 40 {
+        return Err(format!("{file}: {len} bytes, shorter than a page header"));
+    }
+    let fits = |le: bool| {
+        let u16_at = |i: usize| {
+            let b = [head[i], head[i + 1]];
+            u64::from(if le {
+                u16::from_le_bytes(b)
+            } else {
+                u16::from_be_bytes(b)
+            })
+        };
+        let u32_at = |i: usize| {
+            let b: [u8; 4] = head[i..i + 4].try_into().unwrap_or_default();
+            u64::from(if le {
+                u32::from_le_bytes(b)
+            } else {
+                u32::from_be_bytes(b)
+            })
+        };
+        let u64_at = |i: usize| {
+            let b: [u8; 8] = head[i..i + 8].try_into().unwrap_or_default();
+            if le {
+                u64::from_le_bytes(b)
+            } else {
+                u64::from_be_bytes(b)
+            }
+        };
+        let size = u32_at(32);
+        let sized = size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size);
+        sized
+            && u16_at(2) & u64::from(XLP_LONG_HEADER) != 0
+            && u32_at(4) == tli
+            && size == len
+            && u64_at(8) == (hi << 32) + lo * size
+    };
+    if fits(true) || fits(false) {
+        Ok(())
+    } else if head.iter().all(|&b| b == 0) {
+        Err(format!(
+            "{file}: {len} bytes of zeros, no page written yet (a copy taken while pg_receivewal was creating it)"
+        ))
+    } else {
+        Err(format!(
+            "{file}: {len} bytes whose first page does not describe this segment"
+        ))
+    }
+}
+
 /// The timeline and segment number of a 16 MiB WAL segment's name; `None` for
 /// anything else (a history file).
 pub fn segment(file: &str) -> Option<(u32, u64)> {
@@ -93,4 +156,55 @@ pub fn segment_of_lsn(lsn: &str) -> Option<u64> {
     let (hi, lo) = lsn.split_once('/')?;
     let v = (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?;
     Some(v >> 24)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first 40 bytes of segment `lo` of log `hi` on timeline `tli` (16 MiB), as
+    /// PostgreSQL 15 writes them on a little-endian machine.
+    fn head(tli: u32, hi: u64, lo: u64, le: bool) -> Vec<u8> {
+        let size: u32 = 16 << 20;
+        let addr = (hi << 32) + lo * u64::from(size);
+        let mut h = Vec::new();
+        let put = |h: &mut Vec<u8>, b: &[u8]| {
+            if le {
+                h.extend(b.iter().rev());
+            } else {
+                h.extend(b);
+            }
+        };
+        put(&mut h, &0xD110u16.to_be_bytes());
+        put(&mut h, &0x0006u16.to_be_bytes());
+        put(&mut h, &tli.to_be_bytes());
+        put(&mut h, &addr.to_be_bytes());
+        put(&mut h, &0u32.to_be_bytes());
+        h.extend([0; 4]);
+        put(&mut h, &7_312_345_678_901_234_567u64.to_be_bytes());
+        put(&mut h, &size.to_be_bytes());
+        put(&mut h, &8192u32.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn a_segment_is_one_whose_first_page_names_it() {
+        let full = 16 << 20;
+        let file = "000000010000000200000004";
+        assert_eq!(check_segment(file, &head(1, 2, 4, true), full), Ok(()));
+        assert_eq!(check_segment(file, &head(1, 2, 4, false), full), Ok(()));
+        // pg_receivewal still filling the new file with zeros: shorter, no page
+        let e = check_segment(file, &[0; 40], 16_703_488).unwrap_err();
+        assert!(e.contains("zeros"), "{e}");
+        assert!(check_segment(file, &[0; 40], full).is_err());
+        // another segment's page, another timeline, a cut file, a short read
+        assert!(check_segment(file, &head(1, 2, 5, true), full).is_err());
+        assert!(check_segment(file, &head(2, 2, 4, true), full).is_err());
+        assert!(check_segment(file, &head(1, 2, 4, true), full - 8192).is_err());
+        assert!(check_segment(file, &head(1, 2, 4, true)[..39], full).is_err());
+        assert!(check_segment("00000001.history", &head(1, 2, 4, true), full).is_err());
+        let mut short_header = head(1, 2, 4, true);
+        short_header[2] = 0; // not a long header
+        assert!(check_segment(file, &short_header, full).is_err());
+    }
 }
