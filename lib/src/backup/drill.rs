@@ -275,6 +275,38 @@ pub fn drill(
         finish(false);
         return Err(e);
     }
+    let (mut problems, rows_missing) = problems_of(m, &report);
+    if !checks.is_empty() && cancel.check().is_ok() {
+        problems.extend(r.rt.block_on(run_checks(&target, &checks)));
+    }
+    if let Err(e) = cancel.check() {
+        finish(false);
+        return Err(e);
+    }
+    finish(req.keep);
+    let drill = Drill {
+        at: unix_now(),
+        ok: problems.is_empty(),
+        seconds: report.seconds,
+        rows_missing,
+        problems: problems
+            .into_iter()
+            .map(|p| crate::redact::text(&p))
+            .collect(),
+    };
+    save(r, b, &drill);
+    Ok(Outcome {
+        backup: m.name.clone(),
+        database: report.database,
+        kept: req.keep,
+        drill,
+    })
+}
+
+/// What the restore of a drill shows: each table whose rows differ from the
+/// manifest's counts (with pg_restore's error for it), pg_restore's other errors, and
+/// the rows missing in all.
+fn problems_of(m: &super::manifest::Manifest, report: &restore::Report) -> (Vec<String>, i64) {
     let errors = restore_errors(&report.messages);
     let restored = report.counts.clone().unwrap_or_default();
     let (mut problems, rows_missing) = match &m.counts {
@@ -299,35 +331,20 @@ pub fn drill(
             report.messages.trim().replace('\n', "; ")
         ));
     }
-    if !checks.is_empty() && cancel.check().is_ok() {
-        problems.extend(r.rt.block_on(run_checks(&target, &checks)));
-    }
-    if let Err(e) = cancel.check() {
-        finish(false);
-        return Err(e);
-    }
-    finish(req.keep);
-    let drill = Drill {
-        at: unix_now(),
-        ok: problems.is_empty(),
-        seconds: report.seconds,
-        rows_missing,
-        problems: problems
-            .into_iter()
-            .map(|p| crate::redact::text(&p))
-            .collect(),
-    };
-    let mut updated = m.clone();
+    (problems, rows_missing)
+}
+
+/// Records a drill's result in the drilled backup's manifest (`list` shows it,
+/// `restore latest` warns on a failed one); a failure to write it is a warning.
+pub(super) fn save(r: &Reading, b: &Backup, drill: &Drill) {
+    let mut updated = b.manifest.clone();
     updated.drill = Some(drill.clone());
     if let Err(e) = catalog::update_manifest(r, b, &updated) {
-        warn!("{}: the drill's result was not recorded: {e}", m.name);
+        warn!(
+            "{}: the drill's result was not recorded: {e}",
+            b.manifest.name
+        );
     }
-    Ok(Outcome {
-        backup: m.name.clone(),
-        database: report.database,
-        kept: req.keep,
-        drill,
-    })
 }
 
 /// When the daemon drills (`BACKUP_DRILL`).

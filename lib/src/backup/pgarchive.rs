@@ -139,6 +139,25 @@ pub fn read(path: &Path) -> Result<Layout, OffsetError> {
         len,
         int_size: 4,
     };
+    let (minor, off_size) = read_head(&mut r)?;
+    let count = r.int()?;
+    if count < 0 {
+        return Err(OffsetError::Malformed(format!("{count} entries")));
+    }
+    let mut layout = Layout {
+        off_size,
+        ..Layout::default()
+    };
+    for _ in 0..count {
+        layout.entries.push(read_entry(&mut r, minor, off_size)?);
+    }
+    read_blocks(&mut r, &mut layout)?;
+    Ok(layout)
+}
+
+/// The header, as pg_dump's `ReadHead` reads it: the archive's minor version and its
+/// offset size; the reader is left at the table of contents.
+fn read_head(r: &mut Reader) -> Result<(u8, usize), OffsetError> {
     let mut magic = [0u8; 5];
     r.bytes(&mut magic)?;
     if &magic != MAGIC {
@@ -173,64 +192,62 @@ pub fn read(path: &Path) -> Result<Layout, OffsetError> {
     for _ in 0..3 {
         r.string()?; // database, server version, pg_dump version
     }
-    let count = r.int()?;
-    if count < 0 {
-        return Err(OffsetError::Malformed(format!("{count} entries")));
+    Ok((minor, off_size))
+}
+
+/// One table-of-contents entry, as `ReadToc` reads it, with where its offset field is.
+fn read_entry(r: &mut Reader, minor: u8, off_size: usize) -> Result<Entry, OffsetError> {
+    let dump_id = r.int()?;
+    if dump_id <= 0 {
+        return Err(OffsetError::Malformed(format!("entry ID {dump_id}")));
     }
-    let mut layout = Layout {
-        off_size,
-        ..Layout::default()
-    };
-    for _ in 0..count {
-        let dump_id = r.int()?;
-        if dump_id <= 0 {
-            return Err(OffsetError::Malformed(format!("entry ID {dump_id}")));
-        }
-        r.int()?; // had a data dumper
-        for _ in 0..4 {
-            r.string()?; // table OID, OID, tag, kind
-        }
-        r.int()?; // section
-        for _ in 0..5 {
-            r.string()?; // definition, drop, copy statements, schema, tablespace
-        }
-        if minor >= 14 {
-            r.string()?; // table access method
-        }
-        if minor >= 16 {
-            r.int()?; // relkind
-        }
-        r.string()?; // owner
-        r.string()?; // "false" (WITH OIDS)
-        while r.string()?.is_some() {} // dependencies, ended by a null string
-        let field = r.pos;
-        let flag = r.byte()?;
-        let mut offset = 0u64;
-        for i in 0..off_size {
-            let b = u64::from(r.byte()?);
-            if i < 8 {
-                offset |= b << (8 * i);
-            }
-        }
-        if !(OFFSET_NOT_SET..=OFFSET_NO_DATA).contains(&flag) {
-            return Err(OffsetError::Malformed(format!(
-                "offset flag {flag} in entry {dump_id}"
-            )));
-        }
-        layout.entries.push(Entry {
-            dump_id,
-            field,
-            flag,
-            offset,
-        });
+    r.int()?; // had a data dumper
+    for _ in 0..4 {
+        r.string()?; // table OID, OID, tag, kind
     }
-    // The data blocks, each a type byte and its entry's ID, then chunks of a length
-    // and that many bytes up to a zero length (large objects: an OID before each
-    // object's chunks, up to a zero OID).
+    r.int()?; // section
+    for _ in 0..5 {
+        r.string()?; // definition, drop, copy statements, schema, tablespace
+    }
+    if minor >= 14 {
+        r.string()?; // table access method
+    }
+    if minor >= 16 {
+        r.int()?; // relkind
+    }
+    r.string()?; // owner
+    r.string()?; // "false" (WITH OIDS)
+    while r.string()?.is_some() {} // dependencies, ended by a null string
+    let field = r.pos;
+    let flag = r.byte()?;
+    let mut offset = 0u64;
+    for i in 0..off_size {
+        let b = u64::from(r.byte()?);
+        if i < 8 {
+            offset |= b << (8 * i);
+        }
+    }
+    if !(OFFSET_NOT_SET..=OFFSET_NO_DATA).contains(&flag) {
+        return Err(OffsetError::Malformed(format!(
+            "offset flag {flag} in entry {dump_id}"
+        )));
+    }
+    Ok(Entry {
+        dump_id,
+        field,
+        flag,
+        offset,
+    })
+}
+
+/// The data blocks, each a type byte and its entry's ID, then chunks of a length and
+/// that many bytes up to a zero length (large objects: an OID before each object's
+/// chunks, up to a zero OID): where each entry's block starts.
+fn read_blocks(r: &mut Reader, layout: &mut Layout) -> Result<(), OffsetError> {
     loop {
         let at = r.pos;
         let Some(kind) = r.byte_or_eof()? else {
-            break;
+            return Ok(());
         };
         let dump_id = r.int()?;
         match kind {
@@ -252,7 +269,6 @@ pub fn read(path: &Path) -> Result<Layout, OffsetError> {
             )));
         }
     }
-    Ok(layout)
 }
 
 /// pg_dump's primitive reads, counting the position.

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::catalog::{self, Backup, Reading, Side};
+use super::catalog::{Backup, Reading, Side};
 use super::manifest::{Content, Drill};
 use super::recover::{self, Target};
 use super::{err, unix_now, BackupError, Cancel};
@@ -194,14 +194,7 @@ pub fn drill(
         rows_missing: 0,
         problems: problems.iter().map(|p| crate::redact::text(p)).collect(),
     };
-    let mut updated = base.manifest.clone();
-    updated.drill = Some(drill.clone());
-    if let Err(e) = catalog::update_manifest(r, base, &updated) {
-        warn!(
-            "{}: the drill's result was not recorded: {e}",
-            base.manifest.name
-        );
-    }
+    super::drill::save(r, base, &drill);
     Ok(Outcome {
         base: base.manifest.name.clone(),
         wal_files,

@@ -381,20 +381,8 @@ fn decode_to_file(
 ) -> Result<Option<TempDump>, BackupError> {
     use super::catalog::human_size;
     let need = m.dump_bytes;
-    // room for the file and a margin, so the restore does not fill the disk
-    let margin = (need / 20).max(64 << 20);
-    match free_bytes(dir) {
-        Some(free) if free >= need + margin => {}
-        free => {
-            warn!(
-                "{}: {} free, the decoded backup needs {} (and {} to spare): restoring with one job, streamed (set BACKUP_TMP_DIR to a folder with room)",
-                dir.display(),
-                free.map_or("unknown".into(), human_size),
-                human_size(need),
-                human_size(margin)
-            );
-            return Ok(None);
-        }
+    if !room_for(dir, need) {
+        return Ok(None);
     }
     let mut rand = [0u8; 8];
     getrandom_fill(&mut rand);
@@ -413,47 +401,17 @@ fn decode_to_file(
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut opened = catalog::open(r, m, from)?;
     let mut reader = std::mem::replace(&mut opened.reader, Box::new(std::io::empty()));
-    // Reading (download, checksum, decryption, decompression) on one thread and
-    // writing on this one: pg_restore has not started, so both cores are ours.
-    let copied = std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(4);
-        let from = &mut reader;
-        scope.spawn(move || loop {
-            let mut buf = vec![0u8; 1 << 20];
-            let n = match from.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            buf.truncate(n);
-            // the writer gone (a failure, a stop): stop reading
-            if tx.send(Ok(buf)).is_err() {
-                return;
-            }
-        });
-        let mut written = 0u64;
-        for chunk in rx {
-            cancel.check().map_err(Decoding::Stopped)?;
-            let buf = chunk.map_err(Decoding::Read)?;
-            out.write_all(&buf).map_err(|e| {
-                Decoding::Stopped(err(format!(
-                    "{}: writing the decoded backup ({} needed): {}",
-                    guard.path.display(),
-                    human_size(need),
-                    crate::error::io_reason(&e)
-                )))
-            })?;
-            written += buf.len() as u64;
-        }
-        Ok(written)
-    });
-    let written = match copied {
+    let written = match copy_on_two_threads(&mut reader, &mut out, cancel) {
         Ok(n) => n,
         Err(Decoding::Stopped(e)) => return Err(e),
+        Err(Decoding::Write(e)) => {
+            return Err(err(format!(
+                "{}: writing the decoded backup ({} needed): {}",
+                guard.path.display(),
+                human_size(need),
+                crate::error::io_reason(&e)
+            )))
+        }
         Err(Decoding::Read(e)) => {
             // a damaged or cut backup says so first; else the read error itself
             opened.reader = Box::new(reader);
@@ -483,11 +441,71 @@ fn decode_to_file(
     Ok(Some(guard))
 }
 
+/// True when `dir` has room for `need` bytes and a margin, so the restore does not
+/// fill the disk; else says so, for the caller to stream instead.
+fn room_for(dir: &Path, need: u64) -> bool {
+    use super::catalog::human_size;
+    let margin = (need / 20).max(64 << 20);
+    match free_bytes(dir) {
+        Some(free) if free >= need + margin => true,
+        free => {
+            warn!(
+                "{}: {} free, the decoded backup needs {} (and {} to spare): restoring with one job, streamed (set BACKUP_TMP_DIR to a folder with room)",
+                dir.display(),
+                free.map_or("unknown".into(), human_size),
+                human_size(need),
+                human_size(margin)
+            );
+            false
+        }
+    }
+}
+
+/// Copies `from` into `out`, reading (download, checksum, decryption, decompression)
+/// on a second thread and writing on this one: pg_restore has not started, so both
+/// cores are ours. Returns the bytes written.
+fn copy_on_two_threads(
+    from: &mut Box<dyn Read + Send>,
+    out: &mut impl Write,
+    cancel: &Cancel,
+) -> Result<u64, Decoding> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(4);
+        scope.spawn(move || loop {
+            let mut buf = vec![0u8; 1 << 20];
+            let n = match from.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            buf.truncate(n);
+            // the writer gone (a failure, a stop): stop reading
+            if tx.send(Ok(buf)).is_err() {
+                return;
+            }
+        });
+        let mut written = 0u64;
+        for chunk in rx {
+            cancel.check().map_err(Decoding::Stopped)?;
+            let buf = chunk.map_err(Decoding::Read)?;
+            out.write_all(&buf).map_err(Decoding::Write)?;
+            written += buf.len() as u64;
+        }
+        Ok(written)
+    })
+}
+
 /// How copying the decoded backup into its file ended early.
 enum Decoding {
     /// Reading the backup failed.
     Read(std::io::Error),
-    /// Stopped (a signal) or the file could not be written.
+    /// Writing the file failed.
+    Write(std::io::Error),
+    /// Stopped (a signal).
     Stopped(BackupError),
 }
 

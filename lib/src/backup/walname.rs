@@ -77,8 +77,10 @@ pub fn stored_file(stored: &str) -> Option<(&str, bool)> {
 }
 
 /// Checks that `head` (a segment file's first 40 bytes at least) and its length `len`
-/// are a WAL segment's: the first page's long header names this file's timeline and
-/// position and a segment size equal to the file's. A file pg_receivewal is still
+/// are a WAL segment's: the first page's long header names this file's position, a
+/// segment size equal to the file's and its timeline or an earlier one (the first
+/// segment of a new timeline begins as a copy of the old timeline's, first page
+/// included). A file pg_receivewal is still
 /// creating is not: it first fills the new `.partial` with zeros up to the segment
 /// size, and only then writes the first page (so a copy taken meanwhile is shorter and
 /// all zeros, and PostgreSQL stops recovery on it with "has wrong size"). Read in
@@ -122,7 +124,7 @@ pub fn check_segment(file: &str, head: &[u8], len: u64) -> Result<(), String> {
         let sized = size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size);
         sized
             && u16_at(2) & u64::from(XLP_LONG_HEADER) != 0
-            && u32_at(4) == tli
+            && (1..=tli).contains(&u32_at(4))
             && size == len
             && u64_at(8) == (hi << 32) + lo * size
     };
@@ -200,6 +202,10 @@ mod tests {
         // another segment's page, another timeline, a cut file, a short read
         assert!(check_segment(file, &head(1, 2, 5, true), full).is_err());
         assert!(check_segment(file, &head(2, 2, 4, true), full).is_err());
+        // a new timeline's first segment starts with the old timeline's page
+        let tli2 = "000000020000000200000004";
+        assert_eq!(check_segment(tli2, &head(1, 2, 4, true), full), Ok(()));
+        assert!(check_segment(tli2, &head(3, 2, 4, true), full).is_err());
         assert!(check_segment(file, &head(1, 2, 4, true), full - 8192).is_err());
         assert!(check_segment(file, &head(1, 2, 4, true)[..39], full).is_err());
         assert!(check_segment("00000001.history", &head(1, 2, 4, true), full).is_err());
