@@ -392,7 +392,28 @@ pub fn parse_with<K: Key, T>(
     stop_at_word: bool,
     read: impl FnOnce(Matches<K>) -> Result<T, ConfigError>,
 ) -> Result<Parsed<T>, ConfigError> {
-    let m = parse(args, stop_at_word)?;
+    outcome(parse(args, stop_at_word)?, read)
+}
+
+/// [`parse_with`], reading `vars` instead of the environment (unit tests of a
+/// binary's command line, whatever the process environment holds).
+#[cfg(all(test, feature = "probe"))]
+pub(crate) fn parse_with_vars<K: Key, T>(
+    args: impl IntoIterator<Item = OsString>,
+    stop_at_word: bool,
+    vars: &[(&str, &str)],
+    read: impl FnOnce(Matches<K>) -> Result<T, ConfigError>,
+) -> Result<Parsed<T>, ConfigError> {
+    let mut m = parse(args, stop_at_word)?;
+    m.vars = Matches::<K>::from_vars(vars).vars;
+    outcome(m, read)
+}
+
+/// Help, the version, or what `read` makes of the matches.
+fn outcome<K: Key, T>(
+    m: Matches<K>,
+    read: impl FnOnce(Matches<K>) -> Result<T, ConfigError>,
+) -> Result<Parsed<T>, ConfigError> {
     if m.help {
         return Ok(Parsed::Help);
     }
@@ -501,7 +522,8 @@ impl<K: Key> Matches<K> {
         Matches::empty(Vars::Process)
     }
 
-    /// No flags, and these variables instead of the environment (unit tests).
+    /// No flags, and these variables instead of the environment (unit tests); a
+    /// `NAME_FILE` among them is read as [`config::var`] reads it.
     pub fn from_vars(vars: &[(&str, &str)]) -> Matches<K> {
         Matches::empty(Vars::Map(
             vars.iter()
@@ -513,7 +535,22 @@ impl<K: Key> Matches<K> {
     fn var(&self, name: &str) -> Result<Option<String>, ConfigError> {
         match &self.vars {
             Vars::Process => config::var(name),
-            Vars::Map(m) => Ok(m.get(name).filter(|v| !v.is_empty()).cloned()),
+            // as config::var reads the environment: empty is unset, `NAME_FILE` names
+            // a file holding the value, and both at once is an error
+            Vars::Map(m) => {
+                let get = |n: &str| m.get(n).filter(|v| !v.is_empty());
+                let file_var = format!("{name}_FILE");
+                match (get(name), get(&file_var)) {
+                    (Some(_), Some(_)) => Err(invalid(format!(
+                        "both {name} and {file_var} are set: unset one of them"
+                    ))),
+                    (Some(v), None) => Ok(Some(v.clone())),
+                    (None, Some(path)) => {
+                        config::read_secret_file(&file_var, std::path::Path::new(path)).map(Some)
+                    }
+                    (None, None) => Ok(None),
+                }
+            }
         }
     }
 
