@@ -13,8 +13,11 @@
 pub fn text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
+    // `scheme://`, and the typo `scheme:/` too (a URL that did not parse is quoted in
+    // the error that says so)
+    while let Some(i) = rest.find(":/") {
+        let slashes = rest[i + 1..].bytes().take_while(|&b| b == b'/').count();
+        let (head, tail) = rest.split_at(i + 1 + slashes);
         out.push_str(head);
         let word_end = tail
             .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`')
@@ -101,6 +104,12 @@ mod tests {
             "connect postgres://app:***@db:5432/x?password=***&a=1 failed"
         );
         assert_eq!(text("no secrets here"), "no secrets here");
+        // a URL with one slash (a typo: quoted by the error saying it does not parse)
+        assert_eq!(
+            text("bad URL http:/app:pw123@web/"),
+            "bad URL http:/app:***@web/"
+        );
+        assert_eq!(text("C:/dir/file: ok"), "C:/dir/file: ok");
         assert_eq!(text("PGPASSWORD=abc rest"), "PGPASSWORD=*** rest");
         assert_eq!(text("\u{fb15}token=abc"), "\u{fb15}token=***");
     }

@@ -313,10 +313,11 @@ pub fn parse_signal(s: &str, allow_zero: bool) -> Result<i32, ConfigError> {
             0
         } else {
             rest.strip_prefix('+')
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|n| n.parse().ok())
                 .ok_or_else(bad)?
         };
-        let n = libc::SIGRTMIN() + off;
+        let n = libc::SIGRTMIN().checked_add(off).ok_or_else(bad)?;
         return if n <= libc::SIGRTMAX() {
             Ok(n)
         } else {
@@ -328,10 +329,11 @@ pub fn parse_signal(s: &str, allow_zero: bool) -> Result<i32, ConfigError> {
             0
         } else {
             rest.strip_prefix('-')
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|n| n.parse().ok())
                 .ok_or_else(bad)?
         };
-        let n = libc::SIGRTMAX() - off;
+        let n = libc::SIGRTMAX().checked_sub(off).ok_or_else(bad)?;
         return if n >= libc::SIGRTMIN() {
             Ok(n)
         } else {
@@ -364,7 +366,21 @@ mod tests {
         assert_eq!(parse_signal("10", false), Ok(10));
         assert_eq!(parse_signal("RTMIN+2", false), Ok(libc::SIGRTMIN() + 2));
         assert_eq!(parse_signal("0", true), Ok(0));
-        for bad in ["0", "FOO", "99", "RTMIN+99", ""] {
+        assert_eq!(parse_signal("RTMAX-1", false), Ok(libc::SIGRTMAX() - 1));
+        // offsets that overflow or carry their own sign are refused, never wrapped
+        for bad in [
+            "0",
+            "FOO",
+            "99",
+            "RTMIN+99",
+            "",
+            "RTMIN+2147483647",
+            "RTMAX--2147483648",
+            "RTMAX-2147483647",
+            "RTMAX--3",
+            "RTMIN+-3",
+            "RTMIN++3",
+        ] {
             assert!(parse_signal(bad, false).is_err(), "{bad}");
         }
         assert_eq!(signal_name(15), "SIGTERM");

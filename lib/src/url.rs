@@ -319,7 +319,19 @@ fn parse_host_port(part: &str, fail: &dyn Fn(&str) -> UrlError) -> Result<HostPo
             p.parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| fail(&format!("the port {p:?} is not a number from 1 to 65535")))?,
+                .ok_or_else(|| {
+                    // Not quoted unless it is digits: a password holding an unencoded
+                    // `/`, `?` or `#` is cut there, and its start would be taken for
+                    // the port.
+                    let shown = if p.bytes().all(|b| b.is_ascii_digit()) {
+                        format!(" {p:?}")
+                    } else {
+                        String::new()
+                    };
+                    fail(&format!(
+                        "the port{shown} is not a number from 1 to 65535 (a password holding / ? # @ : or % must be percent-encoded: %2F %3F %23 %40 %3A %25)"
+                    ))
+                })?,
         ),
     };
     let host = decode(&host).ok_or_else(|| fail("bad %-escape in the host"))?;
@@ -382,6 +394,26 @@ pub fn decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A password holding an unencoded `/`, `?` or `#` ends the authority there: its
+    /// start looks like a port, and the error must not quote it.
+    #[test]
+    fn a_port_cut_from_a_password_is_not_quoted() {
+        for (url, secret) in [
+            ("http://app:Pw/?#x@web/", "Pw"),
+            ("redis://app:Pw/x@", "Pw"),
+            ("https://app:Pw/@:x@/h", "Pw"),
+        ] {
+            let e = Url::parse(url)
+                .map(|u| u.to_string())
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains(secret), "{url}: {e}");
+            assert!(e.contains("percent-encoded"), "{url}: {e}");
+        }
+        let e = Url::parse("http://web:99999/").unwrap_err().to_string();
+        assert!(e.contains("\"99999\""), "{e}");
+    }
 
     #[test]
     fn parses_postgres_url() {

@@ -588,6 +588,12 @@ fn bad_input_exits_1_with_a_clear_message_never_2() {
             &[("HEALTHCHECK_INSECURE", "perhaps")],
             "not a boolean",
         ),
+        // passwords with an unencoded / ? #: their start looks like a port; a URL
+        // with one slash after the scheme
+        (&["http://app:topsecret/?#x@web/"], &[], "percent-encoded"),
+        (&["redis://app:topsecret/x@"], &[], "percent-encoded"),
+        (&["https://app:topsecret/@:x@/h"], &[], "percent-encoded"),
+        (&["http:/app:topsecret@web/"], &[], "expected scheme://"),
     ];
     for (args, env, want) in cases {
         let r = healthcheck_env(args, env);
