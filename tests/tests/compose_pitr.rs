@@ -44,6 +44,7 @@ const RUNBOOK: &[&str] = &[
     "docker compose run --rm db-recover recover --to-time 2026-12-07T16:05:00Z --data-dir /var/lib/postgresql/data",
     "docker compose up -d postgres db-backup",
     "docker compose exec db-backup /dockhand/backup base",
+    "docker compose exec db-backup /dockhand/backup drill --pitr",
 ];
 
 /// Takes the stack down with the one-shot's profile too (its image and volumes).
@@ -254,10 +255,28 @@ fn the_pitr_stack_recovers_to_a_time_from_its_folder_and_from_s3_alone() {
         p.backup_files("/backups"),
         p.0.ok(&["logs", "db-backup"])
     );
+    // README's drill: the chain recovers, in the sidecar's own image (as root: the
+    // throwaway server runs as the image's user postgres).
+    let drill = p.run_line(RUNBOOK[8], "", &[]); // exits 0 only when it passed
+    assert!(!drill.contains(&password), "{drill}");
+    let status = p.0.ok(&["exec", "-T", "db-backup", "cat", "/backups/status.json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["last_drill"]["ok"], true, "{status}");
+    assert!(
+        status["last_drill"]["backup"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("_base-")),
+        "{status}"
+    );
+    assert!(
+        p.backup_files("/tmp").lines().all(|f| !f.contains("drill")),
+        "a scratch directory left: {}",
+        p.backup_files("/tmp")
+    );
 
     // Round 1: the volume is lost; README's runbook from the folder.
     let recover = |from: &[&str], round: &str| {
-        for line in &RUNBOOK[2..] {
+        for line in &RUNBOOK[2..8] {
             let out = p.run_line(
                 line,
                 &t,
