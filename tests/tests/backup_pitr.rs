@@ -690,7 +690,12 @@ fn a_time_past_the_end_of_the_stored_wal_recovers_to_its_end_and_says_so() {
         r.stderr
     );
     let conf = std::fs::read_to_string(dir.path().join("recovered/postgresql.auto.conf")).unwrap();
-    assert!(!conf.contains("recovery_target_time"), "{conf}");
+    // no time: the setting is there only to reset an older one to nothing
+    let times: Vec<&str> = conf
+        .lines()
+        .filter(|l| l.starts_with("recovery_target_time "))
+        .collect();
+    assert_eq!(times, ["recovery_target_time = ''"], "{conf}");
 }
 
 /// A scheduled base backup that fails shows in the status file (`last_base_backup`,
@@ -1459,6 +1464,13 @@ fn after_a_recovery_the_sidecar_streams_the_new_timeline_and_recovers_it() {
             stop_daemon(child).stderr
         );
     }
+    // A base backup of the recovered cluster: its postgresql.auto.conf still holds the
+    // first recovery's target time (the server never removes it); the recovery from
+    // it below must not stop there. Rows after it.
+    let r = backup(&["base", "--dir", d.to_str().unwrap()], &e);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let base2 = r.stdout.trim().to_string();
+    pg.psql_db("app", "INSERT INTO t SELECT generate_series(1011, 1020)");
     let seg = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
     pg.psql("SELECT pg_switch_wal()");
     let json = || {
@@ -1503,12 +1515,14 @@ fn after_a_recovery_the_sidecar_streams_the_new_timeline_and_recovers_it() {
     assert_eq!(v.code, Some(0), "{}", v.output());
     drop(pg);
 
-    // Recovered to the end: timeline 2's rows, none of the rows left behind on 1.
+    // Recovered to the end, from the newest base backup (timeline 2's): timeline 2's
+    // rows, none of the rows left behind on 1.
     let (r, rows) = recover_to(
         dir.path(),
         &d,
         "latest",
         "SELECT count(*), count(*) FILTER (WHERE id > 1000), max(id) FROM t",
     );
-    assert_eq!(rows, "110|10|1010", "{}", r.stderr);
+    assert!(r.stderr.contains(&base2), "{}", r.stderr);
+    assert_eq!(rows, "120|20|1020", "{}", r.stderr);
 }

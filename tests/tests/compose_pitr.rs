@@ -259,7 +259,8 @@ fn the_pitr_stack_recovers_to_a_time_from_its_folder_and_from_s3_alone() {
     // throwaway server runs as the image's user postgres).
     let drill = p.run_line(RUNBOOK[8], "", &[]); // exits 0 only when it passed
     assert!(!drill.contains(&password), "{drill}");
-    let status = p.0.ok(&["exec", "-T", "db-backup", "cat", "/backups/status.json"]);
+    let status =
+        p.0.ok(&["exec", "-T", "db-backup", "cat", "/backups/status.json"]);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["last_drill"]["ok"], true, "{status}");
     assert!(

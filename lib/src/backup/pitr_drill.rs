@@ -10,8 +10,9 @@
 //! major) and waits until it has promoted. It then reads the point recovered to (how
 //! far behind now it is: the RPO measured), connects to every database, runs the
 //! team's `BACKUP_DRILL_SQL` on the backup URL's database, and checks the stored WAL
-//! for a gap: recovery ends quietly at the first missing segment and promotes all the
-//! same, so a server that opened proves nothing past a gap. The server is stopped
+//! for a gap and that replay reached the newest segment fetched: recovery ends quietly
+//! at the first missing segment (or record that does not read) and promotes all the
+//! same, so a server that opened proves nothing past that point. The server is stopped
 //! (fast shutdown; SIGKILL to its process group after [`STOP_TIMEOUT`]) and the
 //! directory removed on every path, a stop signal included (both are guards dropped
 //! on the way out); the result is recorded as a drill of the base backup.
@@ -22,7 +23,9 @@
 //! reach outside the scratch directory or slow a drill down: no TCP (a Unix socket in
 //! the scratch directory only), no archiving, no streaming from a primary, no SSL
 //! files, no synchronous standbys, a `pg_hba.conf` of its own (trust over that socket,
-//! which only its owner can reach), `fsync` off and small shared buffers. Hot standby
+//! which only its owner can reach), no logical replication workers and no pg_cron
+//! jobs (nothing reaches a live system once it has promoted), `fsync` off and small
+//! shared buffers. Hot standby
 //! is off, so the server takes connections only once it has promoted, and a primary's
 //! larger `max_connections` cannot pause the recovery.
 
@@ -326,7 +329,8 @@ fn recover_and_check(
         }
     });
     s.cancel.check()?;
-    let (point, problems) = inspected.unwrap_or_else(|| Err(err("stopped")))?;
+    let (point, mut problems) = inspected.unwrap_or_else(|| Err(err("stopped")))?;
+    problems.extend(replay_short(&recovered, &point.lsn));
     server.stop();
     Ok(Checked {
         wal_files: recovered.wal_files,
@@ -334,6 +338,42 @@ fn recover_and_check(
         point,
         problems,
     })
+}
+
+/// Where replay fell short of the WAL fetched. PostgreSQL promotes quietly wherever
+/// replay stops (a record that does not read, a segment left out), so a server that
+/// opened proves nothing past that point: recovery to the end must replay into the
+/// newest segment fetched (or the one before it, when that is a partial which may not
+/// hold a complete record yet), and leave out nothing before it.
+fn replay_short(recovered: &recover::Recovered, lsn: &str) -> Vec<String> {
+    use super::walname::{segment, segment_of_lsn};
+    let Some((file, partial)) = &recovered.newest else {
+        return Vec::new();
+    };
+    let Some((_, newest)) = segment(file) else {
+        return Vec::new();
+    };
+    let mut problems: Vec<String> = recovered
+        .left_out
+        .iter()
+        .filter(|f| segment(f).is_some_and(|(_, s)| s < newest))
+        .map(|f| {
+            format!("stored WAL {f} does not read as a segment (left out): replay cannot pass it")
+        })
+        .collect();
+    let reached = segment_of_lsn(lsn);
+    let needed = if *partial {
+        newest.saturating_sub(1)
+    } else {
+        newest
+    };
+    if reached.is_none_or(|r| r < needed) {
+        problems.push(format!(
+            "replay stopped at {lsn}, before the end of the stored WAL ({file}{}): a stored segment does not replay; the server's log says where",
+            if *partial { ", a partial" } else { "" }
+        ));
+    }
+    problems
 }
 
 /// Readies the recovered directory for the drill's server: a `postgresql.conf`
@@ -709,6 +749,10 @@ fn settings(scratch: &Scratch) -> Vec<(&'static str, String)> {
         ("logging_collector", "off"),
         ("log_destination", "stderr"),
         ("cluster_name", "dockhand-drill"),
+        // once promoted, nothing reaches outside: no subscription's apply worker
+        // taking a live publisher's slot, no scheduled job of pg_cron
+        ("max_logical_replication_workers", "0"),
+        ("cron.launch_active_jobs", "off"),
     ];
     let mut out: Vec<(&'static str, String)> =
         fixed.iter().map(|(k, v)| (*k, v.to_string())).collect();
@@ -739,6 +783,45 @@ fn die_with_us(cmd: &mut std::process::Command) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replay_must_reach_the_newest_segment_fetched() {
+        let rec = |newest: &str, partial: bool, left_out: &[&str]| recover::Recovered {
+            base: "b".into(),
+            wal_files: 3,
+            to_end: None,
+            newest: Some((newest.into(), partial)),
+            left_out: left_out.iter().map(|f| f.to_string()).collect(),
+        };
+        let seg5 = "000000020000000000000005";
+        // replay ended inside segment 5 (0/5000000 to 0/5FFFFFF): reached
+        assert!(replay_short(&rec(seg5, false, &[]), "0/5000100").is_empty());
+        assert!(replay_short(&rec(seg5, false, &[]), "0/6000000").is_empty());
+        // stopped in segment 4: short, whatever PostgreSQL said when it promoted
+        let p = replay_short(&rec(seg5, false, &[]), "0/4FFFF00");
+        assert!(
+            p.len() == 1 && p[0].contains("replay stopped at 0/4FFFF00"),
+            "{p:?}"
+        );
+        // a partial newest segment may hold no complete record yet
+        assert!(replay_short(&rec(seg5, true, &[]), "0/4FFFF00").is_empty());
+        assert_eq!(replay_short(&rec(seg5, true, &[]), "0/3000000").len(), 1);
+        // left out before the newest: a gap replay cannot pass; after it: the end
+        let p = replay_short(
+            &rec(seg5, false, &["000000020000000000000003"]),
+            "0/5000100",
+        );
+        assert!(
+            p.len() == 1 && p[0].contains("000000020000000000000003"),
+            "{p:?}"
+        );
+        assert!(replay_short(
+            &rec(seg5, false, &["000000020000000000000006"]),
+            "0/5000100"
+        )
+        .is_empty());
+        assert_eq!(replay_short(&rec(seg5, false, &[]), "garbage").len(), 1);
+    }
 
     #[test]
     fn majors_and_points() {

@@ -54,6 +54,11 @@ pub struct Recovered {
     /// Set when the time given is past the last transaction stored: why recovery goes
     /// to the end of the stored WAL instead.
     pub to_end: Option<String>,
+    /// The newest segment fetched (by position), and whether from a partial: a
+    /// recovery to the end must replay into it (the PITR drill checks).
+    pub newest: Option<(String, bool)>,
+    /// WAL files stored only as copies that failed the check, none fetched.
+    pub left_out: Vec<String>,
 }
 
 /// Recovers into `dir` (which must be missing or empty).
@@ -84,15 +89,33 @@ pub fn recover(
     let side = |b: &Backup| from.unwrap_or(if b.local { Side::Local } else { Side::S3 });
     unpack(r, base, side(base), dir, cancel)?;
     let wal_dir = dir.join("dockhand_wal");
+    // A base backup of a cluster recovered before may hold that recovery's folder
+    // (removed at the end of recovery since 2026-12-08): stale WAL, not this one's.
+    if wal_dir.exists() {
+        info!(
+            "{}: a folder left by an earlier recovery, removed",
+            wal_dir.display()
+        );
+        std::fs::remove_dir_all(&wal_dir).map_err(super::io_err(&wal_dir))?;
+    }
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&wal_dir)
         .map_err(super::io_err(&wal_dir))?;
     let mut fetched = std::collections::BTreeSet::new();
+    let (mut newest, mut left_out) = (None::<(u64, String, bool)>, Vec::new());
     for (file, candidates) in wal_candidates(backups, wal.timeline, start) {
         cancel.check()?;
-        if fetch_one(r, file, &candidates, &side, &wal_dir)? {
-            fetched.insert(file.to_string());
+        match fetch_one(r, file, &candidates, &side, &wal_dir)? {
+            Some(partial) => {
+                if let Some((_, seg)) = segment(file) {
+                    if newest.as_ref().is_none_or(|(n, _, _)| seg >= *n) {
+                        newest = Some((seg, file.to_string(), partial));
+                    }
+                }
+                fetched.insert(file.to_string());
+            }
+            None => left_out.push(file.to_string()),
         }
     }
     if !fetched
@@ -113,6 +136,8 @@ pub fn recover(
         base: m.name.clone(),
         wal_files: fetched.len(),
         to_end,
+        newest: newest.map(|(_, f, p)| (f, p)),
+        left_out,
     })
 }
 
@@ -202,7 +227,8 @@ fn wal_candidates(
     all
 }
 
-/// Fetches the first good copy of `file` into `wal_dir`: true when one was. A partial
+/// Fetches the first good copy of `file` into `wal_dir`: whether it came from a
+/// partial, when one was fetched. A partial
 /// whose first page does not describe its segment (a copy taken while pg_receivewal
 /// was creating the file, by dockhand before 2026-12-08) is passed over for the next;
 /// a complete segment that fails the check is damaged, and recovery stops on it.
@@ -212,7 +238,7 @@ fn fetch_one(
     candidates: &[&Backup],
     side: &dyn Fn(&Backup) -> Side,
     wal_dir: &Path,
-) -> Result<bool, BackupError> {
+) -> Result<Option<bool>, BackupError> {
     for b in candidates {
         let partial = stored_file(&b.manifest.name).is_some_and(|(_, p)| p);
         let check = |bytes: &[u8]| match segment(file) {
@@ -220,7 +246,7 @@ fn fetch_one(
             None => Ok(()),
         };
         match decode_into(r, b, side(b), &wal_dir.join(file), &check)? {
-            Ok(()) => return Ok(true),
+            Ok(()) => return Ok(Some(partial)),
             Err(why) if partial => warn!("{}: left out: {why}", b.manifest.name),
             Err(why) => {
                 return Err(err(format!(
@@ -230,7 +256,7 @@ fn fetch_one(
             }
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// PostgreSQL stops at a time only on a transaction that ended after it: a time past
@@ -272,7 +298,13 @@ fn past_the_end(
 
 /// `recovery.signal`, and the recovery settings appended to `postgresql.auto.conf`:
 /// `restore_command` a plain `cp` from `dockhand_wal/`, promote at the end, and the
-/// time unless recovery goes to the end.
+/// time unless recovery goes to the end. Every other recovery setting is reset: a
+/// cluster recovered before keeps its recovery lines in `postgresql.auto.conf` (the
+/// server never removes them), so its later base backups carry that old target, which
+/// would stop this recovery at the first transaction after it; and a delay a standby
+/// had would hold it back. At the end of recovery the fetched WAL is removed
+/// (`recovery_end_command`): the promoted server no longer reads it, and its base
+/// backups would carry it.
 fn write_recovery_conf(
     dir: &Path,
     base: &str,
@@ -280,16 +312,24 @@ fn write_recovery_conf(
     to_end: bool,
 ) -> Result<(), BackupError> {
     std::fs::write(dir.join("recovery.signal"), b"").map_err(super::io_err(dir))?;
-    let mut conf = format!(
-        "\n# dockhand recover, from base backup {base}\nrestore_command = 'cp \"dockhand_wal/%f\" \"%p\"'\nrecovery_target_action = 'promote'\n"
+    let time = match (target, to_end) {
+        (Target::Time(secs, micros), false) => {
+            let t = chrono::DateTime::from_timestamp(*secs, micros * 1000).unwrap_or_default();
+            t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
+        }
+        _ => String::new(),
+    };
+    let conf = format!(
+        "\n# dockhand recover, from base backup {base} (replacing any recovery settings above)\n\
+         restore_command = 'cp \"dockhand_wal/%f\" \"%p\"'\n\
+         recovery_target = ''\nrecovery_target_lsn = ''\nrecovery_target_xid = ''\n\
+         recovery_target_name = ''\nrecovery_target_time = '{time}'\n\
+         recovery_target_inclusive = on\nrecovery_target_timeline = 'latest'\n\
+         recovery_target_action = 'promote'\nrecovery_min_apply_delay = 0\n\
+         recovery_end_command = 'rm -rf dockhand_wal'\narchive_cleanup_command = ''\n\
+         primary_conninfo = ''\n\
+         primary_slot_name = ''\n"
     );
-    if let (Target::Time(secs, micros), false) = (target, to_end) {
-        let t = chrono::DateTime::from_timestamp(*secs, micros * 1000).unwrap_or_default();
-        conf.push_str(&format!(
-            "recovery_target_time = '{}'\n",
-            t.format("%Y-%m-%d %H:%M:%S%.6f+00")
-        ));
-    }
     let auto = dir.join("postgresql.auto.conf");
     std::fs::OpenOptions::new()
         .append(true)

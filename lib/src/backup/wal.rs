@@ -255,7 +255,7 @@ pub async fn server_lacks(target: &PgTarget) -> Result<Vec<String>, BackupError>
         .query_one(
             "SELECT current_setting('wal_level'), current_setting('max_wal_senders')::int,
                     (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user),
-                    current_user::text",
+                    current_user::text, current_setting('wal_segment_size')",
             &[],
         )
         .await
@@ -264,7 +264,14 @@ pub async fn server_lacks(target: &PgTarget) -> Result<Vec<String>, BackupError>
     let senders: i32 = row.get(1);
     let replication: Option<bool> = row.get(2);
     let user: String = row.get(3);
+    let segment_size: String = row.get(4);
     let mut lacks = Vec::new();
+    // Stored names, continuity and recovery number segments as 16 MiB ones.
+    if segment_size != "16MB" {
+        lacks.push(format!(
+            "the cluster's WAL segments are {segment_size} (initdb --wal-segsize): dockhand streams 16MB segments only"
+        ));
+    }
     if wal_level != "replica" && wal_level != "logical" {
         lacks.push(format!(
             "wal_level is {wal_level}: set wal_level = replica in postgresql.conf and restart PostgreSQL"
@@ -552,9 +559,16 @@ impl Wal<'_> {
             }
             // Nothing visible before it is checked: a file pg_receivewal is still
             // creating holds no page yet (its first page comes after the zeros).
-            if let Err(why) = segment_on_disk(&path, segment) {
-                tracing::debug!("partial WAL not stored yet: {why}");
-                continue;
+            match segment_on_disk(&path, segment) {
+                Ok(()) => {}
+                Err((why, true)) => {
+                    tracing::debug!("partial WAL not stored yet: {why}");
+                    continue;
+                }
+                Err((why, false)) => {
+                    warn!("partial WAL not stored: {why}");
+                    continue;
+                }
             }
             let kind = Dump::Wal(path.clone());
             match archive::backup(&d, self.target, &kind, self.tools, &self.server.version) {
@@ -585,8 +599,10 @@ impl Wal<'_> {
     }
 }
 
-/// [`check_segment`] on the spool file `path`, which holds `segment`.
-fn segment_on_disk(path: &Path, segment: &str) -> Result<(), String> {
+/// [`check_segment`] on the spool file `path`, which holds `segment`; the error says
+/// too whether the file is still being created (its first page not written yet: all
+/// zeros so far), which the next pass sees through, or is not a segment at all.
+fn segment_on_disk(path: &Path, segment: &str) -> Result<(), (String, bool)> {
     use std::io::Read;
     let read = || -> std::io::Result<(Vec<u8>, u64)> {
         let mut f = std::fs::File::open(path)?;
@@ -595,8 +611,9 @@ fn segment_on_disk(path: &Path, segment: &str) -> Result<(), String> {
         f.by_ref().take(40).read_to_end(&mut head)?;
         Ok((head, len))
     };
-    let (head, len) = read().map_err(|e| format!("{segment}: {}", crate::error::io_reason(&e)))?;
-    check_segment(segment, &head, len)
+    let (head, len) =
+        read().map_err(|e| (format!("{segment}: {}", crate::error::io_reason(&e)), true))?;
+    check_segment(segment, &head, len).map_err(|why| (why, head.iter().all(|&b| b == 0)))
 }
 
 /// True when pg_receivewal was refused because the spool's position is not on the
