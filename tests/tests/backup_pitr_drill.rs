@@ -178,9 +178,32 @@ fn a_pitr_drill_recovers_the_rows_written_after_the_base_backup_and_cleans_up() 
         ("BACKUP_STATUS_FILE", status.to_str().unwrap()),
         ("BACKUP_METRICS_FILE", metrics.to_str().unwrap()),
     ]));
+    // Left by two earlier drills: one killed (its process gone: removed), one still
+    // running (this test's process stands for it: left alone).
+    let dead = (1..4_000_000)
+        .rev()
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    let killed = format!("dockhand-pitr-drill-1765000000-{dead}-000000001");
+    let running = format!(
+        "dockhand-pitr-drill-1765000000-{}-000000002",
+        std::process::id()
+    );
+    for name in [&killed, &running] {
+        std::fs::create_dir_all(tmp.join(name).join("data")).unwrap();
+        std::fs::write(tmp.join(name).join("data/PG_VERSION"), "15\n").unwrap();
+    }
     let started = std::time::Instant::now();
     let r = backup(&["drill", "--pitr"], &e);
     let took = started.elapsed();
+    assert_eq!(files(&tmp), std::slice::from_ref(&running), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("removed {}", tmp.join(&killed).display())),
+        "{}",
+        r.stderr
+    );
+    std::fs::remove_dir_all(tmp.join(&running)).unwrap();
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     r.assert_no_secret("secret-pw");
     eprintln!("drill --pitr took {took:?}");

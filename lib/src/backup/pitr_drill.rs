@@ -541,6 +541,40 @@ async fn inspect(
     Ok((point, problems))
 }
 
+/// Removes the scratch directories of drills whose process is gone: one killed
+/// (SIGKILL, the OOM killer, `docker stop` past its timeout) never ran its clean-up,
+/// and left a whole cluster's copy behind. The name carries the drill's process ID;
+/// a directory whose process still runs (another drill) is left alone.
+fn remove_abandoned(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("dockhand-pitr-drill-") else {
+            continue;
+        };
+        let pid = rest.split('-').nth(1).and_then(|p| p.parse::<i32>().ok());
+        let Some(pid) = pid.filter(|p| *p > 0) else {
+            continue;
+        };
+        if pid == std::process::id() as i32 || crate::process::kill(pid, 0) != Ok(false) {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => info!(
+                "removed {}, left by a drill that was killed",
+                entry.path().display()
+            ),
+            Err(e) => warn!(
+                "{} (left by a drill that was killed): {}",
+                entry.path().display(),
+                crate::error::io_reason(&e)
+            ),
+        }
+    }
+}
+
 /// The drill's scratch directory: the data directory, the socket, the server's log
 /// and `pg_hba.conf`. Removed when dropped, unless kept.
 struct Scratch {
@@ -553,6 +587,7 @@ impl Scratch {
     /// temporary directory by default).
     fn create(tmp: Option<&Path>) -> Result<Scratch, BackupError> {
         let parent = tmp.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        remove_abandoned(&parent);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
