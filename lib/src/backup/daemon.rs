@@ -182,12 +182,14 @@ pub fn run_drilling(
     let d = Daemon::new(runner, stop, drills)?;
     d.announce();
     // After a failed run, retries with backoff come before the next scheduled time.
-    let mut retry: Option<Duration> = None;
+    // (the delay, and when: a deadline, which base backups and drills between runs
+    // do not push back)
+    let mut retry: Option<(Duration, DateTime<Utc>)> = None;
     if runner.settings.on_start && !stop.is_requested() {
         retry = d.next_retry(d.run_once(), None);
     }
     while !stop.is_requested() {
-        match d.next(retry) {
+        match d.next(retry.map(|(_, at)| at)) {
             Next::Never => {
                 warn!("the schedule has no future time: nothing more to do");
                 // Stay up (a restarting container helps no one) until stopped.
@@ -298,10 +300,9 @@ impl<'a> Daemon<'a> {
     /// The next run (scheduled, or the retry when earlier), unless a base backup or a
     /// drill on its own schedule comes first (the earlier of the two; a base backup
     /// first at the same time).
-    fn next(&self, retry: Option<Duration>) -> Next {
+    fn next(&self, retry_at: Option<DateTime<Utc>>) -> Next {
         let now = Utc::now();
         let scheduled = next_after(&self.schedule, self.tz, now);
-        let retry_at = retry.map(|d| now + chrono::Duration::from_std(d).unwrap_or_default());
         let run = match (scheduled, retry_at) {
             (Some(a), Some(b)) => a.min(b),
             (Some(t), None) | (None, Some(t)) => t,
@@ -324,15 +325,22 @@ impl<'a> Daemon<'a> {
         }
     }
 
-    /// The retry delay after a run: none after a success (or with retries off), else
-    /// the first delay, doubled after each failed retry up to 15 minutes.
-    fn next_retry(&self, ok: bool, retry: Option<Duration>) -> Option<Duration> {
+    /// The retry after a run, from now: none after a success (or with retries off),
+    /// else the first delay, doubled after each failed retry up to 15 minutes.
+    fn next_retry(
+        &self,
+        ok: bool,
+        retry: Option<(Duration, DateTime<Utc>)>,
+    ) -> Option<(Duration, DateTime<Utc>)> {
         let first = self.runner.settings.retry_delay;
         if ok || first.is_zero() {
-            None
-        } else {
-            Some(retry.map_or(first, |d| (d * 2).min(Duration::from_secs(900))))
+            return None;
         }
+        let delay = retry.map_or(first, |(d, _)| (d * 2).min(Duration::from_secs(900)));
+        Some((
+            delay,
+            Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+        ))
     }
 
     /// One run, with its drills when `after-backup`; true when it succeeded. Before
