@@ -296,6 +296,14 @@ fn past_the_end(
     }
 }
 
+/// PostgreSQL's `restore_command`: a plain `cp` from `dockhand_wal/`. A file that is
+/// not there exits 1, which PostgreSQL reads as the end of the WAL; a copy that fails
+/// (a full disk) exits 126, which PostgreSQL reads as an error and stops recovery on,
+/// so that it is never taken for the end of the WAL and the server never promotes
+/// with the rest left out (start it again once there is room).
+pub const RESTORE_COMMAND: &str =
+    r#"test -f "dockhand_wal/%f" || exit 1; cp "dockhand_wal/%f" "%p" || exit 126"#;
+
 /// `recovery.signal`, and the recovery settings appended to `postgresql.auto.conf`:
 /// `restore_command` a plain `cp` from `dockhand_wal/`, promote at the end, and the
 /// time unless recovery goes to the end. Every other recovery setting is reset: a
@@ -321,7 +329,7 @@ fn write_recovery_conf(
     };
     let conf = format!(
         "\n# dockhand recover, from base backup {base} (replacing any recovery settings above)\n\
-         restore_command = 'cp \"dockhand_wal/%f\" \"%p\"'\n\
+         restore_command = '{RESTORE_COMMAND}'\n\
          recovery_target = ''\nrecovery_target_lsn = ''\nrecovery_target_xid = ''\n\
          recovery_target_name = ''\nrecovery_target_time = '{time}'\n\
          recovery_target_inclusive = on\nrecovery_target_timeline = 'latest'\n\
@@ -487,6 +495,39 @@ fn decode_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The restore command as PostgreSQL runs it (`/bin/sh -c`, in the data directory):
+    /// 0 with the file copied, 1 when absent (the end of the WAL), 126 when the copy
+    /// fails (a full disk: PostgreSQL stops instead of promoting early).
+    #[test]
+    fn the_restore_command_tells_a_missing_file_from_a_failed_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("dockhand_wal")).unwrap();
+        std::fs::write(
+            dir.path().join("dockhand_wal/000000010000000000000003"),
+            b"wal",
+        )
+        .unwrap();
+        let run = |f: &str, p: &str| {
+            let cmd = RESTORE_COMMAND.replace("%f", f).replace("%p", p);
+            std::process::Command::new("/bin/sh")
+                .args(["-c", &cmd])
+                .current_dir(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap()
+                .code()
+        };
+        assert_eq!(run("000000010000000000000003", "RECOVERYXLOG"), Some(0));
+        assert_eq!(
+            std::fs::read(dir.path().join("RECOVERYXLOG")).unwrap(),
+            b"wal"
+        );
+        assert_eq!(run("000000010000000000000004", "RECOVERYXLOG"), Some(1));
+        assert_eq!(run("00000002.history", "RECOVERYHISTORY"), Some(1));
+        assert_eq!(run("000000010000000000000003", "/dev/full"), Some(126));
+        assert_eq!(run("000000010000000000000003", "no/such/dir/x"), Some(126));
+    }
 
     #[test]
     fn targets_and_segments() {
