@@ -84,10 +84,10 @@ def new_data(name):
     return d
 
 
-def rss_kib(pid):
+def rss_kib(pid, field="VmHWM:"):
     try:
         for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -203,13 +203,14 @@ as_postgres([pg("pg_basebackup"), "-D", base_plain, "-X", "none", "-c", "fast", 
 base_start = wal_lsn()
 
 say("pgbench with the sidecar streaming")
-lags, peak = [], {"daemon": 0, "receivewal": 0}
+lags, peak, rss_now = [], {"daemon": 0, "receivewal": 0}, []
 running = True
 
 
 def sample():
     while running:
         lags.append(slot_lag("dockhand"))
+        rss_now.append(rss_kib(sidecar.pid, "VmRSS:"))
         peak["daemon"] = max(peak["daemon"], rss_kib(sidecar.pid))
         for c in children(sidecar.pid):
             peak["receivewal"] = max(peak["receivewal"], rss_kib(c))
@@ -358,8 +359,11 @@ print(f"| pgbench alone (30 s) | {tps_alone:.0f} | {mib(wal_rate_alone):.1f} MiB
 print(f"| pgbench with the sidecar streaming (60 s) | {tps_streaming:.0f} ({tps_streaming / tps_alone:.2f}x) | "
       f"{mib(wal_rate_streaming):.1f} MiB/s | {mib(lags[-1]):.0f} MiB | {mib(lags[len(lags) // 2]):.0f} MiB | "
       f"{catch_up:.1f} s |")
-print(f"\nSidecar memory while streaming (peak RSS): `backup daemon` {peak['daemon'] / 1024:.1f} MiB, its "
-      f"`pg_receivewal` {peak['receivewal'] / 1024:.1f} MiB (goal: the sidecar at most 64 MiB).\n")
+tenth = max(1, len(rss_now) // 10)
+print(f"\nSidecar memory while streaming: `backup daemon` peak RSS {peak['daemon'] / 1024:.1f} MiB (its RSS "
+      f"{sum(rss_now[:tenth]) / tenth / 1024:.1f} MiB in the first tenth of the run, "
+      f"{sum(rss_now[-tenth:]) / tenth / 1024:.1f} MiB in the last), its `pg_receivewal` "
+      f"{peak['receivewal'] / 1024:.1f} MiB (goal: the sidecar at most 64 MiB, flat).\n")
 print(f"**RTO**: the base backup and {mib(wal_after_base):.0f} MiB of WAL after it, recovered to the end:\n")
 print("| | fetch and unpack | replay until open | total |")
 print("|---|---:|---:|---:|")
