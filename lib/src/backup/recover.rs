@@ -334,9 +334,7 @@ fn write_recovery_conf(
          recovery_target_name = ''\nrecovery_target_time = '{time}'\n\
          recovery_target_inclusive = on\nrecovery_target_timeline = 'latest'\n\
          recovery_target_action = 'promote'\nrecovery_min_apply_delay = 0\n\
-         recovery_end_command = 'rm -rf dockhand_wal'\narchive_cleanup_command = ''\n\
-         primary_conninfo = ''\n\
-         primary_slot_name = ''\n"
+         recovery_end_command = 'rm -rf dockhand_wal'\n"
     );
     let auto = dir.join("postgresql.auto.conf");
     std::fs::OpenOptions::new()
