@@ -7,6 +7,7 @@
 //! source (long names, concurrent restores, a `--to` naming no database) and globals
 //! restored into a cluster that has roles. Each test failed before its fix.
 
+use dockhand_tests::files;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -41,18 +42,6 @@ fn names(list: &Run) -> Vec<String> {
         .skip(1)
         .filter_map(|l| l.split_whitespace().next().map(String::from))
         .collect()
-}
-
-fn files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// A file under /run/secrets/ (as compose mounts secrets), removed when dropped.

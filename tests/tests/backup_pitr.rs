@@ -3,6 +3,7 @@
 //! whole cluster through the backup pipeline to the folder and S3, with a manifest
 //! holding the WAL range it needs; a server that refuses replication is explained.
 
+use dockhand_tests::env;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -18,13 +19,6 @@ fn backup(args: &[&str], env: &[(String, String)]) -> Run {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let cmd = dockhand_tests::run::command(&bin("backup"), args, &env);
     dockhand_tests::run::run(cmd, Duration::from_secs(600))
-}
-
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// The file names in `dir`.

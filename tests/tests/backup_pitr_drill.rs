@@ -5,6 +5,7 @@
 //! result; a gap in the stored WAL fails it, a stop signal cleans up, and flags that
 //! mean nothing to it are refused.
 
+use dockhand_tests::{env, files};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -22,26 +23,6 @@ fn backup(args: &[&str], env: &[(String, String)]) -> Run {
 fn command(args: &[&str], env: &[(String, String)]) -> Command {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     dockhand_tests::run::command(&bin("backup"), args, &env)
-}
-
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-/// The file names in `dir` (none when it is missing).
-fn files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// True when the sidecar's slot has a receiver.

@@ -3,6 +3,7 @@
 //! safety, retention with foreign files, the daemon across a database restart, and
 //! faults: S3 unreachable, SIGTERM mid-upload, PostgreSQL stopped mid-dump, a full disk.
 
+use dockhand_tests::env;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -30,13 +31,6 @@ fn spawn(args: &[&str], env: &[(String, String)]) -> Child {
 
 fn finish(child: Child) -> Run {
     dockhand_tests::run::finish(child, Duration::from_secs(600))
-}
-
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// Keys in the bucket (one page is enough for these tests).
