@@ -395,6 +395,27 @@ pub fn parse_with<K: Key, T>(
     outcome(parse(args, stop_at_word)?, read)
 }
 
+/// For the binaries' tests: `help` names every row's flag and variable of `table`,
+/// and no line is wider than 88 columns.
+#[cfg(test)]
+pub(crate) fn assert_help_covers(help: &str, table: &[Setting]) {
+    for s in table {
+        if !s.long.is_empty() {
+            assert!(
+                help.contains(&format!("--{}", s.long)),
+                "--{} missing:\n{help}",
+                s.long
+            );
+        }
+        if !s.env.is_empty() {
+            assert!(help.contains(s.env), "{} missing:\n{help}", s.env);
+        }
+    }
+    for line in help.lines() {
+        assert!(line.chars().count() <= 88, "too wide: {line:?}");
+    }
+}
+
 /// [`parse_with`], reading `vars` instead of the environment (unit tests of a
 /// binary's command line, whatever the process environment holds).
 #[cfg(all(test, feature = "probe"))]
